@@ -1,0 +1,1 @@
+"""What computes: one module per hardware component (parameters, pure cost functions, a small SimPy component)."""

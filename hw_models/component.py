@@ -1,0 +1,52 @@
+"""The one component shape every hardware model shares.
+
+A component keeps its environment, a hierarchical name (``gpu``, ``host.pcie.h2d``, ``pim.ch17``) and a tracer:
+any object with ``record(component, kind, start_s, end_s, nbytes, flops, energy_j)``. Work is handed to a
+component as a tuple of precomputed ``Work`` items: durations come from the pure cost functions, so the process
+only pays one resource request and one timeout per call, however many kernels the call holds. That keeps the
+event count independent of bytes and tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import simpy
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """One piece of work with its cost already computed (seconds, bytes, FLOP, joules)."""
+
+    kind: str
+    duration_s: float
+    nbytes: float = 0.0
+    flops: float = 0.0
+    energy_j: float = 0.0
+
+
+class Component:
+    """A named SimPy resource of capacity one that executes ``Work`` back to back."""
+
+    def __init__(self, env: simpy.Environment, name: str, tracer, resource: simpy.Resource | None = None):
+        self.env = env
+        self.name = name
+        self.tracer = tracer
+        # Two logical components may share one physical resource (a half-duplex link's two directions).
+        self.resource = resource if resource is not None else simpy.Resource(env, capacity=1)
+
+    def execute(self, works: tuple[Work, ...]):
+        """Process: wait for the resource, then run ``works`` in order while holding it."""
+        with self.resource.request() as req:
+            yield req
+            t = self.env.now
+            total = 0.0
+            for w in works:
+                self.tracer.record(self.name, w.kind, t + total, t + total + w.duration_s,
+                                   w.nbytes, w.flops, w.energy_j)
+                total += w.duration_s
+            yield self.env.timeout(total)
+
+    def run(self, works: tuple[Work, ...]) -> simpy.Process:
+        """Start ``execute`` as a process and return it for the caller to ``yield``."""
+        return self.env.process(self.execute(works))

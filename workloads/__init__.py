@@ -1,0 +1,1 @@
+"""What is computed: model specs, decode traces, the per-layer operator graph, KV formats and the PQ math."""
