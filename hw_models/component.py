@@ -1,7 +1,8 @@
 """The one component shape every hardware model shares.
 
-A component keeps its environment, a hierarchical name (``gpu``, ``host.pcie.h2d``, ``pim.ch17``) and a tracer:
-any object with ``record(component, kind, start_s, end_s, nbytes, flops, energy_j)``. Work is handed to a
+A component keeps its environment, a hierarchical name (``gpu``, ``pcie.h2d``, ``pim.ch17``) and a tracer: any
+object with ``record(component, kind, start_s, end_s, nbytes, flops, energy_j)`` (one call per piece of work)
+and ``occupy(component, start_s, end_s)`` (one call per resource hold). Work is handed to a
 component as a tuple of precomputed ``Work`` items: durations come from the pure cost functions, so the process
 only pays one resource request and one timeout per call, however many kernels the call holds. That keeps the
 event count independent of bytes and tokens.
@@ -45,6 +46,7 @@ class Component:
                 self.tracer.record(self.name, w.kind, t + total, t + total + w.duration_s,
                                    w.nbytes, w.flops, w.energy_j)
                 total += w.duration_s
+            self.tracer.occupy(self.name, t, t + total)
             yield self.env.timeout(total)
 
     def run(self, works: tuple[Work, ...]) -> simpy.Process:

@@ -1,0 +1,1 @@
+"""How the parts meet: tracer, machine topology, the systems, the analytic model, runs, sweeps, config and CLI."""

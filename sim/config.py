@@ -1,0 +1,155 @@
+"""Run configuration: one frozen dataclass holding every setting and its default, parsed from TOML or the CLI.
+
+This is the only place defaults live. ``from_mapping`` checks keys (unknown ones get a did-you-mean), types and
+ranges, and ``load_config_file`` reports malformed TOML with the file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from hw_models.machine import DEFAULT_MACHINE
+from sim.errors import ConfigError
+from sim.systems import SYSTEMS
+
+DEFAULT_STEPS = 8
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    system: str = "offload"
+    model: str = "llama-3.1-8b"
+    hardware: str = DEFAULT_MACHINE
+    # Workload: a fixed batch x context x steps, or a request list (trace file or synthetic) batched continuously.
+    batch: int = 16
+    context: int = 32768
+    steps: int | None = None          # fixed workload: decode steps (default 8); request lists: a cap
+    trace: str | None = None          # CSV or JSONL with arrival_s, prompt_tokens, output_tokens
+    requests: int | None = None       # synthetic request list: how many (prompt = context tokens)
+    output_tokens: int = 128          # synthetic request list: tokens each request decodes
+    arrival_rate_per_s: float = 0.0   # synthetic request list: Poisson rate; 0 = all arrive at t=0
+    max_batch: int | None = None      # continuous batching limit (default: batch)
+    # Offload options
+    prefetch: bool = False
+    cpu_attention: bool = False
+    # Run options
+    seed: int = 0
+    trace_steps: int = 4              # decode steps whose spans are kept for traces and timelines
+
+    def __post_init__(self):
+        if self.system not in SYSTEMS:
+            raise ConfigError(f"unknown system '{self.system}'{_suggest(self.system, SYSTEMS)}; "
+                              f"valid systems: {', '.join(sorted(SYSTEMS))}")
+        for name in ("batch", "context", "output_tokens"):
+            _positive_int(name, getattr(self, name))
+        for name in ("steps", "requests", "max_batch"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not isinstance(self.trace_steps, int) or self.trace_steps < 0:
+            raise ConfigError(f"trace_steps must be a non-negative integer, got {self.trace_steps!r}")
+        if self.arrival_rate_per_s < 0:
+            raise ConfigError(f"arrival_rate_per_s must be >= 0, got {self.arrival_rate_per_s}")
+        if self.trace is not None and self.requests is not None:
+            raise ConfigError("give either trace (a file) or requests (a synthetic list), not both")
+        if self.prefetch and self.cpu_attention:
+            raise ConfigError("prefetch and cpu_attention cannot be combined: with attention on the host no KV "
+                              "crosses the link to prefetch")
+
+    @property
+    def uses_requests(self) -> bool:
+        return self.trace is not None or self.requests is not None
+
+    @property
+    def effective_max_batch(self) -> int:
+        return self.max_batch if self.max_batch is not None else self.batch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _positive_int(name: str, v) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def _coerce(name: str, value, where: str):
+    typ = _HINTS[name]
+    base = {int | None: int, str | None: str}.get(typ, typ)
+    if value is None and typ in (int | None, str | None):
+        return None
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{name}' must be true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: '{name}' must be an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: '{name}' must be a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: '{name}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_mapping(data: dict, where: str = "config") -> RunConfig:
+    """Build a RunConfig from a flat mapping (TOML table or CLI values), with clear errors."""
+    kwargs = {}
+    for key, value in data.items():
+        if key not in FIELDS:
+            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, FIELDS)}; "
+                              f"valid keys: {', '.join(FIELDS)}")
+        kwargs[key] = _coerce(key, value, where)
+    try:
+        return RunConfig(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def read_config_file(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: malformed TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+
+
+def load_config_file(path: str | Path, overrides: dict | None = None) -> RunConfig:
+    """A TOML run file (flat keys, as the CLI flags), with optional overrides.
+
+    File paths inside it (trace, a hardware .toml, a model config.json) are relative to the file's folder.
+    """
+    data = read_config_file(path)
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(f"{path}: run files are flat key = value lists; unexpected table [{nested[0]}]")
+    base = Path(path).parent
+    for key, suffix in (("trace", None), ("hardware", ".toml"), ("model", ".json")):
+        v = data.get(key)
+        if isinstance(v, str) and (suffix is None or v.endswith(suffix)) and not Path(v).is_absolute():
+            data[key] = str(base / v)
+    data.update(overrides or {})
+    return from_mapping(data, where=str(path))

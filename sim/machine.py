@@ -1,0 +1,53 @@
+"""The machine in simulation: SimPy components for the devices and the queueing links of a ``Topology``.
+
+Compute devices are ``Component``s (GPU, host CPU). Each exclusive link resource (a PCIe direction, or the
+whole link when half duplex) is one ``simpy.Resource``; a transfer holds every resource on its route for the
+route's idle time. The two directions of a half-duplex link are two traced lanes over one shared resource.
+"""
+
+from __future__ import annotations
+
+import simpy
+
+from hw_models.component import Component
+from hw_models.machine import MachineParams
+from sim.engine import Tracer
+from sim.topology import Route, Topology
+
+
+class Machine:
+    def __init__(self, env: simpy.Environment, params: MachineParams, tracer: Tracer):
+        self.env = env
+        self.params = params
+        self.tracer = tracer
+        self.topology = Topology(params)
+        self.gpu = Component(env, "gpu", tracer)
+        self.cpu = Component(env, "host.cpu", tracer)
+        tracer.register("gpu", "compute")
+        tracer.register("host.cpu", "compute")
+        self.link_resources = {name: simpy.Resource(env, capacity=1) for name in self.topology.resources}
+        for _, _, d in self.topology.graph.edges(data=True):
+            if d["link"].resource:
+                tracer.register(d["link"].name, "comm")
+
+    def transfer(self, src: str, dst: str, nbytes: float, kind: str) -> simpy.Process:
+        """Start a transfer along the route from ``src`` to ``dst``; the returned process ends when it lands."""
+        return self.env.process(self._transfer(self.topology.route(src, dst), nbytes, kind))
+
+    def _transfer(self, route: Route, nbytes: float, kind: str):
+        reqs = [self.link_resources[r].request() for r in route.resources]
+        try:
+            for req in reqs:
+                yield req
+            t = self.env.now
+            dur = route.time_s(nbytes)
+            for name, energy in route.energy_by_link_j(nbytes).items():
+                if any(link.name == name and link.resource for link in route.links):
+                    self.tracer.record(name, kind, t, t + dur, nbytes, 0.0, energy)
+                    self.tracer.occupy(name, t, t + dur)
+                elif energy:
+                    self.tracer.add_energy(name, energy)
+            yield self.env.timeout(dur)
+        finally:
+            for r, req in zip(route.resources, reqs, strict=True):
+                self.link_resources[r].release(req)

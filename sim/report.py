@@ -1,0 +1,50 @@
+"""Plain-text tables of Results for the terminal (units converted here, at the edge)."""
+
+from __future__ import annotations
+
+from sim.result import Result
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_time(s: float) -> str:
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def summary(r: Result) -> str:
+    head = f"{r.system} | {r.model} | {r.hardware} | batch {r.batch} | context {r.context} | {r.steps} steps"
+    rows = [
+        ("mean step latency", fmt_time(r.mean_step_latency_s)),
+        ("analytic " + ("(exact)" if r.analytic_exact else "(lower bound)"), fmt_time(r.analytic_mean_step_latency_s)),
+        ("throughput", f"{r.tokens_per_s:.2f} tokens/s"),
+        ("time to next token p50/p99", f"{fmt_time(r.ttnt_p50_s)} / {fmt_time(r.ttnt_p99_s)}"),
+        ("GPU-host communication share", f"{100 * r.comm_share:.1f} %"),
+        ("KV cache (peak)", f"{fmt_bytes(r.kv_bytes)} in {r.kv_location}"),
+        ("fits", "yes" if r.fits else "NO: " + "; ".join(r.fit_reasons)),
+        ("energy per token", f"{r.energy_per_token_j:.3f} J"),
+    ]
+    for k, v in r.breakdown_s.items():
+        rows.append((f"time: {k}", fmt_time(v / max(r.steps, 1)) + " per step"))
+    for k, v in r.bytes_by_link.items():
+        rows.append((f"bytes over {k}", fmt_bytes(v / max(r.steps, 1)) + " per step"))
+    for k, v in r.busy_s.items():
+        if v > 0:
+            rows.append((f"busy: {k}", fmt_time(v / max(r.steps, 1)) + " per step"))
+    out = head + "\n" + table(rows)
+    for w in r.warnings:
+        out += f"\nwarning: {w}"
+    return out

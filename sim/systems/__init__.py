@@ -1,0 +1,5 @@
+"""The systems registry: adding a system is adding one module and one entry here."""
+
+from sim.systems.offload import OffloadSystem
+
+SYSTEMS = {cls.name: cls for cls in (OffloadSystem,)}

@@ -1,0 +1,97 @@
+"""The machine as a graph: devices and memories are nodes, links are directed edges; routes are looked up.
+
+``Topology`` is pure (no SimPy): it builds a networkx DiGraph from ``MachineParams`` and answers what a transfer
+from one node to another costs on idle links: the sum of the links' fixed latencies plus the bytes over the
+slowest link (DMA engines stream through the path). The analytic model uses it directly; ``Machine`` wraps it
+with SimPy components. An edge is *exclusive* when it is a resource that transfers queue for (a PCIe direction);
+non-exclusive edges (the host memory bus behind a DMA) bound the bandwidth and take energy but do not queue: the
+host DRAM's bandwidth is many times that of one PCIe link.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from hw_models.machine import MachineParams
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    name: str
+    latency_s: float
+    bw_bytes_per_s: float
+    energy_per_byte_j: float
+    resource: str | None  # name of the queueing resource, or None for a non-exclusive path
+
+
+@dataclass(frozen=True)
+class Route:
+    src: str
+    dst: str
+    links: tuple[Link, ...]
+
+    @property
+    def latency_s(self) -> float:
+        return sum(link.latency_s for link in self.links)
+
+    @property
+    def bw_bytes_per_s(self) -> float:
+        return min((link.bw_bytes_per_s for link in self.links), default=float("inf"))
+
+    def time_s(self, nbytes: float) -> float:
+        """Transfer time of ``nbytes`` along the route when all its links are idle."""
+        if not self.links:
+            return 0.0
+        return self.latency_s + nbytes / self.bw_bytes_per_s
+
+    def energy_by_link_j(self, nbytes: float) -> dict[str, float]:
+        return {link.name: nbytes * link.energy_per_byte_j for link in self.links}
+
+    @property
+    def resources(self) -> tuple[str, ...]:
+        # Sorted so that two transfers needing the same resources never wait for each other in a cycle.
+        return tuple(sorted({link.resource for link in self.links if link.resource}))
+
+
+INF = float("inf")
+
+
+class Topology:
+    """Nodes: ``gpu``, ``host.cpu``, ``host.dram``, ``host.rc`` (root complex). Edges: links with parameters."""
+
+    def __init__(self, params: MachineParams):
+        self.params = params
+        g = nx.DiGraph()
+        dram, pcie = params.host_dram, params.pcie
+        membus = Link("host.dram", 0.0, dram.achievable_bw_bytes_per_s, dram.energy_per_byte_j, None)
+        g.add_edge("host.dram", "host.rc", link=membus)
+        g.add_edge("host.rc", "host.dram", link=membus)
+        g.add_edge("host.cpu", "host.rc", link=Link("host.fabric", 0.0, INF, 0.0, None))
+        g.add_edge("host.rc", "host.cpu", link=Link("host.fabric", 0.0, INF, 0.0, None))
+        h2d_res, d2h_res = ("pcie.h2d", "pcie.d2h") if pcie.duplex == "full" else ("pcie", "pcie")
+        g.add_edge("host.rc", "gpu", link=Link("pcie.h2d", pcie.latency_s, pcie.h2d_bw_bytes_per_s,
+                                                 pcie.energy_per_byte_j, h2d_res))
+        g.add_edge("gpu", "host.rc", link=Link("pcie.d2h", pcie.latency_s, pcie.d2h_bw_bytes_per_s,
+                                                 pcie.energy_per_byte_j, d2h_res))
+        self.graph = g
+        self._routes: dict[tuple[str, str], Route] = {}
+
+    @property
+    def resources(self) -> list[str]:
+        return sorted({d["link"].resource for _, _, d in self.graph.edges(data=True) if d["link"].resource})
+
+    def route(self, src: str, dst: str) -> Route:
+        key = (src, dst)
+        if key not in self._routes:
+            if src == dst:
+                self._routes[key] = Route(src, dst, ())
+            else:
+                try:
+                    path = nx.shortest_path(self.graph, src, dst)
+                except (nx.NetworkXNoPath, nx.NodeNotFound):
+                    raise ValueError(f"no route from {src} to {dst} in machine '{self.params.name}'") from None
+                links = tuple(self.graph.edges[u, v]["link"] for u, v in zip(path, path[1:], strict=False))
+                self._routes[key] = Route(src, dst, links)
+        return self._routes[key]

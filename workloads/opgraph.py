@@ -1,0 +1,88 @@
+"""The per-layer decode operator graph: what one transformer layer computes for one decode step of a batch.
+
+Nodes carry an ``Op`` (FLOP, bytes of weights, of KV and of activations it reads or writes); edges carry the
+bytes that flow between operators (``nbytes``), which become transfers when a system places the two ends on
+different devices. ``kv_fetch`` and ``kv_append`` are the data-movement nodes of the KV cache: reading the
+batch's K/V from wherever it lives, and storing the new token's K/V there. Everything is a closed-form function of
+the batch size and the total number of KV tokens in the batch, so it is built once per step, never per token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from workloads.models import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    name: str
+    kind: str  # gemm | attention | kv_read | kv_write | head
+    flops: float
+    weight_bytes: float = 0.0
+    kv_bytes: float = 0.0
+    act_bytes: float = 0.0
+
+    @property
+    def nbytes(self) -> float:
+        return self.weight_bytes + self.kv_bytes + self.act_bytes
+
+
+def layer_graph(model: ModelSpec, n_seqs: int, kv_tokens: int) -> nx.DiGraph:
+    """Operator DAG of one layer for ``n_seqs`` sequences attending ``kv_tokens`` KV tokens in total."""
+    m, b, t = model, n_seqs, kv_tokens
+    e = m.bytes_per_element
+    x_bytes = b * m.hidden_size * e          # layer input/output activations
+    q_bytes = b * m.q_dim * e                # queries, and the attention output (same shape)
+    new_kv_bytes = b * m.kv_bytes_per_token_per_layer
+    kv_bytes = t * m.kv_bytes_per_token_per_layer
+    score_bytes = t * m.n_heads * e          # one score per (query head, KV token)
+    n_ffn = 3 if m.ffn_gated else 2
+    ops = [
+        Op("qkv_proj", "gemm", 2.0 * b * m.hidden_size * (m.q_dim + 2 * m.kv_dim),
+           weight_bytes=m.hidden_size * (m.q_dim + 2 * m.kv_dim) * e, act_bytes=x_bytes + q_bytes + new_kv_bytes),
+        Op("kv_fetch", "kv_read", 0.0, kv_bytes=kv_bytes),
+        Op("kv_append", "kv_write", 0.0, kv_bytes=new_kv_bytes),
+        Op("attn_score", "attention", 2.0 * t * m.n_heads * m.head_dim,
+           kv_bytes=kv_bytes / 2, act_bytes=q_bytes + score_bytes),
+        Op("softmax", "attention", 5.0 * t * m.n_heads, act_bytes=2 * score_bytes),
+        Op("attn_context", "attention", 2.0 * t * m.n_heads * m.head_dim,
+           kv_bytes=kv_bytes / 2, act_bytes=score_bytes + q_bytes),
+        Op("o_proj", "gemm", 2.0 * b * m.q_dim * m.hidden_size,
+           weight_bytes=m.q_dim * m.hidden_size * e, act_bytes=q_bytes + x_bytes),
+        Op("ffn", "gemm", 2.0 * b * n_ffn * m.hidden_size * m.ffn_size,
+           weight_bytes=n_ffn * m.hidden_size * m.ffn_size * e, act_bytes=2 * x_bytes + b * m.ffn_size * e),
+    ]
+    g = nx.DiGraph()
+    for op in ops:
+        g.add_node(op.name, op=op)
+    g.add_edge("qkv_proj", "attn_score", nbytes=q_bytes)
+    g.add_edge("qkv_proj", "kv_append", nbytes=new_kv_bytes)
+    g.add_edge("kv_fetch", "attn_score", nbytes=kv_bytes / 2)
+    g.add_edge("kv_fetch", "attn_context", nbytes=kv_bytes / 2)
+    g.add_edge("attn_score", "softmax", nbytes=score_bytes)
+    g.add_edge("softmax", "attn_context", nbytes=score_bytes)
+    g.add_edge("attn_context", "o_proj", nbytes=q_bytes)
+    g.add_edge("o_proj", "ffn", nbytes=x_bytes)
+    return g
+
+
+def layer_ops(model: ModelSpec, n_seqs: int, kv_tokens: int) -> dict[str, Op]:
+    """The layer's operators by name, in a topological order of the graph."""
+    g = layer_graph(model, n_seqs, kv_tokens)
+    return {name: g.nodes[name]["op"] for name in nx.lexicographical_topological_sort(g)}
+
+
+def edge_bytes(model: ModelSpec, n_seqs: int, kv_tokens: int) -> dict[tuple[str, str], float]:
+    g = layer_graph(model, n_seqs, kv_tokens)
+    return {(u, v): d["nbytes"] for u, v, d in g.edges(data=True)}
+
+
+def head_op(model: ModelSpec, n_seqs: int) -> Op:
+    """Once per step after the last layer: the LM head (logits) and sampling."""
+    e = model.bytes_per_element
+    return Op("lm_head", "head", 2.0 * n_seqs * model.hidden_size * model.vocab_size,
+              weight_bytes=model.vocab_size * model.hidden_size * e,
+              act_bytes=n_seqs * (model.hidden_size + model.vocab_size) * e)
