@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
+import sim.commands
 from sim.errors import INPUT_ERRORS
 
-# Subcommands in help order; each module has add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("run", "presets")
+# The main jobs first; every other module in sim/commands follows alphabetically.
+FIRST = ("compare", "run")
+
+
+def command_names() -> list[str]:
+    """Each module in ``sim/commands`` with ``add_parser(subparsers)`` and ``run(args) -> int`` is a subcommand."""
+    names = sorted(m.name for m in pkgutil.iter_modules(sim.commands.__path__) if not m.name.startswith("_"))
+    return [n for n in FIRST if n in names] + [n for n in names if n not in FIRST]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: aqpim-sim run --model llama-2-7b --batch 16 --context 32768",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in command_names():
         module = importlib.import_module(f"sim.commands.{name}")
         module.add_parser(sub)
         sub.choices[name].set_defaults(_module=module)
