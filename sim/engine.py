@@ -96,6 +96,11 @@ class Tracer:
         if self.step < self.keep_steps:
             self.spans.append(Span(self.step, component, kind, start_s, end_s, nbytes, flops, energy_j))
 
+    @property
+    def keeping(self) -> bool:
+        """Whether spans of the current step are kept (callers skip building detail spans otherwise)."""
+        return self.step < self.keep_steps
+
     def occupy(self, component: str, start_s: float, end_s: float) -> None:
         self.unions[self.category[component]].add(start_s, end_s)
 
