@@ -1,0 +1,309 @@
+"""How much attention a KV format loses: PQ settings and the uniform INT-k baseline, on real and synthetic data.
+
+Protocol (per captured layer and KV head, all query heads of its GQA group):
+- the last ``n_queries`` captured positions are the decode queries; position p attends causally to tokens 0..p;
+- codebooks are trained on the *prefill*, tokens [sinks, prefill) with prefill = context - n_queries by default
+  (in deployment the prompt's own K/V train the codebooks that then code it: training tokens are coded too);
+  decode tokens, and every token at or after ``prefill``, are coded with codebooks that never saw them. The row
+  field ``heldout_frac`` says which share of the coded (query, token) pairs was such held-out data; choose an
+  earlier ``prefill`` to measure codebook staleness (``refresh`` re-fits them every so many tokens);
+- a query sees token j exactly (FP16) when j < sinks or j > p - recent, otherwise as the format stores it; for PQ the
+  coded part runs as attention on codes (score tables + per-centroid value bins) and is merged with the exact part
+  through its softmax statistics, i.e. exactly the computation AQPIM does.
+
+Metrics (one row per format and data set; docs/accuracy.md gives each formula):
+code/codebook/total bits per element and compression (from ``workloads.kvformats`` at the data's context and model),
+key/value relative error of the coded tokens, RMS score (logit) error, attention-output cosine (mean and worst over
+layers, heads and queries), top-k overlap of the attended tokens, and perplexity when measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from workloads import pq
+from workloads.activations import Activations
+from workloads.errors import WorkloadError
+from workloads.kvformats import (
+    Fp16Settings,
+    IntSettings,
+    KvFormat,
+    PqSettings,
+    bits_per_element,
+    code_bits_per_element,
+    compression,
+    kv_bytes,
+)
+from workloads.quant import kivi_keys, kivi_values
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How the evaluation splits and measures; every random choice derives from ``seed``."""
+
+    n_queries: int = 128  # decode queries: the last captured positions
+    prefill: int | None = None  # tokens that train the codebooks; None = context - n_queries
+    iters: int = 20  # k-means iterations
+    topk: int = 32  # top-k overlap of attended tokens
+    seed: int = 0
+
+    def __post_init__(self):
+        for f in ("n_queries", "iters", "topk"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
+                raise WorkloadError(f"evaluation: {f} must be a positive integer, got {getattr(self, f)!r}")
+        if self.prefill is not None and self.prefill <= 0:
+            raise WorkloadError(f"evaluation: prefill must be positive, got {self.prefill}")
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    """An independent generator per (layer, head, tensor, ...): results do not depend on evaluation order."""
+    return np.random.default_rng([seed, *key])
+
+
+@dataclass
+class _Acc:
+    """Running sums for one format over layers and heads (local to one evaluate call)."""
+
+    cos: list
+    k_err: float = 0.0
+    k_ref: float = 0.0
+    v_err: float = 0.0
+    v_ref: float = 0.0
+    s_sq: float = 0.0
+    s_n: int = 0
+    topk: float = 0.0
+    topk_n: int = 0
+    coded_pairs: int = 0
+    heldout_pairs: int = 0
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    num = (a * b).sum(axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return num / np.maximum(den, 1e-30)
+
+
+def _topk_overlap(s_ref: np.ndarray, s_hat: np.ndarray, visible: np.ndarray, k: int) -> np.ndarray:
+    """Per row: share of the exact top-k tokens (by score) that are also in the approximate top-k."""
+    n_vis = visible.sum(axis=1)
+    kk = int(min(k, n_vis.min()))
+    a = np.argpartition(-np.where(visible, s_ref, -np.inf), kk - 1, axis=1)[:, :kk]
+    b = np.argpartition(-np.where(visible, s_hat, -np.inf), kk - 1, axis=1)[:, :kk]
+    return np.array([len(np.intersect1d(x, y, assume_unique=True)) / kk for x, y in zip(a, b, strict=True)])
+
+
+def _versions(fmt: PqSettings, q_rows_pos: np.ndarray, prefill: int, n_tokens: int) -> np.ndarray:
+    """End token (exclusive) of the training data of the codebooks each query row uses."""
+    if fmt.refresh <= 0:
+        return np.full(q_rows_pos.shape, prefill)
+    step = np.maximum(q_rows_pos - prefill, 0) // fmt.refresh
+    return np.minimum(prefill + step * fmt.refresh, n_tokens)
+
+
+def evaluate(acts: Activations, formats: Sequence[KvFormat], cfg: EvalConfig = EvalConfig(),
+             data: str = "real", by_layer: bool = False) -> list[dict]:
+    """One result row per format (and per layer too when ``by_layer``); see the module docstring."""
+    N, H, D, g = acts.n_tokens, acts.n_kv_heads, acts.head_dim, acts.group
+    nq = min(cfg.n_queries, len(acts.q_pos))
+    if nq == 0:
+        raise WorkloadError("evaluation: the activations hold no query positions")
+    prefill = N - nq if cfg.prefill is None else cfg.prefill
+    if not 0 < prefill <= N:
+        raise WorkloadError(f"evaluation: prefill {prefill} must lie in 1..{N} (context {N})")
+    for fmt in formats:
+        fmt.check(acts.model)
+        sinks = getattr(fmt, "sinks", 0)
+        if isinstance(fmt, PqSettings) and prefill - sinks < fmt.k:
+            raise WorkloadError(f"{fmt.name}: {prefill - sinks} training tokens for k={fmt.k} centroids; "
+                                f"need at least k (longer context or fewer centroids)")
+    q_pos = acts.q_pos[-nq:]
+    rows_pos = np.repeat(q_pos, g)  # (G,) position of each query row (T positions x g heads)
+    j = np.arange(N)[None, :]
+    causal = j <= rows_pos[:, None]  # (G, N)
+    accs = {(li, i): _Acc(cos=[]) for li in range(len(acts.layers)) for i in range(len(formats))}
+
+    for li in range(len(acts.layers)):
+        for h in range(H):
+            K = acts.k[li, :, h].astype(np.float64)  # (N, D)
+            V = acts.v[li, :, h].astype(np.float64)
+            q = pq.gqa_rows(acts.q[li, -nq:, h * g:(h + 1) * g].astype(np.float64)) * D ** -0.5  # (G, D)
+            ref = pq.exact_partial(q, K, V, causal)
+            s_ref = q @ K.T  # (G, N)
+            books: dict = {}  # codebooks shared by formats that differ only in sinks/recent window
+            for fi, fmt in enumerate(formats):
+                acc = accs[(li, fi)]
+                sinks, recent = getattr(fmt, "sinks", 0), getattr(fmt, "recent", 0)
+                exact_m = causal & ((j < sinks) | (j > rows_pos[:, None] - recent))
+                coded_m = causal & ~exact_m
+                out, s_hat, k_hat, v_hat, train_end = _coded(fmt, q, K, V, rows_pos, coded_m, exact_m, prefill,
+                                                              cfg, (li, h), books)
+                s_hat = np.where(exact_m, s_ref, s_hat)
+                acc.cos.append(_cosine(out, ref.out))
+                acc.s_sq += float(((s_hat - s_ref)[causal] ** 2).sum())
+                acc.s_n += int(causal.sum())
+                ov = _topk_overlap(s_ref, s_hat, causal, cfg.topk)
+                acc.topk += float(ov.sum())
+                acc.topk_n += ov.size
+                last = coded_m[-1]  # the tokens the latest query sees coded
+                acc.k_err += float(((k_hat - K)[last] ** 2).sum())
+                acc.k_ref += float((K[last] ** 2).sum())
+                acc.v_err += float(((v_hat - V)[last] ** 2).sum())
+                acc.v_ref += float((V[last] ** 2).sum())
+                acc.coded_pairs += int(coded_m.sum())
+                acc.heldout_pairs += int((coded_m & (j >= train_end[:, None])).sum())
+
+    rows = []
+    for fi, fmt in enumerate(formats):
+        groups = [list(range(len(acts.layers)))]
+        if by_layer:
+            groups += [[li] for li in range(len(acts.layers))]
+        for layer_ids in groups:
+            rows.append(_row(acts, fmt, [accs[(li, fi)] for li in layer_ids], data, prefill, nq,
+                             None if len(layer_ids) > 1 or len(acts.layers) == 1 and not by_layer
+                             else acts.layers[layer_ids[0]]))
+    return rows
+
+
+def _coded(fmt, q, K, V, rows_pos, coded_m, exact_m, prefill, cfg, lh, books):
+    """Attention of one head's query rows through ``fmt``: output (G, D), coded scores (G, N), the decoded K and V
+    the latest query sees, and per row the end of the codebook training data (N+1 when nothing is trained)."""
+    G, N = coded_m.shape
+    exact = pq.exact_partial(q, K, V, exact_m)
+    no_train = np.full(G, N + 1)
+    if isinstance(fmt, Fp16Settings) or not coded_m.any():
+        return pq.exact_partial(q, K, V, exact_m | coded_m).out, q @ K.T, K, V, no_train
+    if isinstance(fmt, IntSettings):
+        k_hat, v_hat = kivi_keys(K, fmt.bits, fmt.group), kivi_values(V, fmt.bits, fmt.group)
+        coded = pq.exact_partial(q, k_hat, v_hat, coded_m)
+        return pq.merge(exact, coded).out, q @ k_hat.T, k_hat, v_hat, no_train
+    assert isinstance(fmt, PqSettings)
+    ends = _versions(fmt, rows_pos, prefill, N)
+    out = np.empty_like(q)
+    s_hat = np.empty((G, N))
+    k_hat = v_hat = None
+    for end in np.unique(ends):
+        sel = ends == end
+        kc, vc = _pq_streams(fmt, K, V, int(end), cfg, lh, books)
+        s = pq.pq_scores(q[sel], kc)
+        part = pq.pq_partial(q[sel], kc, vc, coded_m[sel], scores=s)
+        ex = pq.Partial(out=exact.out[sel], lse=exact.lse[sel])
+        out[sel] = pq.merge(ex, part).out
+        s_hat[sel] = s
+        if sel[-1]:
+            k_hat, v_hat = kc.decoded(), vc.decoded()
+    return out, s_hat, k_hat, v_hat, ends
+
+
+def _pq_streams(fmt: PqSettings, K, V, end: int, cfg: EvalConfig, lh, books) -> tuple:
+    """Keys and values of one head coded with codebooks trained on tokens [sinks, end) (cached per call)."""
+    li, h = lh
+    kkey = ("k", fmt.m, fmt.k, fmt.sinks, fmt.outliers, fmt.scale_keys, end)
+    vkey = ("v", fmt.m, fmt.k, fmt.sinks, end)
+    if kkey not in books:
+        cb = pq.train_codebook(K[fmt.sinks:end], fmt.m, fmt.k, _rng(cfg.seed, li, h, 0, fmt.m, fmt.k, end),
+                               iters=cfg.iters, outliers=fmt.outliers, scale_channels=fmt.scale_keys)
+        books[kkey] = pq.CodedTensor.of(cb, K)
+    if vkey not in books:
+        cb = pq.train_codebook(V[fmt.sinks:end], fmt.m, fmt.k, _rng(cfg.seed, li, h, 1, fmt.m, fmt.k, end),
+                               iters=cfg.iters)
+        books[vkey] = pq.CodedTensor.of(cb, V)
+    return books[kkey], books[vkey]
+
+
+def _row(acts: Activations, fmt: KvFormat, accs: list[_Acc], data: str, prefill: int, nq: int,
+         layer: int | None) -> dict:
+    model, N = acts.model, acts.n_tokens
+    cos = np.concatenate([c for a in accs for c in a.cos])
+    tot = lambda f: sum(getattr(a, f) for a in accs)  # noqa: E731
+    parts = kv_bytes(model, fmt, N)
+    elements = 2 * model.n_layers * model.n_kv_heads * model.kv_tokens(N) * model.head_dim
+    row = {
+        "data": data,
+        "source": acts.source,
+        "setting": fmt.name,
+        "context": N,
+        "prefill": prefill,
+        "queries": nq,
+        "code_bits_per_element": code_bits_per_element(model, fmt),
+        "codebook_bits_per_element": 8.0 * parts.codebooks / elements,
+        "bits_per_element": bits_per_element(model, fmt, N),
+        "compression": compression(model, fmt, N),
+        "key_rel_err": float(np.sqrt(tot("k_err") / tot("k_ref"))) if tot("k_ref") else 0.0,
+        "value_rel_err": float(np.sqrt(tot("v_err") / tot("v_ref"))) if tot("v_ref") else 0.0,
+        "score_rmse": float(np.sqrt(tot("s_sq") / max(tot("s_n"), 1))),
+        "out_cos_mean": float(cos.mean()),
+        "out_cos_min": float(cos.min()),
+        "topk_overlap": tot("topk") / max(tot("topk_n"), 1),
+        "heldout_frac": tot("heldout_pairs") / tot("coded_pairs") if tot("coded_pairs") else 0.0,
+    }
+    if layer is not None:
+        row["layer"] = layer
+    return row
+
+
+# --- perplexity (optional "real" extra) -------------------------------------------------------------------------------
+def view_fn_for(fmt: KvFormat, prefill: int, cfg: EvalConfig):
+    """The K/V a format stores, decoded, for ``workloads.perplexity.coded_hook``; codebooks fit on [sinks, prefill)."""
+    if isinstance(fmt, PqSettings) and fmt.refresh:
+        raise WorkloadError(f"{fmt.name}: perplexity with codebook refresh is not implemented (fixed codebooks only)")
+
+    def view(layer: int, head: int, k: np.ndarray, v: np.ndarray):
+        if isinstance(fmt, Fp16Settings):
+            return k, v
+        if isinstance(fmt, IntSettings):
+            return (kivi_keys(k, fmt.bits, fmt.group).astype(np.float32),
+                    kivi_values(v, fmt.bits, fmt.group).astype(np.float32))
+        kcb = pq.train_codebook(k[fmt.sinks:prefill], fmt.m, fmt.k, _rng(cfg.seed, layer, head, 0, fmt.m, fmt.k),
+                                iters=cfg.iters, outliers=fmt.outliers, scale_channels=fmt.scale_keys)
+        vcb = pq.train_codebook(v[fmt.sinks:prefill], fmt.m, fmt.k, _rng(cfg.seed, layer, head, 1, fmt.m, fmt.k),
+                                iters=cfg.iters)
+        return (pq.CodedTensor.of(kcb, k).decoded().astype(np.float32),
+                pq.CodedTensor.of(vcb, v).decoded().astype(np.float32))
+
+    return view
+
+
+def measure_perplexity(formats: Sequence[KvFormat], text: str, n_tokens: int, cfg: EvalConfig = EvalConfig(),
+                       log=print) -> dict[str, tuple[float, float]]:
+    """SmolLM2 perplexity of the last ``n_queries`` tokens of ``text`` with the cache in each format:
+    {format name: (ppl, ppl_fp16)}. Needs the optional "real" extra."""
+    from workloads import perplexity as px
+
+    lm = px.load_smollm2()
+    ids = px.tokenize(lm, text, n_tokens)
+    prefill = n_tokens - cfg.n_queries if cfg.prefill is None else cfg.prefill
+    base = px.perplexity(lm, ids, prefill, None)
+    log(f"perplexity FP16 over tokens {prefill + 1}..{n_tokens - 1} of {text}: {base:.3f}")
+    result = {}
+    for fmt in formats:
+        sinks, recent = getattr(fmt, "sinks", 0), getattr(fmt, "recent", 0)
+        hook = px.coded_hook(view_fn_for(fmt, prefill, cfg), prefill, sinks, recent)
+        result[fmt.name] = (px.perplexity(lm, ids, prefill, hook), base)
+        log(f"perplexity {fmt.name}: {result[fmt.name][0]:.3f}")
+    return result
+
+
+# --- presentation ---------------------------------------------------------------------------------------------------
+COLUMNS = (("data", "data", "{}"), ("setting", "setting", "{}"), ("layer", "layer", "{}"),
+           ("code_bits_per_element", "code b/el", "{:.3f}"), ("bits_per_element", "all b/el", "{:.2f}"),
+           ("compression", "compr", "{:.2f}x"), ("key_rel_err", "K err", "{:.3f}"),
+           ("value_rel_err", "V err", "{:.3f}"), ("score_rmse", "score rmse", "{:.3f}"),
+           ("out_cos_mean", "cos mean", "{:.4f}"), ("out_cos_min", "cos min", "{:.4f}"),
+           ("topk_overlap", "top-k", "{:.3f}"), ("heldout_frac", "held-out", "{:.2f}"),
+           ("ppl", "ppl", "{:.3f}"), ("ppl_fp16", "ppl fp16", "{:.3f}"))
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Plain-text table of result rows (columns that no row has are left out)."""
+    cols = [c for c in COLUMNS if any(c[0] in r for r in rows)]
+    cells = [[h for _, h, _ in cols]]
+    for r in rows:
+        cells.append(["" if r.get(k) is None else f.format(r[k]) for k, _, f in cols])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

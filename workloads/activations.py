@@ -1,0 +1,174 @@
+"""Q/K/V activations to measure KV-cache formats on: captured from a real model, or synthetic Gaussian.
+
+Accuracy of a KV format depends on what the keys and values look like. Gaussian data is the easy case: real keys
+have outlier channels, an attention-sink token and a RoPE rotation that drifts with position, and those are what
+decide whether Product Quantization works. So the evaluation runs on both: captures of SmolLM2-135M-Instruct
+(``scripts/capture_activations.py``; a small one is committed as a test fixture) and a seeded Gaussian generator.
+
+Layout (one file, numpy ``.npz``, float16 arrays):
+- ``k``, ``v``: (layers, tokens, kv_heads, head_dim), keys *after* RoPE (what the KV cache stores);
+- ``q``: (layers, queries, heads, head_dim), queries after RoPE at token positions ``q_pos`` (queries, );
+- ``k_pre`` (optional): keys before RoPE; ``layers``: captured layer indices; ``meta``: JSON (model config,
+  text, tool versions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from workloads.errors import WorkloadError
+from workloads.models import ModelSpec, from_hf_config
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Activations:
+    """Captured (or generated) attention inputs of a few layers of one sequence."""
+
+    q: np.ndarray  # (L, Nq, Hq, D) post-RoPE queries at positions q_pos
+    q_pos: np.ndarray  # (Nq,) int token positions of the queries, increasing
+    k: np.ndarray  # (L, N, Hkv, D) post-RoPE keys of tokens 0..N-1
+    v: np.ndarray  # (L, N, Hkv, D)
+    layers: tuple[int, ...]  # model layer index of each captured layer
+    model: ModelSpec  # the whole model (bytes are counted over all its layers)
+    source: str  # "synthetic" or the text the capture ran on
+    rope_theta: float = 0.0  # 0 when not RoPE (synthetic)
+    k_pre: np.ndarray | None = None  # (L, N, Hkv, D) keys before RoPE, when captured
+
+    def __post_init__(self):
+        L, N, H, D = self.k.shape
+        assert self.v.shape == (L, N, H, D), (self.v.shape, self.k.shape)
+        assert self.q.ndim == 4 and self.q.shape[0] == L and self.q.shape[3] == D, self.q.shape
+        assert self.q_pos.shape == (self.q.shape[1],), (self.q_pos.shape, self.q.shape)
+        assert len(self.layers) == L
+        assert self.q.shape[2] % H == 0, "query heads must be a multiple of KV heads (GQA)"
+        assert self.k_pre is None or self.k_pre.shape == self.k.shape
+        if len(self.q_pos) and (np.any(np.diff(self.q_pos) <= 0) or self.q_pos[-1] >= N or self.q_pos[0] < 0):
+            raise WorkloadError("activations: query positions must increase and lie within the tokens")
+
+    @property
+    def n_tokens(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def head_dim(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head (GQA)."""
+        return self.q.shape[2] // self.k.shape[2]
+
+    def truncated(self, context: int) -> Activations:
+        """The first ``context`` tokens (as if the sequence were that long): keys, values and earlier queries."""
+        if context > self.n_tokens:
+            raise WorkloadError(f"context {context} exceeds the {self.n_tokens} tokens of the activations")
+        if context <= 0:
+            raise WorkloadError(f"context must be positive, got {context}")
+        keep = self.q_pos < context
+        return Activations(q=self.q[:, keep], q_pos=self.q_pos[keep], k=self.k[:, :context], v=self.v[:, :context],
+                           layers=self.layers, model=self.model, source=self.source, rope_theta=self.rope_theta,
+                           k_pre=None if self.k_pre is None else self.k_pre[:, :context])
+
+
+# --- RoPE (Hugging Face "rotate_half" convention, as the Llama modelling code applies it) -------------------------
+def rope_angles(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin tables, each (len(positions), head_dim)."""
+    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (D/2,)
+    ang = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
+    ang = np.concatenate([ang, ang], axis=1)  # (N, D)
+    return np.cos(ang), np.sin(ang)
+
+
+def _rotate_half(x: np.ndarray) -> np.ndarray:
+    h = x.shape[-1] // 2
+    return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def apply_rope(x: np.ndarray, positions: np.ndarray, theta: float, inverse: bool = False) -> np.ndarray:
+    """Rotate x (N, ..., D) by its token positions; ``inverse`` undoes it (to recover pre-RoPE keys)."""
+    cos, sin = rope_angles(positions, x.shape[-1], theta)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+    cos, sin = cos.reshape(shape), sin.reshape(shape)
+    x64 = x.astype(np.float64)
+    out = x64 * cos + _rotate_half(x64) * (-sin if inverse else sin)
+    return out.astype(x.dtype)
+
+
+# --- synthetic data ----------------------------------------------------------------------------------------------
+def synthetic_activations(rng: np.random.Generator, *, n_tokens: int = 2048, n_queries: int = 128,
+                          n_layers: int = 2, n_kv_heads: int = 2, group: int = 3, head_dim: int = 64) -> Activations:
+    """i.i.d. standard Gaussian q, k, v: the case with no structure for PQ to exploit (and no outliers)."""
+    if not 0 < n_queries <= n_tokens:
+        raise WorkloadError(f"synthetic data: need 0 < queries <= tokens, got {n_queries} and {n_tokens}")
+    k = rng.standard_normal((n_layers, n_tokens, n_kv_heads, head_dim), dtype=np.float32)
+    v = rng.standard_normal((n_layers, n_tokens, n_kv_heads, head_dim), dtype=np.float32)
+    q = rng.standard_normal((n_layers, n_queries, n_kv_heads * group, head_dim), dtype=np.float32)
+    model = ModelSpec(name="synthetic-gaussian", family="llama", n_layers=n_layers,
+                      hidden_size=n_kv_heads * group * head_dim, n_heads=n_kv_heads * group, n_kv_heads=n_kv_heads,
+                      head_dim=head_dim, ffn_size=4 * n_kv_heads * group * head_dim, vocab_size=32000,
+                      max_context=max(n_tokens, 1))
+    return Activations(q=q, q_pos=np.arange(n_tokens - n_queries, n_tokens), k=k, v=v,
+                       layers=tuple(range(n_layers)), model=model, source="synthetic")
+
+
+# --- files -------------------------------------------------------------------------------------------------------
+def save_activations(path: str | os.PathLike, acts: Activations, hf_config: dict, extra_meta: dict | None = None,
+                     dtype=np.float16) -> None:
+    """Write atomically (temp file + rename) so an interrupted capture never leaves a half file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": FORMAT_VERSION, "hf_config": hf_config, "source": acts.source,
+            "rope_theta": acts.rope_theta, "model_name": acts.model.name, **(extra_meta or {})}
+    arrays = {"q": acts.q.astype(dtype), "q_pos": acts.q_pos.astype(np.int32), "k": acts.k.astype(dtype),
+              "v": acts.v.astype(dtype), "layers": np.asarray(acts.layers, dtype=np.int32),
+              "meta": np.array(json.dumps(meta, sort_keys=True))}
+    if acts.k_pre is not None:
+        arrays["k_pre"] = acts.k_pre.astype(dtype)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_activations(path: str | os.PathLike, context: int | None = None) -> Activations:
+    """Read a capture; arrays become float32 (the math runs in float32, storage was float16)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"q", "q_pos", "k", "v", "layers", "meta"} - set(z.files)
+            if missing:
+                raise WorkloadError(f"{path}: not an activations file (missing {', '.join(sorted(missing))})")
+            meta = json.loads(str(z["meta"]))
+            arrays = {n: z[n] for n in z.files if n != "meta"}
+    except FileNotFoundError:
+        raise WorkloadError(f"activations file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        if isinstance(e, WorkloadError):
+            raise
+        raise WorkloadError(f"{path}: cannot read activations: {e}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise WorkloadError(f"{path}: activations format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    model = from_hf_config(meta["hf_config"], name=meta.get("model_name", path.stem), where=str(path))
+    f32 = {n: arrays[n].astype(np.float32) for n in ("q", "k", "v")}
+    acts = Activations(q=f32["q"], q_pos=arrays["q_pos"].astype(np.int64), k=f32["k"], v=f32["v"],
+                       layers=tuple(int(x) for x in arrays["layers"]), model=model, source=meta.get("source", "?"),
+                       rope_theta=float(meta.get("rope_theta", 0.0)),
+                       k_pre=arrays["k_pre"].astype(np.float32) if "k_pre" in arrays else None)
+    return acts if context is None else acts.truncated(context)

@@ -1,0 +1,313 @@
+"""Product Quantization of a KV cache, and attention computed directly on the codes (numpy reference math).
+
+A head's key (or value) vector of ``D`` dims is cut into ``M`` sub-vectors of ``D/M`` dims; each sub-space has its own
+codebook of ``K`` centroids, so a token stores ``M`` codes of log2(K) bits instead of ``D`` FP16 numbers. Codebooks
+are per layer, per KV head and per tensor (K and V separately), trained by k-means on the prefill's own keys/values.
+
+Attention on codes never decodes the cache (this is what AQPIM runs inside PIM):
+- scores: per sub-space m the table ``T[m, c] = q_m . C_m[c]`` (M x K entries); a token's score is
+  ``sum_m T[m, code_m]``: M gathers and adds per token instead of D multiply-adds;
+- values: the softmax weights are summed per (sub-space, centroid) bin, ``B[m, c] = sum_{n: code_m(n)=c} w_n``, and the
+  output's sub-vector m is ``B[m] @ C_m`` (K x D/M MACs): the per-token work is M scatter-adds.
+Both are exact rewrites of ordinary attention over the decoded K/V (``tests/test_pq.py`` checks that property).
+
+Accuracy options live here as data on the ``Codebook``: outlier channels (kept exact, zeroed inside the PQ part so
+the M sub-spaces still tile all D dims) and a per-channel scale applied before clustering. Sink and recent-window
+tokens are exact attention parts merged with the PQ part through softmax statistics (``merge``).
+
+Shapes: N tokens, D head dim, M sub-spaces, K centroids, G query rows (query heads of a GQA group x positions).
+
+k-means backend: a numpy Lloyd loop batched over the M sub-spaces. Measured at N=2048, D=64, one thread: as fast as
+faiss-cpu for PQ shapes (M=8..32) and 1.5-6x faster than scipy's kmeans2 at K=256 (docs/accuracy.md), so there is
+no optional dependency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+# --- k-means -------------------------------------------------------------------------------------------------------
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20,
+           init: np.ndarray | None = None) -> np.ndarray:
+    """Lloyd's k-means on M independent problems at once: x (M, N, d) -> centroids (M, k, d).
+
+    Deterministic given ``rng``. Initial centroids are k distinct points (or ``init``, to refresh a codebook from the
+    previous one); an emptied cluster is re-seeded with the point that is worst represented, so no centroid is dead.
+    """
+    M, N, d = x.shape
+    assert N >= 1 and k >= 1, (N, k)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if init is not None:
+        assert init.shape == (M, k, d), (init.shape, (M, k, d))
+        c = init.astype(np.float32, copy=True)
+    else:
+        # k distinct points per sub-space (with replacement only when there are fewer points than centroids)
+        idx = np.stack([rng.choice(N, k, replace=N < k) for _ in range(M)])  # (M, k)
+        c = np.take_along_axis(x, idx[:, :, None], axis=1)  # (M, k, d)
+    off = (np.arange(M) * k)[:, None]  # flat bin index per sub-space
+    xf = x.reshape(M * N, d)
+    for _ in range(iters):
+        a, err = _assign(x, c)  # (M, N), (M, N)
+        flat = (a + off).ravel()
+        cnt = np.bincount(flat, minlength=M * k).reshape(M, k)
+        sums = np.stack([np.bincount(flat, weights=xf[:, j], minlength=M * k) for j in range(d)], axis=-1)
+        new = (sums.reshape(M, k, d) / np.maximum(cnt, 1)[..., None]).astype(np.float32)
+        c = np.where(cnt[..., None] > 0, new, c)
+        for m in np.flatnonzero((cnt == 0).any(axis=1)):  # rare: re-seed empty clusters
+            empty = np.flatnonzero(cnt[m] == 0)
+            worst = np.argsort(err[m])[::-1][:len(empty)]
+            c[m, empty[:len(worst)]] = x[m, worst]
+    return c
+
+
+def _assign(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid per point, batched: x (M, N, d), c (M, K, d) -> codes (M, N), squared error (M, N)."""
+    dist = np.matmul(x, c.transpose(0, 2, 1))  # (M, N, K)
+    dist *= -2.0
+    dist += (c * c).sum(-1)[:, None, :]
+    a = dist.argmin(-1)
+    err = np.take_along_axis(dist, a[..., None], -1)[..., 0] + (x * x).sum(-1)
+    return a, np.maximum(err, 0.0)
+
+
+# --- codebooks -----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Codebook:
+    """PQ codebook of one tensor (K or V) of one KV head in one layer, with its accuracy options."""
+
+    centroids: np.ndarray  # (M, K, D/M) float32, in the scaled space
+    scale: np.ndarray  # (D,) positive: vectors are divided by it before clustering (ones = no scaling)
+    outliers: np.ndarray  # (n_out,) int channel indices kept exact outside the PQ part (empty = none)
+
+    def __post_init__(self):
+        M, K, dsub = self.centroids.shape
+        assert self.scale.shape == (M * dsub,), (self.scale.shape, self.centroids.shape)
+        assert np.all(self.scale > 0), "channel scales must be positive"
+        assert self.outliers.ndim == 1 and np.all((self.outliers >= 0) & (self.outliers < M * dsub))
+
+    @property
+    def m(self) -> int:
+        return self.centroids.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.centroids.shape[1]
+
+    @property
+    def dim(self) -> int:
+        return self.centroids.shape[0] * self.centroids.shape[2]
+
+    @property
+    def code_dtype(self):
+        return np.uint8 if self.k <= 256 else np.uint16
+
+    def _to_pq_space(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) -> (M, N, D/M): scaled, outlier channels zeroed (they are stored exactly instead)."""
+        N, D = x.shape
+        assert D == self.dim, (D, self.dim)
+        y = x / self.scale
+        if self.outliers.size:
+            y = y.copy()
+            y[:, self.outliers] = 0.0
+        return np.ascontiguousarray(y.reshape(N, self.m, D // self.m).transpose(1, 0, 2), dtype=np.float32)
+
+
+def top_rms_channels(x: np.ndarray, n: int) -> np.ndarray:
+    """The n channels of x (N, D) with the largest RMS over tokens, sorted by index."""
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    rms = np.sqrt((x.astype(np.float64) ** 2).mean(axis=0))
+    return np.sort(np.argsort(-rms, kind="stable")[:n])
+
+
+def train_codebook(x: np.ndarray, m: int, k: int, rng: np.random.Generator, *, iters: int = 20,
+                   outliers: int = 0, scale_channels: bool = False, init: Codebook | None = None) -> Codebook:
+    """Fit a codebook to training vectors x (N, D): the prefill's keys or values of one head.
+
+    ``outliers``: the top channels by RMS are taken out of the PQ part (kept exact). ``scale_channels``: divide
+    each channel by its RMS before clustering so that k-means does not spend its centroids on the largest channels.
+    ``init``: the previous codebook, to refresh it with a warm start (its outliers and scales are kept).
+    """
+    N, D = x.shape
+    assert D % m == 0, f"head dim {D} not divisible by M={m}"
+    if init is not None:
+        scale, out = init.scale, init.outliers
+    else:
+        out = top_rms_channels(x, outliers)
+        if scale_channels:
+            rms = np.sqrt((x.astype(np.float64) ** 2).mean(axis=0))
+            scale = np.where(rms > 0, rms / max(float(np.median(rms)), 1e-12), 1.0)
+            scale = np.maximum(scale, 1e-6)
+        else:
+            scale = np.ones(D)
+    proto = Codebook(centroids=np.zeros((m, k, D // m), np.float32), scale=np.asarray(scale, np.float64),
+                     outliers=np.asarray(out, np.int64))
+    c = kmeans(proto._to_pq_space(x), k, rng, iters, init=None if init is None else init.centroids)
+    return Codebook(centroids=c, scale=proto.scale, outliers=proto.outliers)
+
+
+def encode(cb: Codebook, x: np.ndarray) -> np.ndarray:
+    """Nearest centroid per sub-space: x (N, D) -> codes (N, M) (uint8 for K <= 256)."""
+    a, _ = _assign(cb._to_pq_space(x), cb.centroids)  # (M, N)
+    return np.ascontiguousarray(a.T.astype(cb.code_dtype))
+
+
+def decode(cb: Codebook, codes: np.ndarray, exact: np.ndarray | None = None) -> np.ndarray:
+    """codes (N, M) -> vectors (N, D); ``exact`` (N, n_out) fills the outlier channels (zeros when None)."""
+    N, M = codes.shape
+    assert M == cb.m, (M, cb.m)
+    sub = cb.centroids[np.arange(M)[None, :], codes.astype(np.int64)]  # (N, M, D/M)
+    y = sub.reshape(N, cb.dim).astype(np.float64) * cb.scale
+    if cb.outliers.size:
+        y[:, cb.outliers] = 0.0 if exact is None else exact
+    return y
+
+
+# --- attention on codes --------------------------------------------------------------------------------------------
+def score_table(cb: Codebook, q: np.ndarray) -> np.ndarray:
+    """T[g, m, c] = q_m . C_m[c] in the scaled space: q (G, D) -> (G, M, K)."""
+    G, D = q.shape
+    assert D == cb.dim, (D, cb.dim)
+    qs = q * cb.scale  # (q / s^-1): q . (s * y) == (q * s) . y
+    if cb.outliers.size:
+        qs = qs.copy()
+        qs[:, cb.outliers] = 0.0  # the outlier channels are added exactly elsewhere
+    qm = qs.reshape(G, cb.m, D // cb.m).transpose(1, 0, 2)  # (M, G, D/M)
+    t = np.matmul(qm, cb.centroids.transpose(0, 2, 1).astype(qm.dtype))  # (M, G, K)
+    return t.transpose(1, 0, 2)
+
+
+def scores_from_codes(table: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Score of every token: sum over sub-spaces of the table entry its code selects. (G, M, K), (N, M) -> (G, N)."""
+    G, M, _ = table.shape
+    N, M2 = codes.shape
+    assert M == M2, (M, M2)
+    s = np.zeros((G, N), dtype=table.dtype)
+    for m in range(M):
+        s += table[:, m, codes[:, m]]
+    return s
+
+
+def value_bins(w: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
+    """Softmax weight summed per (sub-space, centroid): w (G, N), codes (N, M) -> bins (G, M, K)."""
+    G, N = w.shape
+    N2, M = codes.shape
+    assert N == N2, (N, N2)
+    bins = np.zeros((G, M, k), dtype=w.dtype)
+    if N == 0:
+        return bins
+    for m in range(M):
+        c = codes[:, m]
+        order = np.argsort(c, kind="stable")
+        cs = c[order]
+        starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])  # first token of each present code
+        bins[:, m, cs[starts]] = np.add.reduceat(w[:, order], starts, axis=1)
+    return bins
+
+
+def output_from_bins(cb: Codebook, bins: np.ndarray) -> np.ndarray:
+    """Weighted sum of values from the bins: out_m = B[m] @ C_m, rescaled. (G, M, K) -> (G, D); outlier
+    channels come out zero (the caller adds their exact part)."""
+    G, M, K = bins.shape
+    assert (M, K) == (cb.m, cb.k), (bins.shape, cb.centroids.shape)
+    out = np.matmul(bins.transpose(1, 0, 2), cb.centroids.astype(bins.dtype))  # (M, G, D/M)
+    return out.transpose(1, 0, 2).reshape(G, cb.dim) * cb.scale
+
+
+@dataclass(frozen=True, eq=False)
+class Partial:
+    """Attention over a subset of tokens, normalised within it, with its log-sum-exp of scores.
+
+    Two disjoint parts combine exactly (``merge``): this is how exact sink/window tokens and the PQ part meet,
+    and how banks holding different tokens reduce their results (DESIGN step 3).
+    """
+
+    out: np.ndarray  # (G, D)
+    lse: np.ndarray  # (G,) log sum exp of the part's scores (-inf for an empty part)
+
+
+def _softmax_part(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masked scores (-inf = absent) -> weights normalised per row, log-sum-exp per row (-inf if empty)."""
+    mx = s.max(axis=1, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    e = np.exp(s - mx)
+    tot = e.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        lse = (np.log(tot) + mx)[:, 0]
+    return e / np.where(tot > 0, tot, 1.0), lse
+
+
+def merge(a: Partial, b: Partial) -> Partial:
+    """Attention over the union of two disjoint token sets from the two parts' results."""
+    lse = np.logaddexp(a.lse, b.lse)
+    safe = np.where(np.isfinite(lse), lse, 0.0)
+    wa = np.where(np.isfinite(a.lse), np.exp(a.lse - safe), 0.0)[:, None]
+    wb = np.where(np.isfinite(b.lse), np.exp(b.lse - safe), 0.0)[:, None]
+    return Partial(out=wa * a.out + wb * b.out, lse=lse)
+
+
+def exact_partial(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> Partial:
+    """Ordinary attention of q (G, D) over k, v (N, D), restricted per row to ``mask`` (G, N) when given.
+
+    q is already multiplied by the softmax scale (1/sqrt(D))."""
+    G, D = q.shape
+    assert k.shape == v.shape and k.shape[1] == D, (q.shape, k.shape, v.shape)
+    s = q @ k.T  # (G, N)
+    if mask is not None:
+        assert mask.shape == s.shape, (mask.shape, s.shape)
+        s = np.where(mask, s, -np.inf)
+    w, lse = _softmax_part(s)
+    return Partial(out=w @ v, lse=lse)
+
+
+@dataclass(frozen=True, eq=False)
+class CodedTensor:
+    """A stored K or V stream of one head: codes plus the exact outlier channels."""
+
+    cb: Codebook
+    codes: np.ndarray  # (N, M)
+    exact: np.ndarray  # (N, n_out) the outlier channels' values
+
+    @classmethod
+    def of(cls, cb: Codebook, x: np.ndarray) -> CodedTensor:
+        return cls(cb=cb, codes=encode(cb, x), exact=np.asarray(x[:, cb.outliers], dtype=np.float64))
+
+    def decoded(self) -> np.ndarray:
+        return decode(self.cb, self.codes, self.exact)
+
+
+def pq_scores(q: np.ndarray, kc: CodedTensor) -> np.ndarray:
+    """Scores on codes (table + gather) plus the exact outlier-channel part: (G, D) -> (G, N)."""
+    s = scores_from_codes(score_table(kc.cb, q), kc.codes)
+    if kc.cb.outliers.size:
+        s = s + q[:, kc.cb.outliers] @ kc.exact.T
+    return s
+
+
+def pq_partial(q: np.ndarray, kc: CodedTensor, vc: CodedTensor, mask: np.ndarray | None = None,
+               scores: np.ndarray | None = None) -> Partial:
+    """Attention of q (G, D) over coded keys and values without decoding them (restricted to ``mask`` (G, N)).
+
+    ``scores`` may pass in ``pq_scores(q, kc)`` when the caller already has it."""
+    G, D = q.shape
+    N = kc.codes.shape[0]
+    assert vc.codes.shape[0] == N and kc.cb.dim == vc.cb.dim == D
+    s = pq_scores(q, kc) if scores is None else scores
+    assert s.shape == (G, N), s.shape
+    if mask is not None:
+        assert mask.shape == (G, N), mask.shape
+        s = np.where(mask, s, -np.inf)
+    w, lse = _softmax_part(s)
+    out = output_from_bins(vc.cb, value_bins(w, vc.codes, vc.cb.k))  # (G, D), outlier channels zero
+    if vc.cb.outliers.size:
+        out[:, vc.cb.outliers] = w @ vc.exact
+    return Partial(out=out, lse=lse)
+
+
+def gqa_rows(q: np.ndarray) -> np.ndarray:
+    """Queries (T, g, D) of the g query heads sharing one KV head at T positions -> rows (T*g, D)."""
+    T, g, D = q.shape
+    return q.reshape(T * g, D)
