@@ -109,7 +109,8 @@ def evaluate(acts: Activations, formats: Sequence[KvFormat], cfg: EvalConfig = E
     N, H, D, g = acts.n_tokens, acts.n_kv_heads, acts.head_dim, acts.group
     nq = min(cfg.n_queries, len(acts.q_pos))
     if nq == 0:
-        raise WorkloadError("evaluation: the activations hold no query positions")
+        raise WorkloadError(f"evaluation: the activations hold no query position below context {N} (a capture "
+                            f"with queries at every position allows any context: --queries all)")
     prefill = N - nq if cfg.prefill is None else cfg.prefill
     if not 0 < prefill <= N:
         raise WorkloadError(f"evaluation: prefill {prefill} must lie in 1..{N} (context {N})")

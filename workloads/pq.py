@@ -34,8 +34,8 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20,
            init: np.ndarray | None = None) -> np.ndarray:
     """Lloyd's k-means on M independent problems at once: x (M, N, d) -> centroids (M, k, d).
 
-    Deterministic given ``rng``. Initial centroids are k distinct points (or ``init``, to refresh a codebook from the
-    previous one); an emptied cluster is re-seeded with the point that is worst represented, so no centroid is dead.
+    Deterministic given ``rng``. Initial centroids by k-means++ (or ``init``, to refresh a codebook from the previous
+    one); an emptied cluster is re-seeded with the point that is worst represented, so no centroid is dead.
     """
     M, N, d = x.shape
     assert N >= 1 and k >= 1, (N, k)
@@ -44,9 +44,7 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20,
         assert init.shape == (M, k, d), (init.shape, (M, k, d))
         c = init.astype(np.float32, copy=True)
     else:
-        # k distinct points per sub-space (with replacement only when there are fewer points than centroids)
-        idx = np.stack([rng.choice(N, k, replace=N < k) for _ in range(M)])  # (M, k)
-        c = np.take_along_axis(x, idx[:, :, None], axis=1)  # (M, k, d)
+        c = _kmeans_pp(x, k, rng)
     off = (np.arange(M) * k)[:, None]  # flat bin index per sub-space
     xf = x.reshape(M * N, d)
     for _ in range(iters):
@@ -60,6 +58,26 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20,
             empty = np.flatnonzero(cnt[m] == 0)
             worst = np.argsort(err[m])[::-1][:len(empty)]
             c[m, empty[:len(worst)]] = x[m, worst]
+    return c
+
+
+def _kmeans_pp(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding, batched over sub-spaces: each next centroid is a point drawn with probability
+    proportional to its squared distance to the nearest centroid so far (Forgy seeding can merge clusters)."""
+    M, N, d = x.shape
+    rows = np.arange(M)
+    c = np.empty((M, k, d), dtype=x.dtype)
+    xx = (x * x).sum(-1)  # (M, N)
+    pick = rng.integers(0, N, M)
+    best = np.full((M, N), np.inf, dtype=x.dtype)  # squared distance to the nearest chosen centroid
+    for i in range(k):
+        c[:, i] = x[rows, pick]
+        dist = xx - 2.0 * np.einsum("mnd,md->mn", x, c[:, i]) + xx[rows, pick][:, None]
+        np.minimum(best, np.maximum(dist, 0.0), out=best)
+        if i + 1 < k:
+            cum = np.cumsum(best, axis=1)
+            u = rng.random(M) * cum[:, -1]
+            pick = np.minimum((cum < u[:, None]).sum(axis=1), N - 1)  # all distances zero: any point will do
     return c
 
 

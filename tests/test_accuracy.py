@@ -1,0 +1,139 @@
+"""Accuracy evaluation on the committed SmolLM2 fixture and on Gaussian data; the CLI; the perplexity hook."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.cli import main
+from workloads import pq
+from workloads.accuracy import EvalConfig, evaluate, format_table
+from workloads.activations import apply_rope, load_activations, synthetic_activations
+from workloads.errors import WorkloadError
+from workloads.kvformats import parse_format
+from workloads.perplexity import coded_hook, have_torch_stack
+
+FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_gpl3_2k.npz"
+REQUIRED = ("data", "setting", "code_bits_per_element", "compression", "out_cos_mean", "out_cos_min")
+
+
+@pytest.fixture(scope="module")
+def real():
+    return load_activations(FIXTURE)
+
+
+def fmts(*texts):
+    return [parse_format(t) for t in texts]
+
+
+def test_fixture_is_smollm2_with_gqa_and_small():
+    acts = load_activations(FIXTURE)
+    assert FIXTURE.stat().st_size < 5e6
+    assert (acts.n_tokens, acts.n_kv_heads, acts.group, acts.head_dim) == (2048, 3, 3, 64)
+    assert acts.model.n_layers == 30 and len(acts.layers) == 3 and acts.rope_theta == 1e5
+    assert acts.q_pos.tolist() == list(range(1920, 2048))
+
+
+def test_rope_is_a_rotation_that_only_sees_relative_position():
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((1, 64)), rng.standard_normal((1, 64))
+    dot = lambda p, r: float((apply_rope(q, np.array([p]), 1e5) * apply_rope(k, np.array([r]), 1e5)).sum())  # noqa: E731
+    assert dot(10, 3) == pytest.approx(dot(1007, 1000), rel=1e-9)
+    x = rng.standard_normal((5, 2, 64))
+    back = apply_rope(apply_rope(x, np.arange(5), 1e5), np.arange(5), 1e5, inverse=True)
+    np.testing.assert_allclose(back, x, atol=1e-12)
+
+
+def test_real_keys_have_a_sink_and_outlier_channels_that_gaussian_data_lacks(real):
+    syn = synthetic_activations(np.random.default_rng(0), n_tokens=1024, n_queries=32, n_layers=1)
+
+    def sink_mass_and_outlier_ratio(acts, layer):
+        q = acts.q[layer, -1, 0] * acts.head_dim ** -0.5
+        w = np.exp(acts.k[layer, :, 0] @ q - (acts.k[layer, :, 0] @ q).max())
+        rms = np.sqrt((acts.k[layer, :, 0] ** 2).mean(0))
+        return w[0] / w.sum(), rms.max() / np.median(rms)
+
+    mass_real, ratio_real = sink_mass_and_outlier_ratio(real, -1)  # layer 27
+    mass_syn, ratio_syn = sink_mass_and_outlier_ratio(syn, 0)
+    assert mass_real > 0.1 > 0.01 > mass_syn
+    assert ratio_real > 3.0 > 1.5 > ratio_syn
+
+
+def test_exact_tokens_and_more_centroids_improve_real_attention(real):
+    cfg = EvalConfig(n_queries=16, iters=8)
+    rows = evaluate(real, fmts("fp16", "pq:m=16,k=16", "pq:m=16,k=16,sinks=4,recent=64", "pq:m=16,k=64,sinks=4,"
+                               "recent=64"), cfg)
+    for r in rows:
+        assert all(k in r for k in REQUIRED) and r["data"] == "real"
+    fp16, bare, window, more = rows
+    assert fp16["out_cos_min"] == pytest.approx(1.0) and fp16["compression"] == 1.0
+    assert window["out_cos_mean"] > bare["out_cos_mean"] and window["out_cos_min"] > bare["out_cos_min"]
+    assert more["key_rel_err"] < window["key_rel_err"] and more["code_bits_per_element"] == 1.5
+    assert 0.0 < more["topk_overlap"] <= 1.0
+    assert "setting" in format_table(rows) and "pq:m=16,k=64,sinks=4,recent=64" in format_table(rows)
+
+
+def test_codebooks_trained_on_an_early_prefill_code_held_out_tokens_and_refresh_reduces_that(real):
+    cfg = EvalConfig(n_queries=8, prefill=256, iters=4)
+    fixed, refreshed = evaluate(real, fmts("pq:m=16,k=16", "pq:m=16,k=16,refresh=256"), cfg)
+    assert fixed["prefill"] == 256 and fixed["heldout_frac"] > 0.5
+    assert refreshed["heldout_frac"] < fixed["heldout_frac"]
+    default = evaluate(real, fmts("pq:m=16,k=16,recent=8"), EvalConfig(n_queries=8, iters=4))[0]
+    assert default["heldout_frac"] == 0.0  # decode tokens all inside the recent window
+
+
+def test_synthetic_rows_deterministic_and_int8_nearly_exact():
+    acts = synthetic_activations(np.random.default_rng(1), n_tokens=256, n_queries=16, n_layers=1)
+    cfg = EvalConfig(n_queries=16, iters=5, seed=3)
+    a = evaluate(acts, fmts("int:bits=8", "pq:m=8,k=16"), cfg, data="synthetic")
+    b = evaluate(acts, fmts("int:bits=8", "pq:m=8,k=16"), cfg, data="synthetic")
+    assert a == b
+    assert a[0]["out_cos_min"] > 0.999 and a[0]["data"] == "synthetic"
+    assert a[1]["out_cos_mean"] < a[0]["out_cos_mean"]
+
+
+def test_evaluation_rejects_too_few_training_tokens(real):
+    with pytest.raises(WorkloadError, match="training tokens"):
+        evaluate(real, fmts("pq:m=16,k=256"), EvalConfig(prefill=100))
+
+
+def test_cli_writes_rows_atomically_and_reports_bad_settings(tmp_path, capsys):
+    out = tmp_path / "acc.json"
+    assert main(["accuracy", "--data", "synthetic", "--context", "192", "--queries", "8", "--iters", "3",
+                 "--settings", "fp16", "pq:m=8,k=16,sinks=2,recent=8", "--json-out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["fp16", "pq:m=8,k=16,sinks=2,recent=8"]
+    assert all(k in r for r in rows for k in REQUIRED)
+    assert [p.name for p in tmp_path.iterdir()] == ["acc.json"]  # no temp file left
+    assert "pq:m=8,k=16,sinks=2,recent=8" in capsys.readouterr().out
+    assert main(["accuracy", "--data", "synthetic", "--settings", "pq:m=8,kk=16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "did you mean 'k'" in err and "\n" not in err
+
+
+def test_coded_hook_with_exact_view_is_causal_attention_and_leaves_prefill_exact():
+    rng = np.random.default_rng(0)
+    Hq, Hkv, N, D = 4, 2, 24, 8
+    q, k, v = rng.standard_normal((Hq, N, D)), rng.standard_normal((Hkv, N, D)), rng.standard_normal((Hkv, N, D))
+    causal = np.tril(np.ones((N, N), bool))
+    exact = coded_hook(lambda li, h, kk, vv: (kk, vv), prefill=16, sinks=1, recent=2)(0, q, k, v, D ** -0.5)
+    for qi in range(Hq):
+        ref = pq.exact_partial(q[qi] * D ** -0.5, k[qi // 2], v[qi // 2], causal).out
+        np.testing.assert_allclose(exact[:, qi], ref, rtol=1e-5, atol=1e-6)
+    noisy = coded_hook(lambda li, h, kk, vv: (kk + 1.0, vv + 1.0), prefill=16, sinks=1, recent=2)(0, q, k, v, 0.3)
+    exact = coded_hook(lambda li, h, kk, vv: (kk, vv), prefill=16, sinks=1, recent=2)(0, q, k, v, 0.3)
+    np.testing.assert_array_equal(noisy[:16], exact[:16])
+    assert not np.allclose(noisy[16:], exact[16:])
+
+
+@pytest.mark.skipif(not have_torch_stack(), reason="needs the optional 'real' extra (torch, transformers, ...)")
+def test_smollm2_perplexity_hook_with_fp16_view_matches_the_plain_model():
+    from workloads import perplexity as px
+
+    lm = px.load_smollm2()
+    ids = px.tokenize(lm, "gpl-3", 96)
+    plain = px.perplexity(lm, ids, 64, None)
+    hooked = px.perplexity(lm, ids, 64, px.coded_hook(lambda li, h, k, v: (k, v), 64, 0, 0))
+    assert 1.0 < plain < 1000.0
+    assert hooked == pytest.approx(plain, rel=1e-4)

@@ -1,0 +1,112 @@
+"""KV format bytes by part (checked against hand counts), validation and the settings text form."""
+
+import pytest
+
+from workloads.errors import WorkloadError
+from workloads.kvformats import (
+    Fp16Settings,
+    IntSettings,
+    PqSettings,
+    bits_per_element,
+    code_bits_per_element,
+    compression,
+    kv_bytes,
+    parse_format,
+)
+from workloads.models import ModelSpec, load_model
+
+TINY = ModelSpec(name="tiny", family="llama", n_layers=2, hidden_size=256, n_heads=4, n_kv_heads=2, head_dim=64,
+                 ffn_size=512, vocab_size=1000, max_context=4096)
+
+
+def test_fp16_bytes_match_the_model_spec():
+    m = load_model("llama-3-8b")
+    assert kv_bytes(m, Fp16Settings(), 1000).total == 1000 * m.kv_bytes_per_token
+    assert compression(m, Fp16Settings(), 1000) == 1.0
+
+
+def test_pq_bytes_by_part_by_hand():
+    fmt = PqSettings(m=16, k=256, sinks=4, recent=28, outliers=2)
+    b = kv_bytes(TINY, fmt, 1000)
+    streams = 2 * 2  # layers x KV heads
+    # 968 coded tokens x 16 codes x 1 byte, for K and V
+    assert b.codes == streams * 2 * 968 * 16
+    assert b.fp16_tokens == streams * 2 * 32 * 64 * 2
+    assert b.outliers == streams * (968 * 2 * 2 + 2 * 2)  # key channels of coded tokens + their indices
+    assert b.codebooks == streams * 2 * 256 * 64 * 2
+    assert b.scales == 0
+    assert b.total == b.codes + b.fp16_tokens + b.outliers + b.codebooks
+
+
+def test_pq_codes_pack_sub_byte_codes():
+    b = kv_bytes(TINY, PqSettings(m=8, k=16), 3)  # 3 tokens x 8 codes x 4 bits = 12 bytes per stream
+    assert b.codes == 2 * 2 * 2 * 12
+    assert code_bits_per_element(TINY, PqSettings(m=8, k=16)) == 8 * 4 / 64
+
+
+def test_int_bytes_by_hand():
+    b = kv_bytes(TINY, IntSettings(bits=2, group=32), 100)
+    streams = 4
+    assert b.codes == streams * 2 * 100 * 64 * 2 // 8
+    # keys: 64 channels x ceil(100/32)=4 groups; values: 100 tokens x 2 groups; scale + zero, 2 bytes each
+    assert b.scales == streams * (64 * 4 + 100 * 2) * 4
+
+
+def test_two_bits_per_element_and_compression_counts_everything():
+    fmt = PqSettings(m=32, k=16)
+    assert code_bits_per_element(TINY, fmt) == 2.0
+    # at a long context the codebooks are amortised: about 16 / 2 = 8x
+    assert 7.9 < compression(TINY, fmt, 4096 * 64) < 8.0
+    # at a short one they dominate: 16 centroids x 64 dims x 16 bits over 64 tokens x 64 dims is 4 bits/element
+    assert bits_per_element(TINY, fmt, 64) == pytest.approx(2.0 + 16 * 64 * 16 / (64 * 64))
+
+
+def test_sliding_window_caps_stored_tokens():
+    m = load_model("mistral-7b")
+    assert kv_bytes(m, PqSettings(m=16, k=256), 100_000) == kv_bytes(m, PqSettings(m=16, k=256), m.sliding_window)
+
+
+def test_short_context_is_all_exact_tokens():
+    b = kv_bytes(TINY, PqSettings(m=16, k=256, sinks=4, recent=128), 50)
+    assert b.codes == 0 and b.outliers == 0 and b.fp16_tokens == 4 * 2 * 50 * 64 * 2
+
+
+@pytest.mark.parametrize("text", ["fp16", "int:bits=2", "int:bits=4,group=64,sinks=4,recent=128",
+                                  "pq:m=16,k=256", "pq:m=8,k=16,sinks=4,recent=128,outliers=4,scale_keys=true",
+                                  "pq:m=16,k=256,refresh=256"])
+def test_names_round_trip(text):
+    fmt = parse_format(text)
+    assert fmt.name == text
+    assert parse_format(fmt.name) == fmt
+
+
+def test_parse_accepts_spaces_and_booleans():
+    assert parse_format(" pq: m=16, k=256, scale_keys=yes ") == PqSettings(m=16, k=256, scale_keys=True)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("pq:m=16,k=255", "power of two"),
+    ("pq:m=16,k=131072", "2..65536"),
+    ("pq:m=16,kk=256", "did you mean 'k'"),
+    ("pq:m=16,k=256,sinks=-1", "sinks"),
+    ("pq:m=16", "missing k"),
+    ("pgq:m=16,k=256", "did you mean 'pq'"),
+    ("pq:m=16,k=256,recent", "key=value"),
+    ("pq:m=16,k=2x", "integer"),
+    ("pq:m=16,k=256,m=8", "twice"),
+    ("int:bits=9", "1..8"),
+    ("pq:m=16,k=256,scale_keys=maybe", "true or false"),
+])
+def test_bad_settings_raise_one_line_errors(text, words):
+    with pytest.raises(WorkloadError, match=words) as e:
+        parse_format(text)
+    assert "\n" not in str(e.value)
+
+
+def test_model_dependent_checks():
+    with pytest.raises(WorkloadError, match="not divisible"):
+        kv_bytes(TINY, PqSettings(m=3, k=16), 10)
+    with pytest.raises(WorkloadError, match="outliers"):
+        kv_bytes(TINY, PqSettings(m=16, k=16, outliers=64), 10)
+    with pytest.raises(WorkloadError, match="m must be"):
+        PqSettings(m=0, k=16)

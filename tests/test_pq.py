@@ -1,0 +1,126 @@
+"""PQ math: k-means, encode/decode, and attention on codes equal to ordinary attention over the decoded cache."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from workloads import pq
+
+
+@st.composite
+def pq_case(draw):
+    m = draw(st.sampled_from([1, 2, 4]))
+    dsub = draw(st.sampled_from([1, 2, 3]))
+    k = draw(st.sampled_from([2, 4, 16]))
+    n = draw(st.integers(1, 40))
+    t, g = draw(st.integers(1, 3)), draw(st.integers(1, 3))  # query positions x query heads per KV head (GQA)
+    d = m * dsub
+    outliers = draw(st.integers(0, d - 1))
+    scale = draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    return m, k, n, t, g, d, outliers, scale, seed
+
+
+def _data(seed, n, t, g, d):
+    rng = np.random.default_rng(seed)
+    chan = np.exp(rng.normal(0, 1, d))  # uneven channel magnitudes, like real keys
+    k = rng.standard_normal((n, d)) * chan
+    v = rng.standard_normal((n, d))
+    q = rng.standard_normal((t, g, d))
+    mask = rng.random((t * g, n)) < 0.7
+    return rng, k, v, q, mask
+
+
+@given(pq_case())
+def test_attention_on_codes_equals_attention_over_decoded_cache(case):
+    m, k, n, t, g, d, outliers, scale, seed = case
+    rng, K, V, q, mask = _data(seed, n, t, g, d)
+    rows = pq.gqa_rows(q) * d ** -0.5
+    assert rows.shape == (t * g, d)
+    kc = pq.CodedTensor.of(pq.train_codebook(K, m, k, rng, iters=5, outliers=outliers, scale_channels=scale), K)
+    vc = pq.CodedTensor.of(pq.train_codebook(V, m, k, rng, iters=5, outliers=outliers), V)
+    on_codes = pq.pq_partial(rows, kc, vc, mask)
+    dense = pq.exact_partial(rows, kc.decoded(), vc.decoded(), mask)
+    np.testing.assert_allclose(on_codes.out, dense.out, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(on_codes.lse, dense.lse, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(pq.pq_scores(rows, kc), rows @ kc.decoded().T, rtol=1e-9, atol=1e-9)
+
+
+@given(st.integers(2, 30), st.integers(1, 4), st.integers(0, 2**31 - 1))
+def test_merging_disjoint_parts_equals_attention_over_their_union(n, d, seed):
+    rng = np.random.default_rng(seed)
+    q, k, v = rng.standard_normal((3, d)), rng.standard_normal((n, d)) * 3, rng.standard_normal((n, d))
+    part_a = rng.random((3, n)) < 0.5
+    part_a[0] = False  # one row whose first part is empty: its merge must be the other part alone
+    whole = pq.exact_partial(q, k, v)
+    merged = pq.merge(pq.exact_partial(q, k, v, part_a), pq.exact_partial(q, k, v, ~part_a))
+    np.testing.assert_allclose(merged.out, whole.out, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(merged.lse, whole.lse, rtol=1e-10)
+
+
+def test_value_bins_collect_each_tokens_weight_once_per_subspace():
+    codes = np.array([[0, 3], [2, 3], [0, 1]])  # 3 tokens, M=2
+    w = np.array([[0.5, 0.2, 0.3]])
+    bins = pq.value_bins(w, codes, 4)
+    assert bins.shape == (1, 2, 4)
+    np.testing.assert_allclose(bins[0, 0], [0.8, 0.0, 0.2, 0.0])  # tokens 0 and 2 share centroid 0
+    np.testing.assert_allclose(bins[0, 1], [0.0, 0.3, 0.0, 0.7])
+
+
+def test_encode_picks_the_nearest_centroid_in_every_subspace():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 8))
+    cb = pq.train_codebook(x, m=4, k=8, rng=rng, iters=3)
+    codes = encode_brute(cb, x)
+    np.testing.assert_array_equal(pq.encode(cb, x), codes)
+
+
+def encode_brute(cb, x):
+    sub = x.reshape(len(x), cb.m, -1)
+    return np.stack([[np.argmin(((cb.centroids[m] - s[m]) ** 2).sum(1)) for m in range(cb.m)] for s in sub])
+
+
+def test_kmeans_finds_separated_clusters_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    x = (centers[rng.integers(0, 4, 400)] + rng.normal(0, 0.1, (400, 2)))[None]  # one sub-space
+    a = pq.kmeans(x, 4, np.random.default_rng(5), iters=10)
+    b = pq.kmeans(x, 4, np.random.default_rng(5), iters=10)
+    np.testing.assert_array_equal(a, b)
+    found = np.sort(np.round(a[0] / 10).astype(int), axis=0)
+    np.testing.assert_array_equal(np.unique(np.round(a[0] / 10), axis=0), np.unique(centers / 10, axis=0))
+    assert found.shape == (4, 2)
+
+
+def test_kmeans_leaves_no_empty_centroid_when_points_allow():
+    x = np.repeat(np.arange(16.0), 4)[None, :, None]  # 16 distinct values, 4 copies each
+    c = pq.kmeans(x, 16, np.random.default_rng(1), iters=15)
+    assert len(np.unique(c[0, :, 0])) == 16
+
+
+def test_more_centroids_code_better_and_outlier_channels_are_exact():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((512, 16))
+    x[:, 5] *= 30.0
+    errs = []
+    for k in (4, 16, 64):
+        cb = pq.train_codebook(x, 4, k, np.random.default_rng(0))
+        errs.append(np.linalg.norm(pq.CodedTensor.of(cb, x).decoded() - x))
+    assert errs[0] > errs[1] > errs[2]
+    cb = pq.train_codebook(x, 4, 16, np.random.default_rng(0), outliers=1)
+    assert cb.outliers.tolist() == [5]
+    np.testing.assert_array_equal(pq.CodedTensor.of(cb, x).decoded()[:, 5], x[:, 5])
+
+
+def test_codes_use_the_smallest_integer_type():
+    x = np.random.default_rng(0).standard_normal((300, 4))
+    assert pq.encode(pq.train_codebook(x, 2, 256, np.random.default_rng(0), iters=1), x).dtype == np.uint8
+    assert pq.encode(pq.train_codebook(x, 2, 512, np.random.default_rng(0), iters=1), x).dtype == np.uint16
+
+
+def test_shape_mismatch_is_caught():
+    x = np.zeros((10, 8))
+    cb = pq.train_codebook(x + np.arange(10)[:, None], 2, 2, np.random.default_rng(0), iters=1)
+    with pytest.raises(AssertionError):
+        pq.score_table(cb, np.zeros((1, 6)))
