@@ -1,14 +1,21 @@
-"""Host DRAM as a capacity and a streaming bandwidth (channels x per-channel peak x achievable fraction).
+"""DRAM: host memory as an aggregate, and a closed-form timing model of one DRAM channel and its banks.
 
-Detailed DRAM timing (row activations, refresh, per-bank streaming) belongs here too; the host side only needs
-the aggregate figure.
+Host DRAM (``HostDramParams``) is a capacity and a streaming bandwidth (channels x per-channel peak x achievable
+fraction): the host side only needs the aggregate figure. ``DramTimingParams`` describes one channel's
+organisation and JEDEC timings (presets in ``presets/dram/*.toml``, one ``source`` per value), and the pure
+functions below turn them into streaming time, bandwidth and efficiency for one bank (what a processing unit
+next to a bank sees) or for a whole channel (what a memory controller sees). They are closed form: the cost of a
+call does not grow with the number of bytes, so a simulation's event count stays independent of data size.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from hw_models.params import fraction, non_negative, positive
+from hw_models.errors import HardwareError, did_you_mean
+from hw_models.params import build, fraction, non_negative, positive
 
 
 @dataclass(frozen=True)
@@ -33,3 +40,246 @@ class HostDramParams:
     @property
     def achievable_bw_bytes_per_s(self) -> float:
         return self.peak_bw_bytes_per_s * self.bw_efficiency
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DRAM timing: one channel's organisation and timing, and closed-form streaming times.
+#
+# A channel has ``ranks`` x ``banks_per_rank`` banks (split into bank groups); every bank holds rows of
+# ``row_bytes`` read in bursts of ``burst_bytes`` (= bus width x burst length). Streaming is modelled in steady
+# state: a bank opens a row (tRCD), reads its bursts one column interval apart, closes it (after tRAS and tRTP)
+# and precharges (tRP); a channel interleaves banks so that the data bus, column spacing (tCCD_S / tCCD_L),
+# activation limits (tRRD_S / tRRD_L / tFAW) and per-bank row cycles each bound the time per burst, and the
+# largest bound wins. All-bank refresh removes tRFC plus one row close and reopen out of every tREFI (the same
+# penalty Ramulator 2's latency-throughput tests use). Every function is O(1) in the number of bytes.
+# ---------------------------------------------------------------------------------------------------------------
+
+DRAM_PRESET_DIR = Path(__file__).parent / "presets" / "dram"
+
+
+@dataclass(frozen=True)
+class DramTimingParams:
+    """Organisation and timing of one DRAM channel (an HBM pseudo-channel, a DDR5 sub-channel, ...).
+
+    Timings named ``*_cycles`` count command-clock cycles of ``tCK_s`` seconds; refresh values are in seconds.
+    """
+
+    name: str
+    tCK_s: float
+    transfers_per_cycle: int
+    bus_width_bytes: int
+    burst_length: int
+    row_bytes: int
+    ranks: int
+    bank_groups_per_rank: int
+    banks_per_rank: int
+    tRCD_cycles: float
+    tCL_cycles: float
+    tRP_cycles: float
+    tRAS_cycles: float
+    tRTP_cycles: float
+    tCCD_S_cycles: float
+    tCCD_L_cycles: float
+    tRRD_S_cycles: float
+    tRRD_L_cycles: float
+    tFAW_cycles: float
+    tREFI_s: float
+    tRFC_s: float
+
+    def __post_init__(self):
+        owner = f"dram timing '{self.name}'"
+        positive(owner, tCK_s=self.tCK_s, transfers_per_cycle=self.transfers_per_cycle,
+                 bus_width_bytes=self.bus_width_bytes, burst_length=self.burst_length, row_bytes=self.row_bytes,
+                 ranks=self.ranks, bank_groups_per_rank=self.bank_groups_per_rank,
+                 banks_per_rank=self.banks_per_rank, tRCD_cycles=self.tRCD_cycles, tCL_cycles=self.tCL_cycles,
+                 tRP_cycles=self.tRP_cycles, tRAS_cycles=self.tRAS_cycles, tCCD_S_cycles=self.tCCD_S_cycles,
+                 tCCD_L_cycles=self.tCCD_L_cycles, tRRD_S_cycles=self.tRRD_S_cycles,
+                 tRRD_L_cycles=self.tRRD_L_cycles, tFAW_cycles=self.tFAW_cycles, tREFI_s=self.tREFI_s)
+        non_negative(owner, tRTP_cycles=self.tRTP_cycles, tRFC_s=self.tRFC_s)
+        for field in ("transfers_per_cycle", "bus_width_bytes", "burst_length", "row_bytes", "ranks",
+                      "bank_groups_per_rank", "banks_per_rank"):
+            if not isinstance(getattr(self, field), int):
+                raise HardwareError(f"{owner}: {field} must be a whole number, got {getattr(self, field)!r}")
+        if self.banks_per_rank % self.bank_groups_per_rank:
+            raise HardwareError(f"{owner}: banks_per_rank ({self.banks_per_rank}) must be a multiple of "
+                                f"bank_groups_per_rank ({self.bank_groups_per_rank})")
+        if self.row_bytes % self.burst_bytes:
+            raise HardwareError(f"{owner}: row_bytes ({self.row_bytes}) must be a whole number of bursts of "
+                                f"{self.burst_bytes} bytes (bus_width_bytes x burst_length)")
+        if self.tCCD_L_cycles < self.tCCD_S_cycles:
+            raise HardwareError(f"{owner}: tCCD_L_cycles ({self.tCCD_L_cycles}) must not be below tCCD_S_cycles "
+                                f"({self.tCCD_S_cycles})")
+        if self.refresh_overhead >= 1:
+            raise HardwareError(f"{owner}: refresh (tRFC_s plus a row close and reopen) must take less than "
+                                f"tREFI_s, got {self.refresh_overhead:.3g} of it")
+
+    @property
+    def burst_bytes(self) -> int:
+        return self.bus_width_bytes * self.burst_length
+
+    @property
+    def burst_cycles(self) -> float:
+        """Data-bus cycles one burst occupies."""
+        return self.burst_length / self.transfers_per_cycle
+
+    @property
+    def bursts_per_row(self) -> int:
+        return self.row_bytes // self.burst_bytes
+
+    @property
+    def banks(self) -> int:
+        return self.ranks * self.banks_per_rank
+
+    @property
+    def peak_bw_bytes_per_s(self) -> float:
+        """Channel data-bus peak: bus width x transfers per second."""
+        return self.bus_width_bytes * self.transfers_per_cycle / self.tCK_s
+
+    @property
+    def refresh_overhead(self) -> float:
+        """Fraction of time refresh takes away: (tRFC + tRTP + tRP + tRCD) / tREFI."""
+        penalty_s = self.tRFC_s + (self.tRTP_cycles + self.tRP_cycles + self.tRCD_cycles) * self.tCK_s
+        return penalty_s / self.tREFI_s
+
+    @property
+    def refresh_factor(self) -> float:
+        """Stretch of any busy period by refresh: 1 / (1 - refresh_overhead)."""
+        return 1.0 / (1.0 - self.refresh_overhead)
+
+
+def _check_bytes(nbytes: float) -> None:
+    if not (isinstance(nbytes, (int, float)) and math.isfinite(nbytes) and nbytes >= 0):
+        raise HardwareError(f"byte count must be a finite number >= 0, got {nbytes!r}")
+
+
+def _column_interval(t: DramTimingParams, column_interval_cycles: float | None) -> float:
+    """Spacing of column reads at one bank: max(tCCD_L, one burst on the bus) unless a PIM-mode interval is given."""
+    if column_interval_cycles is None:
+        return max(t.tCCD_L_cycles, t.burst_cycles)
+    positive(f"dram timing '{t.name}'", column_interval_cycles=column_interval_cycles)
+    return float(column_interval_cycles)
+
+
+def row_cycle_cycles(t: DramTimingParams, column_interval_cycles: float | None = None) -> float:
+    """Cycles for one bank to open a row, read all its bursts ``column_interval_cycles`` apart and precharge.
+
+    ``max(tRAS, tRCD + (bursts - 1) x interval + tRTP) + tRP``. The column interval defaults to
+    max(tCCD_L, burst cycles), a bank read through the channel's data bus; processing units beside the bank
+    pass their own (PIM-mode) interval.
+    """
+    ci = _column_interval(t, column_interval_cycles)
+    return max(t.tRAS_cycles, t.tRCD_cycles + (t.bursts_per_row - 1) * ci + t.tRTP_cycles) + t.tRP_cycles
+
+
+def bank_stream_time_s(t: DramTimingParams, nbytes: float, column_interval_cycles: float | None = None) -> float:
+    """Time for ONE bank to stream ``nbytes`` of consecutive rows (a row miss per row, hits inside it).
+
+    Full rows cost a row cycle each; the last (possibly partial) row costs tRCD, its column reads and the
+    read latency tCL plus one burst until its last data arrives; refresh stretches the total.
+    """
+    _check_bytes(nbytes)
+    if nbytes == 0:
+        return 0.0
+    ci = _column_interval(t, column_interval_cycles)
+    rows = math.ceil(nbytes / t.row_bytes)
+    last_bursts = math.ceil((nbytes - (rows - 1) * t.row_bytes) / t.burst_bytes)
+    cycles = ((rows - 1) * row_cycle_cycles(t, ci)
+              + t.tRCD_cycles + (last_bursts - 1) * ci + t.tCL_cycles + t.burst_cycles)
+    return cycles * t.tCK_s * t.refresh_factor
+
+
+def bank_stream_bw_bytes_per_s(t: DramTimingParams, column_interval_cycles: float | None = None) -> float:
+    """Steady-state streaming bandwidth of one bank (row after row, refresh included)."""
+    return t.row_bytes / (row_cycle_cycles(t, column_interval_cycles) * t.tCK_s * t.refresh_factor)
+
+
+def bank_stream_efficiency(t: DramTimingParams, column_interval_cycles: float | None = None) -> float:
+    """Steady-state bank bandwidth over the bank's column-rate peak (one burst per column interval)."""
+    ci = _column_interval(t, column_interval_cycles)
+    return bank_stream_bw_bytes_per_s(t, ci) / (t.burst_bytes / (ci * t.tCK_s))
+
+
+def _act_rate_per_cycle(t: DramTimingParams) -> float:
+    """Row activations one rank can issue per cycle under tRRD_S, tRRD_L (per bank group) and tFAW."""
+    return min(4.0 / t.tFAW_cycles, 1.0 / t.tRRD_S_cycles, t.bank_groups_per_rank / t.tRRD_L_cycles)
+
+
+def channel_burst_bounds_cycles(t: DramTimingParams) -> dict[str, float]:
+    """Lower bounds on the cycles per burst of a sequential stream over the whole channel, by cause."""
+    return {
+        "data bus": t.burst_cycles,
+        "column spacing": max(t.tCCD_S_cycles, t.tCCD_L_cycles / t.bank_groups_per_rank),
+        "activation (tRRD/tFAW)": 1.0 / (t.bursts_per_row * t.ranks * _act_rate_per_cycle(t)),
+        "bank row cycle": row_cycle_cycles(t) / (t.bursts_per_row * t.banks),
+    }
+
+
+def channel_burst_interval_cycles(t: DramTimingParams) -> float:
+    """Steady-state cycles per burst of a sequential stream over the channel (the largest bound)."""
+    return max(channel_burst_bounds_cycles(t).values())
+
+
+def channel_stream_limiter(t: DramTimingParams) -> str:
+    """Which bound sets the channel's streaming rate ('data bus', 'column spacing', ...)."""
+    bounds = channel_burst_bounds_cycles(t)
+    return max(bounds, key=bounds.get)
+
+
+def channel_stream_time_s(t: DramTimingParams, nbytes: float) -> float:
+    """Time to stream ``nbytes`` of consecutive addresses through the channel, banks interleaved.
+
+    One first-access latency (tRCD + tCL + one burst), then a burst every ``channel_burst_interval_cycles``;
+    refresh stretches the total.
+    """
+    _check_bytes(nbytes)
+    if nbytes == 0:
+        return 0.0
+    bursts = math.ceil(nbytes / t.burst_bytes)
+    cycles = (bursts - 1) * channel_burst_interval_cycles(t) + t.tRCD_cycles + t.tCL_cycles + t.burst_cycles
+    return cycles * t.tCK_s * t.refresh_factor
+
+
+def channel_stream_bw_bytes_per_s(t: DramTimingParams) -> float:
+    """Steady-state streaming bandwidth of the channel, refresh included."""
+    return t.burst_bytes / (channel_burst_interval_cycles(t) * t.tCK_s * t.refresh_factor)
+
+
+def channel_stream_efficiency(t: DramTimingParams, nbytes: float | None = None) -> float:
+    """Achieved over peak bandwidth for a sequential read of ``nbytes`` (steady state when None); in (0, 1]."""
+    if nbytes is None:
+        return channel_stream_bw_bytes_per_s(t) / t.peak_bw_bytes_per_s
+    _check_bytes(nbytes)
+    if nbytes == 0:
+        raise HardwareError("efficiency needs a byte count > 0")
+    return (nbytes / t.peak_bw_bytes_per_s) / channel_stream_time_s(t, nbytes)
+
+
+def dram_timing_preset_names() -> list[str]:
+    return sorted(p.stem for p in DRAM_PRESET_DIR.glob("*.toml"))
+
+
+def dram_timing_from_table(table: dict, where: str) -> DramTimingParams:
+    """Build timing from a preset file's table: ``[timing]`` plus an optional top-level ``description``."""
+    extra = set(table) - {"timing", "description"}
+    if extra or "timing" not in table:
+        raise HardwareError(f"{where}: a DRAM timing file holds a [timing] table and an optional description; "
+                            f"found {sorted(table)}")
+    return build(DramTimingParams, table["timing"], f"{where} [timing]")
+
+
+def load_dram_timing(name_or_path: str) -> DramTimingParams:
+    """Load a DRAM timing preset by name (see ``dram_timing_preset_names``) or from a TOML file path."""
+    # Imported here: hw_models.machine imports this module for HostDramParams.
+    from hw_models.machine import read_toml
+
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.exists():
+            raise HardwareError(f"DRAM timing file not found: {p}")
+        return dram_timing_from_table(read_toml(p), str(p))
+    names = dram_timing_preset_names()
+    if name_or_path not in names:
+        raise HardwareError(f"unknown DRAM timing preset '{name_or_path}'{did_you_mean(name_or_path, names)}; "
+                            f"valid presets: {', '.join(names)} (or a path to a .toml file)")
+    path = DRAM_PRESET_DIR / f"{name_or_path}.toml"
+    return dram_timing_from_table(read_toml(path), str(path))
