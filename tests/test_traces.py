@@ -69,3 +69,13 @@ def test_malformed_jsonl_names_line(tmp_path):
 def test_zero_sizes_rejected():
     with pytest.raises(WorkloadError, match="batch must be a positive integer"):
         fixed_requests(0, 10, 1)
+
+
+def test_token_budget_limits_admission_but_never_starves():
+    reqs = [Request(0.0, 100, 10)] * 4
+    b = ContinuousBatcher(reqs, max_batch=4)
+    b.admit(0.0, token_budget=250)  # each needs 110 tokens: two fit
+    assert b.contexts().size == 2
+    big = ContinuousBatcher([Request(0.0, 1000, 1), Request(0.0, 10, 1)], max_batch=2)
+    big.admit(0.0, token_budget=50)  # the oversized first request still runs, alone
+    assert big.contexts().tolist() == [1000]

@@ -119,6 +119,7 @@ class ContinuousBatcher:
         self.max_batch = max_batch
         self._context = np.zeros(0, dtype=np.int64)
         self._left = np.zeros(0, dtype=np.int64)
+        self._reserved = np.zeros(0, dtype=np.int64)  # prompt + output tokens: the KV a sequence will reach
 
     @property
     def done(self) -> bool:
@@ -127,18 +128,31 @@ class ContinuousBatcher:
     def next_arrival_s(self) -> float | None:
         return self._pending[self._next].arrival_s if self._next < len(self._pending) else None
 
-    def admit(self, now_s: float) -> None:
+    def admit(self, now_s: float, token_budget: int | None = None) -> None:
+        """Admit arrived requests in order while a slot is free.
+
+        With ``token_budget``, a request is admitted only if the KV tokens every active sequence will reach
+        (prompt + output) stay within it; when nothing is active one request is admitted regardless, so that a
+        single oversized request still runs (its caller reports that it does not fit).
+        """
         free = self.max_batch - self._context.size
+        reserved = int(self._reserved.sum())
         new_ctx, new_left = [], []
         while free > 0 and self._next < len(self._pending) and self._pending[self._next].arrival_s <= now_s:
             r = self._pending[self._next]
+            need = r.prompt_tokens + r.output_tokens
+            if token_budget is not None and reserved + need > token_budget and (reserved or new_ctx):
+                break
             new_ctx.append(r.prompt_tokens)
             new_left.append(r.output_tokens)
+            reserved += need
             self._next += 1
             free -= 1
         if new_ctx:
             self._context = np.concatenate([self._context, np.asarray(new_ctx, dtype=np.int64)])
             self._left = np.concatenate([self._left, np.asarray(new_left, dtype=np.int64)])
+            self._reserved = np.concatenate([self._reserved, np.asarray(new_ctx, dtype=np.int64)
+                                             + np.asarray(new_left, dtype=np.int64)])
 
     def contexts(self) -> np.ndarray:
         """Context length (tokens of KV attended) of each active sequence at this step."""
@@ -150,5 +164,5 @@ class ContinuousBatcher:
         self._left -= 1
         keep = self._left > 0
         finished = int((~keep).sum())
-        self._context, self._left = self._context[keep], self._left[keep]
+        self._context, self._left, self._reserved = self._context[keep], self._left[keep], self._reserved[keep]
         return finished
