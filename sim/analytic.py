@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from hw_models.machine import MachineParams
 from sim.systems.base import StepBatch
 from sim.systems.offload import offload_costs
+from sim.systems.pim import PimSystem
 from sim.topology import Topology
 from workloads.models import ModelSpec
 
@@ -47,10 +50,39 @@ def offload_step(params: MachineParams, model: ModelSpec, batch: StepBatch, *, p
     return Estimate(bound, exact=False)
 
 
-def _offload(params, model, batch, cfg, topology):
-    return offload_step(params, model, batch, prefetch=cfg.prefetch, cpu_attention=cfg.cpu_attention,
-                        topology=topology)
+def _offload(system, batch: StepBatch, topology: Topology) -> Estimate:
+    return offload_step(system.machine.params, system.model, batch, prefetch=system.prefetch,
+                        cpu_attention=system.cpu_attention, topology=topology)
 
 
-# One closed-form estimator per registered system: (params, model, batch, cfg, topology) -> Estimate.
-ESTIMATORS = {"offload": _offload}
+def pim_step(system: PimSystem, batch: StepBatch, topology: Topology) -> Estimate:
+    """Closed form of a PIM system's step: per layer, projection + max(PIM path, spill path) + merge and FFN.
+
+    Exact when one process runs and nothing else competes for its resources; with sub-batches, or when the spill
+    path shares the GPU (host softmax) or PCIe (host-side PIM) with the PIM path, it is a lower bound: the longest
+    sub-batch chain, the GPU's total work, or the busiest channel's total work, whichever is largest.
+    """
+    plans, head = system.plans(batch)
+    down, up = topology.route("gpu", "pim"), topology.route("pim", "gpu")
+    n = system.model.n_layers
+    chains, gpu_total = [], _t(head)
+    for plan in plans:
+        pim_path = down.time_s(plan.down_bytes) + sum(ph.makespan_s for ph in plan.phases) + up.time_s(plan.up_bytes)
+        if len(plan.phases) > 1:
+            pim_path += up.time_s(plan.mid_up_bytes) + _t(plan.mid_gpu) + down.time_s(plan.mid_down_bytes)
+        spill_path = 0.0
+        if plan.spill_fetch_bytes > 0:
+            spill_path = (topology.route("gpu", "host.dram").time_s(plan.spill_store_bytes)
+                          + topology.route("host.dram", "gpu").time_s(plan.spill_fetch_bytes) + _t(plan.spill_attn))
+        chains.append(n * (_t(plan.pre) + max(pim_path, spill_path) + _t(plan.merge_post)))
+        gpu_total += n * (_t(plan.pre) + _t(plan.merge_post) + _t(plan.spill_attn) + _t(plan.mid_gpu))
+    shared = any(p.spill_fetch_bytes > 0 for p in plans) and (
+        system.cfg.softmax == "host" or system.dev.placement == "host")
+    if len(plans) == 1 and not shared:
+        return Estimate(chains[0] + _t(head), exact=True)
+    channel_busy = sum(np.sum([ph.durations_s for ph in plan.phases], axis=0) for plan in plans)
+    return Estimate(max(max(chains) + _t(head), gpu_total, n * float(np.max(channel_busy))), exact=False)
+
+
+# One closed-form estimator per registered system: (system, batch, topology) -> Estimate.
+ESTIMATORS = {"offload": _offload, "pim": pim_step}

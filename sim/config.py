@@ -18,6 +18,8 @@ from sim.errors import ConfigError
 from sim.systems import SYSTEMS
 
 DEFAULT_STEPS = 8
+CHOICES = {"capacity_policy": ("spill", "limit"), "placement": ("hybrid", "head", "token"),
+           "softmax": ("pim", "near", "host")}
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,21 @@ class RunConfig:
     # Offload options
     prefetch: bool = False
     cpu_attention: bool = False
+    # PIM options (systems pim and aqpim)
+    pim: str = "attacc-hbm3"          # PIM device preset or .toml file
+    channels: int | None = None       # override the device's channel count
+    capacity_policy: str = "spill"    # KV beyond PIM capacity: spill (to host, offload path) or limit (the batch)
+    placement: str = "hybrid"         # KV across channels: hybrid, head or token
+    softmax: str = "pim"              # where softmax runs: pim, near (near-memory unit) or host (the GPU)
+    sub_batches: int = 1              # 2: two sub-batches alternate between GPU and PIM (NeuPIMs-style)
+    # AQPIM options
+    pq_m: int = 16                    # PQ sub-spaces per head
+    pq_k: int = 256                   # centroids per sub-space
+    sinks: int = 4                    # first tokens kept in FP16
+    recent: int = 128                 # last tokens kept in FP16
+    outliers: int = 0                 # key channels per head kept in FP16
+    lut_bytes: int = 16384            # per-unit lookup-table buffer of an AQPIM PIM unit (assumption, see docs)
+    kmeans_iters: int = 10            # k-means iterations of codebook training at prefill
     # Run options
     seed: int = 0
     trace_steps: int = 4              # decode steps whose spans are kept for traces and timelines
@@ -58,6 +75,19 @@ class RunConfig:
             raise ConfigError(f"arrival_rate_per_s must be >= 0, got {self.arrival_rate_per_s}")
         if self.trace is not None and self.requests is not None:
             raise ConfigError("give either trace (a file) or requests (a synthetic list), not both")
+        for name in ("channels",):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        for name in ("sub_batches", "pq_m", "pq_k", "lut_bytes", "kmeans_iters"):
+            _positive_int(name, getattr(self, name))
+        for name in ("sinks", "recent", "outliers"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
+        for name, choices in CHOICES.items():
+            v = getattr(self, name)
+            if v not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {v!r}{_suggest(str(v), choices)}")
         if self.prefetch and self.cpu_attention:
             raise ConfigError("prefetch and cpu_attention cannot be combined: with attention on the host no KV "
                               "crosses the link to prefetch")

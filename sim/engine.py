@@ -3,7 +3,8 @@
 Components call ``record`` once per piece of work (a span: component, kind, start, end, bytes, FLOP, joules) and
 ``occupy`` once per resource hold. Totals (busy time, bytes, FLOP, energy, per component and per kind) are always
 kept; the spans themselves only for the first ``keep_steps`` steps, so that memory stays flat in long runs.
-``occupy`` intervals are merged per category ("compute" or "comm") on the fly: their starts are the simulation
+``occupy`` intervals are merged per category ("compute", "comm" for the GPU-host link, "link" for device links
+such as GPU-PIM) on the fly: their starts are the simulation
 clock at the time of the hold, which never decreases, so the merged list stays short and gives exposed
 communication time (communication while no compute unit is busy) at the end.
 """
@@ -63,6 +64,13 @@ class IntervalUnion:
         return total
 
 
+def merged(a: IntervalUnion, b: IntervalUnion) -> IntervalUnion:
+    out = IntervalUnion()
+    for s, e in sorted(zip(a.starts + b.starts, a.ends + b.ends, strict=True)):
+        out.add(s, e)
+    return out
+
+
 class Tracer:
     """Collects spans; components must be registered with a category before they record."""
 
@@ -75,7 +83,7 @@ class Tracer:
         self.totals: dict[str, list[float]] = {}
         self.kind_busy_s: dict[str, float] = {}
         self.energy_only_j: dict[str, float] = {}
-        self.unions = {"compute": IntervalUnion(), "comm": IntervalUnion()}
+        self.unions = {"compute": IntervalUnion(), "comm": IntervalUnion(), "link": IntervalUnion()}
 
     def register(self, component: str, category: str) -> None:
         if category not in self.unions:
@@ -125,4 +133,9 @@ class Tracer:
         return self.unions["compute"].total()
 
     def exposed_comm_s(self) -> float:
+        """Host-link (PCIe) time with no compute unit busy."""
         return self.unions["comm"].minus_total(self.unions["compute"])
+
+    def exposed_link_s(self) -> float:
+        """Device-link time (GPU-PIM) with neither compute nor host-link traffic under way."""
+        return self.unions["link"].minus_total(merged(self.unions["compute"], self.unions["comm"]))

@@ -9,26 +9,39 @@ from __future__ import annotations
 
 import simpy
 
+from hw_models.channel_bank import ChannelBank
 from hw_models.component import Component
 from hw_models.machine import MachineParams
+from hw_models.pim import PimDeviceParams
 from sim.engine import Tracer
 from sim.topology import Route, Topology
 
+PIM_TRACE_LANES = 8  # channels drawn one per lane in traces; all channels are simulated and counted
+
 
 class Machine:
-    def __init__(self, env: simpy.Environment, params: MachineParams, tracer: Tracer):
+    def __init__(self, env: simpy.Environment, params: MachineParams, tracer: Tracer,
+                 pim: PimDeviceParams | None = None):
         self.env = env
         self.params = params
+        self.pim_params = pim
         self.tracer = tracer
-        self.topology = Topology(params)
+        self.topology = Topology(params, pim)
         self.gpu = Component(env, "gpu", tracer)
         self.cpu = Component(env, "host.cpu", tracer)
         tracer.register("gpu", "compute")
         tracer.register("host.cpu", "compute")
         self.link_resources = {name: simpy.Resource(env, capacity=1) for name in self.topology.resources}
-        for _, _, d in self.topology.graph.edges(data=True):
-            if d["link"].resource:
-                tracer.register(d["link"].name, "comm")
+        for link in self.topology.links:
+            if link.resource:
+                # GPU-host traffic is what the offload path pays for; device links to PIM are counted apart.
+                tracer.register(link.name, "comm" if link.name.startswith("pcie") else "link")
+        self.pim = None
+        if pim is not None:
+            self.pim = ChannelBank(env, "pim", pim.channels, tracer, trace_lanes=PIM_TRACE_LANES)
+            tracer.register("pim", "compute")
+            for lane in self.pim.lane_names:
+                tracer.register(lane, "compute")
 
     def transfer(self, src: str, dst: str, nbytes: float, kind: str) -> simpy.Process:
         """Start a transfer along the route from ``src`` to ``dst``; the returned process ends when it lands."""

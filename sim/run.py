@@ -7,10 +7,13 @@ channels for PIM systems), not with context length or bytes.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import simpy
 
 from hw_models.machine import MachineParams, load_machine
+from hw_models.pim import PimDeviceParams, load_pim
 from sim.analytic import ESTIMATORS
 from sim.config import DEFAULT_STEPS, RunConfig
 from sim.engine import Tracer
@@ -22,7 +25,7 @@ from sim.topology import Topology
 from workloads.models import ModelSpec, load_model
 from workloads.traces import ContinuousBatcher, fixed_requests, load_requests, synthetic_requests
 
-COMM_COMPONENT_PREFIXES = ("pcie",)
+COMM_COMPONENT_PREFIXES = ("pcie", "pim.link")
 
 
 def build_requests(cfg: RunConfig, rng: np.random.Generator):
@@ -43,15 +46,26 @@ def _percentile_weighted(values: list[float], weights: list[int], q: float) -> f
     return float(v[min(idx, len(v) - 1)])
 
 
-def simulate(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None) -> Result:
-    return simulate_traced(cfg, params, model)[0]
+def load_pim_for(cfg: RunConfig) -> PimDeviceParams:
+    dev = load_pim(cfg.pim)
+    return dataclasses.replace(dev, channels=cfg.channels) if cfg.channels is not None else dev
 
 
-def simulate_traced(cfg: RunConfig, params: MachineParams | None = None,
-                    model: ModelSpec | None = None) -> tuple[Result, list]:
+def simulate(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
+             pim: PimDeviceParams | None = None) -> Result:
+    return simulate_traced(cfg, params, model, pim)[0]
+
+
+def simulate_traced(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
+                    pim: PimDeviceParams | None = None) -> tuple[Result, list]:
     """Run one simulation; also return the spans of the first ``cfg.trace_steps`` steps."""
     model = model or load_model(cfg.model)
     params = params or load_machine(cfg.hardware)
+    system_cls = SYSTEMS[cfg.system]
+    if getattr(system_cls, "needs_pim", False):
+        pim = pim or load_pim_for(cfg)
+    else:
+        pim = None
     rng = np.random.default_rng(cfg.seed)
     requests = build_requests(cfg, rng)
     warnings = []
@@ -62,10 +76,11 @@ def simulate_traced(cfg: RunConfig, params: MachineParams | None = None,
 
     env = simpy.Environment()
     tracer = Tracer(keep_steps=cfg.trace_steps)
-    machine = Machine(env, params, tracer)
-    system = SYSTEMS[cfg.system](machine, model, cfg)
+    machine = Machine(env, params, tracer, pim)
+    system = system_cls(machine, model, cfg)
     estimator = ESTIMATORS[cfg.system]
-    topology = Topology(params)
+    topology = Topology(params, pim)
+    token_budget = getattr(system, "token_budget", lambda: None)()
     batcher = ContinuousBatcher(requests, cfg.effective_max_batch)
     step_cap = cfg.steps if cfg.uses_requests else None
     log = {"latency": [], "batch": [], "kv_tokens": [], "analytic": [], "exact": True, "peak": None}
@@ -73,7 +88,7 @@ def simulate_traced(cfg: RunConfig, params: MachineParams | None = None,
     def driver():
         step = 0
         while not batcher.done and (step_cap is None or step < step_cap):
-            batcher.admit(env.now)
+            batcher.admit(env.now, token_budget)
             contexts = batcher.contexts()
             if contexts.size == 0:
                 yield env.timeout(batcher.next_arrival_s() - env.now)
@@ -84,7 +99,7 @@ def simulate_traced(cfg: RunConfig, params: MachineParams | None = None,
             tracer.step = step
             t0 = env.now
             yield env.process(system.step(batch))
-            est = estimator(params, model, batch, cfg, topology)
+            est = estimator(system, batch, topology)
             log["latency"].append(env.now - t0)
             log["batch"].append(batch.n_seqs)
             log["kv_tokens"].append(batch.kv_tokens)
@@ -111,6 +126,7 @@ def _result(cfg, params, model, system, tracer, end_s, log, warnings, context) -
         warnings.append("does not fit: " + "; ".join(cap.reasons))
     compute_s = tracer.compute_busy_s()
     exposed_comm_s = tracer.exposed_comm_s()
+    exposed_link_s = tracer.exposed_link_s()
     energy = tracer.energy_j()
     busy = tracer.busy_s()
     links = {c: b for c, b in tracer.bytes_by_component().items() if c.startswith(COMM_COMPONENT_PREFIXES)}
@@ -124,8 +140,8 @@ def _result(cfg, params, model, system, tracer, end_s, log, warnings, context) -
         ttnt_p90_s=_percentile_weighted(lat, nseq, 90) if lat else 0.0,
         ttnt_p99_s=_percentile_weighted(lat, nseq, 99) if lat else 0.0,
         busy_s=busy, busy_by_kind_s=dict(sorted(tracer.kind_busy_s.items())),
-        breakdown_s={"compute": compute_s, "exposed_comm": exposed_comm_s,
-                     "idle": max(0.0, decode_s - compute_s - exposed_comm_s)},
+        breakdown_s={"compute": compute_s, "exposed_comm": exposed_comm_s, "exposed_link": exposed_link_s,
+                     "idle": max(0.0, decode_s - compute_s - exposed_comm_s - exposed_link_s)},
         comm_share=exposed_comm_s / decode_s if decode_s > 0 else 0.0,
         bytes_by_link=links, energy_j=energy,
         energy_per_token_j=sum(energy.values()) / tokens if tokens else 0.0,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from hw_models.machine import MachineParams
+from hw_models.pim import PimDeviceParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +60,13 @@ INF = float("inf")
 
 
 class Topology:
-    """Nodes: ``gpu``, ``host.cpu``, ``host.dram``, ``host.rc`` (root complex). Edges: links with parameters."""
+    """Nodes: ``gpu``, ``host.cpu``, ``host.dram``, ``host.rc`` (root complex), and ``pim`` when the machine has a
+    PIM device: beside the GPU (``accelerator`` placement, a device link to the GPU) or in the host (``host``
+    placement, on the host memory side, so GPU traffic to it also crosses PCIe). Edges: links with parameters."""
 
-    def __init__(self, params: MachineParams):
+    def __init__(self, params: MachineParams, pim: PimDeviceParams | None = None):
         self.params = params
+        self.pim = pim
         g = nx.DiGraph()
         dram, pcie = params.host_dram, params.pcie
         membus = Link("host.dram", 0.0, dram.achievable_bw_bytes_per_s, dram.energy_per_byte_j, None)
@@ -75,8 +79,18 @@ class Topology:
                                                  pcie.energy_per_byte_j, h2d_res))
         g.add_edge("gpu", "host.rc", link=Link("pcie.d2h", pcie.latency_s, pcie.d2h_bw_bytes_per_s,
                                                  pcie.energy_per_byte_j, d2h_res))
+        if pim is not None:
+            end = "gpu" if pim.placement == "accelerator" else "host.rc"
+            g.add_edge(end, "pim", link=Link("pim.link.down", pim.link_latency_s, pim.link_bw_bytes_per_s,
+                                              pim.link_energy_per_byte_j, "pim.link.down"))
+            g.add_edge("pim", end, link=Link("pim.link.up", pim.link_latency_s, pim.link_bw_bytes_per_s,
+                                              pim.link_energy_per_byte_j, "pim.link.up"))
         self.graph = g
         self._routes: dict[tuple[str, str], Route] = {}
+
+    @property
+    def links(self) -> list[Link]:
+        return sorted({d["link"] for _, _, d in self.graph.edges(data=True)}, key=lambda link: link.name)
 
     @property
     def resources(self) -> list[str]:

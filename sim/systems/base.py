@@ -14,18 +14,25 @@ import numpy as np
 from workloads.models import ModelSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StepBatch:
-    """The sequences decoded in one step: how many, and the KV tokens they attend in total (window applied)."""
+    """The sequences decoded in one step: how many, the KV tokens they attend in total (window applied), and
+    each sequence's attended tokens (``kept``) for systems that place sequences on channels."""
 
     n_seqs: int
     kv_tokens: int
     max_context: int
+    kept: np.ndarray = field(compare=False, repr=False, default=None)
 
     @classmethod
     def from_contexts(cls, model: ModelSpec, contexts: np.ndarray) -> StepBatch:
         kept = contexts if model.sliding_window is None else np.minimum(contexts, model.sliding_window)
-        return cls(int(contexts.size), int(kept.sum()), int(contexts.max()))
+        return cls(int(contexts.size), int(kept.sum()), int(contexts.max()), np.asarray(kept, dtype=np.int64))
+
+    def split(self, parts: int) -> list[StepBatch]:
+        """Consecutive sub-batches of near-equal size (fewer when there are fewer sequences than parts)."""
+        chunks = [c for c in np.array_split(self.kept, min(parts, self.n_seqs)) if c.size]
+        return [StepBatch(int(c.size), int(c.sum()), int(c.max()), c) for c in chunks]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,329 @@
+"""SOTA PIM baseline: the KV cache lives in PIM channels, which compute attention where it is stored.
+
+Per layer: the GPU computes the QKV projection; q and the new K/V cross the device link to the PIM device (for
+host-side DIMM-PIM they cross PCIe first); every channel holding a part of the batch's KV appends the new K/V it
+owns and runs its share of attention (q in, scores, softmax, weighted sum of V, partial output out) in one phase;
+the partial outputs return and the GPU merges them (log-sum-exp merge of per-channel softmax statistics) before
+the output projection and FFN.
+
+**Placement** of the KV across channels is a policy over *units*, one (sequence, KV head) pair each:
+``head`` puts each unit whole on one channel, round-robin (few units leave channels idle); ``token`` spreads
+every unit's tokens over all channels (balanced, but every channel then serves every query and returns a
+partial for it); ``hybrid`` (default) gives each unit its own group of ``channels // units`` channels when there
+are fewer units than channels, else falls back to ``head``.
+
+**Capacity wall**: when the peak KV exceeds the PIM capacity, ``capacity_policy`` decides. ``spill``: the
+overflow share of every sequence's tokens stays in host DRAM and is attended over the offload path (PCIe to the
+GPU, GPU attention) concurrently with the PIM part, then merged; new K/V go to the host. ``limit``: requests are
+admitted only while their whole KV (prompt + output) fits, so the batch shrinks and throughput shows it.
+
+``sub_batches = 2`` splits the batch in two halves that run as separate processes and alternate between the GPU
+and PIM (NeuPIMs, L3); each half reads the weights again, which the GPU resource makes visible.
+
+Channel work is computed once per step for each distinct (tokens, units, new vectors) load, so the cost grows with
+channels and layers, not with tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw_models import gpu as gpu_model
+from hw_models import pim as pim_model
+from hw_models.component import Work
+from sim.systems.base import Capacity, StepBatch, gib
+from workloads.models import ModelSpec
+from workloads.opgraph import head_op, layer_ops
+
+ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where each unit (sequence, KV head) lives: (unit, channel, share of the unit's tokens) pairs."""
+
+    unit_tokens: np.ndarray   # attended tokens of each unit
+    pair_unit: np.ndarray
+    pair_channel: np.ndarray
+    pair_share: np.ndarray
+    last_channel: np.ndarray  # channel that receives each unit's new token
+    n_channels: int
+
+    @property
+    def pairs_per_unit(self) -> float:
+        return self.pair_unit.size / max(1, self.unit_tokens.size)
+
+    def loads(self, tokens_scale: float = 1.0, units: np.ndarray | None = None):
+        """Per channel: tokens held (per KV tensor), units present, new vectors appended this step."""
+        n = self.n_channels
+        if units is None:
+            pu, pc, ps, last = self.pair_unit, self.pair_channel, self.pair_share, self.last_channel
+        else:
+            keep = np.isin(self.pair_unit, units)
+            pu, pc, ps, last = self.pair_unit[keep], self.pair_channel[keep], self.pair_share[keep], \
+                self.last_channel[units]
+        tokens = np.bincount(pc, weights=ps * self.unit_tokens[pu] * tokens_scale, minlength=n)
+        present = np.bincount(pc, minlength=n).astype(float)
+        return tokens, present, np.bincount(last, minlength=n).astype(float)
+
+
+def place(policy: str, model: ModelSpec, kept: np.ndarray, n_channels: int) -> Placement:
+    """``head``: each unit whole on one channel, round-robin. ``token``: every unit's tokens over all channels.
+    ``hybrid``: all units' tokens laid end to end and cut into equal contiguous stripes, one per channel, so the
+    load is balanced and each channel serves only the few units whose tokens it holds."""
+    ut = np.repeat(np.asarray(kept, dtype=float), model.n_kv_heads)
+    u, n = ut.size, n_channels
+    if policy == "head":
+        ch = np.arange(u) % n
+        return Placement(ut, np.arange(u), ch, np.ones(u), ch, n)
+    if policy == "token":
+        pu = np.repeat(np.arange(u), n)
+        last = (ut.astype(np.int64) + np.arange(u)) % n
+        return Placement(ut, pu, np.tile(np.arange(n), u), np.full(u * n, 1.0 / n), last, n)
+    ends = np.cumsum(ut)
+    starts = ends - ut
+    width = ends[-1] / n
+    c0 = np.minimum((starts / width).astype(np.int64), n - 1)
+    c1 = np.minimum(np.ceil(ends / width).astype(np.int64) - 1, n - 1)
+    c1 = np.maximum(c1, c0)
+    spans = c1 - c0 + 1
+    pu = np.repeat(np.arange(u), spans)
+    pc = np.repeat(c0, spans) + (np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans))
+    lo = np.maximum(starts[pu], pc * width)
+    hi = np.minimum(ends[pu], (pc + 1) * width)
+    share = np.clip(hi - lo, 0.0, None) / np.where(ut[pu] > 0, ut[pu], 1.0)
+    keep = share > 0
+    return Placement(ut, pu[keep], pc[keep], share[keep], c1, n)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One command to the channel bank: per-channel seconds plus whole-phase totals."""
+
+    kind: str
+    durations_s: np.ndarray
+    nbytes: float
+    flops: float
+    energy_j: float
+
+    @property
+    def makespan_s(self) -> float:
+        return float(self.durations_s.max()) if self.durations_s.size else 0.0
+
+
+@dataclass(frozen=True)
+class PimPlan:
+    """One layer of one (sub-)batch, every layer alike; built once per step from pure cost functions."""
+
+    pre: tuple[Work, ...]
+    down_bytes: float
+    phases: tuple[Phase, ...]
+    mid_up_bytes: float          # host softmax: scores out between the phases
+    mid_gpu: tuple[Work, ...]
+    mid_down_bytes: float
+    up_bytes: float
+    merge_post: tuple[Work, ...]
+    spill_store_bytes: float
+    spill_fetch_bytes: float
+    spill_attn: tuple[Work, ...]
+
+
+def bank_phase(kind: str, rows: np.ndarray, works_of) -> Phase:
+    """Evaluate ``works_of(*row) -> tuple[Work]`` once per distinct row of per-channel loads."""
+    uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+    dur, nbytes, flops, energy = (np.zeros(len(uniq)) for _ in range(4))
+    for i, row in enumerate(uniq):
+        works = works_of(*row) if row.any() else ()
+        dur[i] = sum(w.duration_s for w in works)
+        nbytes[i] = sum(w.nbytes for w in works)
+        flops[i] = sum(w.flops for w in works)
+        energy[i] = sum(w.energy_j for w in works)
+    counts = np.bincount(inv.ravel(), minlength=len(uniq))
+    return Phase(kind, dur[inv.ravel()], float(nbytes @ counts), float(flops @ counts), float(energy @ counts))
+
+
+class PimSystem:
+    name = "pim"
+    needs_pim = True
+    kv_location = "pim"
+
+    def __init__(self, machine, model: ModelSpec, cfg):
+        self.machine = machine
+        self.model = model
+        self.cfg = cfg
+        self.dev = machine.pim_params
+        self.peak_spilled_bytes = 0.0
+
+    # ---- storage ---------------------------------------------------------------------------------------------
+    def pim_bytes_per_token(self) -> float:
+        """Bytes one token occupies in PIM over all layers."""
+        return float(self.model.kv_bytes_per_token)
+
+    def pim_fixed_bytes(self, n_pairs: float) -> float:
+        """Bytes in PIM that do not grow with tokens, for ``n_pairs`` (unit, channel) pairs; none for FP16."""
+        return 0.0
+
+    def pim_tokens_capacity(self, n_pairs: float) -> float:
+        free = self.dev.capacity_bytes - self.pim_fixed_bytes(n_pairs)
+        return max(0.0, free) / self.pim_bytes_per_token()
+
+    def token_budget(self) -> int | None:
+        """KV tokens (all sequences, over their whole life) that admission may allow, for ``limit``."""
+        if self.cfg.capacity_policy != "limit":
+            return None
+        units = self.cfg.effective_max_batch * self.model.n_kv_heads
+        return int(self.pim_tokens_capacity(units + self.dev.channels))
+
+    def spill_fraction(self, batch: StepBatch, placement: Placement) -> float:
+        need = batch.kv_tokens + batch.n_seqs  # this step's tokens plus the new one
+        cap = self.pim_tokens_capacity(placement.pair_unit.size)
+        return 0.0 if need <= cap else (need - cap) / need
+
+    # ---- per-channel work (FP16 baseline) ----------------------------------------------------------------------
+    def channel_phases(self, tokens, present, new) -> tuple[Phase, ...]:
+        ch, m = self.dev.channel, self.model
+        g, d, e = m.gqa_group, m.head_dim, m.bytes_per_element
+
+        def works(tok, units, nv, part):
+            w = pim_model.ChannelAttention(kv_vectors=tok, head_dim=d, queries_per_kv=g, query_vectors=units * g,
+                                           bytes_per_element=e)
+            full = (pim_model.append_work(ch, nv, d, e),) + pim_model.attention_works(ch, w, self.cfg.softmax)
+            # host softmax: [append, q_in, score, softmax(out)] | [context, out]
+            return full if part is None else (full[:4] if part == 0 else full[4:])
+
+        rows = np.column_stack([tokens, present, new])
+        if self.cfg.softmax == "host":
+            return (bank_phase("pim.attention.scores", rows, lambda t, u, v: works(t, u, v, 0)),
+                    bank_phase("pim.attention.context", rows, lambda t, u, v: works(t, u, v, 1)))
+        return (bank_phase("pim.attention", rows, lambda t, u, v: works(t, u, v, None)),)
+
+    def down_bytes(self, batch: StepBatch, spilling: bool) -> float:
+        m = self.model
+        q = batch.n_seqs * m.q_dim * m.bytes_per_element
+        return q + (0.0 if spilling else batch.n_seqs * m.kv_bytes_per_token_per_layer)
+
+    def up_bytes(self, present) -> float:
+        m = self.model
+        per_query = m.head_dim * m.bytes_per_element + pim_model.SOFTMAX_STATS_BYTES_PER_QUERY
+        return float(present.sum()) * m.gqa_group * per_query
+
+    # ---- the plan ------------------------------------------------------------------------------------------------
+    def plan(self, batch: StepBatch, placement: Placement, units: np.ndarray | None, spill: float) -> PimPlan:
+        p, m, cfg = self.machine.params, self.model, self.cfg
+        ops = layer_ops(m, batch.n_seqs, batch.kv_tokens)
+        g = p.gpu
+
+        def kernel(name, op):
+            return gpu_model.kernel(g, name, op.flops, op.nbytes)
+
+        tokens, present, new = placement.loads(1.0 - spill, units)
+        if spill > 0:
+            new = np.zeros_like(new)
+        phases = self.channel_phases(tokens, present, new)
+        up = self.up_bytes(present)
+        merge_needed = placement.pairs_per_unit > 1 or spill > 0
+        e = m.bytes_per_element
+        merge = (gpu_model.kernel(g, "attn_merge", 4.0 * up / e, up),) if merge_needed else ()
+        mid_up = mid_down = 0.0
+        mid_gpu: tuple[Work, ...] = ()
+        if cfg.softmax == "host":
+            scores = float(tokens.sum()) * m.gqa_group
+            mid_up = mid_down = scores * e
+            mid_gpu = (gpu_model.kernel(g, "softmax", pim_model.SOFTMAX_FLOPS_PER_ELEMENT * scores, 2 * scores * e),)
+        spill_attn: tuple[Work, ...] = ()
+        fetch = store = 0.0
+        if spill > 0:
+            sops = layer_ops(m, batch.n_seqs, max(1, round(batch.kv_tokens * spill)))
+            spill_attn = tuple(kernel(name, sops[name]) for name in ATTENTION_OPS)
+            fetch = sops["kv_fetch"].kv_bytes
+            store = ops["kv_append"].kv_bytes
+        return PimPlan(
+            pre=(kernel("qkv_proj", ops["qkv_proj"]),), down_bytes=self.down_bytes(batch, spill > 0),
+            phases=phases, mid_up_bytes=mid_up, mid_gpu=mid_gpu, mid_down_bytes=mid_down, up_bytes=up,
+            merge_post=merge + (kernel("o_proj", ops["o_proj"]), kernel("ffn", ops["ffn"])),
+            spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn)
+
+    def plans(self, batch: StepBatch) -> tuple[list[PimPlan], tuple[Work, ...]]:
+        """Plans of the step's sub-batches (one unless ``sub_batches`` > 1) and the once-per-step LM head."""
+        placement = place(self.cfg.placement, self.model, batch.kept, self.dev.channels)
+        spill = self.spill_fraction(batch, placement)
+        self.peak_spilled_bytes = max(self.peak_spilled_bytes,
+                                      spill * (batch.kv_tokens + batch.n_seqs) * self.model.kv_bytes_per_token)
+        subs = batch.split(self.cfg.sub_batches)
+        plans, start = [], 0
+        for sub in subs:
+            seqs = np.arange(start, start + sub.n_seqs)
+            start += sub.n_seqs
+            units = None if len(subs) == 1 else (seqs[:, None] * self.model.n_kv_heads
+                                                  + np.arange(self.model.n_kv_heads)[None, :]).ravel()
+            plans.append(self.plan(sub, placement, units, spill))
+        h = head_op(self.model, batch.n_seqs)
+        return plans, (gpu_model.kernel(self.machine.params.gpu, "lm_head", h.flops, h.nbytes),)
+
+    # ---- discrete-event step -------------------------------------------------------------------------------------
+    def step(self, batch: StepBatch):
+        plans, head = self.plans(batch)
+        env = self.machine.env
+        yield env.all_of([env.process(self._layers(plan)) for plan in plans])
+        yield self.machine.gpu.run(head)
+
+    def _layers(self, plan: PimPlan):
+        m, env = self.machine, self.machine.env
+        for _ in range(self.model.n_layers):
+            yield m.gpu.run(plan.pre)
+            paths = [env.process(self._pim_path(plan))]
+            if plan.spill_fetch_bytes > 0:
+                paths.append(env.process(self._spill_path(plan)))
+            yield env.all_of(paths)
+            yield m.gpu.run(plan.merge_post)
+
+    def _pim_path(self, plan: PimPlan):
+        m = self.machine
+        yield m.transfer("gpu", "pim", plan.down_bytes, "q_kv_down")
+        for i, ph in enumerate(plan.phases):
+            yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j)
+            if i + 1 < len(plan.phases):
+                yield m.transfer("pim", "gpu", plan.mid_up_bytes, "scores_up")
+                yield m.gpu.run(plan.mid_gpu)
+                yield m.transfer("gpu", "pim", plan.mid_down_bytes, "weights_down")
+        yield m.transfer("pim", "gpu", plan.up_bytes, "partials_up")
+
+    def _spill_path(self, plan: PimPlan):
+        m = self.machine
+        yield m.transfer("gpu", "host.dram", plan.spill_store_bytes, "kv_append")
+        yield m.transfer("host.dram", "gpu", plan.spill_fetch_bytes, "kv_fetch")
+        yield m.gpu.run(plan.spill_attn)
+
+    # ---- capacity and details ------------------------------------------------------------------------------------
+    def capacity(self, kv_bytes: float, peak: StepBatch) -> Capacity:
+        p, m, dev = self.machine.params, self.model, self.dev
+        placement = place(self.cfg.placement, m, peak.kept, dev.channels)
+        spill = self.spill_fraction(peak, placement)
+        pim_bytes = (peak.kv_tokens + peak.n_seqs) * self.pim_bytes_per_token() * (1 - spill)
+        used = pim_bytes + self.pim_fixed_bytes(placement.pair_unit.size)
+        reasons = []
+        if spill > 0:
+            reasons.append(f"KV cache needs {gib(used / (1 - spill) if spill < 1 else kv_bytes)} of PIM, capacity "
+                           f"{gib(dev.capacity_bytes)}: {100 * spill:.1f}% of tokens spilled to host DRAM")
+        tokens, _, _ = placement.loads(1.0 - spill)
+        per_channel = tokens.max() * self.pim_bytes_per_token() / max(1, m.n_kv_heads) if tokens.size else 0.0
+        if spill == 0 and per_channel > dev.channel.capacity_bytes:
+            reasons.append(f"placement '{self.cfg.placement}' puts {gib(per_channel)} on one channel of "
+                           f"{gib(dev.channel.capacity_bytes)}")
+        spilled = spill * (peak.kv_tokens + peak.n_seqs) * m.kv_bytes_per_token
+        if spilled > p.host_dram.capacity_bytes:
+            reasons.append(f"spilled KV {gib(spilled)} exceeds host DRAM {gib(p.host_dram.capacity_bytes)}")
+        if m.weight_bytes > p.gpu.mem_capacity_bytes:
+            reasons.append(f"GPU memory: weights {gib(m.weight_bytes)} exceed {gib(p.gpu.mem_capacity_bytes)}")
+        busy = self.machine.pim.busy_s
+        return Capacity(
+            self.kv_location if spill == 0 else f"{self.kv_location}+host.dram", kv_bytes, not reasons,
+            tuple(reasons),
+            {"pim_device": dev.name, "pim_channels": dev.channels, "pim_capacity_bytes": dev.capacity_bytes,
+             "pim_used_bytes": min(used, dev.capacity_bytes), "spilled_bytes": self.peak_spilled_bytes,
+             "spilled_share": spill, "placement": self.cfg.placement, "channels_per_unit": placement.pairs_per_unit,
+             "pim_channel_busy_s": [float(x) for x in busy],
+             "pim_channel_busy_max_over_mean": float(busy.max() / busy.mean()) if busy.mean() > 0 else 0.0,
+             "pim_channels_idle": int((busy == 0).sum())})
