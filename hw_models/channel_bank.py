@@ -19,6 +19,8 @@ import simpy
 
 class ChannelBank:
     def __init__(self, env: simpy.Environment, name: str, n_channels: int, tracer, trace_lanes: int = 8):
+        """``tracer`` needs ``record``, ``occupy``, ``detail`` (trace-only spans of the first ``trace_lanes``
+        channels) and ``keeping`` (whether the current step's spans are kept)."""
         self.env = env
         self.name = name
         self.n = n_channels
@@ -48,5 +50,5 @@ class ChannelBank:
         if self.tracer.keeping and channels is None:
             for c in range(self.trace_lanes):
                 if dur[c] > 0:
-                    self.tracer.record(self.lane_names[c], kind, float(start[c]), float(end[c]))
+                    self.tracer.detail(self.lane_names[c], kind, float(start[c]), float(end[c]))
         return self.env.timeout(done - now)

@@ -85,4 +85,4 @@ def pim_step(system: PimSystem, batch: StepBatch, topology: Topology) -> Estimat
 
 
 # One closed-form estimator per registered system: (system, batch, topology) -> Estimate.
-ESTIMATORS = {"offload": _offload, "pim": pim_step}
+ESTIMATORS = {"offload": _offload, "pim": pim_step, "aqpim": pim_step}

@@ -23,8 +23,15 @@ def command_names() -> list[str]:
     return [n for n in FIRST if n in names] + [n for n in names if n not in FIRST]
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other input error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="aqpim-sim",
         description="Discrete-event simulator of long-context LLM decoding: KV offload, SOTA PIM and AQPIM.",
         epilog="example: aqpim-sim run --model llama-2-7b --batch 16 --context 32768",

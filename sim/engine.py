@@ -104,6 +104,11 @@ class Tracer:
         if self.step < self.keep_steps:
             self.spans.append(Span(self.step, component, kind, start_s, end_s, nbytes, flops, energy_j))
 
+    def detail(self, component: str, kind: str, start_s: float, end_s: float) -> None:
+        """A span kept for traces only (one channel of a bank whose totals are recorded for the bank)."""
+        if self.step < self.keep_steps:
+            self.spans.append(Span(self.step, component, kind, start_s, end_s, 0.0, 0.0, 0.0))
+
     @property
     def keeping(self) -> bool:
         """Whether spans of the current step are kept (callers skip building detail spans otherwise)."""

@@ -40,8 +40,6 @@ class Machine:
         if pim is not None:
             self.pim = ChannelBank(env, "pim", pim.channels, tracer, trace_lanes=PIM_TRACE_LANES)
             tracer.register("pim", "compute")
-            for lane in self.pim.lane_names:
-                tracer.register(lane, "compute")
 
     def transfer(self, src: str, dst: str, nbytes: float, kind: str) -> simpy.Process:
         """Start a transfer along the route from ``src`` to ``dst``; the returned process ends when it lands."""

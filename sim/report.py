@@ -40,7 +40,8 @@ def summary(r: Result) -> str:
     for k, v in r.breakdown_s.items():
         rows.append((f"time: {k}", fmt_time(v / max(r.steps, 1)) + " per step"))
     for k, v in r.bytes_by_link.items():
-        rows.append((f"bytes over {k}", fmt_bytes(v / max(r.steps, 1)) + " per step"))
+        if v > 0:
+            rows.append((f"bytes over {k}", fmt_bytes(v / max(r.steps, 1)) + " per step"))
     for k, v in r.busy_s.items():
         if v > 0:
             rows.append((f"busy: {k}", fmt_time(v / max(r.steps, 1)) + " per step"))

@@ -145,7 +145,7 @@ def _result(cfg, params, model, system, tracer, end_s, log, warnings, context) -
         comm_share=exposed_comm_s / decode_s if decode_s > 0 else 0.0,
         bytes_by_link=links, energy_j=energy,
         energy_per_token_j=sum(energy.values()) / tokens if tokens else 0.0,
-        kv_bytes=kv_bytes, kv_location=cap.kv_location if cap else "", fits=bool(cap and cap.fits),
+        kv_bytes=cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "", fits=bool(cap and cap.fits),
         fit_reasons=list(cap.reasons) if cap else ["no decode step ran"],
         analytic_step_latency_s=log["analytic"],
         analytic_mean_step_latency_s=float(np.mean(log["analytic"])) if lat else 0.0,

@@ -38,8 +38,6 @@ def bank(schedule, n):
     env = simpy.Environment()
     tr = Tracer()
     tr.register("pim", "compute")
-    for c in range(n):
-        tr.register(f"pim.ch{c}", "compute")
     b = ChannelBank(env, "pim", n, tr)
     done = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sim.chrome_trace import chrome_trace_json
-from sim.config import FIELDS, RunConfig, from_mapping, load_config_file
+from sim.config import CHOICES, FIELDS, RunConfig, from_mapping, load_config_file
 from sim.io import write_text_atomic
 from sim.report import summary
 from sim.run import simulate_traced
@@ -15,6 +15,8 @@ HELP = "simulate one configuration and print a summary"
 EXAMPLE = """examples:
   aqpim-sim run --system offload --model llama-2-7b --batch 16 --context 32768 --steps 8
   aqpim-sim run --model llama-3-8b --prefetch --json-out out.json --trace-out trace.json
+  aqpim-sim run --system pim --channels 320 --capacity-policy limit
+  aqpim-sim run --system aqpim --pq-m 16 --pq-k 256 --sinks 4 --recent 128
   aqpim-sim run examples/offload.toml --batch 4      (flags override the file)"""
 
 
@@ -37,6 +39,23 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                    help="offload: load the next layer's KV while this layer computes")
     p.add_argument("--cpu-attention", action="store_true", default=None,
                    help="offload: compute attention on the host CPU; only q and outputs cross PCIe")
+    pim = p.add_argument_group("PIM systems (pim, aqpim)")
+    pim.add_argument("--pim", help=f"PIM device preset or .toml file (default {d.pim}; see aqpim-sim presets)")
+    pim.add_argument("--channels", type=int, help="override the PIM device's channel count")
+    pim.add_argument("--capacity-policy", choices=CHOICES["capacity_policy"],
+                     help=f"KV beyond PIM capacity: spill to host or limit the batch (default {d.capacity_policy})")
+    pim.add_argument("--placement", choices=CHOICES["placement"],
+                     help=f"KV across channels (default {d.placement})")
+    pim.add_argument("--softmax", choices=CHOICES["softmax"], help=f"where softmax runs (default {d.softmax})")
+    pim.add_argument("--sub-batches", type=int, help="2: sub-batches alternate between GPU and PIM (default 1)")
+    aq = p.add_argument_group("AQPIM (product-quantized KV in PIM)")
+    aq.add_argument("--pq-m", type=int, help=f"PQ sub-spaces per head (default {d.pq_m})")
+    aq.add_argument("--pq-k", type=int, help=f"centroids per sub-space (default {d.pq_k})")
+    aq.add_argument("--sinks", type=int, help=f"first tokens kept in FP16 (default {d.sinks})")
+    aq.add_argument("--recent", type=int, help=f"last tokens kept in FP16 (default {d.recent})")
+    aq.add_argument("--outliers", type=int, help=f"key channels per head kept in FP16 (default {d.outliers})")
+    aq.add_argument("--lut-bytes", type=int, help=f"lookup buffer per PIM unit (default {d.lut_bytes})")
+    aq.add_argument("--kmeans-iters", type=int, help=f"k-means iterations at prefill (default {d.kmeans_iters})")
     p.add_argument("--seed", type=int, help=f"seed of the run's random generator (default {d.seed})")
     p.add_argument("--trace-steps", type=int, help=f"decode steps kept in traces and timelines (default {d.trace_steps})")
 

@@ -75,7 +75,7 @@ def place(policy: str, model: ModelSpec, kept: np.ndarray, n_channels: int) -> P
     load is balanced and each channel serves only the few units whose tokens it holds."""
     ut = np.repeat(np.asarray(kept, dtype=float), model.n_kv_heads)
     u, n = ut.size, n_channels
-    if policy == "head":
+    if policy == "head" or ut.sum() == 0:
         ch = np.arange(u) % n
         return Placement(ut, np.arange(u), ch, np.ones(u), ch, n)
     if policy == "token":
@@ -161,24 +161,32 @@ class PimSystem:
         """Bytes one token occupies in PIM over all layers."""
         return float(self.model.kv_bytes_per_token)
 
-    def pim_fixed_bytes(self, n_pairs: float) -> float:
-        """Bytes in PIM that do not grow with tokens, for ``n_pairs`` (unit, channel) pairs; none for FP16."""
+    def pim_fixed_bytes(self, n_pairs: float, n_seqs: int) -> float:
+        """Bytes in PIM that do not grow with tokens (codebooks per (unit, channel) pair, exact windows per
+        sequence); none for FP16."""
         return 0.0
 
-    def pim_tokens_capacity(self, n_pairs: float) -> float:
-        free = self.dev.capacity_bytes - self.pim_fixed_bytes(n_pairs)
+    def placed_tokens(self, kept: np.ndarray) -> np.ndarray:
+        """Tokens per sequence stored at ``pim_bytes_per_token`` (all of them for FP16)."""
+        return kept
+
+    def pim_tokens_capacity(self, n_pairs: float, n_seqs: int) -> float:
+        free = self.dev.capacity_bytes - self.pim_fixed_bytes(n_pairs, n_seqs)
         return max(0.0, free) / self.pim_bytes_per_token()
+
+    def placement(self, batch: StepBatch) -> Placement:
+        return place(self.cfg.placement, self.model, self.placed_tokens(batch.kept), self.dev.channels)
 
     def token_budget(self) -> int | None:
         """KV tokens (all sequences, over their whole life) that admission may allow, for ``limit``."""
         if self.cfg.capacity_policy != "limit":
             return None
-        units = self.cfg.effective_max_batch * self.model.n_kv_heads
-        return int(self.pim_tokens_capacity(units + self.dev.channels))
+        seqs = self.cfg.effective_max_batch
+        return int(self.pim_tokens_capacity(seqs * self.model.n_kv_heads + self.dev.channels, seqs))
 
     def spill_fraction(self, batch: StepBatch, placement: Placement) -> float:
-        need = batch.kv_tokens + batch.n_seqs  # this step's tokens plus the new one
-        cap = self.pim_tokens_capacity(placement.pair_unit.size)
+        need = float(self.placed_tokens(batch.kept + 1).sum())  # this step's tokens plus the new one
+        cap = self.pim_tokens_capacity(placement.pair_unit.size, batch.n_seqs)
         return 0.0 if need <= cap else (need - cap) / need
 
     # ---- per-channel work (FP16 baseline) ----------------------------------------------------------------------
@@ -247,7 +255,7 @@ class PimSystem:
 
     def plans(self, batch: StepBatch) -> tuple[list[PimPlan], tuple[Work, ...]]:
         """Plans of the step's sub-batches (one unless ``sub_batches`` > 1) and the once-per-step LM head."""
-        placement = place(self.cfg.placement, self.model, batch.kept, self.dev.channels)
+        placement = self.placement(batch)
         spill = self.spill_fraction(batch, placement)
         self.peak_spilled_bytes = max(self.peak_spilled_bytes,
                                       spill * (batch.kv_tokens + batch.n_seqs) * self.model.kv_bytes_per_token)
@@ -299,14 +307,15 @@ class PimSystem:
     # ---- capacity and details ------------------------------------------------------------------------------------
     def capacity(self, kv_bytes: float, peak: StepBatch) -> Capacity:
         p, m, dev = self.machine.params, self.model, self.dev
-        placement = place(self.cfg.placement, m, peak.kept, dev.channels)
+        placement = self.placement(peak)
         spill = self.spill_fraction(peak, placement)
-        pim_bytes = (peak.kv_tokens + peak.n_seqs) * self.pim_bytes_per_token() * (1 - spill)
-        used = pim_bytes + self.pim_fixed_bytes(placement.pair_unit.size)
+        need = (float(self.placed_tokens(peak.kept + 1).sum()) * self.pim_bytes_per_token()
+                + self.pim_fixed_bytes(placement.pair_unit.size, peak.n_seqs))
+        used = min(need, dev.capacity_bytes)
         reasons = []
         if spill > 0:
-            reasons.append(f"KV cache needs {gib(used / (1 - spill) if spill < 1 else kv_bytes)} of PIM, capacity "
-                           f"{gib(dev.capacity_bytes)}: {100 * spill:.1f}% of tokens spilled to host DRAM")
+            reasons.append(f"KV cache needs {gib(need)} of PIM, capacity {gib(dev.capacity_bytes)}: "
+                           f"{100 * spill:.1f}% of tokens spilled to host DRAM")
         tokens, _, _ = placement.loads(1.0 - spill)
         per_channel = tokens.max() * self.pim_bytes_per_token() / max(1, m.n_kv_heads) if tokens.size else 0.0
         if spill == 0 and per_channel > dev.channel.capacity_bytes:
@@ -319,10 +328,10 @@ class PimSystem:
             reasons.append(f"GPU memory: weights {gib(m.weight_bytes)} exceed {gib(p.gpu.mem_capacity_bytes)}")
         busy = self.machine.pim.busy_s
         return Capacity(
-            self.kv_location if spill == 0 else f"{self.kv_location}+host.dram", kv_bytes, not reasons,
+            self.kv_location if spill == 0 else f"{self.kv_location}+host.dram", need, not reasons,
             tuple(reasons),
             {"pim_device": dev.name, "pim_channels": dev.channels, "pim_capacity_bytes": dev.capacity_bytes,
-             "pim_used_bytes": min(used, dev.capacity_bytes), "spilled_bytes": self.peak_spilled_bytes,
+             "pim_used_bytes": used, "spilled_bytes": self.peak_spilled_bytes,
              "spilled_share": spill, "placement": self.cfg.placement, "channels_per_unit": placement.pairs_per_unit,
              "pim_channel_busy_s": [float(x) for x in busy],
              "pim_channel_busy_max_over_mean": float(busy.max() / busy.mean()) if busy.mean() > 0 else 0.0,

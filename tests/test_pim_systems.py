@@ -1,0 +1,143 @@
+"""PIM baseline and AQPIM: the two views agree, hand calculations hold, and the capacity wall behaves."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hw_models import pim as pim_model
+from hw_models.machine import load_machine
+from sim.config import RunConfig
+from sim.run import simulate
+from sim.systems.pim import place
+from workloads.kvformats import PqSettings
+from workloads.models import ModelSpec, load_model
+
+
+def tiny_model(layers, kv_heads, group, head_dim):
+    return ModelSpec(name="tiny", family="llama", n_layers=layers, hidden_size=kv_heads * group * head_dim,
+                     n_heads=kv_heads * group, n_kv_heads=kv_heads, head_dim=head_dim, ffn_size=4 * head_dim,
+                     vocab_size=1000, max_context=1 << 22)
+
+
+models = st.builds(tiny_model, st.integers(1, 4), st.integers(1, 8), st.sampled_from([1, 2, 4]),
+                   st.sampled_from([64, 128]))
+options = st.fixed_dictionaries({
+    "system": st.sampled_from(["pim", "aqpim"]),
+    "batch": st.integers(1, 32), "context": st.integers(1, 400_000), "steps": st.integers(1, 2),
+    "pim": st.sampled_from(pim_model.pim_preset_names()),
+    "channels": st.one_of(st.none(), st.integers(1, 600)),
+    "placement": st.sampled_from(["hybrid", "head", "token"]),
+    "softmax": st.sampled_from(["pim", "host"]),
+    "capacity_policy": st.sampled_from(["spill", "limit"]),
+    "sub_batches": st.sampled_from([1, 1, 2]),
+    "pq_m": st.sampled_from([8, 16]), "pq_k": st.sampled_from([16, 256]),
+    "recent": st.sampled_from([0, 32, 128]),
+})
+
+
+@given(models, options)
+def test_two_views_agree_or_bound(model, opts):
+    r = simulate(RunConfig(**opts, trace_steps=0), model=model)
+    for des, ana in zip(r.step_latency_s, r.analytic_step_latency_s, strict=True):
+        if r.analytic_exact:
+            assert des == pytest.approx(ana, rel=1e-9)
+        else:
+            assert des >= ana * (1 - 1e-9)
+    if opts["sub_batches"] > 1 and min(r.step_batch) > 1:
+        assert not r.analytic_exact  # two processes share the GPU: only a bound is claimed
+
+
+@pytest.mark.parametrize("system", ["pim", "aqpim"])
+def test_default_pim_machine_two_views_within_0_1_percent(system):
+    r = simulate(RunConfig(system=system, model="llama-3-8b", batch=8, context=16384, steps=2))
+    assert r.analytic_exact and abs(r.mean_step_latency_s / r.analytic_mean_step_latency_s - 1) < 1e-3
+
+
+def test_pim_attention_layer_time_by_hand():
+    """One layer, MHA, long context: the attention phase takes KV bytes / (channels x internal bandwidth),
+    plus per-operation overheads, first-access latency, the queries in and partial outputs out through each
+    channel's interface, and the softmax arithmetic, within 1%."""
+    model = dataclasses.replace(load_model("llama-2-7b"), n_layers=1)
+    dev = pim_model.load_pim("attacc-hbm3")
+    r = simulate(RunConfig(system="pim", batch=4, context=65536, steps=1, placement="token"), model=model)
+    kv_bytes = 4 * 65537 * model.kv_bytes_per_token_per_layer
+    ch = dev.channel
+    first_access = 2 * (ch.timing.tRCD_cycles + ch.timing.tCL_cycles) * ch.timing.tCK_s
+    queries = 4 * 32  # every channel holds a stripe of every (sequence, head) under 'token' placement
+    io = queries * (128 * 2 + 128 * 2 + 8) / ch.external_bw_bytes_per_s
+    softmax = 5 * 4 * 65537 * 32 / dev.channels / (ch.units * ch.unit_flops_per_s)
+    hand = kv_bytes / (dev.channels * ch.internal_bw_bytes_per_s) + 6 * ch.op_overhead_s + first_access + io + softmax
+    assert r.busy_by_kind_s["pim.attention"] == pytest.approx(hand, rel=0.01)
+
+
+def test_striped_placement_is_balanced_and_conserves_tokens():
+    m = load_model("llama-3-8b")
+    kept = np.array([1000, 5000, 7, 123456])
+    for policy in ("hybrid", "head", "token"):
+        tokens, present, new = place(policy, m, kept, 37).loads()
+        assert tokens.sum() == pytest.approx(kept.sum() * m.n_kv_heads)
+        assert new.sum() == kept.size * m.n_kv_heads
+    tokens, _, _ = place("hybrid", m, kept, 37).loads()
+    assert tokens.max() == pytest.approx(tokens.mean())
+
+
+def test_capacity_wall_spill_collapses_speedup_and_limit_cuts_batch():
+    base = dict(model="llama-2-7b", batch=16, steps=2)
+    fits = simulate(RunConfig(system="pim", context=8192, **base))
+    wall = simulate(RunConfig(system="pim", context=32768, **base))
+    offload = simulate(RunConfig(system="offload", context=32768, **base))
+    assert fits.fits and not wall.fits and wall.details["spilled_share"] > 0.5
+    assert "spilled to host DRAM" in wall.fit_reasons[0]
+    # with most tokens spilled the PIM system is bound by the same PCIe link as offload
+    assert offload.mean_step_latency_s / wall.mean_step_latency_s < 2
+    assert wall.bytes_by_link["pcie.h2d"] > 0 and fits.bytes_by_link.get("pcie.h2d", 0) == 0
+    limited = simulate(RunConfig(system="pim", context=32768, capacity_policy="limit", **base))
+    assert limited.fits and max(limited.step_batch) < 16 and limited.details["spilled_bytes"] == 0
+
+
+def test_aqpim_fits_where_pim_spills_and_stores_compressed_kv():
+    cfg = dict(model="llama-2-7b", batch=16, context=32768, steps=2)
+    pim, aq = simulate(RunConfig(system="pim", **cfg)), simulate(RunConfig(system="aqpim", **cfg))
+    assert not pim.fits and aq.fits
+    pq = PqSettings(m=16, k=256, sinks=4, recent=128)
+    model = load_model("llama-2-7b")
+    assert aq.details["compression"] == pytest.approx(
+        model.kv_bytes_per_token * 32770 / pq.kv_bytes(model, 32770).total)
+    assert aq.kv_bytes < pim.kv_bytes / 8
+    assert aq.mean_step_latency_s < pim.mean_step_latency_s
+
+
+def test_aqpim_per_query_costs_make_a_crossover_in_the_pim_phase():
+    """Codes move 16x fewer bytes per token but tables and bins cost the same at any context."""
+    def phase(system, ctx):
+        r = simulate(RunConfig(system=system, model="llama-2-7b", batch=1, context=ctx, steps=1, recent=0, sinks=0))
+        return r.busy_s["pim"]
+    assert phase("aqpim", 256) > phase("pim", 256)
+    assert phase("aqpim", 262144) < phase("pim", 262144) / 4
+
+
+def test_table_bigger_than_lut_costs_extra_passes():
+    cfg = dict(system="aqpim", model="llama-3-8b", batch=4, context=65536, steps=1)
+    small = simulate(RunConfig(**cfg, lut_bytes=4096))
+    big = simulate(RunConfig(**cfg, lut_bytes=1 << 20))
+    assert small.details["lut_passes"] > big.details["lut_passes"] == 1
+    assert small.busy_s["pim"] > big.busy_s["pim"]
+
+
+def test_host_side_dimm_pim_routes_queries_over_pcie():
+    r = simulate(RunConfig(system="pim", pim="ddr5-dimm-pim", model="llama-3-8b", batch=2, context=8192, steps=1))
+    assert r.bytes_by_link["pcie.d2h"] > 0 and r.bytes_by_link["pim.link.down"] > 0
+
+
+def test_channel_count_override_and_bad_pim_name():
+    r = simulate(RunConfig(system="pim", channels=1024, batch=2, context=4096, steps=1))
+    assert r.details["pim_channels"] == 1024 and len(r.details["pim_channel_busy_s"]) == 1024
+    with pytest.raises(ValueError, match="valid presets: attacc-hbm3"):
+        simulate(RunConfig(system="pim", pim="attac"))
+
+
+def test_default_machine_unchanged_by_pim():
+    assert load_machine().name == "a100-pcie4-ddr5"
