@@ -13,6 +13,7 @@ import numpy as np
 
 from hw_models.machine import MachineParams
 from sim.systems.base import StepBatch
+from sim.systems.gpu import gpu_costs
 from sim.systems.offload import offload_costs
 from sim.systems.pim import PimSystem
 from sim.topology import Topology
@@ -84,5 +85,10 @@ def pim_step(system: PimSystem, batch: StepBatch, topology: Topology) -> Estimat
     return Estimate(max(max(chains) + _t(head), gpu_total, n * float(np.max(channel_busy))), exact=False)
 
 
+def gpu_step(system, batch: StepBatch, topology: Topology) -> Estimate:
+    layer, head = gpu_costs(system.machine.params, system.model, batch)
+    return Estimate(system.model.n_layers * _t(layer) + _t(head), exact=True)
+
+
 # One closed-form estimator per registered system: (system, batch, topology) -> Estimate.
-ESTIMATORS = {"offload": _offload, "pim": pim_step, "aqpim": pim_step}
+ESTIMATORS = {"offload": _offload, "pim": pim_step, "aqpim": pim_step, "gpu": gpu_step}

@@ -31,9 +31,10 @@ workloads = st.fixed_dictionaries({"batch": st.integers(1, 64), "context": st.in
                                    "steps": st.integers(1, 3)})
 
 
-@given(machines, models, workloads, st.sampled_from(["sync", "cpu_attention"]))
+@given(machines, models, workloads, st.sampled_from(["sync", "cpu_attention", "gpu"]))
 def test_uncontended_schedules_match_closed_form(params, model, wl, mode):
-    cfg = RunConfig(**wl, cpu_attention=mode == "cpu_attention", trace_steps=0)
+    cfg = RunConfig(**wl, system="gpu" if mode == "gpu" else "offload", cpu_attention=mode == "cpu_attention",
+                    trace_steps=0)
     r = simulate(cfg, params=params, model=model)
     assert r.analytic_exact
     for des, ana in zip(r.step_latency_s, r.analytic_step_latency_s, strict=True):
