@@ -1,0 +1,14 @@
+"""Figures of saved results: decode-step timelines, latency and energy breakdowns, sweeps and capacity maps.
+
+Every figure reads files the simulator wrote (a Result JSON, a list of Results, a sweep's JSONL, a Chrome trace)
+and never runs the simulator. One function per figure; each writes a PNG or SVG and returns its path. Figures are
+drawn on a ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot, so no global figure state is
+touched and the same input gives the same bytes.
+"""
+
+from plots.breakdown import plot_breakdown
+from plots.capacity import plot_capacity
+from plots.sweep import plot_sweep
+from plots.timeline import plot_timeline
+
+__all__ = ["plot_breakdown", "plot_capacity", "plot_sweep", "plot_timeline"]

@@ -1,0 +1,77 @@
+"""Latency and energy breakdowns per system: stacked horizontal bars from saved Results.
+
+Left: the mean decode step split as ``Result.breakdown_s`` splits it (compute, exposed communication, idle), per
+step. Right: energy per generated token by component (``Result.energy_j``), with numbered channels (``pim.ch17``)
+summed into one group per device. Runs that do not fit their memory are hatched and say so in their label.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+from matplotlib.patches import Patch
+
+from plots.style import BREAKDOWN_COLOURS, load_results, new_figure, rc, save, time_unit
+from sim.errors import ConfigError
+
+CHANNEL_PART = re.compile(r"^(.*)\.(\D*?)\d+$")
+
+
+def component_group(name: str) -> str:
+    """``pim.ch17`` -> ``pim channels``; other component names are kept."""
+    m = CHANNEL_PART.match(name)
+    return f"{m.group(1)} channels" if m else name
+
+
+def plot_breakdown(results_path: str | Path, out: str | Path, title: str | None = None) -> Path:
+    """Stacked bars of step latency and energy per token for every Result in a file."""
+    labelled = load_results(results_path)
+    if not labelled:
+        raise ConfigError(f"{results_path}: no results to plot")
+    results = [r for _, r in labelled]
+    labels = [lab if r.fits else f"{lab}\n(does not fit)" for lab, r in labelled]
+    parts = list(dict.fromkeys(k for r in results for k in r.breakdown_s))
+    per_step = [{k: r.breakdown_s.get(k, 0.0) / max(r.steps, 1) for k in parts} for r in results]
+    groups: list[dict[str, float]] = []
+    for r in results:
+        g: dict[str, float] = {}
+        for comp, joules in r.energy_j.items():
+            g[component_group(comp)] = g.get(component_group(comp), 0.0) + joules / max(r.tokens, 1)
+        groups.append(g)
+    energy_parts = sorted({k for g in groups for k in g})
+    palette = matplotlib.colormaps["Set2"]
+    energy_colours = {k: palette(i % 8) for i, k in enumerate(energy_parts)}
+    unit, scale = time_unit(max(sum(p.values()) for p in per_step))
+    n = len(results)
+    with rc():
+        fig = new_figure(11.0, 1.6 + 0.5 * n)
+        ax_t, ax_e = fig.subplots(1, 2)
+        for ax, rows, keys, colours in ((ax_t, per_step, parts, BREAKDOWN_COLOURS),
+                                        (ax_e, groups, energy_parts, energy_colours)):
+            left = [0.0] * n
+            for k in keys:
+                widths = [row.get(k, 0.0) * (scale if ax is ax_t else 1.0) for row in rows]
+                bars = ax.barh(range(n), widths, left=left, color=colours.get(k, "#888888"), height=0.6,
+                               edgecolor="white", linewidth=0.5)
+                for bar, r in zip(bars, results, strict=True):
+                    if not r.fits:
+                        bar.set_hatch("//")
+                left = [a + b for a, b in zip(left, widths, strict=True)]
+            for i, total in enumerate(left):
+                ax.text(total, i, f" {total:#.3g}", va="center", ha="left", fontsize=8)
+            ax.set_xlim(0, max(left) * 1.18 if max(left) > 0 else 1)
+            ax.set_yticks(range(n), labels if ax is ax_t else [""] * n)
+            ax.set_ylim(n - 0.5, -0.5)
+            ax.grid(axis="x", color="#dddddd", linewidth=0.5)
+            ax.set_axisbelow(True)
+            fig.legend(handles=[Patch(color=colours.get(k, "#888888"), label=k.replace("_", " ")) for k in keys],
+                       loc="outside lower left" if ax is ax_t else "outside lower right", ncols=4, frameon=False)
+        ax_t.set_xlabel(f"mean decode-step latency ({unit})")
+        ax_t.set_title("where a decode step's time goes", loc="left")
+        ax_e.set_xlabel("energy per generated token (J)")
+        ax_e.set_title("energy per token by component", loc="left")
+        r0 = results[0]
+        fig.suptitle(title or f"{r0.model} on {r0.hardware}: batch {r0.batch}, context {r0.context}")
+        return save(fig, out)

@@ -1,0 +1,157 @@
+"""Shared look of the figures: colours per span kind and per system, metric names with units, reading and saving.
+
+Values arrive in SI units (s, J, bytes); conversion to ms, GiB or % happens here, at the edge, and the axis label
+says which unit was chosen.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from sim.errors import ConfigError
+from sim.result import Result
+from sim.variants import config_labels
+
+# Known operation kinds get fixed colours so the same kind looks the same in every figure; others take the
+# remaining palette entries in sorted order.
+KIND_COLOURS = {
+    "kv_fetch": "#1f77b4", "attn_out": "#6baed6", "kv_append": "#ff7f0e", "q_and_kv_append": "#fdae6b",
+    "qkv_proj": "#2ca02c", "attn_score": "#d62728", "softmax": "#9467bd", "attn_context": "#8c564b",
+    "o_proj": "#bcbd22", "ffn": "#17becf", "lm_head": "#e377c2",
+}
+EXTRA_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
+                 "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#e7969c", "#de9ed6", "#a1d99b")
+SYSTEM_COLOURS = {"offload": "#1f77b4", "pim": "#d62728", "aqpim": "#2ca02c"}
+BREAKDOWN_COLOURS = {"compute": "#2ca02c", "exposed_comm": "#1f77b4", "idle": "#c7c7c7"}
+
+# Metric -> (readable name, kind of unit). Unknown metrics fall back to their suffix.
+METRICS = {
+    "mean_step_latency_s": ("mean decode-step latency", "time"),
+    "analytic_mean_step_latency_s": ("analytic step latency", "time"),
+    "ttnt_p50_s": ("time to next token, p50", "time"),
+    "ttnt_p90_s": ("time to next token, p90", "time"),
+    "ttnt_p99_s": ("time to next token, p99", "time"),
+    "total_time_s": ("simulated time", "time"),
+    "tokens_per_s": ("throughput", "tokens/s"),
+    "energy_per_token_j": ("energy per token", "energy"),
+    "comm_share": ("exposed GPU-host communication share", "share"),
+    "kv_bytes": ("KV cache size", "bytes"),
+    "speedup": ("speedup", "ratio"),
+}
+
+RC = {"svg.hashsalt": "aqpim-sim", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
+      "axes.labelsize": 9, "legend.fontsize": 8}
+
+
+def kind_colours(kinds: Iterable[str]) -> dict[str, str]:
+    kinds = sorted(set(kinds))
+    spare = [c for c in EXTRA_COLOURS if c not in KIND_COLOURS.values()]
+    unknown = [k for k in kinds if k not in KIND_COLOURS]
+    out = {k: KIND_COLOURS[k] for k in kinds if k in KIND_COLOURS}
+    out.update({k: spare[i % len(spare)] for i, k in enumerate(unknown)})
+    return out
+
+
+def series_colour(name: str, index: int) -> str:
+    system = name.split("+")[0].split(" ")[0]
+    if name == system and system in SYSTEM_COLOURS:
+        return SYSTEM_COLOURS[system]
+    return matplotlib.colormaps["tab10"](index % 10)
+
+
+def time_unit(max_s: float) -> tuple[str, float]:
+    """The unit to show times up to ``max_s`` seconds in, and the factor from seconds."""
+    if max_s >= 1.0:
+        return "s", 1.0
+    if max_s >= 1e-3:
+        return "ms", 1e3
+    return "µs", 1e6
+
+
+def metric_axis(metric: str, values: Iterable[float]) -> tuple[str, float]:
+    """Axis label (with unit) for a metric and the factor that converts its SI values to that unit."""
+    name, kind = METRICS.get(metric, (metric.replace("_", " "), _suffix_kind(metric)))
+    vals = [abs(v) for v in values if v is not None]
+    top = max(vals, default=0.0)
+    if kind == "time":
+        unit, scale = time_unit(top)
+        return f"{name} ({unit})", scale
+    if kind == "energy":
+        return (f"{name} (mJ)", 1e3) if top < 1 else (f"{name} (J)", 1.0)
+    if kind == "bytes":
+        return f"{name} (GiB)", 1 / 2**30
+    if kind == "share":
+        return f"{name} (%)", 100.0
+    if kind == "ratio":
+        return f"{name} (×)", 1.0
+    if kind == "tokens/s":
+        return f"{name} (tokens/s)", 1.0
+    return name, 1.0
+
+
+def _suffix_kind(metric: str) -> str:
+    for suffix, kind in (("_s", "time"), ("_j", "energy"), ("_bytes", "bytes"), ("_share", "share")):
+        if metric.endswith(suffix):
+            return kind
+    return ""
+
+
+def new_figure(width_in: float, height_in: float) -> Figure:
+    fig = Figure(figsize=(width_in, height_in), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, out: str | Path, dpi: int = 130) -> Path:
+    """Write PNG or SVG (by suffix), without a timestamp, so the same figure gives the same bytes."""
+    p = Path(out)
+    suffix = p.suffix.lower()
+    if suffix not in (".png", ".svg"):
+        raise ConfigError(f"{p}: figures are written as .png or .svg")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"Date": None} if suffix == ".svg" else {}
+    with rc():
+        fig.savefig(p, dpi=dpi, metadata=metadata)
+    return p
+
+
+def rc():
+    """The figures' rc settings, as a context manager to wrap drawing and saving in."""
+    return matplotlib.rc_context(RC)
+
+
+def read_json(path: str | Path):
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p}: not valid JSON: {e}") from None
+
+
+def load_results(path: str | Path) -> list[tuple[str, Result]]:
+    """Labelled Results from a Result JSON, a JSON list of Results, or a sweep's JSONL.
+
+    Labels: a sweep's factor values (records in point order, failed points skipped); otherwise the options that
+    tell the configurations apart (``sim.variants.config_labels``).
+    """
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        from sim.sweep import iter_records
+
+        recs = sorted((r for r in iter_records(p) if "result" in r), key=lambda r: r.get("index", 0))
+        return [(", ".join(str(v) for v in r.get("factors", {}).values()) or r["key"][:8],
+                 Result.from_dict(r["result"])) for r in recs]
+    data = read_json(p)
+    items = data if isinstance(data, list) else [data]
+    if not all(isinstance(d, dict) and "mean_step_latency_s" in d for d in items):
+        raise ConfigError(f"{p}: expected a Result JSON or a list of Results")
+    results = [Result.from_dict(d) for d in items]
+    return list(zip(config_labels([r.config for r in results]), results, strict=True))
