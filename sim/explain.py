@@ -1,0 +1,209 @@
+"""Explaining one decode step in plain words: what is stored where, what moves, what each resource does, what limits.
+
+Everything printed is derived from a Result, the spans of its traced steps, and the machine and model parameters:
+per resource, the busy time per step, the bytes it moved and at what rate, against the rate the machine
+parameters allow; then the verdict (the resource that is busy for most of the step, or the dependency chain when
+none is), what the step would gain if that limit went away, and where the energy goes. The sentences are
+templates per kind of resource (a link, a compute unit, a group of PIM channels), not prose per system, so a new
+system is explained without changes here. Sizes and rates are in decimal GB (1e9 bytes) so the arithmetic
+(GB / GB/s = s) can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from hw_models.machine import MachineParams, load_machine
+from sim.config import RunConfig
+from sim.report import fmt_time
+from sim.result import Result
+from sim.run import simulate_traced
+from sim.topology import Topology
+from workloads.models import ModelSpec, load_model
+
+CHANNEL = re.compile(r"^(.*?)(\d+)$")
+BOUND_SHARE = 0.9   # a resource busy this share of the step or more is "the" bottleneck
+
+
+def gb(nbytes: float) -> str:
+    if nbytes >= 1e9:
+        return f"{nbytes / 1e9:.2f} GB"
+    if nbytes >= 1e6:
+        return f"{nbytes / 1e6:.2f} MB"
+    if nbytes >= 1e3:
+        return f"{nbytes / 1e3:.1f} kB"
+    return f"{nbytes:.0f} B"
+
+
+def rate(bytes_per_s: float) -> str:
+    return f"{bytes_per_s / 1e9:.1f} GB/s"
+
+
+def flops(f: float) -> str:
+    return f"{f / 1e12:.2f} TFLOP" if f >= 1e11 else f"{f / 1e9:.2f} GFLOP"
+
+
+@dataclass
+class Usage:
+    """One resource (or a group of numbered channels) over the traced steps, per step."""
+
+    name: str
+    members: int
+    busy_s: float          # per step; for a group, the busiest member's
+    mean_busy_s: float     # per step; for a group, the members' mean
+    nbytes: float          # per step, all members
+    flops: float           # per step, all members
+    kinds: dict            # kind -> busy seconds per step (all members)
+    count: float           # pieces of work (kernels, transfers) per step, all members
+
+
+def usage_from_spans(spans: list, n_steps: int) -> list[Usage]:
+    comps: dict[str, list] = {}
+    for s in spans:
+        comps.setdefault(s.component, []).append(s)
+    groups: dict[str, list[str]] = {}
+    for c in comps:
+        m = CHANNEL.match(c)
+        key = m.group(1) + "*" if m and sum(1 for o in comps if CHANNEL.match(o) and
+                                            CHANNEL.match(o).group(1) == m.group(1)) > 1 else c
+        groups.setdefault(key, []).append(c)
+    out = []
+    for name, members in groups.items():
+        busy = [sum(s.end_s - s.start_s for s in comps[c]) / n_steps for c in members]
+        kinds: dict[str, float] = {}
+        for c in members:
+            for s in comps[c]:
+                kinds[s.kind] = kinds.get(s.kind, 0.0) + (s.end_s - s.start_s) / n_steps
+        out.append(Usage(name, len(members), max(busy), sum(busy) / len(busy),
+                         sum(s.nbytes for c in members for s in comps[c]) / n_steps,
+                         sum(s.flops for c in members for s in comps[c]) / n_steps,
+                         dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+                         sum(len(comps[c]) for c in members) / n_steps))
+    return sorted(out, key=lambda u: -u.busy_s)
+
+
+def _link_rates(params: MachineParams) -> dict[str, float]:
+    topo = Topology(params)
+    return {d["link"].name: d["link"].bw_bytes_per_s for _, _, d in topo.graph.edges(data=True) if d["link"].resource}
+
+
+def _compute_limits(params: MachineParams) -> dict[str, tuple[float, float, str]]:
+    """Compute component -> (memory bytes/s, FLOP/s, what memory) the parameters allow."""
+    return {"gpu": (params.gpu.achievable_bw_bytes_per_s, params.gpu.achievable_flops_per_s, "GPU memory"),
+            "host.cpu": (params.host_dram.achievable_bw_bytes_per_s,
+                         params.cpu.peak_flops_per_s * params.cpu.flops_efficiency, "host DRAM")}
+
+
+def _top_kinds(u: Usage, n: int = 3) -> str:
+    total = sum(u.kinds.values()) or 1.0
+    return ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in list(u.kinds.items())[:n])
+
+
+def _resource_line(u: Usage, step_s: float, links: dict, limits: dict) -> str:
+    share = 100 * u.busy_s / step_s if step_s else 0.0
+    if u.members > 1:
+        imbalance = u.busy_s / u.mean_busy_s if u.mean_busy_s else 1.0
+        text = (f"{u.name} ({u.members} channels): the busiest is busy {fmt_time(u.busy_s)} ({share:.0f}% of the "
+                f"step), the mean {fmt_time(u.mean_busy_s)} (imbalance {imbalance:.2f}x); together they touch "
+                f"{gb(u.nbytes)}")
+        if u.mean_busy_s > 0 and u.nbytes:
+            text += f", {rate(u.nbytes / (u.mean_busy_s * u.members))} per busy channel"
+        return text + f". Work: {_top_kinds(u)}."
+    text = f"{u.name}: busy {fmt_time(u.busy_s)} ({share:.0f}% of the step)"
+    if u.name in links:
+        achieved = u.nbytes / u.busy_s if u.busy_s else 0.0
+        text += (f", carries {gb(u.nbytes)} at {rate(achieved)} while busy "
+                 f"(link rate {rate(links[u.name])})")
+        if achieved < 0.5 * links[u.name]:
+            text += f"; {u.count:.0f} small transfers per step, so the fixed cost per transfer dominates"
+
+    elif u.name in limits:
+        bw, fl, mem = limits[u.name]
+        t_mem, t_fl = u.nbytes / bw, u.flops / fl
+        kind = "memory-bound" if t_mem >= t_fl else "compute-bound"
+        text += (f"; reads/writes {gb(u.nbytes)} of {mem} ({fmt_time(t_mem)} at {rate(bw)}) and does "
+                 f"{flops(u.flops)} ({fmt_time(t_fl)} at {fl / 1e12:.0f} TFLOP/s): {kind} overall; "
+                 f"{u.count:.0f} operations' fixed costs and per-operation limits make up the other "
+                 f"{fmt_time(max(0.0, u.busy_s - max(t_mem, t_fl)))}")
+    elif u.nbytes:
+        text += f", moves {gb(u.nbytes)}"
+    return text + f". Work: {_top_kinds(u)}."
+
+
+def _verdict(us: list[Usage], step_s: float, links: dict, limits: dict, result: Result) -> list[str]:
+    top = us[0]
+    out = []
+    share = top.busy_s / step_s if step_s else 0.0
+    what = "link" if top.name in links else ("channel group" if top.members > 1 else "unit")
+    if share >= BOUND_SHARE:
+        out.append(f"The step is bound by {top.name}: this {what} is busy {100 * share:.0f}% of the step.")
+        if top.name in links:
+            out.append(f"  {gb(top.nbytes)} must cross it every step; at {rate(links[top.name])} that alone is "
+                       f"{fmt_time(top.nbytes / links[top.name])}. Only a faster link or fewer bytes across it "
+                       f"(keep the KV cache where attention runs, or compress it) shortens the step.")
+        elif top.name in limits:
+            bw, fl, mem = limits[top.name]
+            more = f"more {mem} bandwidth" if top.nbytes / bw >= top.flops / fl else "more FLOP/s"
+            out.append(f"  Its work is set by what it reads and computes, so {more}, or less work (a compressed KV "
+                       f"cache, attention elsewhere), shortens the step.")
+        elif top.members > 1:
+            out.append("  Attention work spread over more channels, or fewer bytes per channel (a compressed KV "
+                       "cache), shortens the step; a high imbalance says the placement leaves channels idle.")
+    else:
+        busiest = ", ".join(f"{u.name} {100 * u.busy_s / step_s:.0f}%" for u in us[:3])
+        total = sum(u.busy_s for u in us[:2])
+        out.append(f"No single resource is busy for most of the step (busiest: {busiest}). The step is a chain "
+                   f"of dependent operations that take turns on the resources.")
+        if len(us) > 1 and total >= 0.9 * step_s:
+            out.append(f"  {us[0].name} and {us[1].name} together account for {fmt_time(total)} of the "
+                       f"{fmt_time(step_s)} step: overlapping them (as prefetching does) could hide up to "
+                       f"{fmt_time(min(us[0].busy_s, us[1].busy_s))}.")
+    if len(us) > 1 and us[1].busy_s > 0:
+        out.append(f"If {top.name} cost nothing, the next limit would be {us[1].name} at {fmt_time(us[1].busy_s)} "
+                   f"per step: at best {step_s / us[1].busy_s:.1f}x faster.")
+    out.append(f"Exposed GPU-host communication (link busy, no compute unit busy): {100 * result.comm_share:.1f}% "
+               f"of the step.")
+    return out
+
+
+def explain_result(result: Result, spans: list, params: MachineParams, model: ModelSpec) -> str:
+    steps = sorted({s.step for s in spans})
+    n = len(steps) or 1
+    step_s = sum(result.step_latency_s[i] for i in steps) / n if steps else result.mean_step_latency_s
+    links, limits = _link_rates(params), _compute_limits(params)
+    us = usage_from_spans(spans, n)
+    lines = [f"{result.system} | {result.model} | {result.hardware} | batch {result.batch} | "
+             f"context {result.context}", ""]
+    lines.append("What is stored:")
+    lines.append(f"  Weights: {gb(model.weight_bytes)} in GPU memory, read once per step.")
+    lines.append(f"  KV cache: {gb(model.kv_bytes_per_token)} per token (2 x {model.n_layers} layers x "
+                 f"{model.n_kv_heads} KV heads x {model.head_dim} x {model.bytes_per_element} bytes); "
+                 f"{gb(result.kv_bytes)} at the largest step, in {result.kv_location or 'unknown'}.")
+    fits = "It fits." if result.fits else "It does NOT fit: " + "; ".join(result.fit_reasons) + "."
+    lines.append(f"  {fits}")
+    lines += ["", f"One decode step takes {fmt_time(step_s)} (mean of {n} traced step{'s' if n > 1 else ''}; "
+              f"closed-form {'estimate' if result.analytic_exact else 'lower bound'} "
+              f"{fmt_time(result.analytic_mean_step_latency_s)}); {result.tokens_per_s:.2f} tokens/s.", "",
+              "Per step, each resource:"]
+    lines += ["  " + _resource_line(u, step_s, links, limits) for u in us]
+    lines += ["", "What limits the step:"]
+    lines += ["  " + line for line in _verdict(us, step_s, links, limits, result)] if us else ["  (no spans traced)"]
+    energy = result.energy_j
+    total = sum(energy.values())
+    if total > 0 and result.tokens:
+        top = sorted(energy.items(), key=lambda kv: -kv[1])[:3]
+        parts = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in top)
+        lines += ["", f"Energy: {result.energy_per_token_j:.3f} J per generated token; most in {parts}."]
+    for w in result.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def explain(cfg: RunConfig) -> str:
+    """Simulate ``cfg`` (tracing at least one step) and explain its decode step."""
+    params, model = load_machine(cfg.hardware), load_model(cfg.model)
+    if cfg.trace_steps < 1:
+        cfg = replace(cfg, trace_steps=1)
+    result, spans = simulate_traced(cfg, params, model)
+    return explain_result(result, spans, params, model)
