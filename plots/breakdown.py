@@ -1,8 +1,8 @@
 """Latency and energy breakdowns per system: stacked horizontal bars from saved Results.
 
 Left: the mean decode step split as ``Result.breakdown_s`` splits it (compute, exposed communication, idle), per
-step. Right: energy per generated token by component (``Result.energy_j``), with numbered channels (``pim.ch17``)
-summed into one group per device. Runs that do not fit their memory are hatched and say so in their label.
+step; middle: the same as shares of the step, readable for the fast systems too; right: energy per generated
+token by component (``Result.energy_j``), with numbered channels (``pim.ch17``) summed into one group per device. Runs that do not fit their memory are hatched and say so in their label.
 """
 
 from __future__ import annotations
@@ -44,34 +44,43 @@ def plot_breakdown(results_path: str | Path, out: str | Path, title: str | None 
     palette = matplotlib.colormaps["Set2"]
     energy_colours = {k: palette(i % 8) for i, k in enumerate(energy_parts)}
     unit, scale = time_unit(max(sum(p.values()) for p in per_step))
+    shares = [{k: 100 * v / (sum(row.values()) or 1.0) for k, v in row.items()} for row in per_step]
     n = len(results)
     with rc():
-        fig = new_figure(11.0, 1.6 + 0.5 * n)
-        ax_t, ax_e = fig.subplots(1, 2)
-        for ax, rows, keys, colours in ((ax_t, per_step, parts, BREAKDOWN_COLOURS),
-                                        (ax_e, groups, energy_parts, energy_colours)):
+        fig = new_figure(13.0, 1.7 + 0.5 * n)
+        ax_t, ax_s, ax_e = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.2, 0.8, 1.0]})
+        panels = ((ax_t, [{k: v * scale for k, v in row.items()} for row in per_step], parts, BREAKDOWN_COLOURS,
+                   f"mean decode-step latency ({unit})", "where a decode step's time goes", "{:#.3g}"),
+                  (ax_s, shares, parts, BREAKDOWN_COLOURS, "share of the step (%)", "the same, as shares", None),
+                  (ax_e, groups, energy_parts, energy_colours, "energy per generated token (J)",
+                   "energy per token by component", "{:#.3g}"))
+        for ax, rows, keys, colours, xlabel, heading, fmt in panels:
             left = [0.0] * n
             for k in keys:
-                widths = [row.get(k, 0.0) * (scale if ax is ax_t else 1.0) for row in rows]
+                widths = [row.get(k, 0.0) for row in rows]
                 bars = ax.barh(range(n), widths, left=left, color=colours.get(k, "#888888"), height=0.6,
                                edgecolor="white", linewidth=0.5)
                 for bar, r in zip(bars, results, strict=True):
                     if not r.fits:
                         bar.set_hatch("//")
                 left = [a + b for a, b in zip(left, widths, strict=True)]
-            for i, total in enumerate(left):
-                ax.text(total, i, f" {total:#.3g}", va="center", ha="left", fontsize=8)
-            ax.set_xlim(0, max(left) * 1.18 if max(left) > 0 else 1)
+            if fmt:
+                for i, total in enumerate(left):
+                    ax.text(total, i, " " + fmt.format(total), va="center", ha="left", fontsize=8)
+                ax.set_xlim(0, max(left) * 1.2 if max(left) > 0 else 1)
+            else:
+                ax.set_xlim(0, 100)
             ax.set_yticks(range(n), labels if ax is ax_t else [""] * n)
             ax.set_ylim(n - 0.5, -0.5)
             ax.grid(axis="x", color="#dddddd", linewidth=0.5)
             ax.set_axisbelow(True)
+            ax.set_xlabel(xlabel)
+            ax.set_title(heading, loc="left")
+        for keys, colours, where in ((parts, BREAKDOWN_COLOURS, "outside lower left"),
+                                     (energy_parts, energy_colours, "outside lower right")):
             fig.legend(handles=[Patch(color=colours.get(k, "#888888"), label=k.replace("_", " ")) for k in keys],
-                       loc="outside lower left" if ax is ax_t else "outside lower right", ncols=4, frameon=False)
-        ax_t.set_xlabel(f"mean decode-step latency ({unit})")
-        ax_t.set_title("where a decode step's time goes", loc="left")
-        ax_e.set_xlabel("energy per generated token (J)")
-        ax_e.set_title("energy per token by component", loc="left")
+                       loc=where, ncols=4, frameon=False)
         r0 = results[0]
-        fig.suptitle(title or f"{r0.model} on {r0.hardware}: batch {r0.batch}, context {r0.context}")
+        fig.suptitle(title or f"{r0.model} on {r0.hardware}: batch {r0.batch}, context {r0.context} "
+                     f"(hatched: does not fit)")
         return save(fig, out)

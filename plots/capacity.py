@@ -15,7 +15,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from plots.style import new_figure, rc, save, series_colour
+from plots.style import new_figure, rc, save, series_colours
 from plots.sweep import default_baseline, lower_is_better, read_manifest, sweep_rows
 from sim.errors import ConfigError
 
@@ -42,7 +42,8 @@ def plot_capacity(jsonl: str | Path, out: str | Path, x: str = "context", y: str
     baseline = default_baseline(rows)
     baseline = next((lab for lab, lv in levels.items() if lv == baseline), None)
     levels = list(levels)
-    colours = [series_colour(lv, i) for i, lv in enumerate(levels)]
+    palette = series_colours(levels)
+    colours = [palette[lv] for lv in levels]
     sign = -1.0 if lower_is_better(metric) else 1.0
     winner = np.full((len(ys), len(xs)), -1)
     text = [["" for _ in xs] for _ in ys]
@@ -76,8 +77,16 @@ def plot_capacity(jsonl: str | Path, out: str | Path, x: str = "context", y: str
             if (winner == k).any():
                 handles.append(Patch(color=colours[k], alpha=0.45, label=f"{lv} wins"))
             off = 0.04 * (k - (len(levels) - 1) / 2)
-            _draw_fit_edge(ax, fits[lv], colours[k], off)
-            handles.append(Line2D([], [], color=colours[k], linewidth=2.5, label=f"{lv}: fits inside the edge"))
+            known = fits[lv][~np.isnan(fits[lv])]
+            if known.size and known.all():
+                where = "fits in every cell"
+            elif known.size and not known.any():
+                where = "fits in no cell"
+            else:
+                _draw_fit_edge(ax, fits[lv], colours[k], off)
+                where = "fits inside the edge"
+            handles.append(Line2D([], [], color=colours[k], linewidth=2.5 if where.endswith("edge") else 0,
+                                  label=f"{lv}: {where}"))
         ax.set_xticks(range(len(xs)), [f"{v:g}" if isinstance(v, int | float) else str(v) for v in xs])
         ax.set_yticks(range(len(ys)), [f"{v:g}" if isinstance(v, int | float) else str(v) for v in ys])
         ax.set_xlabel(x.replace("_", " ") + (" (tokens per sequence)" if x == "context" else ""))

@@ -27,8 +27,10 @@ KIND_COLOURS = {
 }
 EXTRA_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
                  "#756bb1", "#636363", "#9c9ede", "#cedb9c", "#e7ba52", "#e7969c", "#de9ed6", "#a1d99b")
-SYSTEM_COLOURS = {"offload": "#1f77b4", "pim": "#d62728", "aqpim": "#2ca02c"}
-BREAKDOWN_COLOURS = {"compute": "#2ca02c", "exposed_comm": "#1f77b4", "idle": "#c7c7c7"}
+TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+         "#17becf")
+SYSTEM_COLOURS = {"offload": "#1f77b4", "pim": "#d62728", "aqpim": "#2ca02c", "gpu": "#7f7f7f"}
+BREAKDOWN_COLOURS = {"compute": "#2ca02c", "exposed_comm": "#1f77b4", "exposed_link": "#9467bd", "idle": "#c7c7c7"}
 
 # Metric -> (readable name, kind of unit). Unknown metrics fall back to their suffix.
 METRICS = {
@@ -58,11 +60,19 @@ def kind_colours(kinds: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def series_colour(name: str, index: int) -> str:
-    system = name.split("+")[0].split(" ")[0]
-    if name == system and system in SYSTEM_COLOURS:
-        return SYSTEM_COLOURS[system]
-    return matplotlib.colormaps["tab10"](index % 10)
+def series_colours(names: Iterable[str]) -> dict[str, str]:
+    """Distinct colours for the lines of one figure: a system (or its first variant) keeps the system's colour,
+    the rest take the unused tab10 colours in order."""
+    names = list(dict.fromkeys(names))
+    out = {n: SYSTEM_COLOURS[n] for n in names if n in SYSTEM_COLOURS}
+    for n in names:  # the first variant of a system whose plain name is absent takes the system's colour
+        family = n.split("+")[0].split(",")[0]
+        if n not in out and family in SYSTEM_COLOURS and SYSTEM_COLOURS[family] not in out.values():
+            out[n] = SYSTEM_COLOURS[family]
+    free = [c for c in TAB10 if c not in out.values()]
+    for i, n in enumerate(x for x in names if x not in out):
+        out[n] = free[i % len(free)]
+    return out
 
 
 def time_unit(max_s: float) -> tuple[str, float]:

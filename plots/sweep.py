@@ -17,7 +17,7 @@ from pathlib import Path
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-from plots.style import metric_axis, new_figure, rc, save, series_colour
+from plots.style import metric_axis, new_figure, rc, save, series_colours
 from sim.errors import ConfigError
 from sim.sweep import MANIFEST, iter_records
 
@@ -113,13 +113,13 @@ def plot_sweep(jsonl: str | Path, out: str | Path, x: str | None = None, metric:
     for r, v in zip(rows, values, strict=True):
         if v is not None:
             lines.setdefault((r.series, r.rest), []).append((r.x, v * scale, bool(r.result.get("fits", True))))
-    series = list(dict.fromkeys(k[0] for k in lines))
+    palette = series_colours(k[0] for k in lines)
     rests = list(dict.fromkeys(k[1] for k in lines))
     with rc():
         fig = new_figure(9.5, 4.8)
         ax = fig.subplots()
         for (level, rest), pts in lines.items():
-            colour = series_colour(level, series.index(level))
+            colour = palette[level]
             style = LINESTYLES[rests.index(rest) % len(LINESTYLES)]
             name = level + "".join(f", {k}={val}" for k, val in rest)
             pos = [p[0] if numeric else xs_order.index(p[0]) for p in pts]
