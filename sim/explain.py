@@ -18,12 +18,14 @@ from hw_models.machine import MachineParams, load_machine
 from sim.config import RunConfig
 from sim.report import fmt_time
 from sim.result import Result
-from sim.run import simulate_traced
+from sim.run import load_pim_for, simulate_traced
+from sim.systems import SYSTEMS
 from sim.topology import Topology
 from workloads.models import ModelSpec, load_model
 
 CHANNEL = re.compile(r"^(.*?)(\d+)$")
-BOUND_SHARE = 0.9   # a resource busy this share of the step or more is "the" bottleneck
+BOUND_SHARE = 0.9    # a resource busy this share of the step or more is "the" bottleneck
+MOSTLY_SHARE = 0.6   # ... this share or more: the step is mostly its work
 
 
 def gb(nbytes: float) -> str:
@@ -56,43 +58,65 @@ class Usage:
     flops: float           # per step, all members
     kinds: dict            # kind -> busy seconds per step (all members)
     count: float           # pieces of work (kernels, transfers) per step, all members
+    detail: tuple | None = None  # (lanes, busiest, mean) busy per step of traced channel lanes of this unit
 
 
-def usage_from_spans(spans: list, n_steps: int) -> list[Usage]:
+def usage_from_spans(spans: list, n_steps: int, counted: set[str] | None = None) -> list[Usage]:
+    """Per-resource use per step. Components outside ``counted`` (the Result's) are trace-only channel lanes:
+    their busy times become the load-balance detail of the counted unit they belong to (``pim.ch3`` -> ``pim``)."""
     comps: dict[str, list] = {}
     for s in spans:
         comps.setdefault(s.component, []).append(s)
+    details: dict[str, list[str]] = {}
+    if counted is not None:
+        for c in list(comps):
+            parent = c.rsplit(".", 1)[0]
+            if c not in counted and CHANNEL.match(c) and parent in counted:
+                details.setdefault(parent, []).append(c)
+                del comps[c]
     groups: dict[str, list[str]] = {}
     for c in comps:
         m = CHANNEL.match(c)
-        key = m.group(1) + "*" if m and sum(1 for o in comps if CHANNEL.match(o) and
-                                            CHANNEL.match(o).group(1) == m.group(1)) > 1 else c
-        groups.setdefault(key, []).append(c)
+        twins = [o for o in comps if CHANNEL.match(o) and m and CHANNEL.match(o).group(1) == m.group(1)]
+        groups.setdefault(m.group(1) + "*" if m and len(twins) > 1 else c, []).append(c)
+
+    def busy(c):
+        return sum(s.end_s - s.start_s for s in comps[c]) / n_steps
+
     out = []
     for name, members in groups.items():
-        busy = [sum(s.end_s - s.start_s for s in comps[c]) / n_steps for c in members]
+        b = [busy(c) for c in members]
         kinds: dict[str, float] = {}
         for c in members:
             for s in comps[c]:
                 kinds[s.kind] = kinds.get(s.kind, 0.0) + (s.end_s - s.start_s) / n_steps
-        out.append(Usage(name, len(members), max(busy), sum(busy) / len(busy),
+        lanes = details.get(name)
+        detail = None
+        if lanes:
+            lb = [sum(s.end_s - s.start_s for s in spans if s.component == c) / n_steps for c in lanes]
+            detail = (len(lanes), max(lb), sum(lb) / len(lb))
+        out.append(Usage(name, len(members), max(b), sum(b) / len(b),
                          sum(s.nbytes for c in members for s in comps[c]) / n_steps,
                          sum(s.flops for c in members for s in comps[c]) / n_steps,
                          dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
-                         sum(len(comps[c]) for c in members) / n_steps))
+                         sum(len(comps[c]) for c in members) / n_steps, detail))
     return sorted(out, key=lambda u: -u.busy_s)
 
 
-def _link_rates(params: MachineParams) -> dict[str, float]:
-    topo = Topology(params)
-    return {d["link"].name: d["link"].bw_bytes_per_s for _, _, d in topo.graph.edges(data=True) if d["link"].resource}
+def _link_rates(topology: Topology) -> dict[str, float]:
+    return {d["link"].name: d["link"].bw_bytes_per_s for _, _, d in topology.graph.edges(data=True)
+            if d["link"].resource}
 
 
-def _compute_limits(params: MachineParams) -> dict[str, tuple[float, float, str]]:
-    """Compute component -> (memory bytes/s, FLOP/s, what memory) the parameters allow."""
-    return {"gpu": (params.gpu.achievable_bw_bytes_per_s, params.gpu.achievable_flops_per_s, "GPU memory"),
-            "host.cpu": (params.host_dram.achievable_bw_bytes_per_s,
-                         params.cpu.peak_flops_per_s * params.cpu.flops_efficiency, "host DRAM")}
+def _compute_limits(params: MachineParams, pim=None) -> dict[str, tuple[float, float, str]]:
+    """Compute unit -> (memory bytes/s, FLOP/s, which memory) that the parameters allow."""
+    limits = {"gpu": (params.gpu.achievable_bw_bytes_per_s, params.gpu.achievable_flops_per_s, "GPU memory"),
+              "host.cpu": (params.host_dram.achievable_bw_bytes_per_s,
+                           params.cpu.peak_flops_per_s * params.cpu.flops_efficiency, "host DRAM")}
+    if pim is not None:
+        limits["pim"] = (pim.internal_bw_bytes_per_s, pim.peak_flops_per_s,
+                         f"PIM arrays ({pim.channels} channels' internal bandwidth)")
+    return limits
 
 
 def _top_kinds(u: Usage, n: int = 3) -> str:
@@ -123,11 +147,15 @@ def _resource_line(u: Usage, step_s: float, links: dict, limits: dict) -> str:
         t_mem, t_fl = u.nbytes / bw, u.flops / fl
         kind = "memory-bound" if t_mem >= t_fl else "compute-bound"
         text += (f"; reads/writes {gb(u.nbytes)} of {mem} ({fmt_time(t_mem)} at {rate(bw)}) and does "
-                 f"{flops(u.flops)} ({fmt_time(t_fl)} at {fl / 1e12:.0f} TFLOP/s): {kind} overall; "
+                 f"{flops(u.flops)} ({fmt_time(t_fl)} at {fl / 1e12:.1f} TFLOP/s): {kind} overall; "
                  f"{u.count:.0f} operations' fixed costs and per-operation limits make up the other "
                  f"{fmt_time(max(0.0, u.busy_s - max(t_mem, t_fl)))}")
     elif u.nbytes:
         text += f", moves {gb(u.nbytes)}"
+    if u.detail:
+        lanes, top, mean = u.detail
+        text += (f"; its first {lanes} channels (traced) are busy {fmt_time(mean)} on average, the busiest "
+                 f"{fmt_time(top)} (imbalance {top / mean if mean else 1.0:.2f}x)")
     return text + f". Work: {_top_kinds(u)}."
 
 
@@ -150,6 +178,10 @@ def _verdict(us: list[Usage], step_s: float, links: dict, limits: dict, result: 
         elif top.members > 1:
             out.append("  Attention work spread over more channels, or fewer bytes per channel (a compressed KV "
                        "cache), shortens the step; a high imbalance says the placement leaves channels idle.")
+    elif share >= MOSTLY_SHARE:
+        rest = ", ".join(f"{u.name} {100 * u.busy_s / step_s:.0f}%" for u in us[1:3])
+        out.append(f"The step is mostly {top.name}'s work ({100 * share:.0f}% of it); the rest is work of other "
+                   f"resources that does not overlap with it ({rest}).")
     else:
         busiest = ", ".join(f"{u.name} {100 * u.busy_s / step_s:.0f}%" for u in us[:3])
         total = sum(u.busy_s for u in us[:2])
@@ -157,7 +189,7 @@ def _verdict(us: list[Usage], step_s: float, links: dict, limits: dict, result: 
                    f"of dependent operations that take turns on the resources.")
         if len(us) > 1 and total >= 0.9 * step_s:
             out.append(f"  {us[0].name} and {us[1].name} together account for {fmt_time(total)} of the "
-                       f"{fmt_time(step_s)} step: overlapping them (as prefetching does) could hide up to "
+                       f"{fmt_time(step_s)} step: overlapping them (prefetch, sub-batch interleaving) could hide up to "
                        f"{fmt_time(min(us[0].busy_s, us[1].busy_s))}.")
     if len(us) > 1 and us[1].busy_s > 0:
         out.append(f"If {top.name} cost nothing, the next limit would be {us[1].name} at {fmt_time(us[1].busy_s)} "
@@ -167,12 +199,13 @@ def _verdict(us: list[Usage], step_s: float, links: dict, limits: dict, result: 
     return out
 
 
-def explain_result(result: Result, spans: list, params: MachineParams, model: ModelSpec) -> str:
+def explain_result(result: Result, spans: list, params: MachineParams, model: ModelSpec, pim=None) -> str:
+    """The explanation of ``result``; ``pim`` is the PIM device's parameters when the system uses one."""
     steps = sorted({s.step for s in spans})
     n = len(steps) or 1
     step_s = sum(result.step_latency_s[i] for i in steps) / n if steps else result.mean_step_latency_s
-    links, limits = _link_rates(params), _compute_limits(params)
-    us = usage_from_spans(spans, n)
+    links, limits = _link_rates(Topology(params, pim)), _compute_limits(params, pim)
+    us = usage_from_spans(spans, n, set(result.busy_s))
     lines = [f"{result.system} | {result.model} | {result.hardware} | batch {result.batch} | "
              f"context {result.context}", ""]
     lines.append("What is stored:")
@@ -203,7 +236,8 @@ def explain_result(result: Result, spans: list, params: MachineParams, model: Mo
 def explain(cfg: RunConfig) -> str:
     """Simulate ``cfg`` (tracing at least one step) and explain its decode step."""
     params, model = load_machine(cfg.hardware), load_model(cfg.model)
+    pim = load_pim_for(cfg) if getattr(SYSTEMS[cfg.system], "needs_pim", False) else None
     if cfg.trace_steps < 1:
         cfg = replace(cfg, trace_steps=1)
-    result, spans = simulate_traced(cfg, params, model)
-    return explain_result(result, spans, params, model)
+    result, spans = simulate_traced(cfg, params, model, pim)
+    return explain_result(result, spans, params, model, pim)
