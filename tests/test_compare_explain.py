@@ -84,9 +84,13 @@ def test_explain_names_the_bottleneck_with_numbers(capsys):
     assert "GB/s" in out and "KV cache" in out and "per step" in out
     assert main(["explain", "--steps", "1", "--batch", "16", "--context", "32768", "--cpu-attention"]) == 0
     assert "The step is bound by host.cpu" in capsys.readouterr().out
+    assert main(["explain", "--steps", "1", "--batch", "16", "--context", "32768", "--system", "pim"]) == 0
+    out = capsys.readouterr().out
+    assert "The step is mostly gpu's work" in out and "channels' internal bandwidth" in out
+    assert "pim.ch" not in out  # the traced channel lanes are detail of the pim unit, not resources of their own
     assert main(["explain", "--steps", "1", "--batch", "1", "--context", "2048"]) == 0
     out = capsys.readouterr().out
-    assert "No single resource is busy for most of the step" in out and "prefetching" in out
+    assert "No single resource is busy for most of the step" in out and "overlapping them (prefetch" in out
 
 
 def test_plot_command_kinds(tmp_path, capsys):
