@@ -55,7 +55,10 @@ def run(args) -> int:
     given = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
     only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     system = given.pop("system", None)
-    pairs = variant_configs({**SCENARIO, **given}, only, system=system)
+    scenario = dict(SCENARIO)
+    if "trace" in given or "requests" in given:
+        scenario.pop("steps")  # a request list runs to its end unless the user caps it with --steps
+    pairs = variant_configs({**scenario, **given}, only, system=system)
     out = Path(args.out) if args.out else Path("results") / time.strftime("compare-%Y%m%d-%H%M%S")
     runs = run_variants(pairs)
     print(scenario_line(runs))
