@@ -24,7 +24,8 @@ from sim.errors import ConfigError
 
 FIXED_LANES = {("gpu", "compute"): (0, "GPU"), ("pcie", "h2d"): (1, "PCIe H2D"),
                ("pcie", "d2h"): (2, "PCIe D2H"), ("host", "cpu"): (3, "host CPU"),
-               ("pim", "compute"): (4, "PIM, all channels")}
+               ("pim", "compute"): (4, "PIM, all channels"), ("pim", "link.down"): (5, "PIM link down"),
+               ("pim", "link.up"): (5, "PIM link up")}
 CHANNEL = re.compile(r"^(\D*?)(\d+)$")
 DENSITY_BINS = 600
 
