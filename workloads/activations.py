@@ -70,6 +70,16 @@ class Activations:
         """Query heads per KV head (GQA)."""
         return self.q.shape[2] // self.k.shape[2]
 
+    def select_layers(self, layers: list[int]) -> Activations:
+        """Only the given model layers (which must have been captured)."""
+        missing = [li for li in layers if li not in self.layers]
+        if missing:
+            raise WorkloadError(f"layers {missing} were not captured; captured: {list(self.layers)}")
+        idx = [self.layers.index(li) for li in layers]
+        return Activations(q=self.q[idx], q_pos=self.q_pos, k=self.k[idx], v=self.v[idx], layers=tuple(layers),
+                           model=self.model, source=self.source, rope_theta=self.rope_theta,
+                           k_pre=None if self.k_pre is None else self.k_pre[idx])
+
     def truncated(self, context: int) -> Activations:
         """The first ``context`` tokens (as if the sequence were that long): keys, values and earlier queries."""
         if context > self.n_tokens:

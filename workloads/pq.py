@@ -31,7 +31,7 @@ import numpy as np
 
 # --- k-means -------------------------------------------------------------------------------------------------------
 def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20,
-           init: np.ndarray | None = None) -> np.ndarray:
+           init: np.ndarray | None = None, seeding: str = "kmeans++") -> np.ndarray:
     """Lloyd's k-means on M independent problems at once: x (M, N, d) -> centroids (M, k, d).
 
     Deterministic given ``rng``. Initial centroids by k-means++ (or ``init``, to refresh a codebook from the previous
@@ -43,8 +43,12 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20,
     if init is not None:
         assert init.shape == (M, k, d), (init.shape, (M, k, d))
         c = init.astype(np.float32, copy=True)
-    else:
+    elif seeding == "kmeans++":
         c = _kmeans_pp(x, k, rng)
+    else:
+        assert seeding == "random", seeding
+        idx = np.stack([rng.choice(N, k, replace=N < k) for _ in range(M)])  # (M, k) distinct points
+        c = np.take_along_axis(x, idx[:, :, None], axis=1)
     off = (np.arange(M) * k)[:, None]  # flat bin index per sub-space
     xf = x.reshape(M * N, d)
     for _ in range(iters):
@@ -142,12 +146,14 @@ def top_rms_channels(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def train_codebook(x: np.ndarray, m: int, k: int, rng: np.random.Generator, *, iters: int = 20,
-                   outliers: int = 0, scale_channels: bool = False, init: Codebook | None = None) -> Codebook:
+                   outliers: int = 0, scale_channels: bool = False, init: Codebook | None = None,
+                   seeding: str = "kmeans++") -> Codebook:
     """Fit a codebook to training vectors x (N, D): the prefill's keys or values of one head.
 
     ``outliers``: the top channels by RMS are taken out of the PQ part (kept exact). ``scale_channels``: divide
     each channel by its RMS before clustering so that k-means does not spend its centroids on the largest channels.
     ``init``: the previous codebook, to refresh it with a warm start (its outliers and scales are kept).
+    ``seeding``: "kmeans++" or "random" (k distinct training points); see ``workloads.accuracy`` for which wins where.
     """
     N, D = x.shape
     assert D % m == 0, f"head dim {D} not divisible by M={m}"
@@ -163,7 +169,7 @@ def train_codebook(x: np.ndarray, m: int, k: int, rng: np.random.Generator, *, i
             scale = np.ones(D)
     proto = Codebook(centroids=np.zeros((m, k, D // m), np.float32), scale=np.asarray(scale, np.float64),
                      outliers=np.asarray(out, np.int64))
-    c = kmeans(proto._to_pq_space(x), k, rng, iters, init=None if init is None else init.centroids)
+    c = kmeans(proto._to_pq_space(x), k, rng, iters, init=None if init is None else init.centroids, seeding=seeding)
     return Codebook(centroids=c, scale=proto.scale, outliers=proto.outliers)
 
 

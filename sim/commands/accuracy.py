@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def add_parser(sub) -> None:
                    help=f"activations .npz from scripts/capture_activations.py (default: {FIXTURE.name})")
     p.add_argument("--context", type=int, default=None, metavar="N",
                    help="tokens of context (real: first N captured; synthetic: generated; default: all / 2048)")
+    p.add_argument("--layers", default=None, metavar="L,L,...",
+                   help="captured layer indices to evaluate (real data; default: all captured)")
     p.add_argument("--queries", type=int, default=128, metavar="N", help="decode queries: the last N positions")
     p.add_argument("--prefill", type=int, default=None, metavar="N",
                    help="tokens that train the codebooks (default: context - queries)")
@@ -51,6 +54,8 @@ def add_parser(sub) -> None:
     p.add_argument("--by-layer", action="store_true", help="also one row per captured layer")
     p.add_argument("--ppl", action="store_true",
                    help="also SmolLM2 perplexity with the coded cache (real data; needs the 'real' extra)")
+    p.add_argument("--ppl-scored", type=int, default=512, metavar="N",
+                   help="perplexity over the last N tokens; codebooks trained on the tokens before (default: 512)")
     p.add_argument("--json-out", metavar="FILE", default=None, help="write rows and configuration as JSON")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
 
@@ -79,12 +84,21 @@ def run(args) -> int:
     if args.data in ("real", "both"):
         path = Path(args.fixture).expanduser() if args.fixture else FIXTURE
         acts = load_activations(path, context=args.context)
+        if args.layers:
+            try:
+                layers = [int(x) for x in args.layers.split(",")]
+            except ValueError:
+                raise WorkloadError(f"--layers takes comma-separated integers, got '{args.layers}'") from None
+            acts = acts.select_layers(layers)
         real = evaluate(acts, formats, cfg, data="real", by_layer=args.by_layer)
         if args.ppl:
-            ppl = measure_perplexity(formats, acts.source, acts.n_tokens, cfg)
+            ppl_prefill = acts.n_tokens - args.ppl_scored
+            ppl = measure_perplexity(formats, acts.source, acts.n_tokens, ppl_prefill, cfg,
+                                     log=lambda s: print(s, file=sys.stderr, flush=True))
             for r in real:
                 if "layer" not in r:
                     r["ppl"], r["ppl_fp16"] = ppl[r["setting"]]
+                    r["ppl_prefill"] = ppl_prefill
         rows += real
     if args.data in ("synthetic", "both"):
         n = args.context or 2048
@@ -95,6 +109,8 @@ def run(args) -> int:
     if args.json_out:
         _write_json_atomic(args.json_out, {"rows": rows, "config": {
             "settings": [f.name for f in formats], "data": args.data, "fixture": str(args.fixture or FIXTURE),
+            "layers": args.layers,
             "context": args.context, "queries": args.queries, "prefill": args.prefill, "iters": args.iters,
-            "topk": args.topk, "seed": args.seed}})
+            "topk": args.topk, "seed": args.seed,
+            "ppl_scored": args.ppl_scored if args.ppl else None}})
     return 0
