@@ -68,7 +68,13 @@ def pim_step(system: PimSystem, batch: StepBatch, topology: Topology) -> Estimat
     n = system.model.n_layers
     chains, gpu_total = [], _t(head)
     for plan in plans:
-        pim_path = down.time_s(plan.down_bytes) + sum(ph.makespan_s for ph in plan.phases) + up.time_s(plan.up_bytes)
+        if plan.chunks > 1:  # identical chunks through three FIFO stages: first chunk, then the bottleneck
+            stages = (down.time_s(plan.down_bytes / plan.chunks), plan.phases[0].makespan_s,
+                      up.time_s(plan.up_bytes / plan.chunks))
+            pim_path = sum(stages) + (plan.chunks - 1) * max(stages)
+        else:
+            pim_path = (down.time_s(plan.down_bytes) + sum(ph.makespan_s for ph in plan.phases)
+                        + up.time_s(plan.up_bytes))
         if len(plan.phases) > 1:
             pim_path += up.time_s(plan.mid_up_bytes) + _t(plan.mid_gpu) + down.time_s(plan.mid_down_bytes)
         spill_path = 0.0
@@ -81,7 +87,7 @@ def pim_step(system: PimSystem, batch: StepBatch, topology: Topology) -> Estimat
         system.cfg.softmax == "host" or system.dev.placement == "host")
     if len(plans) == 1 and not shared:
         return Estimate(chains[0] + _t(head), exact=True)
-    channel_busy = sum(np.sum([ph.durations_s for ph in plan.phases], axis=0) for plan in plans)
+    channel_busy = sum(plan.chunks * np.sum([ph.durations_s for ph in plan.phases], axis=0) for plan in plans)
     return Estimate(max(max(chains) + _t(head), gpu_total, n * float(np.max(channel_busy))), exact=False)
 
 

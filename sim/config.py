@@ -46,6 +46,7 @@ class RunConfig:
     placement: str = "hybrid"         # KV across channels: hybrid, head or token
     softmax: str = "pim"              # where softmax runs: pim, near (near-memory unit) or host (the GPU)
     sub_batches: int = 1              # 2: two sub-batches alternate between GPU and PIM (NeuPIMs-style)
+    link_chunks: int = 1              # >1: queries and partials cross the PIM link in chunks, overlapping compute
     # AQPIM options
     pq_m: int = 16                    # PQ sub-spaces per head
     pq_k: int = 256                   # centroids per sub-space
@@ -78,7 +79,7 @@ class RunConfig:
         for name in ("channels",):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
-        for name in ("sub_batches", "pq_m", "pq_k", "lut_bytes", "kmeans_iters"):
+        for name in ("sub_batches", "link_chunks", "pq_m", "pq_k", "lut_bytes", "kmeans_iters"):
             _positive_int(name, getattr(self, name))
         for name in ("sinks", "recent", "outliers"):
             v = getattr(self, name)

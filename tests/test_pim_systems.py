@@ -33,6 +33,7 @@ options = st.fixed_dictionaries({
     "softmax": st.sampled_from(["pim", "host"]),
     "capacity_policy": st.sampled_from(["spill", "limit"]),
     "sub_batches": st.sampled_from([1, 1, 2]),
+    "link_chunks": st.sampled_from([1, 1, 4]),
     "pq_m": st.sampled_from([8, 16]), "pq_k": st.sampled_from([16, 256]),
     "recent": st.sampled_from([0, 32, 128]),
 })
@@ -54,6 +55,14 @@ def test_two_views_agree_or_bound(model, opts):
 def test_default_pim_machine_two_views_within_0_1_percent(system):
     r = simulate(RunConfig(system=system, model="llama-3-8b", batch=8, context=16384, steps=2))
     assert r.analytic_exact and abs(r.mean_step_latency_s / r.analytic_mean_step_latency_s - 1) < 1e-3
+
+
+def test_link_pipelining_hides_transfers_but_pays_overheads_per_chunk():
+    cfg = dict(system="pim", model="llama-3-8b", batch=32, context=4096, steps=1)
+    one, four = simulate(RunConfig(**cfg)), simulate(RunConfig(**cfg, link_chunks=4))
+    assert four.analytic_exact and four.mean_step_latency_s < one.mean_step_latency_s
+    # four commands per operation instead of one: every channel works longer in total
+    assert sum(four.details["pim_channel_busy_s"]) > sum(one.details["pim_channel_busy_s"])
 
 
 def test_pim_attention_layer_time_by_hand():

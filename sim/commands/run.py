@@ -48,6 +48,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
                      help=f"KV across channels (default {d.placement})")
     pim.add_argument("--softmax", choices=CHOICES["softmax"], help=f"where softmax runs (default {d.softmax})")
     pim.add_argument("--sub-batches", type=int, help="2: sub-batches alternate between GPU and PIM (default 1)")
+    pim.add_argument("--link-chunks", type=int,
+                     help="pipeline q in / partials out over the PIM link in this many chunks (default 1: none)")
     aq = p.add_argument_group("AQPIM (product-quantized KV in PIM)")
     aq.add_argument("--pq-m", type=int, help=f"PQ sub-spaces per head (default {d.pq_m})")
     aq.add_argument("--pq-k", type=int, help=f"centroids per sub-space (default {d.pq_k})")

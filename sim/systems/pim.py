@@ -128,6 +128,7 @@ class PimPlan:
     spill_store_bytes: float
     spill_fetch_bytes: float
     spill_attn: tuple[Work, ...]
+    chunks: int = 1               # the PIM path pipelined in this many chunks (phases then hold one chunk)
 
 
 def bank_phase(kind: str, rows: np.ndarray, works_of) -> Phase:
@@ -229,7 +230,8 @@ class PimSystem:
         tokens, present, new = placement.loads(1.0 - spill, units)
         if spill > 0:
             new = np.zeros_like(new)
-        phases = self.channel_phases(tokens, present, new)
+        k = self.cfg.link_chunks if cfg.softmax != "host" else 1
+        phases = self.channel_phases(tokens / k, present / k, new / k)
         up = self.up_bytes(present)
         merge_needed = placement.pairs_per_unit > 1 or spill > 0
         e = m.bytes_per_element
@@ -251,7 +253,7 @@ class PimSystem:
             pre=(kernel("qkv_proj", ops["qkv_proj"]),), down_bytes=self.down_bytes(batch, spill > 0),
             phases=phases, mid_up_bytes=mid_up, mid_gpu=mid_gpu, mid_down_bytes=mid_down, up_bytes=up,
             merge_post=merge + (kernel("o_proj", ops["o_proj"]), kernel("ffn", ops["ffn"])),
-            spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn)
+            spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn, chunks=k)
 
     def plans(self, batch: StepBatch) -> tuple[list[PimPlan], tuple[Work, ...]]:
         """Plans of the step's sub-batches (one unless ``sub_batches`` > 1) and the once-per-step LM head."""
@@ -289,6 +291,9 @@ class PimSystem:
 
     def _pim_path(self, plan: PimPlan):
         m = self.machine
+        if plan.chunks > 1:
+            yield from self._pim_path_pipelined(plan)
+            return
         yield m.transfer("gpu", "pim", plan.down_bytes, "q_kv_down")
         for i, ph in enumerate(plan.phases):
             yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j)
@@ -297,6 +302,24 @@ class PimSystem:
                 yield m.gpu.run(plan.mid_gpu)
                 yield m.transfer("gpu", "pim", plan.mid_down_bytes, "weights_down")
         yield m.transfer("pim", "gpu", plan.up_bytes, "partials_up")
+
+    def _pim_path_pipelined(self, plan: PimPlan):
+        """Queries go down, channels work and partials come up chunk by chunk (AttAcc's head-wise pipelining):
+        the link and the channels are FIFO resources, so chunk i+1 crosses the link while chunk i computes."""
+        m, env, k = self.machine, self.machine.env, plan.chunks
+        (phase,) = plan.phases
+        downs = [m.transfer("gpu", "pim", plan.down_bytes / k, "q_kv_down") for _ in range(k)]
+
+        def chunk(i):
+            yield downs[i]
+            yield m.pim.run(phase.kind, phase.durations_s, phase.nbytes, phase.flops, phase.energy_j)
+            yield m.transfer("pim", "gpu", plan.up_bytes / k, "partials_up")
+
+        procs = []
+        for i in range(k):
+            yield downs[i]
+            procs.append(env.process(chunk(i)))
+        yield env.all_of(procs)
 
     def _spill_path(self, plan: PimPlan):
         m = self.machine
