@@ -32,9 +32,12 @@ def chrome_trace(spans: list[Span], metadata: dict | None = None) -> dict:
                        "args": {"name": lane}})
     for s in spans:
         device, lane = _device_and_lane(s.component)
+        args = {"step": s.step, "bytes": s.nbytes, "flops": s.flops, "energy_j": s.energy_j}
+        if s.detail:
+            args["detail"] = True  # one channel's view of work counted on the device lane
         events.append({"ph": "X", "name": s.kind, "cat": device, "pid": devices[device],
                        "tid": lanes[(device, lane)], "ts": s.start_s * 1e6, "dur": (s.end_s - s.start_s) * 1e6,
-                       "args": {"step": s.step, "bytes": s.nbytes, "flops": s.flops, "energy_j": s.energy_j}})
+                       "args": args})
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": metadata or {}}
 
 

@@ -58,6 +58,7 @@ class RunConfig:
     # Run options
     seed: int = 0
     trace_steps: int = 4              # decode steps whose spans are kept for traces and timelines
+    trace_channels: int = 8           # PIM channels drawn one per lane in traces (all are always simulated)
 
     def __post_init__(self):
         if self.system not in SYSTEMS:
@@ -70,8 +71,10 @@ class RunConfig:
                 _positive_int(name, getattr(self, name))
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if not isinstance(self.trace_steps, int) or self.trace_steps < 0:
-            raise ConfigError(f"trace_steps must be a non-negative integer, got {self.trace_steps!r}")
+        for name in ("trace_steps", "trace_channels"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, got {v!r}")
         if self.arrival_rate_per_s < 0:
             raise ConfigError(f"arrival_rate_per_s must be >= 0, got {self.arrival_rate_per_s}")
         if self.trace is not None and self.requests is not None:

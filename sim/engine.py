@@ -24,6 +24,7 @@ class Span:
     nbytes: float
     flops: float
     energy_j: float
+    detail: bool = False  # trace-only: part of work whose totals another component carries
 
 
 class IntervalUnion:
@@ -107,7 +108,7 @@ class Tracer:
     def detail(self, component: str, kind: str, start_s: float, end_s: float) -> None:
         """A span kept for traces only (one channel of a bank whose totals are recorded for the bank)."""
         if self.step < self.keep_steps:
-            self.spans.append(Span(self.step, component, kind, start_s, end_s, 0.0, 0.0, 0.0))
+            self.spans.append(Span(self.step, component, kind, start_s, end_s, 0.0, 0.0, 0.0, detail=True))
 
     @property
     def keeping(self) -> bool:

@@ -16,12 +16,10 @@ from hw_models.pim import PimDeviceParams
 from sim.engine import Tracer
 from sim.topology import Route, Topology
 
-PIM_TRACE_LANES = 8  # channels drawn one per lane in traces; all channels are simulated and counted
-
 
 class Machine:
     def __init__(self, env: simpy.Environment, params: MachineParams, tracer: Tracer,
-                 pim: PimDeviceParams | None = None):
+                 pim: PimDeviceParams | None = None, trace_channels: int = 8):
         self.env = env
         self.params = params
         self.pim_params = pim
@@ -38,7 +36,7 @@ class Machine:
                 tracer.register(link.name, "comm" if link.name.startswith("pcie") else "link")
         self.pim = None
         if pim is not None:
-            self.pim = ChannelBank(env, "pim", pim.channels, tracer, trace_lanes=PIM_TRACE_LANES)
+            self.pim = ChannelBank(env, "pim", pim.channels, tracer, trace_lanes=trace_channels)
             tracer.register("pim", "compute")
 
     def transfer(self, src: str, dst: str, nbytes: float, kind: str) -> simpy.Process:

@@ -76,7 +76,7 @@ def simulate_traced(cfg: RunConfig, params: MachineParams | None = None, model: 
 
     env = simpy.Environment()
     tracer = Tracer(keep_steps=cfg.trace_steps)
-    machine = Machine(env, params, tracer, pim)
+    machine = Machine(env, params, tracer, pim, trace_channels=cfg.trace_channels)
     system = system_cls(machine, model, cfg)
     estimator = ESTIMATORS[cfg.system]
     topology = Topology(params, pim)

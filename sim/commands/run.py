@@ -60,6 +60,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     aq.add_argument("--kmeans-iters", type=int, help=f"k-means iterations at prefill (default {d.kmeans_iters})")
     p.add_argument("--seed", type=int, help=f"seed of the run's random generator (default {d.seed})")
     p.add_argument("--trace-steps", type=int, help=f"decode steps kept in traces and timelines (default {d.trace_steps})")
+    p.add_argument("--trace-channels", type=int,
+                   help=f"PIM channels drawn one per lane in traces (default {d.trace_channels})")
 
 
 def config_from_args(args) -> RunConfig:
