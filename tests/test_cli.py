@@ -58,7 +58,9 @@ def test_presets_lists_models_and_machines(capsys):
     code, out, _ = run_cli(capsys, "presets")
     assert code == 0 and "llama-3-70b" in out and "a100-pcie4-ddr5" in out
     code, out, _ = run_cli(capsys, "presets", "--json")
-    assert code == 0 and json.loads(out)["h100-pcie5-ddr5"]["pcie"]["generation"] == 5
+    presets = json.loads(out)
+    assert code == 0 and presets["machines"]["h100-pcie5-ddr5"]["pcie"]["generation"] == 5
+    assert presets["pim"]["attacc-hbm3"]["channels"] == 160
 
 
 @pytest.mark.parametrize("argv,match", [

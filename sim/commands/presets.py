@@ -8,23 +8,26 @@ import json
 
 from hw_models.machine import load_machine
 from hw_models.machine import preset_names as machine_names
+from hw_models.pim import load_pim, pim_preset_names
 from workloads.models import load_model
 from workloads.models import preset_names as model_names
 
-HELP = "list model and hardware presets"
+HELP = "list model, machine and PIM device presets"
 EXAMPLE = "example: aqpim-sim presets --json"
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("presets", help=HELP, description=HELP, epilog=EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", action="store_true", help="print the machine presets' full parameters as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the machine and PIM device presets' full parameters as JSON")
 
 
 def run(args) -> int:
     if args.json:
-        print(json.dumps({n: dataclasses.asdict(load_machine(n)) for n in machine_names()}, indent=1,
-                         sort_keys=True))
+        print(json.dumps({"machines": {n: dataclasses.asdict(load_machine(n)) for n in machine_names()},
+                          "pim": {n: dataclasses.asdict(load_pim(n)) for n in pim_preset_names()}},
+                         indent=1, sort_keys=True))
         return 0
     print("models:")
     for n in model_names():
@@ -34,4 +37,9 @@ def run(args) -> int:
     print("hardware:")
     for n in machine_names():
         print(f"  {n:<20} {load_machine(n).description}")
+    print("PIM devices (--pim):")
+    for n in pim_preset_names():
+        d = load_pim(n)
+        print(f"  {n:<20} {d.channels:>5} channels  {d.capacity_bytes / 2**30:7.1f} GiB  "
+              f"internal {d.internal_bw_bytes_per_s / 1e12:5.1f} TB/s  {d.placement:<11}  {d.description}")
     return 0
