@@ -30,7 +30,6 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from pathlib import Path
 
 from sim.config import FIELDS, RunConfig, from_mapping, read_config_file
 from sim.errors import INPUT_ERRORS, ConfigError
-from sim.io import write_text_atomic
+from sim.io import open_atomic, write_text_atomic
 from sim.result import Result
 
 RESULTS_JSONL = "results.jsonl"
@@ -271,21 +270,12 @@ def write_csv(jsonl: Path, out: Path) -> int:
             order.append((idx if isinstance(idx, int) else sys.maxsize, offset))
             offset += len(line)
     order.sort()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fo, open(jsonl, "rb") as fi:
-            writer = csv.DictWriter(fo, fieldnames=list(columns), lineterminator="\n")
-            writer.writeheader()
-            for _, off in order:
-                fi.seek(off)
-                writer.writerow(_flat_row(json.loads(fi.readline())))
-            fo.flush()
-            os.fsync(fo.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open_atomic(out, newline="") as fo, open(jsonl, "rb") as fi:
+        writer = csv.DictWriter(fo, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        for _, off in order:
+            fi.seek(off)
+            writer.writerow(_flat_row(json.loads(fi.readline())))
     return len(order)
 
 
