@@ -79,8 +79,8 @@ def pim_step(system: PimSystem, batch: StepBatch, topology: Topology) -> Estimat
             pim_path += up.time_s(plan.mid_up_bytes) + _t(plan.mid_gpu) + down.time_s(plan.mid_down_bytes)
         spill_path = 0.0
         if plan.spill_fetch_bytes > 0:
-            spill_path = (topology.route("gpu", "host.dram").time_s(plan.spill_store_bytes)
-                          + topology.route("host.dram", "gpu").time_s(plan.spill_fetch_bytes) + _t(plan.spill_attn))
+            store = topology.route("gpu", "host.dram").time_s(plan.spill_store_bytes) if plan.spill_store_bytes else 0.0
+            spill_path = (store + topology.route("host.dram", "gpu").time_s(plan.spill_fetch_bytes) + _t(plan.spill_attn))
         chains.append(n * (_t(plan.pre) + max(pim_path, spill_path) + _t(plan.merge_post)))
         gpu_total += n * (_t(plan.pre) + _t(plan.merge_post) + _t(plan.spill_attn) + _t(plan.mid_gpu))
     shared = any(p.spill_fetch_bytes > 0 for p in plans) and (

@@ -42,6 +42,7 @@ BIN_BYTES = FP16_BYTES
 class AqpimSystem(PimSystem):
     name = "aqpim"
     kv_location = "pim (PQ codes)"
+    new_tokens_spill = False  # new tokens enter the FP16 window, whose room in PIM is reserved per sequence
 
     def __init__(self, machine, model, cfg):
         super().__init__(machine, model, cfg)

@@ -149,6 +149,7 @@ class PimSystem:
     name = "pim"
     needs_pim = True
     kv_location = "pim"
+    new_tokens_spill = True  # once PIM is full, new K/V are stored in host DRAM
 
     def __init__(self, machine, model: ModelSpec, cfg):
         self.machine = machine
@@ -228,7 +229,8 @@ class PimSystem:
             return gpu_model.kernel(g, name, op.flops, op.nbytes)
 
         tokens, present, new = placement.loads(1.0 - spill, units)
-        if spill > 0:
+        new_to_host = spill > 0 and self.new_tokens_spill
+        if new_to_host:
             new = np.zeros_like(new)
         k = self.cfg.link_chunks if cfg.softmax != "host" else 1
         phases = self.channel_phases(tokens / k, present / k, new / k)
@@ -248,9 +250,9 @@ class PimSystem:
             sops = layer_ops(m, batch.n_seqs, max(1, round(batch.kv_tokens * spill)))
             spill_attn = tuple(kernel(name, sops[name]) for name in ATTENTION_OPS)
             fetch = sops["kv_fetch"].kv_bytes
-            store = ops["kv_append"].kv_bytes
+            store = ops["kv_append"].kv_bytes if new_to_host else 0.0
         return PimPlan(
-            pre=(kernel("qkv_proj", ops["qkv_proj"]),), down_bytes=self.down_bytes(batch, spill > 0),
+            pre=(kernel("qkv_proj", ops["qkv_proj"]),), down_bytes=self.down_bytes(batch, new_to_host),
             phases=phases, mid_up_bytes=mid_up, mid_gpu=mid_gpu, mid_down_bytes=mid_down, up_bytes=up,
             merge_post=merge + (kernel("o_proj", ops["o_proj"]), kernel("ffn", ops["ffn"])),
             spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn, chunks=k)
@@ -323,7 +325,8 @@ class PimSystem:
 
     def _spill_path(self, plan: PimPlan):
         m = self.machine
-        yield m.transfer("gpu", "host.dram", plan.spill_store_bytes, "kv_append")
+        if plan.spill_store_bytes:
+            yield m.transfer("gpu", "host.dram", plan.spill_store_bytes, "kv_append")
         yield m.transfer("host.dram", "gpu", plan.spill_fetch_bytes, "kv_fetch")
         yield m.gpu.run(plan.spill_attn)
 
