@@ -2,7 +2,9 @@ import os
 
 from hypothesis import settings
 
-# CI machines have 2 cores; keep property tests bounded and deterministic.
+# CI machines have 2 cores; keep property tests bounded and deterministic there. For a deeper search locally:
+# HYPOTHESIS_PROFILE=thorough python3 -m pytest tests/test_two_views.py tests/test_pim_systems.py
 settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=60, deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+settings.register_profile("thorough", max_examples=1500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
