@@ -18,6 +18,7 @@ channels is the caller's policy. Presets live in ``presets/pim/*.toml`` with a `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,6 +268,7 @@ def internal_bw_limiter(ch: PimChannelParams) -> str:
     return max(bounds, key=bounds.get)
 
 
+@functools.lru_cache(maxsize=256)  # parameters are frozen: the bound is computed once per channel design
 def internal_bw_bytes_per_s(ch: PimChannelParams) -> float:
     """Bytes per second all units of the channel stream from their banks together, refresh included."""
     per_burst_s = max(unit_burst_bounds_s(ch).values())

@@ -132,8 +132,11 @@ class PimPlan:
 
 
 def bank_phase(kind: str, rows: np.ndarray, works_of) -> Phase:
-    """Evaluate ``works_of(*row) -> tuple[Work]`` once per distinct row of per-channel loads."""
-    uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+    """Evaluate ``works_of(*row) -> tuple[Work]`` once per distinct row of per-channel loads.
+
+    Loads are rounded to 1e-3 (of a token, a unit, a vector) first, so that equal stripes that differ only by
+    floating-point noise share one evaluation."""
+    uniq, inv = np.unique(np.round(rows, 3), axis=0, return_inverse=True)
     dur, nbytes, flops, energy = (np.zeros(len(uniq)) for _ in range(4))
     for i, row in enumerate(uniq):
         works = works_of(*row) if row.any() else ()
@@ -157,6 +160,7 @@ class PimSystem:
         self.cfg = cfg
         self.dev = machine.pim_params
         self.peak_spilled_bytes = 0.0
+        self._last_plans = None
 
     # ---- storage ---------------------------------------------------------------------------------------------
     def pim_bytes_per_token(self) -> float:
@@ -258,7 +262,15 @@ class PimSystem:
             spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn, chunks=k)
 
     def plans(self, batch: StepBatch) -> tuple[list[PimPlan], tuple[Work, ...]]:
-        """Plans of the step's sub-batches (one unless ``sub_batches`` > 1) and the once-per-step LM head."""
+        """Plans of the step's sub-batches (one unless ``sub_batches`` > 1) and the once-per-step LM head.
+
+        The step process and the closed form ask for the same batch's plans: the last one is kept."""
+        if self._last_plans is not None and self._last_plans[0] is batch:
+            return self._last_plans[1]
+        self._last_plans = (batch, self._plans(batch))
+        return self._last_plans[1]
+
+    def _plans(self, batch: StepBatch) -> tuple[list[PimPlan], tuple[Work, ...]]:
         placement = self.placement(batch)
         spill = self.spill_fraction(batch, placement)
         self.peak_spilled_bytes = max(self.peak_spilled_bytes,
