@@ -28,8 +28,10 @@ def main() -> None:
     ap.add_argument("--policy", default="spill", choices=("spill", "limit"))
     ap.add_argument("--steps", type=int, default=2)
     args = ap.parse_args()
+    note = ("spilled share of KV tokens" if args.policy == "spill"
+            else "sequences the PIM system decodes at a time when it must limit the batch")
     print(f"pim ({args.pim}, capacity_policy={args.policy}) vs offload on {RunConfig().hardware}, {args.steps} steps. "
-          "Cell: speedup (spilled share of KV tokens); '-' = fits PIM\n")
+          f"Cell: speedup ({note}); '-' = fits PIM\n")
     print("| model | batch | " + " | ".join(f"{c // 1024}K" for c in CONTEXTS) + " |")
     print("|---|---|" + "---|" * len(CONTEXTS))
     for model in MODELS:
