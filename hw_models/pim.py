@@ -353,18 +353,6 @@ def table_passes(ch: PimChannelParams, table_bytes: float) -> int:
     return max(1, math.ceil(table_bytes / ch.unit_buffer_bytes))
 
 
-def write_time_s(ch: PimChannelParams, nbytes: float) -> float:
-    return write_work(ch, nbytes).duration_s
-
-
-def read_out_time_s(ch: PimChannelParams, nbytes: float) -> float:
-    return read_out_work(ch, nbytes).duration_s
-
-
-def broadcast_time_s(ch: PimChannelParams, nbytes: float) -> float:
-    return broadcast_work(ch, nbytes).duration_s
-
-
 # ------------------------------------------------------------------ decode attention on one channel
 
 def score_work(ch: PimChannelParams, w: ChannelAttention) -> Work:
@@ -421,41 +409,9 @@ def attention_works(ch: PimChannelParams, w: ChannelAttention, softmax: str = "p
             read_out_work(ch, w.output_bytes, kind="pim.out"))
 
 
-def score_time_s(ch: PimChannelParams, w: ChannelAttention) -> float:
-    return score_work(ch, w).duration_s
-
-
-def context_time_s(ch: PimChannelParams, w: ChannelAttention) -> float:
-    return context_work(ch, w).duration_s
-
-
-def softmax_time_s(ch: PimChannelParams, n_scores: float, placement: str = "pim") -> float:
-    return softmax_work(ch, n_scores, placement).duration_s
-
-
-def append_time_s(ch: PimChannelParams, new_vectors: float, head_dim: int, bytes_per_element: float = 2.0) -> float:
-    return append_work(ch, new_vectors, head_dim, bytes_per_element).duration_s
-
-
 def attention_time_s(ch: PimChannelParams, w: ChannelAttention, softmax: str = "pim") -> float:
     """Sum of ``attention_works`` durations (the channel's busy time for one layer)."""
     return sum(x.duration_s for x in attention_works(ch, w, softmax))
-
-
-def score_energy_j(ch: PimChannelParams, w: ChannelAttention) -> float:
-    return score_work(ch, w).energy_j
-
-
-def context_energy_j(ch: PimChannelParams, w: ChannelAttention) -> float:
-    return context_work(ch, w).energy_j
-
-
-def softmax_energy_j(ch: PimChannelParams, n_scores: float, placement: str = "pim") -> float:
-    return softmax_work(ch, n_scores, placement).energy_j
-
-
-def append_energy_j(ch: PimChannelParams, new_vectors: float, head_dim: int, bytes_per_element: float = 2.0) -> float:
-    return append_work(ch, new_vectors, head_dim, bytes_per_element).energy_j
 
 
 def attention_energy_j(ch: PimChannelParams, w: ChannelAttention, softmax: str = "pim") -> float:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from hw_models.machine import DEFAULT_MACHINE
+from hw_models.errors import HardwareError
+from hw_models.machine import DEFAULT_MACHINE, read_toml
 from sim.errors import ConfigError
 from sim.systems import SYSTEMS
 
@@ -161,14 +161,10 @@ def from_mapping(data: dict, where: str = "config") -> RunConfig:
 
 
 def read_config_file(path: str | Path) -> dict:
-    p = Path(path)
     try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: malformed TOML: {e}") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+        return read_toml(Path(path))
+    except HardwareError as e:  # same reader as machine files; for a run file it is a config error
+        raise ConfigError(str(e)) from None
 
 
 def load_config_file(path: str | Path, overrides: dict | None = None) -> RunConfig:

@@ -50,12 +50,13 @@ class Machine:
                 yield req
             t = self.env.now
             dur = route.time_s(nbytes)
-            for name, energy in route.energy_by_link_j(nbytes).items():
-                if any(link.name == name and link.resource for link in route.links):
-                    self.tracer.record(name, kind, t, t + dur, nbytes, 0.0, energy)
-                    self.tracer.occupy(name, t, t + dur)
+            for link in route.links:
+                energy = nbytes * link.energy_per_byte_j
+                if link.resource:
+                    self.tracer.record(link.name, kind, t, t + dur, nbytes, 0.0, energy)
+                    self.tracer.occupy(link.name, t, t + dur)
                 elif energy:
-                    self.tracer.add_energy(name, energy)
+                    self.tracer.add_energy(link.name, energy)
             yield self.env.timeout(dur)
         finally:
             for r, req in zip(route.resources, reqs, strict=True):

@@ -11,6 +11,7 @@ host DRAM's bandwidth is many times that of one PCIe link.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import networkx as nx
 
@@ -33,11 +34,11 @@ class Route:
     dst: str
     links: tuple[Link, ...]
 
-    @property
+    @cached_property  # routes are cached by the topology: these are computed once, not per transfer
     def latency_s(self) -> float:
         return sum(link.latency_s for link in self.links)
 
-    @property
+    @cached_property
     def bw_bytes_per_s(self) -> float:
         return min((link.bw_bytes_per_s for link in self.links), default=float("inf"))
 
@@ -47,10 +48,7 @@ class Route:
             return 0.0
         return self.latency_s + nbytes / self.bw_bytes_per_s
 
-    def energy_by_link_j(self, nbytes: float) -> dict[str, float]:
-        return {link.name: nbytes * link.energy_per_byte_j for link in self.links}
-
-    @property
+    @cached_property
     def resources(self) -> tuple[str, ...]:
         # Sorted so that two transfers needing the same resources never wait for each other in a cycle.
         return tuple(sorted({link.resource for link in self.links if link.resource}))

@@ -122,7 +122,7 @@ def test_attention_works_sequence_and_energy():
     assert score.nbytes == w.kv_bytes == 1000 * 128 * 2
     assert score.flops == 2 * 1000 * 128 * 4
     assert score.energy_j == pytest.approx(w.kv_bytes * 4.4e-12 + score.flops * 0.32e-12)
-    assert pim.score_energy_j(ch, w) == score.energy_j
+    assert pim.score_work(ch, w).energy_j == score.energy_j
     assert pim.attention_energy_j(ch, w, "near") == pytest.approx(sum(x.energy_j for x in works))
 
 
@@ -136,27 +136,27 @@ def test_op_time_is_overhead_plus_the_larger_of_stream_and_compute():
         ch.op_overhead_s + big_flops / (32 * 10.475e9))
     # GQA with 8 queries per K vector on 1 FLOP/B units is compute-bound.
     w = pim.ChannelAttention(kv_vectors=1e4, head_dim=128, queries_per_kv=8)
-    assert pim.score_time_s(ch, w) == pytest.approx(ch.op_overhead_s + w.gemv_flops / ch.peak_flops_per_s)
+    assert pim.score_work(ch, w).duration_s == pytest.approx(ch.op_overhead_s + w.gemv_flops / ch.peak_flops_per_s)
 
 
 def test_softmax_placements():
     ch = attacc().channel
     n = 4096
-    assert pim.softmax_time_s(ch, n, "pim") == pytest.approx(ch.op_overhead_s + 5 * n / ch.peak_flops_per_s)
-    assert pim.softmax_time_s(ch, n, "near") == pytest.approx(
+    assert pim.softmax_work(ch, n, "pim").duration_s == pytest.approx(ch.op_overhead_s + 5 * n / ch.peak_flops_per_s)
+    assert pim.softmax_work(ch, n, "near").duration_s == pytest.approx(
         ch.op_overhead_s + 2 * n * 2 / 20.95e9 + 5 * n / 20.95e9)
-    assert pim.softmax_time_s(ch, n, "host") == pytest.approx(ch.op_overhead_s + 2 * n * 2 / 20.95e9)
+    assert pim.softmax_work(ch, n, "host").duration_s == pytest.approx(ch.op_overhead_s + 2 * n * 2 / 20.95e9)
     with pytest.raises(HardwareError, match="has no near-memory unit"):
-        pim.softmax_time_s(pim.load_pim("gddr6-aim").channel, n, "near")
+        pim.softmax_work(pim.load_pim("gddr6-aim").channel, n, "near")
     with pytest.raises(HardwareError, match=r"softmax placement must be one of .*\(did you mean 'near'\?\)"):
-        pim.softmax_time_s(ch, n, "nearr")
+        pim.softmax_work(ch, n, "nearr")
 
 
 def test_append_broadcast_and_table_passes():
     ch = attacc().channel
-    assert pim.append_time_s(ch, 1, 128) == pytest.approx(ch.op_overhead_s + 2 * 128 * 2 / 20.95e9)
-    assert pim.append_energy_j(ch, 1, 128) == pytest.approx(512 * (4.4e-12 + 24.32e-12))
-    assert pim.broadcast_time_s(ch, 256) == pytest.approx(ch.op_overhead_s + 256 / 20.95e9)
+    assert pim.append_work(ch, 1, 128).duration_s == pytest.approx(ch.op_overhead_s + 2 * 128 * 2 / 20.95e9)
+    assert pim.append_work(ch, 1, 128).energy_j == pytest.approx(512 * (4.4e-12 + 24.32e-12))
+    assert pim.broadcast_work(ch, 256).duration_s == pytest.approx(ch.op_overhead_s + 256 / 20.95e9)
     assert pim.table_passes(ch, 512) == 1
     assert pim.table_passes(ch, 16 * 256 * 2) == 16  # an M=16, K=256 FP16 lookup table in a 512 B buffer
     assert pim.table_passes(pim.load_pim("upmem").channel, 16 * 256 * 2) == 1
@@ -198,7 +198,7 @@ def test_times_monotone_in_bytes(name, a, b, flops):
     assert pim.stream_time_s(ch, lo) <= pim.stream_time_s(ch, hi)
     assert pim.op_time_s(ch, lo, flops) <= pim.op_time_s(ch, hi, flops)
     assert pim.op_time_s(ch, hi, flops) >= ch.op_overhead_s + hi / pim.internal_bw_bytes_per_s(ch)
-    assert pim.write_time_s(ch, lo) <= pim.write_time_s(ch, hi)
+    assert pim.write_work(ch, lo).duration_s <= pim.write_work(ch, hi).duration_s
 
 
 @given(level=st.sampled_from(pim.PROCESSING_LEVELS), units_per_bank=st.sampled_from([0.25, 0.5, 1.0]),

@@ -148,5 +148,7 @@ def test_channel_count_override_and_bad_pim_name():
         simulate(RunConfig(system="pim", pim="attac"))
 
 
-def test_default_machine_unchanged_by_pim():
-    assert load_machine().name == "a100-pcie4-ddr5"
+def test_pim_run_reports_the_machine_and_device_it_simulated():
+    r = simulate(RunConfig(system="pim", batch=1, context=1024, steps=1))
+    assert r.hardware == load_machine().name and r.details["pim_device"] == RunConfig().pim
+    assert r.details["pim_capacity_bytes"] == pim_model.load_pim(RunConfig().pim).capacity_bytes

@@ -15,6 +15,9 @@ import networkx as nx
 
 from workloads.models import ModelSpec
 
+# Softmax per score: running max, subtract, exp, accumulate, normalise (hw_models.pim counts it the same way).
+SOFTMAX_FLOPS_PER_SCORE = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class Op:
@@ -47,7 +50,7 @@ def layer_graph(model: ModelSpec, n_seqs: int, kv_tokens: int) -> nx.DiGraph:
         Op("kv_append", "kv_write", 0.0, kv_bytes=new_kv_bytes),
         Op("attn_score", "attention", 2.0 * t * m.n_heads * m.head_dim,
            kv_bytes=kv_bytes / 2, act_bytes=q_bytes + score_bytes),
-        Op("softmax", "attention", 5.0 * t * m.n_heads, act_bytes=2 * score_bytes),
+        Op("softmax", "attention", SOFTMAX_FLOPS_PER_SCORE * t * m.n_heads, act_bytes=2 * score_bytes),
         Op("attn_context", "attention", 2.0 * t * m.n_heads * m.head_dim,
            kv_bytes=kv_bytes / 2, act_bytes=score_bytes + q_bytes),
         Op("o_proj", "gemm", 2.0 * b * m.q_dim * m.hidden_size,

@@ -46,6 +46,8 @@ class AqpimSystem(PimSystem):
 
     def __init__(self, machine, model, cfg):
         super().__init__(machine, model, cfg)
+        # An AQPIM unit's buffer is its lookup-table SRAM: tables and bins must fit it (table_passes).
+        self.dev = pim_model.with_channel(self.dev, unit_buffer_bytes=cfg.lut_bytes)
         self.pq = PqSettings(m=cfg.pq_m, k=cfg.pq_k, sinks=cfg.sinks, recent=cfg.recent, outliers=cfg.outliers)
         self.pq.check(model)
         self.window = cfg.sinks + cfg.recent
@@ -74,8 +76,8 @@ class AqpimSystem(PimSystem):
     @property
     def lut_passes(self) -> int:
         m = self.model
-        need = m.gqa_group * self.pq.m * self.pq.k * (FP16_BYTES + BIN_BYTES)
-        return max(1, -(-need // self.cfg.lut_bytes))
+        return pim_model.table_passes(self.dev.channel,
+                                      m.gqa_group * self.pq.m * self.pq.k * (FP16_BYTES + BIN_BYTES))
 
     def channel_phases(self, tokens, present, new) -> tuple[Phase, ...]:
         ch, m, pq = self.dev.channel, self.model, self.pq

@@ -36,7 +36,6 @@ class OffloadCosts:
     fetch_bytes: float    # host -> GPU per layer (KV, or the attention output with cpu_attention)
     store_bytes: float    # GPU -> host per layer (new K/V, plus q with cpu_attention)
     dram_read_bytes: float  # host DRAM bytes read per layer (by the DMA or by the CPU)
-    attn_on_cpu: bool
 
 
 def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, cpu_attention: bool) -> OffloadCosts:
@@ -61,7 +60,7 @@ def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, cpu
     return OffloadCosts(
         pre=(on_gpu("qkv_proj"),), attn=attn, post=(on_gpu("o_proj"), on_gpu("ffn")),
         head=(gpu_model.kernel(g, "lm_head", head.flops, head.nbytes),),
-        fetch_bytes=fetch, store_bytes=store, dram_read_bytes=dram_read, attn_on_cpu=cpu_attention)
+        fetch_bytes=fetch, store_bytes=store, dram_read_bytes=dram_read)
 
 
 class OffloadSystem:
