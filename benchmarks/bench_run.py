@@ -18,21 +18,21 @@ import simpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from sim.config import RunConfig  # noqa: E402
+from sim.config import make_config  # noqa: E402
 from sim.run import simulate  # noqa: E402
 
 BIG = dict(model="llama-2-70b", batch=32, context=131072, steps=32)
 CASES = {
-    "default-offload": RunConfig(),
-    "default-pim": RunConfig(system="pim"),
-    "default-aqpim": RunConfig(system="aqpim"),
-    "70b-128k-b32-s32 offload": RunConfig(**BIG),
-    "70b-128k-b32-s32 offload prefetch": RunConfig(**BIG, prefetch=True),
-    "70b-128k-b32-s32 pim spill": RunConfig(**BIG, system="pim"),
-    "70b-128k-b32-s32 aqpim": RunConfig(**BIG, system="aqpim"),
-    **{f"70b-128k-b32-s32 pim {c} ch": RunConfig(**BIG, system="pim", channels=c) for c in (64, 256, 1024)},
-    **{f"70b-128k-b32-s32 aqpim {c} ch": RunConfig(**BIG, system="aqpim", channels=c) for c in (64, 256, 1024)},
-    "70b-1M-b32-s32 aqpim 1024 ch": RunConfig(**{**BIG, "context": 1 << 20}, system="aqpim", channels=1024),
+    "default-offload": make_config(),
+    "default-pim": make_config(system="pim"),
+    "default-aqpim": make_config(system="aqpim"),
+    "70b-128k-b32-s32 offload": make_config(**BIG),
+    "70b-128k-b32-s32 offload prefetch": make_config(**BIG, prefetch=True),
+    "70b-128k-b32-s32 pim spill": make_config(**BIG, system="pim"),
+    "70b-128k-b32-s32 aqpim": make_config(**BIG, system="aqpim"),
+    **{f"70b-128k-b32-s32 pim {c} ch": make_config(**BIG, system="pim", channels=c) for c in (64, 256, 1024)},
+    **{f"70b-128k-b32-s32 aqpim {c} ch": make_config(**BIG, system="aqpim", channels=c) for c in (64, 256, 1024)},
+    "70b-1M-b32-s32 aqpim 1024 ch": make_config(**{**BIG, "context": 1 << 20}, system="aqpim", channels=1024),
 }
 
 
@@ -66,7 +66,7 @@ def bare_resource_cycles_per_s(n_procs: int = 10, cycles: int = 5_000) -> float:
     return n_procs * cycles / (time.perf_counter() - t)
 
 
-def count_events(cfg: RunConfig) -> int:
+def count_events(cfg) -> int:
     counter = [0]
     original = simpy.Environment.schedule
 

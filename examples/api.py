@@ -8,7 +8,6 @@ Each block stands alone in a notebook cell. Results are plain dataclasses with e
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from plots import plot_breakdown, plot_sweep, plot_timeline
 from sim.chrome_trace import chrome_trace_json
 from sim.compare import results_json, run_variants
-from sim.config import RunConfig, from_mapping
+from sim.config import from_mapping, make_config
 from sim.explain import explain
 from sim.run import simulate, simulate_traced
 from sim.sweep import iter_records, load_sweep, run_sweep
@@ -28,14 +27,15 @@ EXAMPLES = Path(__file__).resolve().parent
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
-    # 1. One run. RunConfig holds every setting and its default; from_mapping validates a dict (TOML-like).
-    cfg = RunConfig(model="llama-3.1-8b", batch=4, context=16384, steps=2)
+    # 1. One run. make_config validates flat settings (as a TOML run file has them) into a RunConfig: the
+    #    shared settings, plus the chosen system's own options (cfg.options) with their defaults.
+    cfg = make_config(model="llama-3.1-8b", batch=4, context=16384, steps=2)
     r = simulate(cfg)
     print(f"{r.system}: {r.mean_step_latency_s * 1e3:.1f} ms per step, {r.tokens_per_s:.1f} tokens/s, "
           f"{100 * r.comm_share:.0f}% exposed PCIe time, KV {r.kv_bytes / 2**30:.1f} GiB in {r.kv_location}")
 
     # 2. The same with prefetch, traced: spans -> Chrome trace (open in ui.perfetto.dev) -> timeline figure.
-    pf = dataclasses.replace(cfg, prefetch=True, trace_steps=2)
+    pf = make_config(**{**cfg.to_dict(), "prefetch": True, "trace_steps": 2})
     result, spans = simulate_traced(pf)
     (out / "prefetch.trace.json").write_text(chrome_trace_json(spans, {"system": result.system}))
     plot_timeline(out / "prefetch.trace.json", out / "prefetch-timeline.png")

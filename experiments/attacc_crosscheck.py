@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from hw_models import pim as pim_model  # noqa: E402
 from hw_models.machine import load_machine  # noqa: E402
-from sim.config import RunConfig  # noqa: E402
+from sim.config import make_config  # noqa: E402
 from sim.run import simulate  # noqa: E402
 from workloads.models import ModelSpec, load_model  # noqa: E402
 
@@ -126,8 +126,8 @@ def ours(model: ModelSpec, params, dev, batch: int, tokens: int, steps: int = 1,
     """This simulator from ``tokens`` of context: per-layer GPU-only attention kernels, PIM array phase and the
     PIM path's link transfers (means over ``steps`` x layers), and each system's mean step latency."""
     common = dict(model=model.name, hardware=str(MACHINE), batch=batch, context=tokens, steps=steps, trace_steps=0)
-    g = simulate(RunConfig(system="gpu", **common), params=params, model=model)
-    p = simulate(RunConfig(system="pim", pim=PIM, softmax=softmax, link_chunks=link_chunks, **common),
+    g = simulate(make_config(system="gpu", **common), params=params, model=model)
+    p = simulate(make_config(system="pim", pim=PIM, softmax=softmax, link_chunks=link_chunks, **common),
                  params=params, model=model, pim=dev)
     if p.details.get("spilled_share", 0.0) > 0:
         raise RuntimeError(f"batch {batch} x {tokens} tokens spills out of PIM; lift the capacity first")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim.config import RunConfig  # noqa: E402
+from sim.config import make_config  # noqa: E402
 from sim.run import simulate  # noqa: E402
 
 MODELS = ("llama-2-7b", "llama-3-8b")
@@ -23,7 +23,7 @@ CONTEXTS = (4096, 8192, 16384, 32768, 65536, 131072)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hardware", default=RunConfig().hardware)
+    ap.add_argument("--hardware", default=make_config().hardware)
     ap.add_argument("--prefetch", action="store_true")
     ap.add_argument("--cpu-attention", action="store_true")
     args = ap.parse_args()
@@ -35,7 +35,7 @@ def main() -> None:
         for batch in BATCHES:
             cells = []
             for ctx in CONTEXTS:
-                r = simulate(RunConfig(model=model, batch=batch, context=ctx, steps=2, hardware=args.hardware,
+                r = simulate(make_config(model=model, batch=batch, context=ctx, steps=2, hardware=args.hardware,
                                        prefetch=args.prefetch, cpu_attention=args.cpu_attention, trace_steps=0))
                 cells.append(f"{100 * r.comm_share:.1f}%{'' if r.fits else '*'}")
             print(f"| {model} | {batch} | " + " | ".join(cells) + " |")

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hw_models import pim as pim_model  # noqa: E402
 from hw_models.machine import load_machine  # noqa: E402
-from sim.config import RunConfig  # noqa: E402
-from sim.run import load_pim_for, simulate  # noqa: E402
+from sim.config import make_config  # noqa: E402
+from sim.run import simulate  # noqa: E402
 
 POINTS = {"A": dict(model="llama-3-8b", batch=16, context=32768),
           "B": dict(model="llama-2-7b", batch=16, context=32768)}
@@ -31,8 +31,8 @@ POINTS = {"A": dict(model="llama-3-8b", batch=16, context=32768),
 def ratio(point: str, steps: int, pim=None, aq: dict | None = None, base: dict | None = None, vs: str = "pim",
           params=None):
     common = dict(POINTS[point], steps=steps, trace_steps=0, capacity_policy="limit")
-    a = simulate(RunConfig(**{**common, "system": "aqpim", **(aq or {})}), pim=pim, params=params)
-    b = simulate(RunConfig(**{**common, "system": vs, **(base or {})}), pim=pim, params=params)
+    a = simulate(make_config(**{**common, "system": "aqpim", **(aq or {})}), pim=pim, params=params)
+    b = simulate(make_config(**{**common, "system": vs, **(base or {})}), pim=pim, params=params)
     return a.tokens_per_s / b.tokens_per_s
 
 
@@ -52,7 +52,7 @@ def main() -> None:
         row("PQ K (M=16)", [str(k)] + [f"{ratio(p, s, aq={'pq_k': k}):.2f}x" for p in POINTS])
     for lut in (4096, 16384, 65536):
         row("LUT bytes per unit", [str(lut)] + [f"{ratio(p, s, aq={'lut_bytes': lut}):.2f}x" for p in POINTS])
-    dev = load_pim_for(RunConfig())
+    dev = pim_model.load_pim(make_config(system="pim").options.pim)
     for ch in (40, 80, 160, 320, 640):
         d = dataclasses.replace(dev, channels=ch)
         row("PIM channels", [str(ch)] + [f"{ratio(p, s, pim=d):.2f}x" for p in POINTS])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim.config import RunConfig  # noqa: E402
+from sim.config import make_config  # noqa: E402
 from sim.run import simulate  # noqa: E402
 
 BATCHES = (1, 4, 16, 64)
@@ -25,9 +25,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--models", default="llama-2-7b,llama-3-8b")
-    ap.add_argument("--pim", default=RunConfig().pim)
+    ap.add_argument("--pim", default=make_config(system="pim").options.pim)
     args = ap.parse_args()
-    print(f"machine {RunConfig().hardware} + PIM {args.pim}; cells: aqpim/pim-spill | aqpim/pim-limit | "
+    print(f"machine {make_config().hardware} + PIM {args.pim}; cells: aqpim/pim-spill | aqpim/pim-limit | "
           f"aqpim/offload (throughput ratios); offload comm share\n")
     print("| model | batch | context | aqpim tok/s | vs pim spill | vs pim limit | vs offload | offload comm |")
     print("|---|---|---|---|---|---|---|---|")
@@ -35,10 +35,10 @@ def main() -> None:
         for batch in BATCHES:
             for ctx in CONTEXTS:
                 common = dict(model=model, batch=batch, context=ctx, steps=args.steps, trace_steps=0, pim=args.pim)
-                aq = simulate(RunConfig(system="aqpim", **common))
-                spill = simulate(RunConfig(system="pim", capacity_policy="spill", **common))
-                limit = simulate(RunConfig(system="pim", capacity_policy="limit", **common))
-                off = simulate(RunConfig(system="offload", **common))
+                aq = simulate(make_config(system="aqpim", **common))
+                spill = simulate(make_config(system="pim", capacity_policy="spill", **common))
+                limit = simulate(make_config(system="pim", capacity_policy="limit", **common))
+                off = simulate(make_config(system="offload", **common))
                 fit = "" if aq.fits else " (aqpim does not fit)"
                 print(f"| {model} | {batch} | {ctx // 1024}K | {aq.tokens_per_s:.1f}{fit} | "
                       f"{aq.tokens_per_s / spill.tokens_per_s:.2f}x{'' if spill.fits else ' (spills)'} | "

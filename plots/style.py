@@ -164,4 +164,5 @@ def load_results(path: str | Path) -> list[tuple[str, Result]]:
     if not all(isinstance(d, dict) and "mean_step_latency_s" in d for d in items):
         raise ConfigError(f"{p}: expected a Result JSON or a list of Results")
     results = [Result.from_dict(d) for d in items]
-    return list(zip(config_labels([r.config for r in results]), results, strict=True))
+    labels = config_labels([r.config for r in results], [r.option_defaults for r in results])
+    return list(zip(labels, results, strict=True))

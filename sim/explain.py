@@ -14,14 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from hw_models.machine import MachineParams, load_machine
 from sim.config import RunConfig
 from sim.report import fmt_time
 from sim.result import Result
-from sim.run import load_pim_for, simulate_traced
-from sim.systems import SYSTEMS
+from sim.run import run_simulation
 from sim.topology import Topology
-from workloads.models import ModelSpec, load_model
+from workloads.models import ModelSpec
 
 CHANNEL = re.compile(r"^(.*?)(\d+)$")
 BOUND_SHARE = 0.9    # a resource busy this share of the step or more is "the" bottleneck
@@ -104,19 +102,13 @@ def usage_from_spans(spans: list, n_steps: int, counted: set[str] | None = None)
 
 
 def _link_rates(topology: Topology) -> dict[str, float]:
-    return {d["link"].name: d["link"].bw_bytes_per_s for _, _, d in topology.graph.edges(data=True)
-            if d["link"].resource}
+    return {link.name: link.bw_bytes_per_s for link in topology.links if link.resource}
 
 
-def _compute_limits(params: MachineParams, pim=None) -> dict[str, tuple[float, float, str]]:
+def _compute_limits(topology: Topology) -> dict[str, tuple[float, float, str]]:
     """Compute unit -> (memory bytes/s, FLOP/s, which memory) that the parameters allow."""
-    limits = {"gpu": (params.gpu.achievable_bw_bytes_per_s, params.gpu.achievable_flops_per_s, "GPU memory"),
-              "host.cpu": (params.host_dram.achievable_bw_bytes_per_s,
-                           params.cpu.peak_flops_per_s * params.cpu.flops_efficiency, "host DRAM")}
-    if pim is not None:
-        limits["pim"] = (pim.internal_bw_bytes_per_s, pim.peak_flops_per_s,
-                         f"PIM arrays ({pim.channels} channels' internal bandwidth)")
-    return limits
+    return {n: (d["mem_bw_bytes_per_s"], d["flops_per_s"], d["memory"])
+            for n, d in topology.compute_nodes().items()}
 
 
 def _top_kinds(u: Usage, n: int = 3) -> str:
@@ -199,12 +191,12 @@ def _verdict(us: list[Usage], step_s: float, links: dict, limits: dict, result: 
     return out
 
 
-def explain_result(result: Result, spans: list, params: MachineParams, model: ModelSpec, pim=None) -> str:
-    """The explanation of ``result``; ``pim`` is the PIM device's parameters when the system uses one."""
+def explain_result(result: Result, spans: list, topology: Topology, model: ModelSpec) -> str:
+    """The explanation of ``result``, simulated on ``topology``."""
     steps = sorted({s.step for s in spans})
     n = len(steps) or 1
     step_s = sum(result.step_latency_s[i] for i in steps) / n if steps else result.mean_step_latency_s
-    links, limits = _link_rates(Topology(params, pim)), _compute_limits(params, pim)
+    links, limits = _link_rates(topology), _compute_limits(topology)
     us = usage_from_spans(spans, n, set(result.busy_s))
     lines = [f"{result.system} | {result.model} | {result.hardware} | batch {result.batch} | "
              f"context {result.context}", ""]
@@ -235,9 +227,7 @@ def explain_result(result: Result, spans: list, params: MachineParams, model: Mo
 
 def explain(cfg: RunConfig) -> str:
     """Simulate ``cfg`` (tracing at least one step) and explain its decode step."""
-    params, model = load_machine(cfg.hardware), load_model(cfg.model)
-    pim = load_pim_for(cfg) if getattr(SYSTEMS[cfg.system], "needs_pim", False) else None
     if cfg.trace_steps < 1:
         cfg = replace(cfg, trace_steps=1)
-    result, spans = simulate_traced(cfg, params, model, pim)
-    return explain_result(result, spans, params, model, pim)
+    run = run_simulation(cfg)
+    return explain_result(run.result, run.spans, run.topology, run.model)

@@ -11,33 +11,33 @@ import simpy
 
 from hw_models.channel_bank import ChannelBank
 from hw_models.component import Component
-from hw_models.machine import MachineParams
-from hw_models.pim import PimDeviceParams
+from hw_models.links import DEVICE_LINK, HOST_LINK
 from sim.engine import Tracer
-from sim.topology import Route, Topology
+from sim.topology import GPU, HOST_CPU, PIM, Route, Topology
+
+# GPU-host traffic is what the offload path pays for ("comm"); device links to PIM are counted apart ("link").
+TRACER_CATEGORY = {HOST_LINK: "comm", DEVICE_LINK: "link"}
 
 
 class Machine:
-    def __init__(self, env: simpy.Environment, params: MachineParams, tracer: Tracer,
-                 pim: PimDeviceParams | None = None, trace_channels: int = 8):
+    def __init__(self, env: simpy.Environment, topology: Topology, tracer: Tracer, pim_trace_lanes: int = 8):
         self.env = env
-        self.params = params
-        self.pim_params = pim
+        self.topology = topology
+        self.params = topology.params
+        self.pim_params = topology.pim
         self.tracer = tracer
-        self.topology = Topology(params, pim)
-        self.gpu = Component(env, "gpu", tracer)
-        self.cpu = Component(env, "host.cpu", tracer)
-        tracer.register("gpu", "compute")
-        tracer.register("host.cpu", "compute")
-        self.link_resources = {name: simpy.Resource(env, capacity=1) for name in self.topology.resources}
-        for link in self.topology.links:
+        self.gpu = Component(env, GPU, tracer)
+        self.cpu = Component(env, HOST_CPU, tracer)
+        tracer.register(GPU, "compute")
+        tracer.register(HOST_CPU, "compute")
+        self.link_resources = {name: simpy.Resource(env, capacity=1) for name in topology.resources}
+        for link in topology.links:
             if link.resource:
-                # GPU-host traffic is what the offload path pays for; device links to PIM are counted apart.
-                tracer.register(link.name, "comm" if link.name.startswith("pcie") else "link")
+                tracer.register(link.name, TRACER_CATEGORY[link.category])
         self.pim = None
-        if pim is not None:
-            self.pim = ChannelBank(env, "pim", pim.channels, tracer, trace_lanes=trace_channels)
-            tracer.register("pim", "compute")
+        if topology.pim is not None:
+            self.pim = ChannelBank(env, PIM, topology.pim.channels, tracer, trace_lanes=pim_trace_lanes)
+            tracer.register(PIM, "compute")
 
     def transfer(self, src: str, dst: str, nbytes: float, kind: str) -> simpy.Process:
         """Start a transfer along the route from ``src`` to ``dst``; the returned process ends when it lands."""

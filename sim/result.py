@@ -49,6 +49,7 @@ class Result:
     warnings: list[str]
     config: dict
     details: dict = field(default_factory=dict)
+    option_defaults: dict = field(default_factory=dict)  # the system's options at their defaults (for labels)
     schema_version: int = RESULT_SCHEMA_VERSION
 
     def to_dict(self) -> dict:

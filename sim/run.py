@@ -1,31 +1,29 @@
 """One simulation: a RunConfig in, a Result out.
 
-The driver process admits requests, forms each step's batch, runs the system's step process, and records the
-step's latency next to its closed-form estimate. The simulation's event count grows with steps x layers (x
-channels for PIM systems), not with context length or bytes.
+The driver process admits requests, forms each step's batch, asks the system for the step's plan (the pure cost
+functions, evaluated once), runs the system's step process on it, and records the step's latency next to the
+plan's closed-form estimate. The simulation's event count grows with steps x layers (x channels for PIM
+systems), not with context length or bytes.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
 
 from hw_models.machine import MachineParams, load_machine
-from hw_models.pim import PimDeviceParams, load_pim
-from sim.analytic import ESTIMATORS
+from hw_models.pim import PimDeviceParams
 from sim.config import DEFAULT_STEPS, RunConfig
-from sim.engine import Tracer
+from sim.engine import Span, Tracer
 from sim.machine import Machine
 from sim.result import Result
 from sim.systems import SYSTEMS
-from sim.systems.base import StepBatch
+from sim.systems.base import Capacity, StepBatch, System
 from sim.topology import Topology
 from workloads.models import ModelSpec, load_model
 from workloads.traces import ContinuousBatcher, fixed_requests, load_requests, synthetic_requests
-
-COMM_COMPONENT_PREFIXES = ("pcie", "pim.link")
 
 
 def build_requests(cfg: RunConfig, rng: np.random.Generator):
@@ -46,26 +44,60 @@ def _percentile_weighted(values: list[float], weights: list[int], q: float) -> f
     return float(v[min(idx, len(v) - 1)])
 
 
-def load_pim_for(cfg: RunConfig) -> PimDeviceParams:
-    dev = load_pim(cfg.pim)
-    return dataclasses.replace(dev, channels=cfg.channels) if cfg.channels is not None else dev
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """What one decode step did: its simulated and closed-form latency and the batch it served."""
+
+    latency_s: float
+    analytic_s: float
+    exact: bool
+    n_seqs: int
+    kv_tokens: int
+
+
+@dataclass
+class RunLog:
+    """The steps of one run, and the largest batch (by KV tokens) for the capacity report."""
+
+    steps: list[StepRecord] = field(default_factory=list)
+    peak: StepBatch | None = None
+
+    def add(self, batch: StepBatch, record: StepRecord) -> None:
+        if self.peak is None or batch.kv_tokens > self.peak.kv_tokens:
+            self.peak = batch
+        self.steps.append(record)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished simulation: its Result, the traced spans, and what it ran on."""
+
+    result: Result
+    spans: list[Span]
+    topology: Topology
+    model: ModelSpec
 
 
 def simulate(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
              pim: PimDeviceParams | None = None) -> Result:
-    return simulate_traced(cfg, params, model, pim)[0]
+    return run_simulation(cfg, params, model, pim).result
 
 
 def simulate_traced(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
-                    pim: PimDeviceParams | None = None) -> tuple[Result, list]:
+                    pim: PimDeviceParams | None = None) -> tuple[Result, list[Span]]:
     """Run one simulation; also return the spans of the first ``cfg.trace_steps`` steps."""
+    run = run_simulation(cfg, params, model, pim)
+    return run.result, run.spans
+
+
+def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
+                   pim: PimDeviceParams | None = None) -> Run:
+    """Simulate ``cfg``. ``params``, ``model`` and ``pim`` replace what the configuration names (for studies
+    that vary parameters no preset has)."""
     model = model or load_model(cfg.model)
     params = params or load_machine(cfg.hardware)
     system_cls = SYSTEMS[cfg.system]
-    if getattr(system_cls, "needs_pim", False):
-        pim = pim or load_pim_for(cfg)
-    else:
-        pim = None
+    devices = system_cls.devices(cfg.options, pim)
     rng = np.random.default_rng(cfg.seed)
     requests = build_requests(cfg, rng)
     warnings = []
@@ -76,14 +108,13 @@ def simulate_traced(cfg: RunConfig, params: MachineParams | None = None, model: 
 
     env = simpy.Environment()
     tracer = Tracer(keep_steps=cfg.trace_steps)
-    machine = Machine(env, params, tracer, pim, trace_channels=cfg.trace_channels)
-    system = system_cls(machine, model, cfg)
-    estimator = ESTIMATORS[cfg.system]
-    topology = Topology(params, pim)
-    token_budget = getattr(system, "token_budget", lambda: None)()
+    topology = Topology(params, devices.pim)
+    machine = Machine(env, topology, tracer, pim_trace_lanes=devices.pim_trace_lanes)
+    system = system_cls(machine, model, cfg.options)
+    token_budget = system.token_budget(cfg.effective_max_batch)
     batcher = ContinuousBatcher(requests, cfg.effective_max_batch)
     step_cap = cfg.steps if cfg.uses_requests else None
-    log = {"latency": [], "batch": [], "kv_tokens": [], "analytic": [], "exact": True, "peak": None}
+    log = RunLog()
 
     def driver():
         step = 0
@@ -94,34 +125,37 @@ def simulate_traced(cfg: RunConfig, params: MachineParams | None = None, model: 
                 yield env.timeout(batcher.next_arrival_s() - env.now)
                 continue
             batch = StepBatch.from_contexts(model, contexts)
-            if log["peak"] is None or batch.kv_tokens > log["peak"].kv_tokens:
-                log["peak"] = batch
+            plan = system.plan(batch)
             tracer.step = step
             t0 = env.now
-            yield env.process(system.step(batch))
-            est = estimator(system, batch, topology)
-            log["latency"].append(env.now - t0)
-            log["batch"].append(batch.n_seqs)
-            log["kv_tokens"].append(batch.kv_tokens)
-            log["analytic"].append(est.latency_s)
-            log["exact"] &= est.exact
+            yield env.process(system.step(plan))
+            est = system.estimate(plan)
+            log.add(batch, StepRecord(env.now - t0, est.latency_s, est.exact, batch.n_seqs, batch.kv_tokens))
             batcher.advance()
             step += 1
 
     env.process(driver())
     env.run()
     context = max(r.prompt_tokens for r in requests)
-    return _result(cfg, params, model, system, tracer, env.now, log, warnings, context), tracer.spans
+    result = _result(cfg, params, model, system, tracer, topology, env.now, log, warnings, context)
+    return Run(result, tracer.spans, topology, model)
 
 
-def _result(cfg, params, model, system, tracer, end_s, log, warnings, context) -> Result:
-    lat, nseq = log["latency"], log["batch"]
+def _capacity(system: System, model: ModelSpec, peak: StepBatch | None) -> Capacity | None:
+    if peak is None:
+        return None
+    # Peak KV: the whole cache of the largest step's batch, grown by the step's new token.
+    return system.capacity(float((peak.kv_tokens + peak.n_seqs) * model.kv_bytes_per_token), peak)
+
+
+def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: System, tracer: Tracer,
+            topology: Topology, end_s: float, log: RunLog, warnings: list[str], context: int) -> Result:
+    lat = [s.latency_s for s in log.steps]
+    nseq = [s.n_seqs for s in log.steps]
+    analytic = [s.analytic_s for s in log.steps]
     tokens = int(sum(nseq))
     decode_s = float(sum(lat))
-    # Peak KV: the whole cache of the largest step's batch, grown by the step's new token.
-    peak = log["peak"]
-    kv_bytes = float((peak.kv_tokens + peak.n_seqs) * model.kv_bytes_per_token) if peak else 0.0
-    cap = system.capacity(kv_bytes, peak) if peak else None
+    cap = _capacity(system, model, log.peak)
     if cap and not cap.fits:
         warnings.append("does not fit: " + "; ".join(cap.reasons))
     compute_s = tracer.compute_busy_s()
@@ -129,11 +163,12 @@ def _result(cfg, params, model, system, tracer, end_s, log, warnings, context) -
     exposed_link_s = tracer.exposed_link_s()
     energy = tracer.energy_j()
     busy = tracer.busy_s()
-    links = {c: b for c, b in tracer.bytes_by_component().items() if c.startswith(COMM_COMPONENT_PREFIXES)}
+    link_names = {link.name for link in topology.links if link.resource}
+    links = {c: b for c, b in tracer.bytes_by_component().items() if c in link_names}
     return Result(
         system=cfg.system, model=model.name, hardware=params.name, batch=cfg.effective_max_batch,
         context=context, steps=len(lat), seed=cfg.seed,
-        step_latency_s=lat, step_batch=nseq, step_kv_tokens=log["kv_tokens"],
+        step_latency_s=lat, step_batch=nseq, step_kv_tokens=[s.kv_tokens for s in log.steps],
         mean_step_latency_s=decode_s / len(lat) if lat else 0.0,
         total_time_s=end_s, tokens=tokens, tokens_per_s=tokens / decode_s if decode_s > 0 else 0.0,
         ttnt_p50_s=_percentile_weighted(lat, nseq, 50) if lat else 0.0,
@@ -147,7 +182,7 @@ def _result(cfg, params, model, system, tracer, end_s, log, warnings, context) -
         energy_per_token_j=sum(energy.values()) / tokens if tokens else 0.0,
         kv_bytes=cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "", fits=bool(cap and cap.fits),
         fit_reasons=list(cap.reasons) if cap else ["no decode step ran"],
-        analytic_step_latency_s=log["analytic"],
-        analytic_mean_step_latency_s=float(np.mean(log["analytic"])) if lat else 0.0,
-        analytic_exact=bool(log["exact"]), warnings=warnings, config=cfg.to_dict(),
-        details=dict(cap.details) if cap else {})
+        analytic_step_latency_s=analytic,
+        analytic_mean_step_latency_s=float(np.mean(analytic)) if lat else 0.0,
+        analytic_exact=all(s.exact for s in log.steps), warnings=warnings, config=cfg.to_dict(),
+        details=dict(cap.details) if cap else {}, option_defaults=type(cfg.options).defaults())

@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import dataclasses
-import difflib
 import fcntl
 import hashlib
 import itertools
@@ -35,7 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sim.config import FIELDS, RunConfig, from_mapping, read_config_file
+from hw_models.errors import did_you_mean
+from sim.config import RunConfig, all_keys, from_mapping, read_config_file, resolve_paths
 from sim.errors import INPUT_ERRORS, ConfigError
 from sim.io import open_atomic, write_text_atomic
 from sim.result import Result
@@ -45,7 +45,6 @@ RESULTS_CSV = "results.csv"
 MANIFEST = "sweep.json"
 TOP_TABLES = ("sweep", "base", "factors", "points")
 SWEEP_KEYS = ("description", "x", "metric")
-PATH_KEYS = (("trace", None), ("hardware", ".toml"), ("model", ".json"))
 EXECUTORS = ("local", "dask")
 
 
@@ -72,26 +71,12 @@ def config_key(cfg: RunConfig) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _check_keys(table: dict, where: str) -> None:
+    keys = all_keys()
     for key in table:
-        if key not in FIELDS:
-            raise ConfigError(f"{where}: unknown key '{key}'{_did_you_mean(key, FIELDS)}; "
-                              f"valid keys: {', '.join(FIELDS)}")
-
-
-def _resolve_paths(settings: dict, base_dir: Path) -> dict:
-    """File paths in settings are relative to the sweep file's folder; preset names are left alone."""
-    out = dict(settings)
-    for key, suffix in PATH_KEYS:
-        v = out.get(key)
-        if isinstance(v, str) and (suffix is None or v.endswith(suffix)) and not Path(v).is_absolute():
-            out[key] = str((base_dir / v).resolve())
-    return out
+        if key not in keys:
+            raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, keys)}; "
+                              f"valid keys: {', '.join(keys)}")
 
 
 def _zipped_name(table: dict) -> str:
@@ -104,13 +89,13 @@ def _factor_levels(name: str, values, where: str) -> list[tuple[object, dict]]:
     """A factor's levels as (value shown in results, settings it applies)."""
     if not isinstance(values, list) or not values:
         raise ConfigError(f"{where}: '{name}' must be a non-empty list, e.g. {name} = [..., ...]")
-    if name in FIELDS:
+    if name in all_keys():
         for v in values:
             if isinstance(v, dict | list):
                 raise ConfigError(f"{where}: '{name}' is a run setting; its values must be plain values, got {v!r}")
         return [(v, {name: v}) for v in values]
     if not all(isinstance(v, dict) for v in values):
-        raise ConfigError(f"{where}: unknown key '{name}'{_did_you_mean(name, FIELDS)}; a factor is a run "
+        raise ConfigError(f"{where}: unknown key '{name}'{did_you_mean(name, all_keys())}; a factor is a run "
                           f"setting with a list of values, or a name with a list of tables of settings")
     levels = []
     for i, table in enumerate(values):
@@ -126,7 +111,7 @@ def load_sweep(path: str | Path) -> Sweep:
     data = read_config_file(p)
     for key, value in data.items():
         if key not in TOP_TABLES:
-            hint = " (run settings go in [base])" if key in FIELDS else _did_you_mean(key, TOP_TABLES)
+            hint = " (run settings go in [base])" if key in all_keys() else did_you_mean(key, TOP_TABLES)
             raise ConfigError(f"{p}: unknown top-level key '{key}'{hint}; expected tables "
                               f"{', '.join('[' + t + ']' for t in TOP_TABLES)}")
         kind = list if key == "points" else dict
@@ -136,12 +121,12 @@ def load_sweep(path: str | Path) -> Sweep:
     meta = data.get("sweep", {})
     for key in meta:
         if key not in SWEEP_KEYS:
-            raise ConfigError(f"{p} [sweep]: unknown key '{key}'{_did_you_mean(key, SWEEP_KEYS)}; "
+            raise ConfigError(f"{p} [sweep]: unknown key '{key}'{did_you_mean(key, SWEEP_KEYS)}; "
                               f"valid keys: {', '.join(SWEEP_KEYS)}")
     base_dir = p.parent
     base = data.get("base", {})
     _check_keys(base, f"{p} [base]")
-    from_mapping(_resolve_paths(base, base_dir), where=f"{p} [base]")
+    from_mapping(resolve_paths(base, base_dir), where=f"{p} [base]")
     factors = data.get("factors", {})
     levels = {name: _factor_levels(name, values, f"{p} [factors]") for name, values in factors.items()}
     combos: list[tuple[dict, dict]] = []
@@ -162,7 +147,7 @@ def load_sweep(path: str | Path) -> Sweep:
     points, seen = [], set()
     for shown, settings in combos:
         desc = ", ".join(f"{k}={v}" for k, v in shown.items()) or "base"
-        cfg = from_mapping(_resolve_paths({**base, **settings}, base_dir), where=f"{p}: point ({desc})")
+        cfg = from_mapping(resolve_paths({**base, **settings}, base_dir), where=f"{p}: point ({desc})")
         key = config_key(cfg)
         if key not in seen:
             seen.add(key)

@@ -15,17 +15,13 @@ from functools import cached_property
 
 import networkx as nx
 
+from hw_models.links import DEVICE_LINK, HOST_LINK, Link, path_bw_bytes_per_s, path_latency_s, path_time_s
 from hw_models.machine import MachineParams
 from hw_models.pim import PimDeviceParams
 
-
-@dataclass(frozen=True, slots=True)
-class Link:
-    name: str
-    latency_s: float
-    bw_bytes_per_s: float
-    energy_per_byte_j: float
-    resource: str | None  # name of the queueing resource, or None for a non-exclusive path
+# Node names. Transfers and routes name their ends with these.
+GPU, PIM = "gpu", "pim"
+HOST_CPU, HOST_DRAM, HOST_RC = "host.cpu", "host.dram", "host.rc"
 
 
 @dataclass(frozen=True)
@@ -36,17 +32,17 @@ class Route:
 
     @cached_property  # routes are cached by the topology: these are computed once, not per transfer
     def latency_s(self) -> float:
-        return sum(link.latency_s for link in self.links)
+        return path_latency_s(self.links)
 
     @cached_property
     def bw_bytes_per_s(self) -> float:
-        return min((link.bw_bytes_per_s for link in self.links), default=float("inf"))
+        return path_bw_bytes_per_s(self.links)
 
     def time_s(self, nbytes: float) -> float:
         """Transfer time of ``nbytes`` along the route when all its links are idle."""
         if not self.links:
             return 0.0
-        return self.latency_s + nbytes / self.bw_bytes_per_s
+        return path_time_s(self.latency_s, self.bw_bytes_per_s, nbytes)
 
     @cached_property
     def resources(self) -> tuple[str, ...]:
@@ -67,24 +63,36 @@ class Topology:
         self.pim = pim
         g = nx.DiGraph()
         dram, pcie = params.host_dram, params.pcie
-        membus = Link("host.dram", 0.0, dram.achievable_bw_bytes_per_s, dram.energy_per_byte_j, None)
-        g.add_edge("host.dram", "host.rc", link=membus)
-        g.add_edge("host.rc", "host.dram", link=membus)
-        g.add_edge("host.cpu", "host.rc", link=Link("host.fabric", 0.0, INF, 0.0, None))
-        g.add_edge("host.rc", "host.cpu", link=Link("host.fabric", 0.0, INF, 0.0, None))
-        h2d_res, d2h_res = ("pcie.h2d", "pcie.d2h") if pcie.duplex == "full" else ("pcie", "pcie")
-        g.add_edge("host.rc", "gpu", link=Link("pcie.h2d", pcie.latency_s, pcie.h2d_bw_bytes_per_s,
-                                                 pcie.energy_per_byte_j, h2d_res))
-        g.add_edge("gpu", "host.rc", link=Link("pcie.d2h", pcie.latency_s, pcie.d2h_bw_bytes_per_s,
-                                                 pcie.energy_per_byte_j, d2h_res))
+        # Compute nodes carry what their parameters allow: the memory they read at what rate, and FLOP/s.
+        g.add_node(GPU, memory="GPU memory", mem_bw_bytes_per_s=params.gpu.achievable_bw_bytes_per_s,
+                   flops_per_s=params.gpu.achievable_flops_per_s)
+        g.add_node(HOST_CPU, memory="host DRAM", mem_bw_bytes_per_s=dram.achievable_bw_bytes_per_s,
+                   flops_per_s=params.cpu.peak_flops_per_s * params.cpu.flops_efficiency)
         if pim is not None:
-            end = "gpu" if pim.placement == "accelerator" else "host.rc"
-            g.add_edge(end, "pim", link=Link("pim.link.down", pim.link_latency_s, pim.link_bw_bytes_per_s,
-                                              pim.link_energy_per_byte_j, "pim.link.down"))
-            g.add_edge("pim", end, link=Link("pim.link.up", pim.link_latency_s, pim.link_bw_bytes_per_s,
-                                              pim.link_energy_per_byte_j, "pim.link.up"))
+            g.add_node(PIM, memory=f"PIM arrays ({pim.channels} channels' internal bandwidth)",
+                       mem_bw_bytes_per_s=pim.internal_bw_bytes_per_s, flops_per_s=pim.peak_flops_per_s)
+        membus = Link(HOST_DRAM, 0.0, dram.achievable_bw_bytes_per_s, dram.energy_per_byte_j, None)
+        g.add_edge(HOST_DRAM, HOST_RC, link=membus)
+        g.add_edge(HOST_RC, HOST_DRAM, link=membus)
+        g.add_edge(HOST_CPU, HOST_RC, link=Link("host.fabric", 0.0, INF, 0.0, None))
+        g.add_edge(HOST_RC, HOST_CPU, link=Link("host.fabric", 0.0, INF, 0.0, None))
+        h2d_res, d2h_res = ("pcie.h2d", "pcie.d2h") if pcie.duplex == "full" else ("pcie", "pcie")
+        g.add_edge(HOST_RC, GPU, link=Link("pcie.h2d", pcie.latency_s, pcie.h2d_bw_bytes_per_s,
+                                           pcie.energy_per_byte_j, h2d_res, HOST_LINK))
+        g.add_edge(GPU, HOST_RC, link=Link("pcie.d2h", pcie.latency_s, pcie.d2h_bw_bytes_per_s,
+                                           pcie.energy_per_byte_j, d2h_res, HOST_LINK))
+        if pim is not None:
+            end = GPU if pim.placement == "accelerator" else HOST_RC
+            g.add_edge(end, PIM, link=Link("pim.link.down", pim.link_latency_s, pim.link_bw_bytes_per_s,
+                                           pim.link_energy_per_byte_j, "pim.link.down", DEVICE_LINK))
+            g.add_edge(PIM, end, link=Link("pim.link.up", pim.link_latency_s, pim.link_bw_bytes_per_s,
+                                           pim.link_energy_per_byte_j, "pim.link.up", DEVICE_LINK))
         self.graph = g
         self._routes: dict[tuple[str, str], Route] = {}
+
+    def compute_nodes(self) -> dict[str, dict]:
+        """Node -> {memory, mem_bw_bytes_per_s, flops_per_s} for every node that computes."""
+        return {n: d for n, d in self.graph.nodes(data=True) if "flops_per_s" in d}
 
     @property
     def links(self) -> list[Link]:

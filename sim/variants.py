@@ -1,9 +1,8 @@
-"""System variants: the named option sets `compare` runs, and short labels that tell configurations apart.
+"""System variants: the option sets `compare` runs, and short labels that tell configurations apart.
 
 A variant is a system plus the options that define it (offload with prefetch, PIM with the `limit` capacity
-policy). The table below is data, filtered by what this build has: a variant whose system is not registered, or
-that sets a key ``RunConfig`` does not have yet, is left out, and every registered system without an entry gets
-a plain variant of its own. So a new system appears in `compare` without changes here.
+policy). Each system declares its own in ``System.variants``, so a new system appears in `compare` without changes
+here.
 
 Labels are derived from the configurations themselves, not stored: within each system, the options whose values
 differ between the configurations become the label (``offload+prefetch``, ``pim+limit``, ``pim+channels=256``).
@@ -12,35 +11,23 @@ The same function labels Results read back from disk, so tables and figures use 
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sim.config import FIELDS, RunConfig, from_mapping
+from hw_models.errors import did_you_mean
+from sim.config import SHARED, RunConfig, from_mapping, option_owners
 from sim.errors import ConfigError
+from sim.options import specs
 from sim.systems import SYSTEMS
 
-# (system, options). Options set here win over the user's flags, so every variant stays what its name says.
-VARIANTS: tuple[tuple[str, Mapping], ...] = (
-    ("offload", {"prefetch": False, "cpu_attention": False}),
-    ("offload", {"prefetch": True, "cpu_attention": False}),
-    ("offload", {"prefetch": False, "cpu_attention": True}),
-    ("pim", {"capacity_policy": "spill"}),
-    ("pim", {"capacity_policy": "limit"}),
-    ("aqpim", {}),
-)
-
 # Keys that never name a variant (they are the same in every run of a comparison or only steer the output).
-UNLABELLED = frozenset({"system", "seed", "trace_steps"})
+UNLABELLED = frozenset({"system", "seed", "trace_steps", "trace_channels"})
 FILE_SUFFIXES = (".toml", ".json", ".csv", ".jsonl")
 
 
 def available_variants() -> list[tuple[str, dict]]:
-    """The variant table filtered by this build, plus a plain variant for every registered system not in it."""
-    out = [(s, dict(o)) for s, o in VARIANTS if s in SYSTEMS and all(k in FIELDS for k in o)]
-    listed = {s for s, _ in out}
-    out += [(s, {}) for s in SYSTEMS if s not in listed]
-    return out
+    """Every registered system's variants, in registry order."""
+    return [(name, dict(v)) for name, cls in SYSTEMS.items() for v in cls.variants]
 
 
 def _fmt(key: str, value) -> str:
@@ -51,41 +38,62 @@ def _fmt(key: str, value) -> str:
     return f"{key.replace('_', '-')}={value}"
 
 
-def config_labels(configs: Sequence[Mapping]) -> list[str]:
-    """One short label per configuration dict: its system, plus the options that differ within that system."""
-    labels = []
-    for cfg in configs:
-        peers = [c for c in configs if c.get("system") == cfg.get("system")]
-        differing = [k for k in cfg if k not in UNLABELLED and len({repr(p.get(k)) for p in peers}) > 1]
-        parts = [_fmt(k, cfg[k]) for k in differing if cfg[k] not in (False, None)]
-        labels.append("+".join([str(cfg.get("system"))] + parts))
+def config_labels(configs: Sequence[Mapping], defaults: Sequence[Mapping] | None = None) -> list[str]:
+    """One short label per configuration dict: its system, plus the options that differ within that system.
+
+    With ``defaults`` (per configuration, its system's option defaults), an option at its default is left out of
+    the label unless that makes two labels equal, so the plain variant of a system is labelled by its name."""
+    def labels(skip_defaults: bool) -> list[str]:
+        out = []
+        for i, cfg in enumerate(configs):
+            system = cfg.get("system")
+            peers = [c for c in configs if c.get("system") == system]
+            base = defaults[i] if skip_defaults else {}
+            differing = [k for k in cfg if k not in UNLABELLED and len({repr(p.get(k)) for p in peers}) > 1]
+            parts = [_fmt(k, cfg[k]) for k in differing
+                     if cfg[k] not in (False, None) and not (k in base and cfg[k] == base[k])]
+            out.append("+".join([str(system)] + parts))
+        return out
+
+    result = labels(skip_defaults=defaults is not None)
+    if len(set(result)) < len(result):
+        result = labels(skip_defaults=False)
     seen: dict[str, int] = {}
-    for i, lab in enumerate(labels):
+    for i, lab in enumerate(result):
         seen[lab] = seen.get(lab, 0) + 1
-        if labels.count(lab) > 1:
-            labels[i] = f"{lab}#{seen[lab]}"
-    return labels
-
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+        if result.count(lab) > 1:
+            result[i] = f"{lab}#{seen[lab]}"
+    return result
 
 
 def variant_configs(settings: Mapping, only: Sequence[str] | None = None, system: str | None = None,
                     where: str = "command line") -> list[tuple[str, RunConfig]]:
     """Every available variant applied over ``settings``; identical configurations are kept once.
 
-    ``system`` keeps that system's variants; ``only`` keeps the listed variants, each named by its label (or by a
-    system name that is no label, meaning all of its variants). A name that matches nothing is an error.
+    A setting that is an option of some systems applies to their variants only; one that no compared system has
+    is an error. ``system`` keeps that system's variants; ``only`` keeps the listed variants, each named by its
+    label (or by a system name that is no label, meaning all of its variants). A name that matches nothing is an
+    error.
     """
+    owners = option_owners()
+    chosen = [(s, o) for s, o in available_variants() if system is None or s == system]
+    if system is not None and not chosen:
+        raise ConfigError(f"{where}: unknown system '{system}'{did_you_mean(system, SYSTEMS)}; "
+                          f"valid systems: {', '.join(SYSTEMS)}")
+    systems = {s for s, _ in chosen}
+    for key in settings:
+        if key in owners and not systems & set(owners[key]):
+            raise ConfigError(f"{where}: '{key}' is an option of {', '.join(owners[key])}, none of the compared "
+                              f"systems ({', '.join(sorted(systems))})")
     configs: list[RunConfig] = []
-    for sys_name, options in available_variants():
-        if system is None or sys_name == system:
-            cfg = from_mapping({**settings, **options, "system": sys_name}, where=where)
-            if cfg not in configs:
-                configs.append(cfg)
-    pairs = list(zip(config_labels([c.to_dict() for c in configs]), configs, strict=True))
+    for sys_name, options in chosen:
+        mine = specs(SYSTEMS[sys_name].Options)
+        applied = {k: v for k, v in settings.items() if k in SHARED or k in mine}
+        cfg = from_mapping({**applied, **options, "system": sys_name}, where=where)
+        if cfg not in configs:
+            configs.append(cfg)
+    labels = config_labels([c.to_dict() for c in configs], [type(c.options).defaults() for c in configs])
+    pairs = list(zip(labels, configs, strict=True))
     if only:
         labels = [lab for lab, _ in pairs]
         names = sorted(set(labels) | {c.system for _, c in pairs})

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from hw_models import pim as pim_model
 from hw_models.machine import load_machine
-from sim.config import RunConfig
+from sim.config import make_config
 from sim.run import simulate
 from sim.systems.pim import place
 from workloads.kvformats import PqSettings
@@ -39,9 +39,14 @@ options = st.fixed_dictionaries({
 })
 
 
+AQPIM_ONLY = ("pq_m", "pq_k", "recent")
+
+
 @given(models, options)
 def test_two_views_agree_or_bound(model, opts):
-    r = simulate(RunConfig(**opts, trace_steps=0), model=model)
+    if opts["system"] == "pim":
+        opts = {k: v for k, v in opts.items() if k not in AQPIM_ONLY}
+    r = simulate(make_config(**opts, trace_steps=0), model=model)
     for des, ana in zip(r.step_latency_s, r.analytic_step_latency_s, strict=True):
         if r.analytic_exact:
             assert des == pytest.approx(ana, rel=1e-9)
@@ -53,13 +58,13 @@ def test_two_views_agree_or_bound(model, opts):
 
 @pytest.mark.parametrize("system", ["pim", "aqpim"])
 def test_default_pim_machine_two_views_within_0_1_percent(system):
-    r = simulate(RunConfig(system=system, model="llama-3-8b", batch=8, context=16384, steps=2))
+    r = simulate(make_config(system=system, model="llama-3-8b", batch=8, context=16384, steps=2))
     assert r.analytic_exact and abs(r.mean_step_latency_s / r.analytic_mean_step_latency_s - 1) < 1e-3
 
 
 def test_link_pipelining_hides_transfers_but_pays_overheads_per_chunk():
     cfg = dict(system="pim", model="llama-3-8b", batch=32, context=4096, steps=1)
-    one, four = simulate(RunConfig(**cfg)), simulate(RunConfig(**cfg, link_chunks=4))
+    one, four = simulate(make_config(**cfg)), simulate(make_config(**cfg, link_chunks=4))
     assert four.analytic_exact and four.mean_step_latency_s < one.mean_step_latency_s
     # four commands per operation instead of one: every channel works longer in total
     assert sum(four.details["pim_channel_busy_s"]) > sum(one.details["pim_channel_busy_s"])
@@ -71,7 +76,7 @@ def test_pim_attention_layer_time_by_hand():
     channel's interface, and the softmax arithmetic, within 1%."""
     model = dataclasses.replace(load_model("llama-2-7b"), n_layers=1)
     dev = pim_model.load_pim("attacc-hbm3")
-    r = simulate(RunConfig(system="pim", batch=4, context=65536, steps=1, placement="token"), model=model)
+    r = simulate(make_config(system="pim", batch=4, context=65536, steps=1, placement="token"), model=model)
     kv_bytes = 4 * 65537 * model.kv_bytes_per_token_per_layer
     ch = dev.channel
     first_access = 2 * (ch.timing.tRCD_cycles + ch.timing.tCL_cycles) * ch.timing.tCK_s
@@ -95,21 +100,21 @@ def test_striped_placement_is_balanced_and_conserves_tokens():
 
 def test_capacity_wall_spill_collapses_speedup_and_limit_cuts_batch():
     base = dict(model="llama-2-7b", batch=16, steps=2)
-    fits = simulate(RunConfig(system="pim", context=8192, **base))
-    wall = simulate(RunConfig(system="pim", context=32768, **base))
-    offload = simulate(RunConfig(system="offload", context=32768, **base))
+    fits = simulate(make_config(system="pim", context=8192, **base))
+    wall = simulate(make_config(system="pim", context=32768, **base))
+    offload = simulate(make_config(system="offload", context=32768, **base))
     assert fits.fits and not wall.fits and wall.details["spilled_share"] > 0.5
     assert "spilled to host DRAM" in wall.fit_reasons[0]
     # with most tokens spilled the PIM system is bound by the same PCIe link as offload
     assert offload.mean_step_latency_s / wall.mean_step_latency_s < 2
     assert wall.bytes_by_link["pcie.h2d"] > 0 and fits.bytes_by_link.get("pcie.h2d", 0) == 0
-    limited = simulate(RunConfig(system="pim", context=32768, capacity_policy="limit", **base))
+    limited = simulate(make_config(system="pim", context=32768, capacity_policy="limit", **base))
     assert limited.fits and max(limited.step_batch) < 16 and limited.details["spilled_bytes"] == 0
 
 
 def test_aqpim_fits_where_pim_spills_and_stores_compressed_kv():
     cfg = dict(model="llama-2-7b", batch=16, context=32768, steps=2)
-    pim, aq = simulate(RunConfig(system="pim", **cfg)), simulate(RunConfig(system="aqpim", **cfg))
+    pim, aq = simulate(make_config(system="pim", **cfg)), simulate(make_config(system="aqpim", **cfg))
     assert not pim.fits and aq.fits
     pq = PqSettings(m=16, k=256, sinks=4, recent=128)
     model = load_model("llama-2-7b")
@@ -122,7 +127,8 @@ def test_aqpim_fits_where_pim_spills_and_stores_compressed_kv():
 def test_aqpim_per_query_costs_make_a_crossover_in_the_pim_phase():
     """Codes move 16x fewer bytes per token but tables and bins cost the same at any context."""
     def phase(system, ctx):
-        r = simulate(RunConfig(system=system, model="llama-2-7b", batch=1, context=ctx, steps=1, recent=0, sinks=0))
+        window = {"recent": 0, "sinks": 0} if system == "aqpim" else {}
+        r = simulate(make_config(system=system, model="llama-2-7b", batch=1, context=ctx, steps=1, **window))
         return r.busy_s["pim"]
     assert phase("aqpim", 256) > phase("pim", 256)
     assert phase("aqpim", 262144) < phase("pim", 262144) / 4
@@ -130,25 +136,25 @@ def test_aqpim_per_query_costs_make_a_crossover_in_the_pim_phase():
 
 def test_table_bigger_than_lut_costs_extra_passes():
     cfg = dict(system="aqpim", model="llama-3-8b", batch=4, context=65536, steps=1)
-    small = simulate(RunConfig(**cfg, lut_bytes=4096))
-    big = simulate(RunConfig(**cfg, lut_bytes=1 << 20))
+    small = simulate(make_config(**cfg, lut_bytes=4096))
+    big = simulate(make_config(**cfg, lut_bytes=1 << 20))
     assert small.details["lut_passes"] > big.details["lut_passes"] == 1
     assert small.busy_s["pim"] > big.busy_s["pim"]
 
 
 def test_host_side_dimm_pim_routes_queries_over_pcie():
-    r = simulate(RunConfig(system="pim", pim="ddr5-dimm-pim", model="llama-3-8b", batch=2, context=8192, steps=1))
+    r = simulate(make_config(system="pim", pim="ddr5-dimm-pim", model="llama-3-8b", batch=2, context=8192, steps=1))
     assert r.bytes_by_link["pcie.d2h"] > 0 and r.bytes_by_link["pim.link.down"] > 0
 
 
 def test_channel_count_override_and_bad_pim_name():
-    r = simulate(RunConfig(system="pim", channels=1024, batch=2, context=4096, steps=1))
+    r = simulate(make_config(system="pim", channels=1024, batch=2, context=4096, steps=1))
     assert r.details["pim_channels"] == 1024 and len(r.details["pim_channel_busy_s"]) == 1024
     with pytest.raises(ValueError, match="valid presets: attacc-hbm3"):
-        simulate(RunConfig(system="pim", pim="attac"))
+        simulate(make_config(system="pim", pim="attac"))
 
 
 def test_pim_run_reports_the_machine_and_device_it_simulated():
-    r = simulate(RunConfig(system="pim", batch=1, context=1024, steps=1))
-    assert r.hardware == load_machine().name and r.details["pim_device"] == RunConfig().pim
-    assert r.details["pim_capacity_bytes"] == pim_model.load_pim(RunConfig().pim).capacity_bytes
+    r = simulate(make_config(system="pim", batch=1, context=1024, steps=1))
+    assert r.hardware == load_machine().name and r.details["pim_device"] == make_config(system="pim").options.pim
+    assert r.details["pim_capacity_bytes"] == pim_model.load_pim(make_config(system="pim").options.pim).capacity_bytes

@@ -16,7 +16,7 @@ import pytest
 
 import sim.sweep as sweep_mod
 from sim.cli import main
-from sim.config import RunConfig
+from sim.config import make_config
 from sim.sweep import config_key, iter_records, load_sweep, repair_and_scan, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,16 +71,16 @@ context = 8192
     assert s.factor_names == ("context", "variant", "point")
     assert s.points[0].factors == {"context": 1024, "variant": "sync"}
     assert s.points[1].factors["variant"] == "system=offload, cpu_attention=True"
-    assert s.points[1].config.cpu_attention and s.points[1].config.batch == 2
+    assert s.points[1].config.options.cpu_attention and s.points[1].config.batch == 2
     assert s.points[-1].factors == {"point": "big"} and s.points[-1].config.batch == 8
     assert s.hints == {"x": "context"} and s.description == "demo"
     assert [pt.index for pt in s.points] == list(range(7))
 
 
 def test_key_is_sha256_of_the_full_configuration():
-    a, b = RunConfig(batch=2), RunConfig(batch=2, seed=0)
+    a, b = make_config(batch=2), make_config(batch=2, seed=0)
     assert config_key(a) == config_key(b) and len(config_key(a)) == 64
-    assert config_key(a) != config_key(RunConfig(batch=2, seed=1))
+    assert config_key(a) != config_key(make_config(batch=2, seed=1))
 
 
 def test_base_only_is_one_point_and_duplicates_collapse(tmp_path):

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hw_models.machine import load_machine
-from sim.config import RunConfig
+from sim.config import make_config
 from sim.run import simulate
 from workloads.models import ModelSpec, load_model
 
@@ -33,8 +33,8 @@ workloads = st.fixed_dictionaries({"batch": st.integers(1, 64), "context": st.in
 
 @given(machines, models, workloads, st.sampled_from(["sync", "cpu_attention", "gpu"]))
 def test_uncontended_schedules_match_closed_form(params, model, wl, mode):
-    cfg = RunConfig(**wl, system="gpu" if mode == "gpu" else "offload", cpu_attention=mode == "cpu_attention",
-                    trace_steps=0)
+    opts = {"system": "gpu"} if mode == "gpu" else {"system": "offload", "cpu_attention": mode == "cpu_attention"}
+    cfg = make_config(**wl, **opts, trace_steps=0)
     r = simulate(cfg, params=params, model=model)
     assert r.analytic_exact
     for des, ana in zip(r.step_latency_s, r.analytic_step_latency_s, strict=True):
@@ -43,7 +43,7 @@ def test_uncontended_schedules_match_closed_form(params, model, wl, mode):
 
 @given(machines, models, workloads)
 def test_prefetch_never_beats_the_lower_bound(params, model, wl):
-    r = simulate(RunConfig(**wl, prefetch=True, trace_steps=0), params=params, model=model)
+    r = simulate(make_config(**wl, prefetch=True, trace_steps=0), params=params, model=model)
     assert not r.analytic_exact
     for des, bound in zip(r.step_latency_s, r.analytic_step_latency_s, strict=True):
         assert des >= bound * (1 - 1e-12)
@@ -51,7 +51,7 @@ def test_prefetch_never_beats_the_lower_bound(params, model, wl):
 
 @pytest.mark.parametrize("name", ["llama-2-7b", "llama-3-8b"])
 def test_default_machine_within_0_1_percent(name):
-    r = simulate(RunConfig(model=name, batch=8, context=16384, steps=2))
+    r = simulate(make_config(model=name, batch=8, context=16384, steps=2))
     assert abs(r.mean_step_latency_s / r.analytic_mean_step_latency_s - 1) < 1e-3
 
 
@@ -59,7 +59,7 @@ def test_offload_layer_by_hand():
     """One layer of LLaMA-2-7B, batch 1, 4096 tokens: the KV load dominates and is bytes / PCIe bandwidth."""
     m = dataclasses.replace(load_model("llama-2-7b"), n_layers=1)
     p = load_machine()
-    r = simulate(RunConfig(batch=1, context=4096, steps=1), params=p, model=m)
+    r = simulate(make_config(batch=1, context=4096, steps=1), params=p, model=m)
     kv_bytes = 4096 * 2 * 4096 * 2
     h2d_s = 5e-6 + kv_bytes / 25e9
     assert r.busy_s["pcie.h2d"] == pytest.approx(h2d_s, rel=1e-12)
@@ -69,8 +69,8 @@ def test_offload_layer_by_hand():
 
 
 def test_prefetch_hides_compute_when_pcie_bound():
-    base = simulate(RunConfig(model="llama-3-8b", batch=4, context=8192, steps=2))
-    pf = simulate(RunConfig(model="llama-3-8b", batch=4, context=8192, steps=2, prefetch=True))
+    base = simulate(make_config(model="llama-3-8b", batch=4, context=8192, steps=2))
+    pf = simulate(make_config(model="llama-3-8b", batch=4, context=8192, steps=2, prefetch=True))
     assert pf.mean_step_latency_s < base.mean_step_latency_s
     # with prefetch the step is bounded below by the link: all of the step's KV over H2D
     assert pf.mean_step_latency_s >= pf.busy_s["pcie.h2d"] / pf.steps

@@ -23,7 +23,7 @@ from sim.compare import (
     run_variants,
     scenario_line,
 )
-from sim.config import FIELDS
+from sim.config import SHARED, option_owners
 from sim.io import write_text_atomic
 from sim.variants import variant_configs
 
@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    given = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
+    keys = set(SHARED) | set(option_owners())
+    given = {k: v for k, v in vars(args).items() if k in keys and v is not None}
     only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     system = given.pop("system", None)
     scenario = dict(SCENARIO)

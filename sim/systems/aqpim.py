@@ -25,12 +25,18 @@ Result details, not in decode steps.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from hw_models import gpu as gpu_model
 from hw_models import pim as pim_model
-from sim.systems.base import Capacity, StepBatch
-from sim.systems.pim import Phase, PimSystem, bank_phase
+from sim.errors import ConfigError
+from sim.options import option
+from sim.systems.base import Capacity, Devices, StepBatch
+from sim.systems.pim import Phase, PimDeviceOptions, PimSystem, bank_phase
+from sim.topology import GPU, PIM
+from workloads.errors import WorkloadError
 from workloads.kvformats import FP16_BYTES, PqSettings
 
 # Nearest-centroid search: a subtract, a multiply and an add per element per centroid.
@@ -39,18 +45,50 @@ QUANTIZE_FLOPS_PER_ELEMENT = 3.0
 BIN_BYTES = FP16_BYTES
 
 
+@dataclass(frozen=True)
+class AqpimOptions(PimDeviceOptions):
+    pq_m: int = option(16, "PQ sub-spaces per head (must divide head_dim)", minimum=1)
+    pq_k: int = option(256, "centroids per sub-space (a power of two)", minimum=2)
+    sinks: int = option(4, "first tokens kept in FP16", unit="tokens", minimum=0)
+    recent: int = option(128, "last tokens kept in FP16", unit="tokens", minimum=0)
+    outliers: int = option(0, "key channels per head kept in FP16", minimum=0)
+    lut_bytes: int | None = option(None, "lookup-table buffer per PIM unit (default: the PIM device preset's)",
+                                   unit="bytes", minimum=1)
+    kmeans_iters: int = option(10, "k-means iterations of codebook training at prefill", minimum=1)
+
+    @property
+    def pq(self) -> PqSettings:
+        return PqSettings(m=self.pq_m, k=self.pq_k, sinks=self.sinks, recent=self.recent, outliers=self.outliers)
+
+    def check(self) -> None:
+        try:
+            self.pq  # noqa: B018  (validates k, m and the windows)
+        except WorkloadError as e:
+            raise ConfigError(str(e)) from None
+
+
 class AqpimSystem(PimSystem):
     name = "aqpim"
+    Options = AqpimOptions
+    variants = ({},)
     kv_location = "pim (PQ codes)"
     new_tokens_spill = False  # new tokens enter the FP16 window, whose room in PIM is reserved per sequence
 
-    def __init__(self, machine, model, cfg):
-        super().__init__(machine, model, cfg)
-        # An AQPIM unit's buffer is its lookup-table SRAM: tables and bins must fit it (table_passes).
-        self.dev = pim_model.with_channel(self.dev, unit_buffer_bytes=cfg.lut_bytes)
-        self.pq = PqSettings(m=cfg.pq_m, k=cfg.pq_k, sinks=cfg.sinks, recent=cfg.recent, outliers=cfg.outliers)
+    def __init__(self, machine, model, options: AqpimOptions):
+        super().__init__(machine, model, options)
+        self.pq = options.pq
         self.pq.check(model)
-        self.window = cfg.sinks + cfg.recent
+        self.window = options.sinks + options.recent
+
+    @classmethod
+    def devices(cls, options: AqpimOptions, pim: pim_model.PimDeviceParams | None = None) -> Devices:
+        devices = super().devices(options, pim)
+        if options.lut_bytes is None:
+            lut = 16384
+        else:
+            lut = options.lut_bytes
+        # An AQPIM unit's buffer is its lookup-table SRAM: tables and bins must fit it (table_passes).
+        return Devices(pim_model.with_channel(devices.pim, unit_buffer_bytes=lut), devices.pim_trace_lanes)
 
     # ---- storage -----------------------------------------------------------------------------------------------
     @property
@@ -100,7 +138,7 @@ class AqpimSystem(PimSystem):
             out.append(pim_model.op_work(ch, "aqpim.table", units * codebook_bytes, units * g * 2.0 * k * d))
             out.append(pim_model.op_work(ch, "aqpim.score", tok * (code_bytes * passes + pq.outliers * FP16_BYTES),
                                          tok * g * (2.0 * pq.m + 2.0 * pq.outliers)))
-            out.append(pim_model.softmax_work(ch, (tok + nv * window) * g, self.cfg.softmax, e))
+            out.append(pim_model.softmax_work(ch, (tok + nv * window) * g, self.options.softmax, e))
             out.append(pim_model.op_work(ch, "aqpim.value", tok * code_bytes * passes, tok * g * 2.0 * pq.m))
             out.append(pim_model.op_work(ch, "aqpim.bins_x_centroids", units * codebook_bytes,
                                          units * g * 2.0 * k * d))
@@ -112,7 +150,7 @@ class AqpimSystem(PimSystem):
             return tuple(out)
 
         rows = np.column_stack([tokens, present, new])
-        if self.cfg.softmax == "host":
+        if self.options.softmax == "host":
             # scores go to the GPU between the two halves; split after the softmax's channel side
             def first(t, u, v):
                 w = works(t, u, v)
@@ -134,10 +172,10 @@ class AqpimSystem(PimSystem):
         cross the link into PIM."""
         m, pq = self.model, self.pq
         coded = max(0, prompt_tokens - self.window)
-        flops = (self.cfg.kmeans_iters * 2 * m.n_layers * m.n_kv_heads
+        flops = (self.options.kmeans_iters * 2 * m.n_layers * m.n_kv_heads
                  * QUANTIZE_FLOPS_PER_ELEMENT * coded * pq.k * m.head_dim)
         train = gpu_model.kernel_time_s(self.machine.params.gpu, flops, 2 * coded * m.kv_bytes_per_token)
-        return train + self.machine.topology.route("gpu", "pim").time_s(
+        return train + self.machine.topology.route(GPU, PIM).time_s(
             m.n_kv_heads * self.codebook_bytes_per_unit)
 
     def capacity(self, kv_bytes: float, peak: StepBatch) -> Capacity:

@@ -1,16 +1,30 @@
-"""What every system shares: the batch of one decode step, the capacity report, and the system interface.
+"""What every system shares: the batch of one decode step, the capacity report, and the ``System`` base class.
 
-A system is one file in this package and one line in the registry (``sim/systems/__init__.py``). It gives
-``step(batch)``, a SimPy process generator for one decode step on a ``Machine``, and ``capacity(...)``, where its
-KV cache lives and whether everything fits. Its closed-form twin lives in ``sim/analytic.py``.
+A system is one file in this package and one line in the registry (``sim/systems/__init__.py``). Its class owns
+everything about it:
+
+* ``name``, ``Options`` (a frozen dataclass of ``sim.options.option`` fields: CLI flags, TOML keys and sweep
+  factors are generated from it), ``variants`` (the option sets ``compare`` runs) and ``baseline`` (whether
+  ``compare`` measures speedups against it);
+* ``devices(options)``: what the machine must have beyond the GPU, host and PCIe (a PIM device);
+* ``plan(batch)``: the step's work from the pure cost functions, computed once and used by both views;
+* ``step(plan)``: the discrete-event step, a SimPy process generator on a ``Machine``;
+* ``estimate(plan)``: the closed-form twin, exact for a single chain, else a lower bound;
+* ``capacity(kv_bytes, peak)`` and ``token_budget(max_batch)``: where the KV cache lives, whether it fits, and
+  how many KV tokens admission may allow.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
+from hw_models.component import Work
+from hw_models.pim import PimDeviceParams
+from sim.options import NoOptions, Options
 from workloads.models import ModelSpec
 
 
@@ -44,6 +58,60 @@ class Capacity:
     fits: bool
     reasons: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A step's closed-form latency: exact when the schedule is one chain, else a lower bound."""
+
+    latency_s: float
+    exact: bool
+
+
+@dataclass(frozen=True)
+class Devices:
+    """What a system needs the machine to have beyond GPU, host and PCIe."""
+
+    pim: PimDeviceParams | None = None
+    pim_trace_lanes: int = 0  # PIM channels drawn one per lane in traces
+
+
+class System:
+    """Base class; see the module docstring for what a subclass declares and implements."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = NoOptions
+    variants: ClassVar[tuple[Mapping, ...]] = ({},)
+    baseline: ClassVar[bool] = False
+
+    def __init__(self, machine, model: ModelSpec, options: Options):
+        self.machine = machine
+        self.model = model
+        self.options = options
+
+    @classmethod
+    def devices(cls, options: Options, pim: PimDeviceParams | None = None) -> Devices:
+        """The devices to build the machine with; ``pim`` replaces the PIM device the options name."""
+        return Devices()
+
+    def plan(self, batch: StepBatch):
+        raise NotImplementedError
+
+    def step(self, plan):
+        raise NotImplementedError
+
+    def estimate(self, plan) -> Estimate:
+        raise NotImplementedError
+
+    def capacity(self, kv_bytes: float, peak: StepBatch) -> Capacity:
+        raise NotImplementedError
+
+    def token_budget(self, max_batch: int) -> int | None:
+        return None
+
+
+def total_s(works: tuple[Work, ...]) -> float:
+    return sum(w.duration_s for w in works)
 
 
 def gib(nbytes: float) -> str:

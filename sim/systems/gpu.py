@@ -9,7 +9,7 @@ KV cache must fit GPU memory; when they do not, the run is still timed and repor
 from __future__ import annotations
 
 from hw_models import gpu as gpu_model
-from sim.systems.base import Capacity, StepBatch, gib
+from sim.systems.base import Capacity, Estimate, StepBatch, System, gib, total_s
 from workloads.models import ModelSpec
 from workloads.opgraph import head_op, layer_ops
 
@@ -24,15 +24,18 @@ def gpu_costs(params, model: ModelSpec, batch: StepBatch):
     return layer, (gpu_model.kernel(params.gpu, "lm_head", h.flops, h.nbytes),)
 
 
-class GpuSystem:
+class GpuSystem(System):
     name = "gpu"
 
-    def __init__(self, machine, model: ModelSpec, cfg):
-        self.machine = machine
-        self.model = model
+    def plan(self, batch: StepBatch):
+        return gpu_costs(self.machine.params, self.model, batch)
 
-    def step(self, batch: StepBatch):
-        layer, head = gpu_costs(self.machine.params, self.model, batch)
+    def estimate(self, plan) -> Estimate:
+        layer, head = plan
+        return Estimate(self.model.n_layers * total_s(layer) + total_s(head), exact=True)
+
+    def step(self, plan):
+        layer, head = plan
         for _ in range(self.model.n_layers):
             yield self.machine.gpu.run(layer)
         yield self.machine.gpu.run(head)

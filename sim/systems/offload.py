@@ -18,7 +18,10 @@ from hw_models import cpu as cpu_model
 from hw_models import gpu as gpu_model
 from hw_models.component import Work
 from hw_models.machine import MachineParams
-from sim.systems.base import Capacity, StepBatch, gib
+from sim.errors import ConfigError
+from sim.options import Options, option
+from sim.systems.base import Capacity, Estimate, StepBatch, System, gib, total_s
+from sim.topology import GPU, HOST_DRAM, Topology
 from workloads.models import ModelSpec
 from workloads.opgraph import head_op, layer_ops
 
@@ -63,17 +66,55 @@ def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, cpu
         fetch_bytes=fetch, store_bytes=store, dram_read_bytes=dram_read)
 
 
-class OffloadSystem:
+def offload_estimate(c: OffloadCosts, topology: Topology, n_layers: int, prefetch: bool,
+                     cpu_attention: bool) -> Estimate:
+    """Closed form: a single chain per layer (exact), or with prefetch the largest of the GPU's total work, all
+    loads plus the last layer's compute, all stores, and (half duplex) both directions on one resource."""
+    n = n_layers
+    h2d = topology.route(HOST_DRAM, GPU).time_s(c.fetch_bytes)
+    d2h = topology.route(GPU, HOST_DRAM).time_s(c.store_bytes)
+    pre, attn, post, head = total_s(c.pre), total_s(c.attn), total_s(c.post), total_s(c.head)
+    if cpu_attention or not prefetch:
+        return Estimate(n * (pre + h2d + attn + d2h + post) + head, exact=True)
+    half = topology.params.pcie.duplex == "half"
+    bound = max(
+        n * (pre + attn + post) + head,
+        n * h2d + attn + post + head,            # all loads, then the last layer's compute
+        pre + n * d2h,                            # first store cannot start before the first projection
+        n * (h2d + d2h) if half else 0.0,        # one shared resource carries both directions
+    )
+    return Estimate(bound, exact=False)
+
+
+@dataclass(frozen=True)
+class OffloadOptions(Options):
+    prefetch: bool = option(False, "load the next layer's KV while this layer computes (two KV buffers)")
+    cpu_attention: bool = option(False, "compute attention on the host CPU; only q and outputs cross PCIe")
+
+    def check(self) -> None:
+        if self.prefetch and self.cpu_attention:
+            raise ConfigError("prefetch and cpu_attention cannot be combined: with attention on the host no KV "
+                              "crosses the link to prefetch")
+
+
+class OffloadSystem(System):
     name = "offload"
+    Options = OffloadOptions
+    variants = ({}, {"prefetch": True}, {"cpu_attention": True})
+    baseline = True
 
-    def __init__(self, machine, model: ModelSpec, cfg):
-        self.machine = machine
-        self.model = model
-        self.prefetch = cfg.prefetch
-        self.cpu_attention = cfg.cpu_attention
+    def __init__(self, machine, model: ModelSpec, options: OffloadOptions):
+        super().__init__(machine, model, options)
+        self.prefetch = options.prefetch
+        self.cpu_attention = options.cpu_attention
 
-    def step(self, batch: StepBatch):
-        c = offload_costs(self.machine.params, self.model, batch, self.cpu_attention)
+    def plan(self, batch: StepBatch) -> OffloadCosts:
+        return offload_costs(self.machine.params, self.model, batch, self.cpu_attention)
+
+    def estimate(self, plan: OffloadCosts) -> Estimate:
+        return offload_estimate(plan, self.machine.topology, self.model.n_layers, self.prefetch, self.cpu_attention)
+
+    def step(self, c: OffloadCosts):
         if self.cpu_attention:
             yield from self._step_cpu_attention(c)
         elif self.prefetch:
@@ -82,15 +123,15 @@ class OffloadSystem:
             yield from self._step_sync(c)
 
     def _dram_energy(self, nbytes: float) -> None:
-        self.machine.tracer.add_energy("host.dram", nbytes * self.machine.params.host_dram.energy_per_byte_j)
+        self.machine.tracer.add_energy(HOST_DRAM, nbytes * self.machine.params.host_dram.energy_per_byte_j)
 
     def _step_sync(self, c: OffloadCosts):
         m = self.machine
         for _ in range(self.model.n_layers):
             yield m.gpu.run(c.pre)
-            yield m.transfer("host.dram", "gpu", c.fetch_bytes, "kv_fetch")
+            yield m.transfer(HOST_DRAM, GPU, c.fetch_bytes, "kv_fetch")
             yield m.gpu.run(c.attn)
-            yield m.transfer("gpu", "host.dram", c.store_bytes, "kv_append")
+            yield m.transfer(GPU, HOST_DRAM, c.store_bytes, "kv_append")
             yield m.gpu.run(c.post)
         yield m.gpu.run(c.head)
 
@@ -98,10 +139,10 @@ class OffloadSystem:
         m = self.machine
         for _ in range(self.model.n_layers):
             yield m.gpu.run(c.pre)
-            yield m.transfer("gpu", "host.dram", c.store_bytes, "q_and_kv_append")
+            yield m.transfer(GPU, HOST_DRAM, c.store_bytes, "q_and_kv_append")
             yield m.cpu.run(c.attn)
             self._dram_energy(c.dram_read_bytes)
-            yield m.transfer("host.dram", "gpu", c.fetch_bytes, "attn_out")
+            yield m.transfer(HOST_DRAM, GPU, c.fetch_bytes, "attn_out")
             yield m.gpu.run(c.post)
         yield m.gpu.run(c.head)
 
@@ -114,14 +155,14 @@ class OffloadSystem:
             for layer in range(n):
                 if layer >= 2:  # two KV buffers: wait until layer-2's buffer is free
                     yield attn_done[layer - 2]
-                yield m.transfer("host.dram", "gpu", c.fetch_bytes, "kv_fetch")
+                yield m.transfer(HOST_DRAM, GPU, c.fetch_bytes, "kv_fetch")
                 fetched[layer].succeed()
 
         env.process(loader())
         stores = []
         for layer in range(n):
             yield m.gpu.run(c.pre)
-            stores.append(m.transfer("gpu", "host.dram", c.store_bytes, "kv_append"))
+            stores.append(m.transfer(GPU, HOST_DRAM, c.store_bytes, "kv_append"))
             yield fetched[layer]
             yield m.gpu.run(c.attn)
             attn_done[layer].succeed()
@@ -140,5 +181,5 @@ class OffloadSystem:
         if gpu_need > p.gpu.mem_capacity_bytes:
             what = f"weights {gib(model.weight_bytes)}" + (f" + KV buffers {gib(buffers)}" if buffers else "")
             reasons.append(f"GPU memory: {what} exceed {gib(p.gpu.mem_capacity_bytes)}")
-        return Capacity("host.dram", kv_bytes, not reasons, tuple(reasons),
+        return Capacity(HOST_DRAM, kv_bytes, not reasons, tuple(reasons),
                         {"gpu_bytes_needed": gpu_need, "host_dram_capacity_bytes": p.host_dram.capacity_bytes})

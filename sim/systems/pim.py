@@ -26,6 +26,7 @@ channels and layers, not with tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,10 @@ import numpy as np
 from hw_models import gpu as gpu_model
 from hw_models import pim as pim_model
 from hw_models.component import Work
-from sim.systems.base import Capacity, StepBatch, gib
+from sim.errors import ConfigError
+from sim.options import Options, option
+from sim.systems.base import Capacity, Devices, Estimate, StepBatch, System, gib, total_s
+from sim.topology import GPU, HOST_DRAM, PIM
 from workloads.models import ModelSpec
 from workloads.opgraph import head_op, layer_ops
 
@@ -148,19 +152,61 @@ def bank_phase(kind: str, rows: np.ndarray, works_of) -> Phase:
     return Phase(kind, dur[inv.ravel()], float(nbytes @ counts), float(flops @ counts), float(energy @ counts))
 
 
-class PimSystem:
+@dataclass(frozen=True)
+class PimStepPlan:
+    """One step: the plan of each sub-batch (one unless ``sub_batches`` > 1) and the once-per-step LM head."""
+
+    plans: tuple[PimPlan, ...]
+    head: tuple[Work, ...]
+
+
+@dataclass(frozen=True)
+class PimDeviceOptions(Options):
+    """Options of every system that keeps its KV cache in a PIM device."""
+
+    pim: str = option("attacc-hbm3", "PIM device preset or .toml file (see aqpim-sim presets)")
+    channels: int | None = option(None, "override the PIM device's channel count", minimum=1)
+    capacity_policy: str = option("spill", "KV beyond PIM capacity: spill (to host DRAM, attended over the "
+                                  "offload path) or limit (the batch)", choices=("spill", "limit"))
+    placement: str = option("hybrid", "KV across channels: hybrid stripes, whole heads, or every token "
+                            "everywhere", choices=("hybrid", "head", "token"))
+    softmax: str = option("pim", "where softmax runs: the PIM units, a near-memory unit, or the GPU",
+                          choices=pim_model.SOFTMAX_PLACEMENTS)
+    sub_batches: int = option(1, "2: two sub-batches alternate between GPU and PIM (NeuPIMs-style)", minimum=1)
+    link_chunks: int = option(1, "pipeline q in and partials out over the PIM link in this many chunks "
+                              "(1: no pipelining)", minimum=1)
+    trace_channels: int = option(8, "PIM channels drawn one per lane in traces (all are always simulated)",
+                                 minimum=0)
+
+
+@dataclass(frozen=True)
+class PimOptions(PimDeviceOptions):
+    kv_format: str = option("fp16", "KV format stored in PIM: fp16, int8, int4, int2 or "
+                            "int:bits=B,group=G,sinks=S,recent=W")
+
+    def check(self) -> None:
+        if self.kv_format != "fp16":
+            raise ConfigError(f"kv_format must be fp16, got {self.kv_format!r}")
+
+
+class PimSystem(System):
     name = "pim"
-    needs_pim = True
+    Options = PimOptions
+    variants = ({}, {"capacity_policy": "limit"})
     kv_location = "pim"
     new_tokens_spill = True  # once PIM is full, new K/V are stored in host DRAM
 
-    def __init__(self, machine, model: ModelSpec, cfg):
-        self.machine = machine
-        self.model = model
-        self.cfg = cfg
+    def __init__(self, machine, model: ModelSpec, options: PimDeviceOptions):
+        super().__init__(machine, model, options)
         self.dev = machine.pim_params
-        self.peak_spilled_bytes = 0.0
-        self._last_plans = None
+
+    @classmethod
+    def devices(cls, options: PimDeviceOptions, pim: pim_model.PimDeviceParams | None = None) -> Devices:
+        if pim is None:
+            pim = pim_model.load_pim(options.pim)
+            if options.channels is not None:
+                pim = dataclasses.replace(pim, channels=options.channels)
+        return Devices(pim=pim, pim_trace_lanes=options.trace_channels)
 
     # ---- storage ---------------------------------------------------------------------------------------------
     def pim_bytes_per_token(self) -> float:
@@ -181,14 +227,13 @@ class PimSystem:
         return max(0.0, free) / self.pim_bytes_per_token()
 
     def placement(self, batch: StepBatch) -> Placement:
-        return place(self.cfg.placement, self.model, self.placed_tokens(batch.kept), self.dev.channels)
+        return place(self.options.placement, self.model, self.placed_tokens(batch.kept), self.dev.channels)
 
-    def token_budget(self) -> int | None:
+    def token_budget(self, max_batch: int) -> int | None:
         """KV tokens (all sequences, over their whole life) that admission may allow, for ``limit``."""
-        if self.cfg.capacity_policy != "limit":
+        if self.options.capacity_policy != "limit":
             return None
-        seqs = self.cfg.effective_max_batch
-        return int(self.pim_tokens_capacity(seqs * self.model.n_kv_heads + self.dev.channels, seqs))
+        return int(self.pim_tokens_capacity(max_batch * self.model.n_kv_heads + self.dev.channels, max_batch))
 
     def spill_fraction(self, batch: StepBatch, placement: Placement) -> float:
         need = float(self.placed_tokens(batch.kept + 1).sum())  # this step's tokens plus the new one
@@ -199,16 +244,17 @@ class PimSystem:
     def channel_phases(self, tokens, present, new) -> tuple[Phase, ...]:
         ch, m = self.dev.channel, self.model
         g, d, e = m.gqa_group, m.head_dim, m.bytes_per_element
+        softmax = self.options.softmax
 
         def works(tok, units, nv, part):
             w = pim_model.ChannelAttention(kv_vectors=tok, head_dim=d, queries_per_kv=g, query_vectors=units * g,
                                            bytes_per_element=e)
-            full = (pim_model.append_work(ch, nv, d, e),) + pim_model.attention_works(ch, w, self.cfg.softmax)
+            full = (pim_model.append_work(ch, nv, d, e),) + pim_model.attention_works(ch, w, softmax)
             # host softmax: [append, q_in, score, softmax(out)] | [context, out]
             return full if part is None else (full[:4] if part == 0 else full[4:])
 
         rows = np.column_stack([tokens, present, new])
-        if self.cfg.softmax == "host":
+        if softmax == "host":
             return (bank_phase("pim.attention.scores", rows, lambda t, u, v: works(t, u, v, 0)),
                     bank_phase("pim.attention.context", rows, lambda t, u, v: works(t, u, v, 1)))
         return (bank_phase("pim.attention", rows, lambda t, u, v: works(t, u, v, None)),)
@@ -224,8 +270,8 @@ class PimSystem:
         return float(present.sum()) * m.gqa_group * per_query
 
     # ---- the plan ------------------------------------------------------------------------------------------------
-    def plan(self, batch: StepBatch, placement: Placement, units: np.ndarray | None, spill: float) -> PimPlan:
-        p, m, cfg = self.machine.params, self.model, self.cfg
+    def layer_plan(self, batch: StepBatch, placement: Placement, units: np.ndarray | None, spill: float) -> PimPlan:
+        p, m, opts = self.machine.params, self.model, self.options
         ops = layer_ops(m, batch.n_seqs, batch.kv_tokens)
         g = p.gpu
 
@@ -236,7 +282,7 @@ class PimSystem:
         new_to_host = spill > 0 and self.new_tokens_spill
         if new_to_host:
             new = np.zeros_like(new)
-        k = self.cfg.link_chunks if cfg.softmax != "host" else 1
+        k = opts.link_chunks if opts.softmax != "host" else 1
         phases = self.channel_phases(tokens / k, present / k, new / k)
         up = self.up_bytes(present)
         merge_needed = placement.pairs_per_unit > 1 or spill > 0
@@ -244,7 +290,7 @@ class PimSystem:
         merge = (gpu_model.kernel(g, "attn_merge", 4.0 * up / e, up),) if merge_needed else ()
         mid_up = mid_down = 0.0
         mid_gpu: tuple[Work, ...] = ()
-        if cfg.softmax == "host":
+        if opts.softmax == "host":
             scores = float(tokens.sum()) * m.gqa_group
             mid_up = mid_down = scores * e
             mid_gpu = (gpu_model.kernel(g, "softmax", pim_model.SOFTMAX_FLOPS_PER_ELEMENT * scores, 2 * scores * e),)
@@ -261,37 +307,66 @@ class PimSystem:
             merge_post=merge + (kernel("o_proj", ops["o_proj"]), kernel("ffn", ops["ffn"])),
             spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn, chunks=k)
 
-    def plans(self, batch: StepBatch) -> tuple[list[PimPlan], tuple[Work, ...]]:
-        """Plans of the step's sub-batches (one unless ``sub_batches`` > 1) and the once-per-step LM head.
-
-        The step process and the closed form ask for the same batch's plans: the last one is kept."""
-        if self._last_plans is not None and self._last_plans[0] is batch:
-            return self._last_plans[1]
-        self._last_plans = (batch, self._plans(batch))
-        return self._last_plans[1]
-
-    def _plans(self, batch: StepBatch) -> tuple[list[PimPlan], tuple[Work, ...]]:
+    def plan(self, batch: StepBatch) -> PimStepPlan:
         placement = self.placement(batch)
         spill = self.spill_fraction(batch, placement)
-        self.peak_spilled_bytes = max(self.peak_spilled_bytes,
-                                      spill * (batch.kv_tokens + batch.n_seqs) * self.model.kv_bytes_per_token)
-        subs = batch.split(self.cfg.sub_batches)
+        subs = batch.split(self.options.sub_batches)
         plans, start = [], 0
         for sub in subs:
             seqs = np.arange(start, start + sub.n_seqs)
             start += sub.n_seqs
             units = None if len(subs) == 1 else (seqs[:, None] * self.model.n_kv_heads
                                                   + np.arange(self.model.n_kv_heads)[None, :]).ravel()
-            plans.append(self.plan(sub, placement, units, spill))
+            plans.append(self.layer_plan(sub, placement, units, spill))
         h = head_op(self.model, batch.n_seqs)
-        return plans, (gpu_model.kernel(self.machine.params.gpu, "lm_head", h.flops, h.nbytes),)
+        return PimStepPlan(tuple(plans), (gpu_model.kernel(self.machine.params.gpu, "lm_head", h.flops, h.nbytes),))
+
+    # ---- closed form ---------------------------------------------------------------------------------------------
+    def estimate(self, step: PimStepPlan) -> Estimate:
+        """Per layer, projection + max(PIM path, spill path) + merge and FFN.
+
+        Exact when one process runs and nothing else competes for its resources; with sub-batches, or when the
+        spill path shares the GPU (host softmax) or PCIe (host-side PIM) with the PIM path, it is a lower bound:
+        the longest sub-batch chain, the GPU's total work, or the busiest channel's total work, whichever is
+        largest.
+        """
+        topo = self.machine.topology
+        down, up = topo.route(GPU, PIM), topo.route(PIM, GPU)
+        n = self.model.n_layers
+        chains, gpu_total = [], total_s(step.head)
+        for plan in step.plans:
+            if plan.chunks > 1:  # identical chunks through three FIFO stages: first chunk, then the bottleneck
+                stages = (down.time_s(plan.down_bytes / plan.chunks), plan.phases[0].makespan_s,
+                          up.time_s(plan.up_bytes / plan.chunks))
+                pim_path = sum(stages) + (plan.chunks - 1) * max(stages)
+            else:
+                pim_path = (down.time_s(plan.down_bytes) + sum(ph.makespan_s for ph in plan.phases)
+                            + up.time_s(plan.up_bytes))
+            if len(plan.phases) > 1:
+                pim_path += (up.time_s(plan.mid_up_bytes) + total_s(plan.mid_gpu)
+                             + down.time_s(plan.mid_down_bytes))
+            spill_path = 0.0
+            if plan.spill_fetch_bytes > 0:
+                store = topo.route(GPU, HOST_DRAM).time_s(plan.spill_store_bytes) if plan.spill_store_bytes else 0.0
+                spill_path = (store + topo.route(HOST_DRAM, GPU).time_s(plan.spill_fetch_bytes)
+                              + total_s(plan.spill_attn))
+            chains.append(n * (total_s(plan.pre) + max(pim_path, spill_path) + total_s(plan.merge_post)))
+            gpu_total += n * (total_s(plan.pre) + total_s(plan.merge_post) + total_s(plan.spill_attn)
+                              + total_s(plan.mid_gpu))
+        shared = any(p.spill_fetch_bytes > 0 for p in step.plans) and (
+            self.options.softmax == "host" or self.dev.placement == "host")
+        if len(step.plans) == 1 and not shared:
+            return Estimate(chains[0] + total_s(step.head), exact=True)
+        channel_busy = sum(plan.chunks * np.sum([ph.durations_s for ph in plan.phases], axis=0)
+                           for plan in step.plans)
+        return Estimate(max(max(chains) + total_s(step.head), gpu_total, n * float(np.max(channel_busy))),
+                        exact=False)
 
     # ---- discrete-event step -------------------------------------------------------------------------------------
-    def step(self, batch: StepBatch):
-        plans, head = self.plans(batch)
+    def step(self, step: PimStepPlan):
         env = self.machine.env
-        yield env.all_of([env.process(self._layers(plan)) for plan in plans])
-        yield self.machine.gpu.run(head)
+        yield env.all_of([env.process(self._layers(plan)) for plan in step.plans])
+        yield self.machine.gpu.run(step.head)
 
     def _layers(self, plan: PimPlan):
         m, env = self.machine, self.machine.env
@@ -308,26 +383,26 @@ class PimSystem:
         if plan.chunks > 1:
             yield from self._pim_path_pipelined(plan)
             return
-        yield m.transfer("gpu", "pim", plan.down_bytes, "q_kv_down")
+        yield m.transfer(GPU, PIM, plan.down_bytes, "q_kv_down")
         for i, ph in enumerate(plan.phases):
             yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j)
             if i + 1 < len(plan.phases):
-                yield m.transfer("pim", "gpu", plan.mid_up_bytes, "scores_up")
+                yield m.transfer(PIM, GPU, plan.mid_up_bytes, "scores_up")
                 yield m.gpu.run(plan.mid_gpu)
-                yield m.transfer("gpu", "pim", plan.mid_down_bytes, "weights_down")
-        yield m.transfer("pim", "gpu", plan.up_bytes, "partials_up")
+                yield m.transfer(GPU, PIM, plan.mid_down_bytes, "weights_down")
+        yield m.transfer(PIM, GPU, plan.up_bytes, "partials_up")
 
     def _pim_path_pipelined(self, plan: PimPlan):
         """Queries go down, channels work and partials come up chunk by chunk (AttAcc's head-wise pipelining):
         the link and the channels are FIFO resources, so chunk i+1 crosses the link while chunk i computes."""
         m, env, k = self.machine, self.machine.env, plan.chunks
         (phase,) = plan.phases
-        downs = [m.transfer("gpu", "pim", plan.down_bytes / k, "q_kv_down") for _ in range(k)]
+        downs = [m.transfer(GPU, PIM, plan.down_bytes / k, "q_kv_down") for _ in range(k)]
 
         def chunk(i):
             yield downs[i]
             yield m.pim.run(phase.kind, phase.durations_s, phase.nbytes, phase.flops, phase.energy_j)
-            yield m.transfer("pim", "gpu", plan.up_bytes / k, "partials_up")
+            yield m.transfer(PIM, GPU, plan.up_bytes / k, "partials_up")
 
         procs = []
         for i in range(k):
@@ -338,8 +413,8 @@ class PimSystem:
     def _spill_path(self, plan: PimPlan):
         m = self.machine
         if plan.spill_store_bytes:
-            yield m.transfer("gpu", "host.dram", plan.spill_store_bytes, "kv_append")
-        yield m.transfer("host.dram", "gpu", plan.spill_fetch_bytes, "kv_fetch")
+            yield m.transfer(GPU, HOST_DRAM, plan.spill_store_bytes, "kv_append")
+        yield m.transfer(HOST_DRAM, GPU, plan.spill_fetch_bytes, "kv_fetch")
         yield m.gpu.run(plan.spill_attn)
 
     # ---- capacity and details ------------------------------------------------------------------------------------
@@ -357,7 +432,7 @@ class PimSystem:
         tokens, _, _ = placement.loads(1.0 - spill)
         per_channel = tokens.max() * self.pim_bytes_per_token() / max(1, m.n_kv_heads) if tokens.size else 0.0
         if spill == 0 and per_channel > dev.channel.capacity_bytes:
-            reasons.append(f"placement '{self.cfg.placement}' puts {gib(per_channel)} on one channel of "
+            reasons.append(f"placement '{self.options.placement}' puts {gib(per_channel)} on one channel of "
                            f"{gib(dev.channel.capacity_bytes)}")
         spilled = spill * (peak.kv_tokens + peak.n_seqs) * m.kv_bytes_per_token
         if spilled > p.host_dram.capacity_bytes:
@@ -369,8 +444,8 @@ class PimSystem:
             self.kv_location if spill == 0 else f"{self.kv_location}+host.dram", need, not reasons,
             tuple(reasons),
             {"pim_device": dev.name, "pim_channels": dev.channels, "pim_capacity_bytes": dev.capacity_bytes,
-             "pim_used_bytes": used, "spilled_bytes": self.peak_spilled_bytes,
-             "spilled_share": spill, "placement": self.cfg.placement, "channels_per_unit": placement.pairs_per_unit,
+             "pim_used_bytes": used, "spilled_bytes": spilled,
+             "spilled_share": spill, "placement": self.options.placement, "channels_per_unit": placement.pairs_per_unit,
              "pim_channel_busy_s": [float(x) for x in busy],
              "pim_channel_busy_max_over_mean": float(busy.max() / busy.mean()) if busy.mean() > 0 else 0.0,
              "pim_channels_idle": int((busy == 0).sum())})
