@@ -29,7 +29,6 @@ from sim.config import from_mapping  # noqa: E402
 from sim.run import simulate  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden" / "golden.json"
-EXAMPLES = ROOT / "examples"
 REL_TOL = 1e-9
 
 
@@ -54,8 +53,9 @@ def _example_sweeps() -> list[dict]:
                 {"system": "pim", "capacity_policy": "limit"}, {"system": "aqpim"}]
     for v, context in itertools.product(variants, (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)):
         out.append({"model": "llama-3.1-8b", "batch": 8, "steps": 2, "context": context, **v})
-    links = [str(EXAMPLES / "machines" / "a100-pcie3-ddr5.toml"), "a100-pcie4-ddr5",
-             str(EXAMPLES / "machines" / "a100-pcie5-ddr5.toml"), str(EXAMPLES / "machines" / "a100-pcie6-ddr5.toml")]
+    # Machine files relative to the repository root, resolved in ``measure`` (the set is the same in any clone).
+    links = ["examples/machines/a100-pcie3-ddr5.toml", "a100-pcie4-ddr5", "examples/machines/a100-pcie5-ddr5.toml",
+             "examples/machines/a100-pcie6-ddr5.toml"]
     for hw, v, context in itertools.product(links, variants[:3], (4096, 32768)):
         out.append({"model": "llama-3.1-8b", "batch": 8, "steps": 2, "hardware": hw, "context": context, **v})
     return out
@@ -104,7 +104,10 @@ def golden_configs() -> list[dict]:
 
 
 def measure(cfg: dict) -> dict:
-    r = simulate(from_mapping(dict(cfg), where="golden"))
+    cfg = dict(cfg)
+    if str(cfg.get("hardware", "")).endswith(".toml"):
+        cfg["hardware"] = str(ROOT / cfg["hardware"])
+    r = simulate(from_mapping(cfg, where="golden"))
     return {"step_latency_s": r.step_latency_s, "analytic_step_latency_s": r.analytic_step_latency_s,
             "step_batch": r.step_batch, "bytes_by_link": r.bytes_by_link, "energy_j": r.energy_j,
             "busy_s": r.busy_s, "kv_bytes": r.kv_bytes, "fits": r.fits}
