@@ -10,7 +10,6 @@ the configuration does not fit its memory.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from plots.style import metric_axis, new_figure, rc, save, series_colours
-from sim.errors import ConfigError
-from sim.sweep import MANIFEST, iter_records
+from sim.results import ResultsError, iter_records, read_manifest
 
 SERIES_FACTORS = ("variant", "system", "point")
 LINESTYLES = ("-", "--", ":", "-.")
@@ -33,11 +31,6 @@ class Row:
     series: str            # the `by` level
     rest: tuple            # the other factors' (name, value) pairs
     result: dict
-
-
-def read_manifest(jsonl: str | Path) -> dict:
-    p = Path(jsonl).with_name(MANIFEST)
-    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -62,8 +55,8 @@ def sweep_rows(jsonl: str | Path, x: str, by: str | None) -> tuple[list[Row], st
         if by is None:
             by = next((f for f in SERIES_FACTORS if f in factors and f != x), None) or "system"
         if _value(rec, x) is None:
-            raise ConfigError(f"{jsonl}: '{x}' is neither a factor of this sweep nor a run setting; "
-                              f"factors: {', '.join(factors)}")
+            raise ResultsError(f"{jsonl}: '{x}' is neither a factor of this sweep nor a run setting; "
+                               f"factors: {', '.join(factors)}")
         rest = tuple((k, v) for k, v in factors.items() if k not in (x, by))
         rows.append(Row(rec.get("index", len(rows)), _value(rec, x), str(_value(rec, by)), rest, rec["result"]))
     rows.sort(key=lambda r: r.index)
@@ -81,8 +74,8 @@ def metric_values(rows: list[Row], metric: str, baseline: str | None) -> list[fl
     if metric != "speedup":
         missing = [r for r in rows if not isinstance(r.result.get(metric), int | float)]
         if missing:
-            raise ConfigError(f"metric '{metric}' is not a number in the results; try mean_step_latency_s, "
-                              f"tokens_per_s, energy_per_token_j, comm_share, kv_bytes or speedup")
+            raise ResultsError(f"metric '{metric}' is not a number in the results; try mean_step_latency_s, "
+                               f"tokens_per_s, energy_per_token_j, comm_share, kv_bytes or speedup")
         return [float(r.result[metric]) for r in rows]
     base = {(repr(r.x), r.rest): r.result["tokens_per_s"] for r in rows if r.series == baseline}
     out = []
@@ -103,7 +96,7 @@ def plot_sweep(jsonl: str | Path, out: str | Path, x: str | None = None, metric:
     metric = metric or hints.get("metric") or "mean_step_latency_s"
     rows, by = sweep_rows(jsonl, x, by)
     if not rows:
-        raise ConfigError(f"{jsonl}: no successful results to plot")
+        raise ResultsError(f"{jsonl}: no successful results to plot")
     baseline = baseline or default_baseline(rows)
     values = metric_values(rows, metric, baseline)
     label, scale = metric_axis(metric, [v for v in values if v is not None])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from hw_models.machine import MachineParams, load_machine
 from sim.config import RunConfig
 from sim.report import fmt_time
-from sim.result import Result
+from sim.results import Result
 from sim.run import load_pim_for, simulate_traced
 from sim.systems import SYSTEMS
 from sim.topology import Topology

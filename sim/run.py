@@ -18,7 +18,7 @@ from sim.analytic import ESTIMATORS
 from sim.config import DEFAULT_STEPS, RunConfig
 from sim.engine import Tracer
 from sim.machine import Machine
-from sim.result import Result
+from sim.results import Result
 from sim.systems import SYSTEMS
 from sim.systems.base import StepBatch
 from sim.topology import Topology

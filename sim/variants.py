@@ -5,19 +5,19 @@ policy). The table below is data, filtered by what this build has: a variant who
 that sets a key ``RunConfig`` does not have yet, is left out, and every registered system without an entry gets
 a plain variant of its own. So a new system appears in `compare` without changes here.
 
-Labels are derived from the configurations themselves, not stored: within each system, the options whose values
-differ between the configurations become the label (``offload+prefetch``, ``pim+limit``, ``pim+channels=256``).
-The same function labels Results read back from disk, so tables and figures use the same names.
+Labels are derived from the configurations themselves (``sim.results.config_labels``): within each system, the
+options whose values differ become the label (``offload+prefetch``, ``pim+limit``, ``pim+channels=256``). The same
+function labels Results read back from disk, so tables and figures use the same names.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from sim.config import FIELDS, RunConfig, from_mapping
 from sim.errors import ConfigError
+from sim.results import config_labels
 from sim.systems import SYSTEMS
 
 # (system, options). Options set here win over the user's flags, so every variant stays what its name says.
@@ -30,10 +30,6 @@ VARIANTS: tuple[tuple[str, Mapping], ...] = (
     ("aqpim", {}),
 )
 
-# Keys that never name a variant (they are the same in every run of a comparison or only steer the output).
-UNLABELLED = frozenset({"system", "seed", "trace_steps"})
-FILE_SUFFIXES = (".toml", ".json", ".csv", ".jsonl")
-
 
 def available_variants() -> list[tuple[str, dict]]:
     """The variant table filtered by this build, plus a plain variant for every registered system not in it."""
@@ -41,30 +37,6 @@ def available_variants() -> list[tuple[str, dict]]:
     listed = {s for s, _ in out}
     out += [(s, {}) for s in SYSTEMS if s not in listed]
     return out
-
-
-def _fmt(key: str, value) -> str:
-    if value is True:
-        return key.replace("_", "-")
-    if isinstance(value, str):
-        return Path(value).stem if "/" in value or value.endswith(FILE_SUFFIXES) else value
-    return f"{key.replace('_', '-')}={value}"
-
-
-def config_labels(configs: Sequence[Mapping]) -> list[str]:
-    """One short label per configuration dict: its system, plus the options that differ within that system."""
-    labels = []
-    for cfg in configs:
-        peers = [c for c in configs if c.get("system") == cfg.get("system")]
-        differing = [k for k in cfg if k not in UNLABELLED and len({repr(p.get(k)) for p in peers}) > 1]
-        parts = [_fmt(k, cfg[k]) for k in differing if cfg[k] not in (False, None)]
-        labels.append("+".join([str(cfg.get("system"))] + parts))
-    seen: dict[str, int] = {}
-    for i, lab in enumerate(labels):
-        seen[lab] = seen.get(lab, 0) + 1
-        if labels.count(lab) > 1:
-            labels[i] = f"{lab}#{seen[lab]}"
-    return labels
 
 
 def did_you_mean(word: str, choices) -> str:
