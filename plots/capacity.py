@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from plots.style import new_figure, rc, save, series_colours
-from plots.sweep import default_baseline, lower_is_better, sweep_rows
+from plots.sweep import check_metric, default_baseline, lower_is_better, sweep_rows
 from sim.results import ResultsError, read_manifest
 
 NONE_FITS = "#d9d9d9"
@@ -28,6 +28,7 @@ def plot_capacity(jsonl: str | Path, out: str | Path, x: str = "context", y: str
     rows, by = sweep_rows(jsonl, x, by)
     if not rows:
         raise ResultsError(f"{jsonl}: no successful results to plot")
+    check_metric(rows, metric, speedup=False)
     cells: dict[tuple, dict[str, dict]] = {}
     levels: dict[str, str] = {}  # line label -> its `by` level
     for r in rows:

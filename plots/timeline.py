@@ -76,8 +76,17 @@ def _lane_plan(threads: dict[tuple[str, str], list], max_channel_lanes: int) -> 
     return plan
 
 
+def check_options(steps: int | None, max_channel_lanes: int) -> None:
+    """The figure's options: a positive number of steps (or None for all) and at least one channel lane."""
+    if steps is not None and steps < 1:
+        raise ResultsError(f"steps (--steps) must be at least 1, got {steps}")
+    if max_channel_lanes < 1:
+        raise ResultsError(f"max_channel_lanes (--max-lanes) must be at least 1, got {max_channel_lanes}")
+
+
 def read_runs(trace: dict, steps: int | None = None, max_channel_lanes: int = 8) -> list[Run]:
     """The runs of a Chrome trace, with events in seconds, limited to the first ``steps`` decode steps."""
+    check_options(steps, max_channel_lanes)
     events = trace.get("traceEvents")
     if not isinstance(events, list):
         raise ResultsError("not a Chrome trace: no traceEvents list")
@@ -143,15 +152,18 @@ def _draw_density(ax, y: float, lane: Lane, t0: float, t1: float, scale: float, 
 def plot_timeline(trace_path: str | Path, out: str | Path, steps: int | None = None,
                   max_channel_lanes: int = 8, title: str | None = None) -> Path:
     """Gantt chart of the first ``steps`` decode steps of a Chrome trace (all traced steps when None)."""
+    check_options(steps, max_channel_lanes)
     trace = read_json(trace_path)
     if not isinstance(trace, dict):
         raise ResultsError(f"{trace_path}: not a Chrome trace (expected a JSON object with traceEvents)")
     try:
         runs = read_runs(trace, steps, max_channel_lanes)
-    except (KeyError, TypeError) as e:
-        raise ResultsError(f"{trace_path}: malformed Chrome trace: missing {e}") from None
     except ResultsError as e:
         raise ResultsError(f"{trace_path}: {e}") from None
+    except KeyError as e:
+        raise ResultsError(f"{trace_path}: malformed Chrome trace: missing {e}") from None
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ResultsError(f"{trace_path}: malformed Chrome trace: {e}") from None
     if not runs:
         raise ResultsError(f"{trace_path}: the trace holds no spans (was it written with --trace-steps 0?)")
     colours = kind_colours(k for r in runs for lane in r.lanes for _, _, k in lane.events)
