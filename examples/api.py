@@ -17,8 +17,9 @@ from sim.chrome_trace import chrome_trace_json
 from sim.compare import results_json, run_variants
 from sim.config import from_mapping, make_config
 from sim.explain import explain
+from sim.results import iter_records
 from sim.run import simulate, simulate_traced
-from sim.sweep import iter_records, load_sweep, run_sweep
+from sim.sweep import load_sweep, run_sweep
 from sim.variants import variant_configs
 
 EXAMPLES = Path(__file__).resolve().parent

@@ -13,8 +13,8 @@ from pathlib import Path
 import matplotlib
 from matplotlib.patches import Patch
 
-from plots.style import BREAKDOWN_COLOURS, load_results, new_figure, rc, save, time_unit
-from sim.errors import ConfigError
+from plots.style import BREAKDOWN_COLOURS, new_figure, rc, save, time_unit
+from sim.results import ResultsError, load_results
 
 CHANNEL_PART = re.compile(r"^(.*)\.(\D*?)\d+$")
 
@@ -29,7 +29,7 @@ def plot_breakdown(results_path: str | Path, out: str | Path, title: str | None 
     """Stacked bars of step latency and energy per token for every Result in a file."""
     labelled = load_results(results_path)
     if not labelled:
-        raise ConfigError(f"{results_path}: no results to plot")
+        raise ResultsError(f"{results_path}: no results to plot")
     results = [r for _, r in labelled]
     labels = [lab if r.fits else f"{lab}\n(does not fit)" for lab, r in labelled]
     parts = list(dict.fromkeys(k for r in results for k in r.breakdown_s))

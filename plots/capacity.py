@@ -16,8 +16,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from plots.style import new_figure, rc, save, series_colours
-from plots.sweep import default_baseline, lower_is_better, read_manifest, sweep_rows
-from sim.errors import ConfigError
+from plots.sweep import check_metric, default_baseline, lower_is_better, sweep_rows
+from sim.results import ResultsError, read_manifest
 
 NONE_FITS = "#d9d9d9"
 
@@ -27,13 +27,14 @@ def plot_capacity(jsonl: str | Path, out: str | Path, x: str = "context", y: str
     """Heatmap of the winner per (y, x) cell, with each level's fit boundary drawn as a coloured edge."""
     rows, by = sweep_rows(jsonl, x, by)
     if not rows:
-        raise ConfigError(f"{jsonl}: no successful results to plot")
+        raise ResultsError(f"{jsonl}: no successful results to plot")
+    check_metric(rows, metric, speedup=False)
     cells: dict[tuple, dict[str, dict]] = {}
     levels: dict[str, str] = {}  # line label -> its `by` level
     for r in rows:
         yv = dict(r.rest).get(y, r.result["config"].get(y) if y in r.result["config"] else r.result.get(y))
         if yv is None:
-            raise ConfigError(f"{jsonl}: '{y}' is neither a factor of this sweep nor a run setting")
+            raise ResultsError(f"{jsonl}: '{y}' is neither a factor of this sweep nor a run setting")
         level = r.series + "".join(f", {k}={v}" for k, v in r.rest if k != y)
         cells.setdefault((yv, r.x), {})[level] = r.result
         levels.setdefault(level, r.series)

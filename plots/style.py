@@ -1,4 +1,4 @@
-"""Shared look of the figures: colours per span kind and per system, metric names with units, reading and saving.
+"""Shared look of the figures: colours per span kind and per system, metric names with units, saving.
 
 Values arrive in SI units (s, J, bytes); conversion to ms, GiB or % happens here, at the edge, and the axis label
 says which unit was chosen.
@@ -6,7 +6,6 @@ says which unit was chosen.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,9 +13,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sim.errors import ConfigError
-from sim.result import Result
-from sim.variants import config_labels
+from sim.results import ResultsError
 
 # Known operation kinds get fixed colours so the same kind looks the same in every figure; others take the
 # remaining palette entries in sorted order.
@@ -123,7 +120,7 @@ def save(fig: Figure, out: str | Path, dpi: int = 130) -> Path:
     p = Path(out)
     suffix = p.suffix.lower()
     if suffix not in (".png", ".svg"):
-        raise ConfigError(f"{p}: figures are written as .png or .svg")
+        raise ResultsError(f"{p}: figures are written as .png or .svg")
     p.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"Date": None} if suffix == ".svg" else {}
     with rc():
@@ -134,35 +131,3 @@ def save(fig: Figure, out: str | Path, dpi: int = 130) -> Path:
 def rc():
     """The figures' rc settings, as a context manager to wrap drawing and saving in."""
     return matplotlib.rc_context(RC)
-
-
-def read_json(path: str | Path):
-    p = Path(path)
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}: not valid JSON: {e}") from None
-
-
-def load_results(path: str | Path) -> list[tuple[str, Result]]:
-    """Labelled Results from a Result JSON, a JSON list of Results, or a sweep's JSONL.
-
-    Labels: a sweep's factor values (records in point order, failed points skipped); otherwise the options that
-    tell the configurations apart (``sim.variants.config_labels``).
-    """
-    p = Path(path)
-    if p.suffix == ".jsonl":
-        from sim.sweep import iter_records
-
-        recs = sorted((r for r in iter_records(p) if "result" in r), key=lambda r: r.get("index", 0))
-        return [(", ".join(str(v) for v in r.get("factors", {}).values()) or r["key"][:8],
-                 Result.from_dict(r["result"])) for r in recs]
-    data = read_json(p)
-    items = data if isinstance(data, list) else [data]
-    if not all(isinstance(d, dict) and "mean_step_latency_s" in d for d in items):
-        raise ConfigError(f"{p}: expected a Result JSON or a list of Results")
-    results = [Result.from_dict(d) for d in items]
-    labels = config_labels([r.config for r in results], [r.option_defaults for r in results])
-    return list(zip(labels, results, strict=True))

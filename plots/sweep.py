@@ -10,7 +10,7 @@ the configuration does not fit its memory.
 
 from __future__ import annotations
 
-import json
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from plots.style import metric_axis, new_figure, rc, save, series_colours
-from sim.errors import ConfigError
-from sim.sweep import MANIFEST, iter_records
+from sim.results import ResultsError, check_result, read_manifest, scan_records
 
 SERIES_FACTORS = ("variant", "system", "point")
 LINESTYLES = ("-", "--", ":", "-.")
@@ -33,11 +32,6 @@ class Row:
     series: str            # the `by` level
     rest: tuple            # the other factors' (name, value) pairs
     result: dict
-
-
-def read_manifest(jsonl: str | Path) -> dict:
-    p = Path(jsonl).with_name(MANIFEST)
-    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -55,15 +49,17 @@ def _value(rec: dict, name: str):
 def sweep_rows(jsonl: str | Path, x: str, by: str | None) -> tuple[list[Row], str]:
     """The successful records of a sweep as rows; ``by`` defaults to the variant/system factor."""
     rows = []
-    for rec in iter_records(jsonl):
+    for number, _, _, rec in scan_records(jsonl):
         if "result" not in rec:
             continue
+        check_result(rec["result"], f"{jsonl}: line {number}")
         factors = rec.get("factors", {})
         if by is None:
             by = next((f for f in SERIES_FACTORS if f in factors and f != x), None) or "system"
-        if _value(rec, x) is None:
-            raise ConfigError(f"{jsonl}: '{x}' is neither a factor of this sweep nor a run setting; "
-                              f"factors: {', '.join(factors)}")
+        for name in (x, by):
+            if _value(rec, name) is None:
+                raise ResultsError(f"{jsonl}: '{name}' is neither a factor of this sweep nor a run setting; "
+                                   f"factors: {', '.join(factors)}")
         rest = tuple((k, v) for k, v in factors.items() if k not in (x, by))
         rows.append(Row(rec.get("index", len(rows)), _value(rec, x), str(_value(rec, by)), rest, rec["result"]))
     rows.sort(key=lambda r: r.index)
@@ -76,13 +72,29 @@ def default_baseline(rows: list[Row]) -> str | None:
     return offload[0] if offload else (levels[0] if levels else None)
 
 
+def check_metric(rows: list[Row], metric: str, speedup: bool = True) -> None:
+    """``metric`` must be a number in every row's Result (or ``speedup``, where the figure computes it)."""
+    if speedup and metric == "speedup":
+        return
+    if any(not isinstance(r.result.get(metric), int | float) for r in rows):
+        raise ResultsError(f"metric '{metric}' is not a number in the results; try mean_step_latency_s, "
+                           f"tokens_per_s, energy_per_token_j, comm_share, kv_bytes"
+                           + (" or speedup" if speedup else ""))
+
+
+def check_baseline(rows: list[Row], baseline: str, by: str, where) -> None:
+    """``baseline`` must be one of the levels of ``by`` in the rows."""
+    levels = list(dict.fromkeys(r.series for r in rows))
+    if baseline not in levels:
+        close = difflib.get_close_matches(baseline, levels, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ResultsError(f"{where}: unknown baseline '{baseline}'{hint}; levels of '{by}': {', '.join(levels)}")
+
+
 def metric_values(rows: list[Row], metric: str, baseline: str | None) -> list[float | None]:
     """The metric per row; ``speedup`` is throughput over the baseline's at the same x and other factors."""
+    check_metric(rows, metric)
     if metric != "speedup":
-        missing = [r for r in rows if not isinstance(r.result.get(metric), int | float)]
-        if missing:
-            raise ConfigError(f"metric '{metric}' is not a number in the results; try mean_step_latency_s, "
-                              f"tokens_per_s, energy_per_token_j, comm_share, kv_bytes or speedup")
         return [float(r.result[metric]) for r in rows]
     base = {(repr(r.x), r.rest): r.result["tokens_per_s"] for r in rows if r.series == baseline}
     out = []
@@ -103,7 +115,9 @@ def plot_sweep(jsonl: str | Path, out: str | Path, x: str | None = None, metric:
     metric = metric or hints.get("metric") or "mean_step_latency_s"
     rows, by = sweep_rows(jsonl, x, by)
     if not rows:
-        raise ConfigError(f"{jsonl}: no successful results to plot")
+        raise ResultsError(f"{jsonl}: no successful results to plot")
+    if baseline is not None:
+        check_baseline(rows, baseline, by, jsonl)
     baseline = baseline or default_baseline(rows)
     values = metric_values(rows, metric, baseline)
     label, scale = metric_axis(metric, [v for v in values if v is not None])

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
-from plots.style import kind_colours, new_figure, rc, read_json, save, time_unit
-from sim.errors import ConfigError
+from plots.style import kind_colours, new_figure, rc, save, time_unit
+from sim.results import ResultsError, read_json
 
 FIXED_LANES = {("gpu", "compute"): (0, "GPU"), ("pcie", "h2d"): (1, "PCIe H2D"),
                ("pcie", "d2h"): (2, "PCIe D2H"), ("host", "cpu"): (3, "host CPU"),
@@ -76,11 +76,20 @@ def _lane_plan(threads: dict[tuple[str, str], list], max_channel_lanes: int) -> 
     return plan
 
 
+def check_options(steps: int | None, max_channel_lanes: int) -> None:
+    """The figure's options: a positive number of steps (or None for all) and at least one channel lane."""
+    if steps is not None and steps < 1:
+        raise ResultsError(f"steps (--steps) must be at least 1, got {steps}")
+    if max_channel_lanes < 1:
+        raise ResultsError(f"max_channel_lanes (--max-lanes) must be at least 1, got {max_channel_lanes}")
+
+
 def read_runs(trace: dict, steps: int | None = None, max_channel_lanes: int = 8) -> list[Run]:
     """The runs of a Chrome trace, with events in seconds, limited to the first ``steps`` decode steps."""
+    check_options(steps, max_channel_lanes)
     events = trace.get("traceEvents")
     if not isinstance(events, list):
-        raise ConfigError("not a Chrome trace: no traceEvents list")
+        raise ResultsError("not a Chrome trace: no traceEvents list")
     procs = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
     thread_names = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
                     if e.get("ph") == "M" and e.get("name") == "thread_name"}
@@ -143,17 +152,20 @@ def _draw_density(ax, y: float, lane: Lane, t0: float, t1: float, scale: float, 
 def plot_timeline(trace_path: str | Path, out: str | Path, steps: int | None = None,
                   max_channel_lanes: int = 8, title: str | None = None) -> Path:
     """Gantt chart of the first ``steps`` decode steps of a Chrome trace (all traced steps when None)."""
+    check_options(steps, max_channel_lanes)
     trace = read_json(trace_path)
     if not isinstance(trace, dict):
-        raise ConfigError(f"{trace_path}: not a Chrome trace (expected a JSON object with traceEvents)")
+        raise ResultsError(f"{trace_path}: not a Chrome trace (expected a JSON object with traceEvents)")
     try:
         runs = read_runs(trace, steps, max_channel_lanes)
-    except (KeyError, TypeError) as e:
-        raise ConfigError(f"{trace_path}: malformed Chrome trace: missing {e}") from None
-    except ConfigError as e:
-        raise ConfigError(f"{trace_path}: {e}") from None
+    except ResultsError as e:
+        raise ResultsError(f"{trace_path}: {e}") from None
+    except KeyError as e:
+        raise ResultsError(f"{trace_path}: malformed Chrome trace: missing {e}") from None
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ResultsError(f"{trace_path}: malformed Chrome trace: {e}") from None
     if not runs:
-        raise ConfigError(f"{trace_path}: the trace holds no spans (was it written with --trace-steps 0?)")
+        raise ResultsError(f"{trace_path}: the trace holds no spans (was it written with --trace-steps 0?)")
     colours = kind_colours(k for r in runs for lane in r.lanes for _, _, k in lane.events)
     heights = [0.9 + 0.42 * len(r.lanes) for r in runs]
     with rc():

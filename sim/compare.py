@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sim.chrome_trace import chrome_trace
 from sim.config import RunConfig
 from sim.report import fmt_bytes, fmt_time
-from sim.result import Result
+from sim.results import Result
 from sim.run import simulate_traced
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from sim.config import RunConfig
 from sim.report import fmt_time
-from sim.result import Result
+from sim.results import Result
 from sim.run import run_simulation
 from sim.topology import Topology
 from workloads.models import ModelSpec

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sim.result import Result
+from sim.results import Result
 
 
 def fmt_bytes(n: float) -> str:

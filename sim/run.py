@@ -18,7 +18,7 @@ from hw_models.pim import PimDeviceParams
 from sim.config import DEFAULT_STEPS, RunConfig
 from sim.engine import Span, Tracer
 from sim.machine import Machine
-from sim.result import Result
+from sim.results import Result
 from sim.systems import SYSTEMS
 from sim.systems.base import Capacity, StepBatch, System
 from sim.topology import Topology

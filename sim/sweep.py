@@ -12,7 +12,8 @@ full ``RunConfig``. Results are appended to ``results.jsonl`` as they finish, on
 with one ``write`` and made durable with ``fsync``; nothing is held in memory beyond the points in flight. A
 rerun skips every key already in the file, so an interrupted sweep resumes without duplicating or losing a
 finished point; a torn last line (the process was killed mid-write) is cut off first. ``results.csv`` (flat
-scalar columns with a header, rows in point order) is rebuilt from the JSONL at the end, streaming.
+scalar columns with a header, rows in point order) is rebuilt from the JSONL at the end, streaming. The file
+names and the record schema, and reading them back, are in ``sim.results``.
 
 Points run in worker processes: a local ``ProcessPoolExecutor``, or an existing Dask cluster through
 ``dask.distributed`` (an optional dependency, imported only when asked for).
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import csv
-import dataclasses
 import fcntl
 import hashlib
 import itertools
@@ -30,7 +30,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +38,8 @@ from hw_models.errors import did_you_mean
 from sim.config import RunConfig, all_keys, from_mapping, read_config_file, resolve_paths
 from sim.errors import INPUT_ERRORS, ConfigError
 from sim.io import open_atomic, write_text_atomic
-from sim.result import Result
+from sim.results import MANIFEST, RESULTS_CSV, RESULTS_JSONL, flat_row, scan_records
 
-RESULTS_JSONL = "results.jsonl"
-RESULTS_CSV = "results.csv"
-MANIFEST = "sweep.json"
 TOP_TABLES = ("sweep", "base", "factors", "points")
 SWEEP_KEYS = ("description", "x", "metric")
 EXECUTORS = ("local", "dask")
@@ -171,27 +168,7 @@ def _check_inputs(points: list[Point], where: Path) -> None:
                 raise ConfigError(f"{where}: {attr}: {e}") from None
 
 
-# --- the results file ------------------------------------------------------------------------------------------
-
-def iter_records(path: str | Path) -> Iterator[dict]:
-    """The complete records of a results JSONL, in file order; a torn last line is ignored."""
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.endswith(b"\n"):
-                return
-            yield _parse_line(line, path, number)
-
-
-def _parse_line(line: bytes, path, number: int) -> dict:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError:
-        raise ConfigError(f"{path}: line {number} is not valid JSON (a damaged file: move it away to start "
-                          f"over)") from None
-    if not isinstance(rec, dict) or "key" not in rec:
-        raise ConfigError(f"{path}: line {number} is not a sweep record")
-    return rec
-
+# --- the results file (its schema and reading: sim.results) ---------------------------------------------------
 
 def repair_and_scan(path: Path) -> tuple[set[str], int]:
     """Cut a torn last line off the JSONL; return the keys it holds and how many bytes were cut."""
@@ -199,12 +176,9 @@ def repair_and_scan(path: Path) -> tuple[set[str], int]:
     if not path.exists():
         return keys, 0
     good = 0
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.endswith(b"\n"):
-                break
-            keys.add(_parse_line(line, path, number)["key"])
-            good += len(line)
+    for _, offset, line, rec in scan_records(path):
+        keys.add(rec["key"])
+        good = offset + len(line)
     size = path.stat().st_size
     if size > good:
         os.truncate(path, good)
@@ -220,47 +194,21 @@ def append_line(fd: int, record: dict) -> None:
     os.fsync(fd)
 
 
-SCALAR_FIELDS = tuple(f.name for f in dataclasses.fields(Result)
-                      if f.name not in ("config", "details") and f.type in ("str", "int", "float", "bool"))
-FLAT_DICTS = ("breakdown_s", "bytes_by_link", "config", "details")
-
-
-def _flat_row(rec: dict) -> dict:
-    row = {"index": rec.get("index"), "key": rec["key"]}
-    row.update({f"factor.{k}": v for k, v in rec.get("factors", {}).items()})
-    res = rec.get("result")
-    if res is None:
-        row["error"] = rec.get("error", "")
-        return row
-    row.update({k: res[k] for k in SCALAR_FIELDS if k in res})
-    for name in FLAT_DICTS:
-        for k, v in (res.get(name) or {}).items():
-            if v is None or isinstance(v, str | int | float | bool):
-                row[f"{name}.{k}"] = v
-    return row
-
-
 def write_csv(jsonl: Path, out: Path) -> int:
     """Rebuild the CSV from the JSONL in point order, two passes over the file, one row in memory at a time."""
     columns: dict[str, None] = {"index": None, "key": None}
     order: list[tuple[int, int]] = []  # (index, byte offset)
-    offset = 0
-    with open(jsonl, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.endswith(b"\n"):
-                break
-            rec = _parse_line(line, jsonl, number)
-            columns.update(dict.fromkeys(_flat_row(rec)))
-            idx = rec.get("index")
-            order.append((idx if isinstance(idx, int) else sys.maxsize, offset))
-            offset += len(line)
+    for _, offset, _, rec in scan_records(jsonl):
+        columns.update(dict.fromkeys(flat_row(rec)))
+        idx = rec.get("index")
+        order.append((idx if isinstance(idx, int) else sys.maxsize, offset))
     order.sort()
     with open_atomic(out, newline="") as fo, open(jsonl, "rb") as fi:
         writer = csv.DictWriter(fo, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         for _, off in order:
             fi.seek(off)
-            writer.writerow(_flat_row(json.loads(fi.readline())))
+            writer.writerow(flat_row(json.loads(fi.readline())))
     return len(order)
 
 

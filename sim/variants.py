@@ -4,25 +4,21 @@ A variant is a system plus the options that define it (offload with prefetch, PI
 policy). Each system declares its own in ``System.variants``, so a new system appears in `compare` without changes
 here.
 
-Labels are derived from the configurations themselves, not stored: within each system, the options whose values
-differ between the configurations become the label (``offload+prefetch``, ``pim+limit``, ``pim+channels=256``).
-The same function labels Results read back from disk, so tables and figures use the same names.
+Labels are derived from the configurations themselves (``sim.results.config_labels``): within each system, the
+options whose values differ become the label (``offload+prefetch``, ``pim+limit``, ``pim+channels=256``). The same
+function labels Results read back from disk, so tables and figures use the same names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from hw_models.errors import did_you_mean
 from sim.config import SHARED, RunConfig, from_mapping, option_owners
 from sim.errors import ConfigError
 from sim.options import specs
+from sim.results import config_labels
 from sim.systems import SYSTEMS
-
-# Keys that never name a variant (they are the same in every run of a comparison or only steer the output).
-UNLABELLED = frozenset({"system", "seed", "trace_steps", "trace_channels"})
-FILE_SUFFIXES = (".toml", ".json", ".csv", ".jsonl")
 
 
 def available_variants() -> list[tuple[str, dict]]:
@@ -30,40 +26,6 @@ def available_variants() -> list[tuple[str, dict]]:
     return [(name, dict(v)) for name, cls in SYSTEMS.items() for v in cls.variants]
 
 
-def _fmt(key: str, value) -> str:
-    if value is True:
-        return key.replace("_", "-")
-    if isinstance(value, str):
-        return Path(value).stem if "/" in value or value.endswith(FILE_SUFFIXES) else value
-    return f"{key.replace('_', '-')}={value}"
-
-
-def config_labels(configs: Sequence[Mapping], defaults: Sequence[Mapping] | None = None) -> list[str]:
-    """One short label per configuration dict: its system, plus the options that differ within that system.
-
-    With ``defaults`` (per configuration, its system's option defaults), an option at its default is left out of
-    the label unless that makes two labels equal, so the plain variant of a system is labelled by its name."""
-    def labels(skip_defaults: bool) -> list[str]:
-        out = []
-        for i, cfg in enumerate(configs):
-            system = cfg.get("system")
-            peers = [c for c in configs if c.get("system") == system]
-            base = defaults[i] if skip_defaults else {}
-            differing = [k for k in cfg if k not in UNLABELLED and len({repr(p.get(k)) for p in peers}) > 1]
-            parts = [_fmt(k, cfg[k]) for k in differing
-                     if cfg[k] not in (False, None) and not (k in base and cfg[k] == base[k])]
-            out.append("+".join([str(system)] + parts))
-        return out
-
-    result = labels(skip_defaults=defaults is not None)
-    if len(set(result)) < len(result):
-        result = labels(skip_defaults=False)
-    seen: dict[str, int] = {}
-    for i, lab in enumerate(result):
-        seen[lab] = seen.get(lab, 0) + 1
-        if result.count(lab) > 1:
-            result[i] = f"{lab}#{seen[lab]}"
-    return result
 
 
 def variant_configs(settings: Mapping, only: Sequence[str] | None = None, system: str | None = None,

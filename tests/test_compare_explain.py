@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from sim.cli import main
-from sim.result import Result
+from sim.results import Result, config_labels
 from sim.systems import SYSTEMS
-from sim.variants import available_variants, config_labels, variant_configs
+from sim.variants import available_variants, variant_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--steps", "2", "--context", "4096", "--batch", "2"]

@@ -17,7 +17,8 @@ import pytest
 import sim.sweep as sweep_mod
 from sim.cli import main
 from sim.config import make_config
-from sim.sweep import config_key, iter_records, load_sweep, repair_and_scan, run_sweep
+from sim.results import ResultsError, iter_records
+from sim.sweep import config_key, load_sweep, repair_and_scan, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -163,7 +164,7 @@ def test_corrupt_middle_line_is_an_error_not_silently_dropped(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.jsonl").write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
-    with pytest.raises(sweep_mod.ConfigError, match="line 2"):
+    with pytest.raises(ResultsError, match="line 2"):
         run_sweep(load_sweep(small_sweep(tmp_path)), out, quiet=True)
 
 

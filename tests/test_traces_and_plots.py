@@ -16,7 +16,7 @@ from plots.timeline import read_runs
 from sim.chrome_trace import chrome_trace_json
 from sim.cli import main
 from sim.engine import Span
-from sim.result import Result
+from sim.results import Result
 from sim.sweep import load_sweep, run_sweep
 
 METADATA_NAMES = {"process_name", "thread_name", "process_sort_index", "thread_sort_index", "process_labels"}

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from sim.sweep import EXECUTORS, MANIFEST, RESULTS_CSV, RESULTS_JSONL, load_sweep, run_sweep
+from sim.results import MANIFEST, RESULTS_CSV, RESULTS_JSONL
+from sim.sweep import EXECUTORS, load_sweep, run_sweep
 
 HELP = "run many configurations from a sweep file (resumable; local processes or a Dask cluster)"
 EXAMPLE = """sweep file: a [base] table of run settings and a [factors] table of lists, crossed into a grid:
