@@ -371,8 +371,8 @@ def softmax_work(ch: PimChannelParams, n_scores: float, placement: str = "pim",
 
     ``pim``: the units work on scores they hold. ``near``: scores go to the channel's near-memory unit and back
     over the channel's interface path. ``host``: only the channel side is charged here (scores out, weights back
-    in over the interface); the caller adds the device link (``gather_time_s``) and the host's compute.
-    The cross-channel max and sum are a separate step (``tree_reduce_time_s``).
+    in over the interface); the caller adds the device link and the host's compute. The cross-channel max and
+    sum are the caller's merge (softmax statistics return with each query's partial output).
     """
     _check("softmax_work", n_scores=n_scores, bytes_per_score=bytes_per_score)
     if placement not in SOFTMAX_PLACEMENTS:
@@ -407,62 +407,6 @@ def attention_works(ch: PimChannelParams, w: ChannelAttention, softmax: str = "p
             softmax_work(ch, w.scores, softmax, w.bytes_per_element),
             context_work(ch, w),
             read_out_work(ch, w.output_bytes, kind="pim.out"))
-
-
-def attention_time_s(ch: PimChannelParams, w: ChannelAttention, softmax: str = "pim") -> float:
-    """Sum of ``attention_works`` durations (the channel's busy time for one layer)."""
-    return sum(x.duration_s for x in attention_works(ch, w, softmax))
-
-
-def attention_energy_j(ch: PimChannelParams, w: ChannelAttention, softmax: str = "pim") -> float:
-    return sum(x.energy_j for x in attention_works(ch, w, softmax))
-
-
-# ------------------------------------------------------------------ across channels (device level)
-
-def tree_reduce_time_s(ch: PimChannelParams, nbytes_per_channel: float, n_channels: int,
-                       bytes_per_element: float = 4.0) -> float:
-    """Combine ``n_channels`` partial results of ``nbytes_per_channel`` each on near-memory units, pairwise:
-    ceil(log2 n) levels, each moving one partial over a channel interface and adding it element-wise."""
-    _check("tree_reduce_time_s", nbytes_per_channel=nbytes_per_channel)
-    positive("tree_reduce_time_s", n_channels=n_channels, bytes_per_element=bytes_per_element)
-    if n_channels == 1 or nbytes_per_channel == 0:
-        return 0.0
-    if ch.near_flops_per_s == 0:
-        raise HardwareError(f"pim channel '{ch.name}' has no near-memory unit (near_flops_per_s = 0); "
-                            f"reduce on the host (gather_time_s) instead")
-    levels = math.ceil(math.log2(n_channels))
-    per_level = io_time_s(ch, nbytes_per_channel) + (nbytes_per_channel / bytes_per_element) / ch.near_flops_per_s
-    return ch.op_overhead_s + levels * per_level
-
-
-def gather_time_s(dev: PimDeviceParams, nbytes_per_channel: float, n_channels: int) -> float:
-    """Move ``nbytes_per_channel`` from each of ``n_channels`` channels over the device link to its other end
-    (the GPU for an accelerator, the host memory controller for host DIMM-PIM). Limited by the link or by the
-    channels' interfaces together, whichever is slower."""
-    _check("gather_time_s", nbytes_per_channel=nbytes_per_channel)
-    positive("gather_time_s", n_channels=n_channels)
-    if n_channels > dev.channels:
-        raise HardwareError(f"pim device '{dev.name}' has {dev.channels} channels, asked for {n_channels}")
-    total = nbytes_per_channel * n_channels
-    rate = min(dev.link_bw_bytes_per_s, n_channels * dev.channel.external_bw_bytes_per_s)
-    return dev.link_latency_s + total / rate
-
-
-def scatter_time_s(dev: PimDeviceParams, nbytes_per_channel: float, n_channels: int) -> float:
-    """Send ``nbytes_per_channel`` to each of ``n_channels`` channels over the device link (mirror of gather)."""
-    return gather_time_s(dev, nbytes_per_channel, n_channels)
-
-
-def link_energy_j(dev: PimDeviceParams, nbytes: float) -> float:
-    _check("link_energy_j", nbytes=nbytes)
-    return nbytes * dev.link_energy_per_byte_j
-
-
-def channels_needed(dev: PimDeviceParams, nbytes: float) -> int:
-    """Channels whose capacity holds ``nbytes`` (may exceed ``dev.channels``: the capacity wall)."""
-    _check("channels_needed", nbytes=nbytes)
-    return math.ceil(nbytes / dev.channel.capacity_bytes)
 
 
 # ------------------------------------------------------------------ presets
