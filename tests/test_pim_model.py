@@ -250,6 +250,7 @@ all_bank_activate = true
 unit_flops_per_s = 1e10
 unit_bw_bytes_per_s = 1e10
 unit_buffer_bytes = 256
+lut_bytes = 4096
 near_flops_per_s = 0
 external_bw_bytes_per_s = 2e10
 op_overhead_s = 0
@@ -263,6 +264,7 @@ energy_per_io_byte_j = 0
     path.write_text(text)
     dev = pim.load_pim(str(path))
     assert dev.name == "mine" and dev.channel.timing == t
+    assert (dev.channel.unit_buffer_bytes, dev.channel.lut_bytes) == (256, 4096)
     named = tmp_path / "named.toml"
     named.write_text(text.split("[channel.timing]")[0].replace('name = "c"', 'name = "c"\ntiming = "hbm3-5200"'))
     assert pim.load_pim(str(named)).channel.timing == t
