@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from hw_models import pim
 from hw_models.errors import HardwareError
+from workloads.kvformats import IntSettings, PqSettings
+from workloads.models import load_model
 
 PRESETS = pim.pim_preset_names()
 
@@ -304,3 +306,24 @@ def test_pq_rejects_bad_values():
 def test_int_quantize_constants_are_the_stated_counts():
     assert pim.INT_QUANTIZE_FLOPS_PER_ELEMENT == 5.0 and pim.INT_DEQUANTIZE_FLOPS_PER_ELEMENT == 2.0
     assert pim.INT_GROUP_PARAM_BYTES == 4 and math.isclose(pim.QUANTIZE_FLOPS_PER_ELEMENT, 3.0)
+
+
+# ---- the channel work streams and writes what the storage formats say -------------------------------------------
+
+def test_streamed_and_written_bytes_per_token_match_the_storage_formats():
+    model = load_model("llama-3-8b")
+    ch = channel("attacc-hbm3")
+    geo = dict(head_dim=model.head_dim, group=model.gqa_group, bytes_per_element=model.bytes_per_element)
+    for fmt in (IntSettings(bits=4), IntSettings(bits=2, group=48, sinks=4, recent=128)):
+        w = pim.int_attention_works(ch, 1000.0, 1.0, 1.0, bits=fmt.bits, group_size=fmt.group,
+                                    window=fmt.window_tokens, softmax="pim", **geo)
+        by = {x.kind: x for x in w.all}
+        per_token = fmt.pim_token_bytes_per_head(model)
+        assert by["int.write_codes"].nbytes == 2 * per_token  # array + interface
+        assert by["int.score"].nbytes + by["int.value"].nbytes == pytest.approx(1000 * per_token, rel=1e-15)
+    fmt = PqSettings(m=16, k=256, sinks=4, recent=128, outliers=4)
+    w = pim.pq_attention_works(ch, 1000.0, 1.0, 0.0, m=fmt.m, k=fmt.k, outliers=fmt.outliers,
+                               window=fmt.window_tokens, lut_passes=1, softmax="pim", **geo)
+    by = {x.kind: x for x in w.all}
+    assert by["aqpim.score"].nbytes + by["aqpim.value"].nbytes == 1000 * fmt.pim_token_bytes_per_head(model)
+    assert by["aqpim.table"].nbytes * 2 * model.n_layers == fmt.pim_unit_fixed_bytes(model)
