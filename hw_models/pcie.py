@@ -2,7 +2,9 @@
 
 A full-duplex link has one SimPy resource per direction (host-to-device and device-to-host traffic do not
 delay each other); a half-duplex one shares a single resource, which is how a link whose two directions
-contend (measured H2D drops when D2H is busy) can be bracketed from the other side.
+contend (measured H2D drops when D2H is busy) can be bracketed from the other side. A transfer costs
+``latency_s + nbytes / bandwidth`` per link of its route (``sim.topology``), which is where these parameters
+become times.
 """
 
 from __future__ import annotations
@@ -32,11 +34,3 @@ class PcieLinkParams:
         non_negative(f"pcie '{self.name}'", latency_s=self.latency_s, energy_per_byte_j=self.energy_per_byte_j)
         if self.duplex not in DUPLEX_MODES:
             raise HardwareError(f"pcie '{self.name}': duplex must be one of {DUPLEX_MODES}, got {self.duplex!r}")
-
-    def bw_bytes_per_s(self, direction: str) -> float:
-        return self.h2d_bw_bytes_per_s if direction == "h2d" else self.d2h_bw_bytes_per_s
-
-
-def transfer_time_s(p: PcieLinkParams, direction: str, nbytes: float) -> float:
-    """Time of one DMA of ``nbytes`` in ``direction`` ('h2d' or 'd2h') on an idle link."""
-    return p.latency_s + nbytes / p.bw_bytes_per_s(direction)

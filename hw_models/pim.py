@@ -13,6 +13,10 @@ units' throughput. Data that crosses the channel interface (a query in, partial 
 moves at the external bandwidth. Energy is bytes read in the array, FLOPs, and bytes crossing the interface,
 each at its own cost. The functions take the *per-channel* share of the work: how the KV cache is placed across
 channels is the caller's policy. Presets live in ``presets/pim/*.toml`` with a ``source`` per value.
+
+What one channel does for one layer of decode attention depends on how the KV cache is stored: one function
+per KV format (``fp16_attention_works``, ``int_attention_works``, ``pq_attention_works``) returns that work as
+``AttentionWorks``, split where the scores would leave the channel for a softmax on the host.
 """
 
 from __future__ import annotations
@@ -45,6 +49,23 @@ SOFTMAX_PLACEMENTS = ("pim", "near", "host")
 SOFTMAX_FLOPS_PER_ELEMENT = 5.0
 # Softmax statistics (running max and sum, FP32) returned with each query's partial output.
 SOFTMAX_STATS_BYTES_PER_QUERY = 8.0
+# Bytes of one FP16 value stored by a compressed KV format: a PQ centroid entry or table entry, an outlier key
+# element, an INT-k scale or zero point.
+FP16_BYTES = 2
+# PQ nearest-centroid search: a subtract, a multiply and an add per element per centroid (squared distance).
+QUANTIZE_FLOPS_PER_ELEMENT = 3.0
+# PQ bins accumulate softmax weights in FP16, like the tables.
+BIN_BYTES = FP16_BYTES
+# INT-k (KIVI, arXiv 2402.02750, asymmetric): x_q = round((x - min) / s), s = (max - min) / (2^bits - 1).
+# Per element: compare with the group's running min and max (2), subtract the zero point, multiply by 1 / s,
+# round (3).
+INT_QUANTIZE_FLOPS_PER_ELEMENT = 5.0
+# Per group once its min and max are known: s = (max - min) / (2^bits - 1), a subtract and a divide.
+INT_SCALE_FLOPS_PER_GROUP = 2.0
+# Dequantize x = x_q * s + z: a multiply and an add per element.
+INT_DEQUANTIZE_FLOPS_PER_ELEMENT = 2.0
+# An FP16 scale and an FP16 zero point per quantization group (KIVI keeps both in half precision).
+INT_GROUP_PARAM_BYTES = 2 * FP16_BYTES
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,11 @@ class PimChannelParams:
     power-capped nCCDAB; usually tCCD_L). ``all_bank_activate`` says PIM mode opens rows in all banks with one
     command, free of tRRD/tFAW. ``near_flops_per_s`` is a near-memory unit per channel (buffer die, DIMM buffer)
     for softmax and reductions; 0 means the device has none.
+
+    Two local memories per unit: ``unit_buffer_bytes`` is the GEMV operand buffer of the real part (a query held
+    while the unit streams K or V). ``lut_bytes`` is the lookup-table SRAM an AQPIM unit would add beside it to
+    hold the query-centroid tables and the softmax-weight bins of attention on PQ codes (``pq_table_passes``):
+    AQPIM's hardware is not public, so every preset carries the same assumed value until a sourced figure exists.
     """
 
     name: str
@@ -72,6 +98,7 @@ class PimChannelParams:
     unit_flops_per_s: float
     unit_bw_bytes_per_s: float
     unit_buffer_bytes: float
+    lut_bytes: float
     near_flops_per_s: float
     external_bw_bytes_per_s: float
     op_overhead_s: float
@@ -87,7 +114,8 @@ class PimChannelParams:
                  bank_groups_per_rank=self.bank_groups_per_rank, banks_per_rank=self.banks_per_rank,
                  bank_column_interval_cycles=self.bank_column_interval_cycles,
                  unit_flops_per_s=self.unit_flops_per_s, unit_bw_bytes_per_s=self.unit_bw_bytes_per_s,
-                 unit_buffer_bytes=self.unit_buffer_bytes, external_bw_bytes_per_s=self.external_bw_bytes_per_s)
+                 unit_buffer_bytes=self.unit_buffer_bytes, lut_bytes=self.lut_bytes,
+                 external_bw_bytes_per_s=self.external_bw_bytes_per_s)
         fraction(owner, units_per_bank=self.units_per_bank)
         non_negative(owner, near_flops_per_s=self.near_flops_per_s, op_overhead_s=self.op_overhead_s,
                      energy_per_array_byte_j=self.energy_per_array_byte_j, energy_per_flop_j=self.energy_per_flop_j,
@@ -281,6 +309,13 @@ def _check(owner: str, **values: float) -> None:
     non_negative(owner, **values)
 
 
+def _whole(owner: str, lo: int, **values: int) -> None:
+    """Raise a HardwareError naming the first value that is not a whole number of at least ``lo``."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise HardwareError(f"{owner}: {name} must be a whole number >= {lo}, got {v!r}")
+
+
 def stream_time_s(ch: PimChannelParams, nbytes: float) -> float:
     """Time for the channel's units to stream ``nbytes`` spread evenly over its banks (no overhead).
 
@@ -348,9 +383,23 @@ def broadcast_work(ch: PimChannelParams, nbytes: float, kind: str = "pim.broadca
 
 def table_passes(ch: PimChannelParams, table_bytes: float) -> int:
     """How many passes over the stored data a lookup table needs: 1 if it fits a unit's buffer, else one per
-    buffer-sized slice (each pass re-streams the data against one slice)."""
+    buffer-sized slice (each pass re-streams the data against one slice).
+
+    Measured against ``unit_buffer_bytes``, which ``sim/systems/aqpim.py`` still overrides with the run config's
+    ``lut_bytes``; attention on PQ codes uses ``pq_table_passes`` (the channel's ``lut_bytes``) instead."""
     _check("table_passes", table_bytes=table_bytes)
     return max(1, math.ceil(table_bytes / ch.unit_buffer_bytes))
+
+
+def pq_table_passes(ch: PimChannelParams, group: int, m: int, k: int) -> int:
+    """Passes over the PQ codes that attention on codes needs in one unit (the ``lut_passes`` of a step).
+
+    Banks are split among the (sequence, KV head) units a channel holds, so a PIM unit serves one of them at a
+    time and needs the tables (M x K FP16 entries) and the bins (M x K FP16 weights) of that head's ``group``
+    query heads in its lookup SRAM, ``ch.lut_bytes``. When they do not fit, the codes are streamed once per
+    buffer-full: ``max(1, ceil(group x M x K x (FP16_BYTES + BIN_BYTES) / lut_bytes))``."""
+    _whole("pq_table_passes", 1, group=group, m=m, k=k)
+    return max(1, math.ceil(group * m * k * (FP16_BYTES + BIN_BYTES) / ch.lut_bytes))
 
 
 # ------------------------------------------------------------------ decode attention on one channel
@@ -371,8 +420,8 @@ def softmax_work(ch: PimChannelParams, n_scores: float, placement: str = "pim",
 
     ``pim``: the units work on scores they hold. ``near``: scores go to the channel's near-memory unit and back
     over the channel's interface path. ``host``: only the channel side is charged here (scores out, weights back
-    in over the interface); the caller adds the device link (``gather_time_s``) and the host's compute.
-    The cross-channel max and sum are a separate step (``tree_reduce_time_s``).
+    in over the interface); the caller adds the device link and the host's compute. The cross-channel max and
+    sum are the caller's merge (softmax statistics return with each query's partial output).
     """
     _check("softmax_work", n_scores=n_scores, bytes_per_score=bytes_per_score)
     if placement not in SOFTMAX_PLACEMENTS:
@@ -409,60 +458,200 @@ def attention_works(ch: PimChannelParams, w: ChannelAttention, softmax: str = "p
             read_out_work(ch, w.output_bytes, kind="pim.out"))
 
 
-def attention_time_s(ch: PimChannelParams, w: ChannelAttention, softmax: str = "pim") -> float:
-    """Sum of ``attention_works`` durations (the channel's busy time for one layer)."""
-    return sum(x.duration_s for x in attention_works(ch, w, softmax))
+# ------------------------------------------------------------------ decode attention per KV format (one channel)
+#
+# One function per KV format gives the work of ONE channel for one layer, from the channel's load: ``tokens``
+# coded (or, for FP16, stored) K vectors held, as many V vectors; ``units`` (sequence, KV head) units present;
+# ``new`` new K/V vectors appended this step (the channel receiving a unit's new token also holds that unit's
+# FP16 window). Geometry comes as plain numbers: ``head_dim``, ``group`` (query heads per KV head) and
+# ``bytes_per_element`` of the model's activations (queries, outputs, FP16 tokens). Loads may be fractional
+# (a unit's tokens striped over channels, loads divided into link chunks).
+
+@dataclass(frozen=True)
+class AttentionWorks:
+    """One channel's work for one layer of decode attention, cut where the scores leave the channel.
+
+    With softmax on the host the channel runs ``before_softmax`` (which ends with the channel side of the softmax:
+    scores out, weights back in), the host computes the softmax, then the channel runs ``after_softmax``. With
+    softmax in PIM or near memory the channel runs ``all`` in one resource hold.
+    """
+
+    before_softmax: tuple[Work, ...]
+    after_softmax: tuple[Work, ...]
+
+    @property
+    def all(self) -> tuple[Work, ...]:
+        return self.before_softmax + self.after_softmax
 
 
-def attention_energy_j(ch: PimChannelParams, w: ChannelAttention, softmax: str = "pim") -> float:
-    return sum(x.energy_j for x in attention_works(ch, w, softmax))
+def _check_load(owner: str, tokens: float, units: float, new: float, head_dim: int, group: int,
+                bytes_per_element: float) -> None:
+    _check(owner, tokens=tokens, units=units, new=new)
+    positive(owner, head_dim=head_dim, group=group, bytes_per_element=bytes_per_element)
 
 
-# ------------------------------------------------------------------ across channels (device level)
-
-def tree_reduce_time_s(ch: PimChannelParams, nbytes_per_channel: float, n_channels: int,
-                       bytes_per_element: float = 4.0) -> float:
-    """Combine ``n_channels`` partial results of ``nbytes_per_channel`` each on near-memory units, pairwise:
-    ceil(log2 n) levels, each moving one partial over a channel interface and adding it element-wise."""
-    _check("tree_reduce_time_s", nbytes_per_channel=nbytes_per_channel)
-    positive("tree_reduce_time_s", n_channels=n_channels, bytes_per_element=bytes_per_element)
-    if n_channels == 1 or nbytes_per_channel == 0:
-        return 0.0
-    if ch.near_flops_per_s == 0:
-        raise HardwareError(f"pim channel '{ch.name}' has no near-memory unit (near_flops_per_s = 0); "
-                            f"reduce on the host (gather_time_s) instead")
-    levels = math.ceil(math.log2(n_channels))
-    per_level = io_time_s(ch, nbytes_per_channel) + (nbytes_per_channel / bytes_per_element) / ch.near_flops_per_s
-    return ch.op_overhead_s + levels * per_level
+def _queries_in(ch: PimChannelParams, units: float, group: int, head_dim: int, e: float) -> Work:
+    """The ``units x group`` queries, ``head_dim x e`` bytes each, broadcast to the channel's units."""
+    return broadcast_work(ch, units * group * head_dim * e, kind="pim.q_in")
 
 
-def gather_time_s(dev: PimDeviceParams, nbytes_per_channel: float, n_channels: int) -> float:
-    """Move ``nbytes_per_channel`` from each of ``n_channels`` channels over the device link to its other end
-    (the GPU for an accelerator, the host memory controller for host DIMM-PIM). Limited by the link or by the
-    channels' interfaces together, whichever is slower."""
-    _check("gather_time_s", nbytes_per_channel=nbytes_per_channel)
-    positive("gather_time_s", n_channels=n_channels)
-    if n_channels > dev.channels:
-        raise HardwareError(f"pim device '{dev.name}' has {dev.channels} channels, asked for {n_channels}")
-    total = nbytes_per_channel * n_channels
-    rate = min(dev.link_bw_bytes_per_s, n_channels * dev.channel.external_bw_bytes_per_s)
-    return dev.link_latency_s + total / rate
+def _partials_out(ch: PimChannelParams, units: float, group: int, head_dim: int, e: float) -> Work:
+    """One partial output (``head_dim x e`` bytes) plus its softmax statistics per query, read out."""
+    return read_out_work(ch, units * group * (head_dim * e + SOFTMAX_STATS_BYTES_PER_QUERY), kind="pim.out")
 
 
-def scatter_time_s(dev: PimDeviceParams, nbytes_per_channel: float, n_channels: int) -> float:
-    """Send ``nbytes_per_channel`` to each of ``n_channels`` channels over the device link (mirror of gather)."""
-    return gather_time_s(dev, nbytes_per_channel, n_channels)
+def _window(new: float, window: int, head_dim: int, group: int, e: float) -> ChannelAttention:
+    """The FP16 window of the units whose new token this channel receives: ``new x window`` K and V vectors.
+    Its queries are counted with the coded part (``query_vectors=0``)."""
+    return ChannelAttention(kv_vectors=new * window, head_dim=head_dim, queries_per_kv=group, query_vectors=0,
+                            bytes_per_element=e)
 
 
-def link_energy_j(dev: PimDeviceParams, nbytes: float) -> float:
-    _check("link_energy_j", nbytes=nbytes)
-    return nbytes * dev.link_energy_per_byte_j
+def fp16_attention_works(ch: PimChannelParams, tokens: float, units: float, new: float, *, head_dim: int,
+                         group: int, bytes_per_element: float, softmax: str) -> AttentionWorks:
+    """FP16 KV in PIM (the SOTA PIM baseline). With ``d = head_dim``, ``g = group``, ``e = bytes_per_element``:
+
+    before the softmax
+      - ``pim.append``: the new K and V written through the interface, ``2 x new x d x e`` bytes (one command
+        overhead even when ``new`` is 0, as the baseline has always charged it);
+      - ``pim.q_in``: ``units x g`` queries of ``d x e`` bytes broadcast to the units;
+      - ``pim.score``: stream K, ``tokens x d x e`` bytes; ``2 x d`` FLOPs per score (multiply and add per
+        element), ``tokens x g`` scores;
+      - ``pim.softmax.<placement>``: softmax over ``tokens x g`` scores (``softmax_work``);
+    after the softmax
+      - ``pim.context``: stream V, ``tokens x d x e`` bytes, ``2 x d`` FLOPs per score;
+      - ``pim.out``: ``units x g`` partial outputs of ``d x e`` bytes plus ``SOFTMAX_STATS_BYTES_PER_QUERY``.
+    """
+    _check_load("fp16_attention_works", tokens, units, new, head_dim, group, bytes_per_element)
+    e = bytes_per_element
+    w = ChannelAttention(kv_vectors=tokens, head_dim=head_dim, queries_per_kv=group, query_vectors=units * group,
+                         bytes_per_element=e)
+    q_in, score, soft, context, out = attention_works(ch, w, softmax)
+    return AttentionWorks((append_work(ch, new, head_dim, e), q_in, score, soft), (context, out))
 
 
-def channels_needed(dev: PimDeviceParams, nbytes: float) -> int:
-    """Channels whose capacity holds ``nbytes`` (may exceed ``dev.channels``: the capacity wall)."""
-    _check("channels_needed", nbytes=nbytes)
-    return math.ceil(nbytes / dev.channel.capacity_bytes)
+def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: float, *, head_dim: int, group: int,
+                       bytes_per_element: float, m: int, k: int, outliers: int, window: int, lut_passes: int,
+                       softmax: str) -> AttentionWorks:
+    """PQ codes in PIM (AQPIM; DESIGN.md's working dataflow). Each coded token stores, per tensor, ``m`` codes of
+    ``log2 k`` bits (``code = m x log2(k) / 8`` bytes) and ``outliers`` FP16 key channels; each (unit, layer)
+    has K and V codebooks of ``k x d`` FP16 entries (``cb = k x d x FP16_BYTES`` bytes per tensor). With
+    ``d = head_dim``, ``g = group``, ``e = bytes_per_element``, ``p = lut_passes`` (``pq_table_passes``):
+
+    before the softmax
+      - ``pim.q_in``: ``units x g`` queries of ``d x e`` bytes;
+      - if ``new``: ``aqpim.quantize``: the token leaving the FP16 window is coded in memory: stream both
+        codebooks (``new x 2 x cb`` bytes), ``QUANTIZE_FLOPS_PER_ELEMENT x k x d`` FLOPs per tensor (distance to
+        every centroid); ``aqpim.write_codes``: ``new x 2 x code`` bytes written; ``pim.append``: the new token
+        enters the window, ``2 x new x d x e`` bytes;
+      - ``aqpim.table``: the query-centroid tables from the key codebook, ``units x cb`` bytes streamed,
+        ``2 x k x d`` FLOPs per query (``units x g`` queries);
+      - ``aqpim.score``: stream the key codes once per pass plus the FP16 outlier channels,
+        ``tokens x (code x p + outliers x FP16_BYTES)`` bytes; per score ``2 x m`` FLOPs (gather and add m table
+        entries) plus ``2 x outliers`` (their exact dot products), ``tokens x g`` scores;
+      - ``pim.softmax.<placement>``: over ``(tokens + new x window) x g`` scores (coded and window tokens);
+    after the softmax
+      - ``aqpim.value``: stream the value codes once per pass, ``tokens x code x p`` bytes; ``2 x m`` FLOPs per
+        score (scatter-add the weight into m bins);
+      - ``aqpim.bins_x_centroids``: bins times the value codebook, ``units x cb`` bytes, ``2 x k x d`` FLOPs per
+        query;
+      - if ``new`` and ``window``: the FP16 window attended exactly, ``pim.score`` and ``pim.context`` over
+        ``new x window`` K and V vectors (``score_work`` / ``context_work``). Its scores are computed after the
+        host softmax in this order (the baseline AQPIM model's order, kept so its numbers do not move);
+      - ``pim.out``: ``units x g`` partial outputs plus softmax statistics.
+    """
+    owner = "pq_attention_works"
+    _check_load(owner, tokens, units, new, head_dim, group, bytes_per_element)
+    _whole(owner, 1, m=m, k=k, lut_passes=lut_passes)
+    _whole(owner, 0, outliers=outliers, window=window)
+    if k & (k - 1):
+        raise HardwareError(f"{owner}: k must be a power of two (codes of log2 k bits), got {k}")
+    g, d, e = group, head_dim, bytes_per_element
+    codebook_bytes = k * d * FP16_BYTES  # one tensor of one KV head in one layer
+    code_bytes = m * (k.bit_length() - 1) / 8  # one tensor of one token in one KV head
+    before = [_queries_in(ch, units, g, d, e)]
+    if new:
+        before.append(op_work(ch, "aqpim.quantize", new * 2 * codebook_bytes,
+                              new * 2 * QUANTIZE_FLOPS_PER_ELEMENT * k * d))
+        before.append(write_work(ch, new * 2 * code_bytes, kind="aqpim.write_codes"))
+        before.append(append_work(ch, new, d, e))
+    before.append(op_work(ch, "aqpim.table", units * codebook_bytes, units * g * 2.0 * k * d))
+    before.append(op_work(ch, "aqpim.score", tokens * (code_bytes * lut_passes + outliers * FP16_BYTES),
+                          tokens * g * (2.0 * m + 2.0 * outliers)))
+    before.append(softmax_work(ch, (tokens + new * window) * g, softmax, e))
+    after = [op_work(ch, "aqpim.value", tokens * code_bytes * lut_passes, tokens * g * 2.0 * m),
+             op_work(ch, "aqpim.bins_x_centroids", units * codebook_bytes, units * g * 2.0 * k * d)]
+    if new and window:
+        fp16 = _window(new, window, d, g, e)
+        after += [score_work(ch, fp16), context_work(ch, fp16)]
+    after.append(_partials_out(ch, units, g, d, e))
+    return AttentionWorks(tuple(before), tuple(after))
+
+
+def int_attention_works(ch: PimChannelParams, tokens: float, units: float, new: float, *, head_dim: int, group: int,
+                        bytes_per_element: float, bits: int, group_size: int, window: int,
+                        softmax: str) -> AttentionWorks:
+    """INT-k KV in PIM, KIVI style (ICML'24, arXiv 2402.02750): keys quantized per channel in groups of
+    ``group_size`` tokens, values per token in groups of ``group_size`` channels, asymmetric, with an FP16 scale
+    and zero point per group (``INT_GROUP_PARAM_BYTES``); the last ``window`` tokens (sinks and recent) of a
+    unit stay FP16 in the channel that receives its new token.
+
+    With ``d = head_dim``, ``g = group``, ``e = bytes_per_element``, ``G = group_size``, ``P =
+    INT_GROUP_PARAM_BYTES``, ``vg = ceil(d / G)`` value groups per token, one coded token stores per tensor
+    ``c = d x bits / 8`` code bytes; the keys add ``d x P / G`` bytes of scales per token (d channels, one group
+    per G tokens, amortised: no partial group is rounded up, as the PIM storage count), the values ``vg x P``.
+
+    before the softmax
+      - ``pim.q_in``: ``units x g`` queries of ``d x e`` bytes;
+      - if ``new``: ``int.quantize``: the token leaving the FP16 window is quantized in memory: read its K and V,
+        ``new x 2 x d x e`` bytes; ``INT_QUANTIZE_FLOPS_PER_ELEMENT`` FLOPs per element (``new x 2 x d``
+        elements) plus ``INT_SCALE_FLOPS_PER_GROUP`` per group completed (``d / G`` key groups amortised and
+        ``vg`` value groups per token); ``int.write_codes``: codes and the token's share of scales written,
+        ``new x (2 c + d x P / G + vg x P)`` bytes (through the write path, as PQ's codes); ``pim.append``: the
+        new token enters the window, ``2 x new x d x e`` bytes;
+      - ``int.score``: stream the key codes and key scales, ``tokens x (c + d x P / G)`` bytes; per element
+        ``INT_DEQUANTIZE_FLOPS_PER_ELEMENT`` (dequantized once, shared by the group's queries) plus ``2 x g``
+        (a multiply-add with each query), ``tokens x d`` elements;
+      - if ``new`` and ``window``: ``pim.score`` over the FP16 window's ``new x window`` keys (``score_work``),
+        so every score exists before the softmax;
+      - ``pim.softmax.<placement>``: over ``(tokens + new x window) x g`` scores;
+    after the softmax
+      - ``int.value``: stream the value codes and value scales, ``tokens x (c + vg x P)`` bytes;
+        ``INT_DEQUANTIZE_FLOPS_PER_ELEMENT + 2 x g`` FLOPs per element (dequantize, then a multiply-add with
+        each query's weight);
+      - if ``new`` and ``window``: ``pim.context`` over the window's values (``context_work``);
+      - ``pim.out``: ``units x g`` partial outputs plus softmax statistics.
+    """
+    owner = "int_attention_works"
+    _check_load(owner, tokens, units, new, head_dim, group, bytes_per_element)
+    _whole(owner, 1, bits=bits, group_size=group_size)
+    _whole(owner, 0, window=window)
+    if bits > 8:
+        raise HardwareError(f"{owner}: bits must be at most 8, got {bits}")
+    g, d, e = group, head_dim, bytes_per_element
+    code_bytes = d * bits / 8  # one tensor of one token in one KV head
+    key_param_bytes = d * INT_GROUP_PARAM_BYTES / group_size  # per token: d channel groups, one per G tokens
+    value_groups = math.ceil(d / group_size)
+    value_param_bytes = value_groups * INT_GROUP_PARAM_BYTES  # per token
+    before = [_queries_in(ch, units, g, d, e)]
+    if new:
+        flops = new * (2 * d * INT_QUANTIZE_FLOPS_PER_ELEMENT + INT_SCALE_FLOPS_PER_GROUP * (d / group_size
+                                                                                           + value_groups))
+        before.append(op_work(ch, "int.quantize", new * 2 * d * e, flops))
+        before.append(write_work(ch, new * (2 * code_bytes + key_param_bytes + value_param_bytes),
+                                 kind="int.write_codes"))
+        before.append(append_work(ch, new, d, e))
+    per_element = INT_DEQUANTIZE_FLOPS_PER_ELEMENT + 2.0 * g
+    before.append(op_work(ch, "int.score", tokens * (code_bytes + key_param_bytes), tokens * d * per_element))
+    fp16 = _window(new, window, d, g, e) if new and window else None
+    if fp16 is not None:
+        before.append(score_work(ch, fp16))
+    before.append(softmax_work(ch, (tokens + new * window) * g, softmax, e))
+    after = [op_work(ch, "int.value", tokens * (code_bytes + value_param_bytes), tokens * d * per_element)]
+    if fp16 is not None:
+        after.append(context_work(ch, fp16))
+    after.append(_partials_out(ch, units, g, d, e))
+    return AttentionWorks(tuple(before), tuple(after))
 
 
 # ------------------------------------------------------------------ presets

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from hw_models import gpu, pcie
+from hw_models import gpu
 from hw_models.errors import HardwareError
 from hw_models.machine import PRESET_DIR, load_machine, preset_names, read_toml
 
@@ -33,9 +33,9 @@ def test_gpu_kernel_roofline_by_hand():
     assert gpu.kernel_time_s(p, 1e12, 1e3) == pytest.approx(5e-6 + 1e12 / (312e12 * 0.8), rel=1e-12)
 
 
-def test_pcie_transfer_by_hand():
+def test_pcie_preset_values():
     p = load_machine("a100-pcie4-ddr5").pcie
-    assert pcie.transfer_time_s(p, "h2d", 25e9) == pytest.approx(1.0 + 5e-6)
+    assert (p.h2d_bw_bytes_per_s, p.latency_s) == (25e9, 5e-6)
 
 
 def test_bad_values_rejected():

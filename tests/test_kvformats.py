@@ -4,6 +4,7 @@ import pytest
 
 from workloads.errors import WorkloadError
 from workloads.kvformats import (
+    SCALE_ZERO_BYTES,
     Fp16Settings,
     IntSettings,
     PqSettings,
@@ -110,3 +111,86 @@ def test_model_dependent_checks():
         kv_bytes(TINY, PqSettings(m=16, k=16, outliers=64), 10)
     with pytest.raises(WorkloadError, match="m must be"):
         PqSettings(m=0, k=16)
+
+
+# ---- the PIM view: bytes per token without ceil, shared per-part formulas ------------------------------------------
+
+PQS = [PqSettings(m=16, k=256), PqSettings(m=8, k=16, sinks=4, recent=128, outliers=4),
+       PqSettings(m=32, k=256, sinks=4, recent=28, outliers=2, scale_keys=True), PqSettings(m=64, k=2)]
+INTS = [IntSettings(bits=2), IntSettings(bits=4, group=64, sinks=4, recent=128), IntSettings(bits=3, group=48),
+        IntSettings(bits=8, group=1)]
+MODELS = [TINY, load_model("llama-3-8b"), load_model("llama-2-7b"), load_model("opt-30b")]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
+@pytest.mark.parametrize("fmt", PQS, ids=lambda f: f.name)
+def test_pq_pim_view_equals_the_old_aqpim_storage(model, fmt):
+    """What AqpimSystem computed for itself (code_bytes_per_token_head, pim_bytes_per_token,
+    codebook_bytes_per_unit, the window in pim_fixed_bytes), written out: the PIM view gives the same numbers."""
+    old_per_head = 2 * fmt.m * fmt.code_bits / 8 + fmt.outliers * 2
+    assert fmt.pim_token_bytes_per_head(model) == old_per_head
+    assert fmt.pim_token_bytes(model) == model.n_layers * model.n_kv_heads * old_per_head
+    assert fmt.pim_unit_fixed_bytes(model) == model.n_layers * 2 * fmt.k * model.head_dim * 2
+    assert fmt.window_tokens == fmt.sinks + fmt.recent
+    assert fmt.pim_window_bytes(model) == (fmt.sinks + fmt.recent) * model.kv_bytes_per_token
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
+def test_fp16_pim_view_equals_the_model_spec(model):
+    fmt = Fp16Settings()
+    assert fmt.pim_token_bytes(model) == float(model.kv_bytes_per_token)
+    assert fmt.pim_unit_fixed_bytes(model) == 0 and fmt.window_tokens == 0 and fmt.pim_window_bytes(model) == 0
+    assert kv_bytes(model, fmt, 4097).total == 4097 * fmt.pim_token_bytes(model)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
+@pytest.mark.parametrize("fmt", PQS, ids=lambda f: f.name)
+@pytest.mark.parametrize("coded", [100_000, 100_003, 1_000_001])
+def test_pq_per_token_bytes_match_kv_bytes_to_the_ceil(model, fmt, coded):
+    b = kv_bytes(model, fmt, coded + fmt.window_tokens)
+    streams = model.n_layers * model.n_kv_heads
+    per_token = b.codes + b.outliers - streams * fmt.outlier_index_bytes
+    diff = per_token - coded * fmt.pim_token_bytes(model)
+    assert 0 <= diff < 2 * streams  # under one byte per packed tensor
+    assert b.codebooks == model.n_kv_heads * fmt.pim_unit_fixed_bytes(model) + streams * fmt.key_scale_bytes(model)
+    assert b.fp16_tokens == fmt.pim_window_bytes(model)  # 2-byte models: FP16 and model element size agree
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
+@pytest.mark.parametrize("fmt", INTS, ids=lambda f: f.name)
+@pytest.mark.parametrize("coded", [96_000, 100_003])
+def test_int_per_token_bytes_match_kv_bytes_to_the_ceil(model, fmt, coded):
+    b = kv_bytes(model, fmt, coded + fmt.window_tokens)
+    streams = model.n_layers * model.n_kv_heads
+    diff = b.codes + b.scales - coded * fmt.pim_token_bytes(model)
+    # ceil of the packed codes (under a byte per tensor) and of the last key group (one per channel)
+    assert -1e-6 * b.total <= diff < 2 * streams + streams * model.head_dim * SCALE_ZERO_BYTES
+    if coded % fmt.group == 0 and (coded * model.head_dim * fmt.bits) % 8 == 0:
+        assert diff == pytest.approx(0, abs=1e-6 * b.total)
+    assert b.fp16_tokens == fmt.pim_window_bytes(model)
+    assert fmt.pim_unit_fixed_bytes(model) == 0
+
+
+def test_int_pim_token_bytes_by_hand():
+    # head_dim 64, INT4, groups of 32: codes 2 x 32 bytes; key scales 64 channels x 4 bytes / 32 tokens = 8;
+    # value scales 2 groups x 4 = 8
+    assert IntSettings(bits=4).pim_token_bytes_per_head(TINY) == 64 + 8 + 8
+    assert IntSettings(bits=4).pim_token_bytes(TINY) == 4 * 80
+    # groups of 48 channels: 2 value groups per token (the second partial)
+    assert IntSettings(bits=2, group=48).pim_token_bytes_per_head(TINY) == 32 + 64 * 4 / 48 + 2 * 4
+
+
+@pytest.mark.parametrize("short, long", [("int8", "int:bits=8"), ("int4", "int:bits=4"), ("int2", "int:bits=2"),
+                                         ("INT4", "int:bits=4"), ("int4:group=64", "int:bits=4,group=64"),
+                                         ("int2:sinks=4,recent=128", "int:bits=2,sinks=4,recent=128")])
+def test_short_int_names(short, long):
+    fmt = parse_format(short)
+    assert fmt == parse_format(long) and fmt.name == long
+    assert (fmt.group, fmt.window_tokens) == ((64 if "group" in short else 32), (132 if "sinks" in short else 0))
+
+
+@pytest.mark.parametrize("text, words", [("int9", "1..8"), ("int0", "1..8"), ("int4:bits=2", "twice"),
+                                         ("int4x", "int<bits>")])
+def test_bad_short_int_names(text, words):
+    with pytest.raises(WorkloadError, match=words):
+        parse_format(text)

@@ -13,11 +13,23 @@ functions count what one sequence stores over all layers at a given context, by 
 
 All sizes are in bytes (SI). A sliding-window model stores at most its window (``ModelSpec.kv_tokens``).
 Usage by the simulator: ``kv_bytes(model, fmt, context).total``; per-part values for PIM placement.
+
+**Two counts, one formula per part.** ``kv_bytes`` counts a whole sequence: codes packed per tensor with ``ceil``
+over the whole context, INT-k key groups rounded up to whole groups, codebooks and outlier indices once. A PIM
+system places bytes per token as the context grows, so every format also gives the *PIM view*, without ``ceil``:
+``pim_token_bytes_per_head`` (one coded token, one KV head, one layer, K and V: codes, outlier channels,
+per-token scales and the token's share of per-channel key scales), ``pim_token_bytes`` (over all layers and KV
+heads), ``pim_unit_fixed_bytes`` (what does not grow with tokens per (sequence, KV head) over all layers: PQ
+codebooks), ``window_tokens`` (tokens per sequence kept exact, ``sinks + recent``) and ``pim_window_bytes``.
+Both counts use the same per-part helpers; they differ only where stated in each method. Exact tokens are
+counted in FP16 by ``kv_bytes`` and in the model's element size (``ModelSpec.bytes_per_element``, 2 bytes for
+every shipped model) by the PIM view, which is what the model's K/V arrive in.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 
@@ -25,6 +37,7 @@ from workloads.errors import WorkloadError, did_you_mean
 from workloads.models import ModelSpec
 
 FP16_BYTES = 2  # bytes per element of an exact (FP16) token, a centroid entry, a scale or a zero point
+SCALE_ZERO_BYTES = 2 * FP16_BYTES  # an INT-k group's FP16 scale and FP16 zero point
 
 
 @dataclass(frozen=True)
@@ -61,8 +74,34 @@ def _streams(model: ModelSpec) -> int:
     return model.n_layers * model.n_kv_heads
 
 
+def _exact_bytes_per_token_head(model: ModelSpec, element_bytes: int) -> int:
+    """K and V of one exact token in one KV head and layer."""
+    return 2 * model.head_dim * element_bytes
+
+
+class _PimView:
+    """The PIM view shared by every format (see the module docstring); formats supply the per-head parts."""
+
+    @property
+    def window_tokens(self) -> int:
+        """Tokens per sequence kept exact: the first ``sinks`` and the last ``recent``."""
+        return self.sinks + self.recent
+
+    def pim_token_bytes(self, model: ModelSpec) -> float:
+        """Bytes one coded token occupies in PIM over all layers and KV heads (no ``ceil``)."""
+        return _streams(model) * self.pim_token_bytes_per_head(model)
+
+    def pim_window_bytes(self, model: ModelSpec) -> int:
+        """Bytes of one sequence's exact window over all layers, in the model's element size."""
+        return self.window_tokens * model.kv_bytes_per_token
+
+    def pim_unit_fixed_bytes(self, model: ModelSpec) -> float:
+        """Bytes per (sequence, KV head) over all layers that do not grow with tokens; none unless stated."""
+        return 0.0
+
+
 @dataclass(frozen=True)
-class Fp16Settings:
+class Fp16Settings(_PimView):
     """Uncompressed FP16 cache."""
 
     kind = "fp16"
@@ -79,12 +118,25 @@ class Fp16Settings:
 
     def kv_bytes(self, model: ModelSpec, context: int) -> KvBytes:
         exact, coded = _split(model, context, 0, 0)
-        return KvBytes(fp16_tokens=2 * _streams(model) * (exact + coded) * model.head_dim * FP16_BYTES)
+        return KvBytes(fp16_tokens=_streams(model) * (exact + coded) * _exact_bytes_per_token_head(model, FP16_BYTES))
+
+    @property
+    def window_tokens(self) -> int:
+        """No window: every token is exact."""
+        return 0
+
+    def pim_token_bytes_per_head(self, model: ModelSpec) -> float:
+        """K and V of one token in one KV head and layer, in the model's element size (``kv_bytes``: FP16)."""
+        return float(_exact_bytes_per_token_head(model, model.bytes_per_element))
 
 
 @dataclass(frozen=True)
-class IntSettings:
-    """Uniform asymmetric INT-k: keys grouped per channel along tokens, values per token along channels."""
+class IntSettings(_PimView):
+    """Uniform asymmetric INT-k: keys grouped per channel along tokens, values per token along channels.
+
+    bits: code bits per element; group: elements per quantization group (tokens for keys, channels for values),
+    each with an FP16 scale and zero point; sinks / recent: first and last tokens kept exact (FP16).
+    """
 
     bits: int
     group: int = 32
@@ -108,19 +160,38 @@ class IntSettings:
     def code_bits_per_element(self, model: ModelSpec) -> float:
         return float(self.bits)
 
+    def code_bits_per_token(self, model: ModelSpec) -> int:
+        """Code bits of one tensor (K or V) of one token in one KV head."""
+        return model.head_dim * self.bits
+
+    def value_groups_per_token(self, model: ModelSpec) -> int:
+        """Value groups of one token in one KV head (groups along channels; the last may be partial)."""
+        return math.ceil(model.head_dim / self.group)
+
     def kv_bytes(self, model: ModelSpec, context: int) -> KvBytes:
+        """Codes packed per tensor (``ceil`` over the context); keys: one group per channel per ``group`` coded
+        tokens, the last partial group counted whole."""
         exact, coded = _split(model, context, self.sinks, self.recent)
         d = model.head_dim
-        per_tensor_codes = math.ceil(coded * d * self.bits / 8)
+        per_tensor_codes = math.ceil(coded * self.code_bits_per_token(model) / 8)
         key_groups = d * math.ceil(coded / self.group)  # per channel, along tokens
-        value_groups = coded * math.ceil(d / self.group)  # per token, along channels
+        value_groups = coded * self.value_groups_per_token(model)  # per token, along channels
         s = _streams(model)
-        return KvBytes(codes=2 * s * per_tensor_codes, fp16_tokens=2 * s * exact * d * FP16_BYTES,
-                       scales=s * (key_groups + value_groups) * 2 * FP16_BYTES)
+        return KvBytes(codes=2 * s * per_tensor_codes,
+                       fp16_tokens=s * exact * _exact_bytes_per_token_head(model, FP16_BYTES),
+                       scales=s * (key_groups + value_groups) * SCALE_ZERO_BYTES)
+
+    def pim_token_bytes_per_head(self, model: ModelSpec) -> float:
+        """K and V codes of one coded token (``head_dim x bits / 8`` bytes each), its value groups' scales and
+        zero points, and its share of the key groups' (``head_dim`` channels, one group per ``group`` tokens:
+        ``head_dim x SCALE_ZERO_BYTES / group``, no partial group rounded up)."""
+        d = model.head_dim
+        return (2 * (self.code_bits_per_token(model) / 8) + d * SCALE_ZERO_BYTES / self.group
+                + self.value_groups_per_token(model) * SCALE_ZERO_BYTES)
 
 
 @dataclass(frozen=True)
-class PqSettings:
+class PqSettings(_PimView):
     """Product Quantization of K and V per layer and KV head, with AQPIM's accuracy options.
 
     m: sub-spaces per head (head_dim % m == 0); k: centroids per sub-space (a power of two, codes of log2 k bits);
@@ -157,6 +228,29 @@ class PqSettings:
         """Bits of one code (one sub-vector of one token)."""
         return int(self.k).bit_length() - 1
 
+    @property
+    def code_bits_per_token(self) -> int:
+        """Code bits of one tensor (K or V) of one token in one KV head: ``m x log2 k``."""
+        return self.m * self.code_bits
+
+    @property
+    def outlier_bytes_per_token(self) -> int:
+        """The FP16 outlier key channels of one coded token in one KV head."""
+        return self.outliers * FP16_BYTES
+
+    @property
+    def outlier_index_bytes(self) -> int:
+        """The outlier channels' indices, per KV head and layer (2 bytes each)."""
+        return self.outliers * FP16_BYTES
+
+    def codebook_bytes(self, model: ModelSpec) -> int:
+        """Centroids of one tensor of one KV head in one layer: k centroids x m sub-spaces x head_dim/m FP16."""
+        return self.k * model.head_dim * FP16_BYTES
+
+    def key_scale_bytes(self, model: ModelSpec) -> int:
+        """Per-channel key scales of one KV head in one layer (``scale_keys``), FP16."""
+        return model.head_dim * FP16_BYTES if self.scale_keys else 0
+
     def check(self, model: ModelSpec) -> None:
         """Errors that depend on the model: sub-spaces must tile the head, outliers fit in it."""
         if model.head_dim % self.m:
@@ -171,15 +265,28 @@ class PqSettings:
         return self.m * self.code_bits / model.head_dim
 
     def kv_bytes(self, model: ModelSpec, context: int) -> KvBytes:
+        """Codes packed per tensor (``ceil`` over the context); codebooks, key scales and outlier indices once."""
         self.check(model)
         exact, coded = _split(model, context, self.sinks, self.recent)
-        d, s = model.head_dim, _streams(model)
-        per_tensor_codes = math.ceil(coded * self.m * self.code_bits / 8)
-        codebook = self.k * d * FP16_BYTES  # one tensor of one head: k centroids x m sub-spaces x d/m dims
-        key_scales = d * FP16_BYTES if self.scale_keys else 0
-        return KvBytes(codes=2 * s * per_tensor_codes, fp16_tokens=2 * s * exact * d * FP16_BYTES,
-                       outliers=s * (coded * self.outliers * FP16_BYTES + self.outliers * FP16_BYTES),
-                       codebooks=s * (2 * codebook + key_scales))
+        s = _streams(model)
+        per_tensor_codes = math.ceil(coded * self.code_bits_per_token / 8)
+        return KvBytes(codes=2 * s * per_tensor_codes,
+                       fp16_tokens=s * exact * _exact_bytes_per_token_head(model, FP16_BYTES),
+                       outliers=s * (coded * self.outlier_bytes_per_token + self.outlier_index_bytes),
+                       codebooks=s * (2 * self.codebook_bytes(model) + self.key_scale_bytes(model)))
+
+    def pim_token_bytes_per_head(self, model: ModelSpec) -> float:
+        """K and V codes of one coded token in one KV head and layer (bit-packed, no ``ceil``), plus its FP16
+        outlier key channels."""
+        self.check(model)
+        return 2 * self.code_bits_per_token / 8 + self.outlier_bytes_per_token
+
+    def pim_unit_fixed_bytes(self, model: ModelSpec) -> float:
+        """K and V codebooks of one (sequence, KV head) over all layers: one copy (a system holding a unit's
+        tokens on several channels keeps a copy in each). The outlier indices and ``scale_keys`` scales that
+        ``kv_bytes`` counts are not placed in PIM by this count (a few bytes per KV head and layer)."""
+        self.check(model)
+        return model.n_layers * 2 * self.codebook_bytes(model)
 
 
 KvFormat = Fp16Settings | IntSettings | PqSettings
@@ -197,16 +304,22 @@ def _name(fmt) -> str:
 
 
 def parse_format(text: str) -> KvFormat:
-    """``kind:key=value,...`` -> settings; e.g. ``pq:m=16,k=256,sinks=4,recent=128``, ``int:bits=4``, ``fp16``."""
+    """``kind:key=value,...`` -> settings; e.g. ``pq:m=16,k=256,sinks=4,recent=128``, ``int:bits=4``, ``fp16``.
+
+    Short names: ``int8``, ``int4``, ``int2`` (any ``int<bits>``) are ``int:bits=<bits>`` (groups of 32, no
+    exact window); options may follow, ``int4:group=64``."""
     text = text.strip()
     kind, _, opts = text.partition(":")
     kind = kind.strip().lower()
+    values: dict = {}
+    short = re.fullmatch(r"int(\d+)", kind)
+    if short:
+        kind, values["bits"] = "int", int(short.group(1))
     if kind not in FORMATS:
         raise WorkloadError(f"KV format '{text}': unknown kind '{kind}'{did_you_mean(kind, FORMATS)}; "
-                            f"known: {', '.join(FORMATS)}")
+                            f"known: {', '.join(FORMATS)} (and int<bits>: int2, int4, int8)")
     cls = FORMATS[kind]
     known = {f.name: f for f in fields(cls)}
-    values: dict = {}
     for item in filter(None, (s.strip() for s in opts.split(","))):
         key, eq, raw = item.partition("=")
         key, raw = key.strip(), raw.strip()
