@@ -366,3 +366,118 @@ def bits_per_element(model: ModelSpec, fmt: KvFormat, context: int) -> float:
 def compression(model: ModelSpec, fmt: KvFormat, context: int) -> float:
     """FP16 bytes over all bytes the format stores (>1 is smaller than FP16)."""
     return Fp16Settings().kv_bytes(model, context).total / kv_bytes(model, fmt, context).total
+
+
+# =====================================================================================================================
+# --- measured accuracy, looked up by geometry (workloads/presets/accuracy.json, scripts/accuracy_table.py) ---------
+# =====================================================================================================================
+# The simulator runs LLaMA-class heads (head_dim 128); accuracy was measured on SmolLM2-135M (head_dim 64) and on
+# Gaussian data. A format's accuracy is carried over by *geometry*: PQ error depends on the sub-vector a codebook
+# clusters (head_dim / m dims) and its K centroids, not on how many sub-vectors tile the head, so pq:m=16 on
+# head_dim 128 (8-dim sub-vectors) takes the entry measured as pq:m=8 on head_dim 64. INT-k groups 32 elements
+# whatever the head size, so it matches by bits, group and window; FP16 is exact. Every other option (sinks, recent,
+# outliers, scale_keys, refresh) must be equal. Outlier channels match by count, not by share of the head (4 of 128
+# channels is half the share of 4 of 64): a carried-over entry is an estimate, and says what it was measured as.
+# (This section's imports sit here so that the top of the module stays untouched by it.)
+import json  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from functools import cache  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ACCURACY_TABLE = Path(__file__).parent / "presets" / "accuracy.json"
+ACCURACY_TABLE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class AccuracyEntry:
+    """One measured (format, data) row of the shipped accuracy table; metrics as in ``workloads.accuracy``."""
+
+    format: str  # canonical text of the format as measured (on the data's head_dim)
+    data: str  # "real" (captured K/V) or "synthetic" (i.i.d. Gaussian)
+    head_dim: int  # of the data the format was measured on
+    model: str  # whose K/V: "SmolLM2-135M-Instruct", "synthetic-gaussian"
+    text: str  # what the activations were captured on ("synthetic" for Gaussian data)
+    context: int  # tokens of the measured sequence
+    layers: tuple[int, ...]  # captured layers evaluated
+    out_cos_mean: float  # attention-output cosine vs FP16, mean over layers, query heads and decode queries
+    out_cos_min: float  # ... and the worst of them
+    key_rel_err: float
+    value_rel_err: float
+    score_rmse: float  # RMS logit error
+    topk_overlap: float
+    bits_per_element: float  # all stored bits per K/V element at ``context`` on the data's model
+    code_bits_per_element: float
+    ppl: float | None = None  # perplexity with the coded cache, when measured
+    ppl_fp16: float | None = None
+    command: str = ""  # the command that regenerates the table
+
+    @property
+    def settings(self) -> KvFormat:
+        return parse_format(self.format)
+
+    @property
+    def geometry(self) -> str:
+        """What the entry carries over by: ``d_sub 8, K 256``, ``INT2 group 32`` or ``exact``."""
+        fmt = self.settings
+        if isinstance(fmt, PqSettings):
+            return f"d_sub {self.head_dim // fmt.m}, K {fmt.k}"
+        if isinstance(fmt, IntSettings):
+            return f"INT{fmt.bits} group {fmt.group}"
+        return "exact"
+
+    def summary(self) -> str:
+        """One line, e.g. ``cos 0.989 mean / 0.47 worst (SmolLM2-135M-Instruct K/V, d_sub 8, K 256, measured as
+        pq:m=8,k=256,sinks=4,recent=128)``."""
+        return (f"cos {self.out_cos_mean:.3f} mean / {self.out_cos_min:.2f} worst ({self.model} K/V, "
+                f"{self.geometry}, measured as {self.format})")
+
+
+def accuracy_key(fmt: KvFormat, head_dim: int) -> tuple:
+    """What a format's measured accuracy carries over by, on heads of ``head_dim`` dims: its kind, PQ's sub-vector
+    dimension instead of m, and every other option. Two (format, head_dim) pairs with equal keys share an entry."""
+    _check_int("accuracy lookup", "head_dim", head_dim, 1)
+    options = tuple((f.name, getattr(fmt, f.name)) for f in fields(fmt) if f.name != "m")
+    if isinstance(fmt, PqSettings):
+        if head_dim % fmt.m:
+            raise WorkloadError(f"pq format {fmt.name}: head_dim {head_dim} is not divisible by m={fmt.m}")
+        return (fmt.kind, ("sub_dim", head_dim // fmt.m), *options)
+    return (fmt.kind, *options)
+
+
+def _entry_from_json(raw: dict, where: str) -> AccuracyEntry:
+    try:
+        data, metrics = raw["data"], raw["metrics"]
+        entry = AccuracyEntry(
+            format=str(raw["format"]), data=str(data["kind"]), head_dim=int(raw["geometry"]["head_dim"]),
+            model=str(data["model"]), text=str(data["text"]), context=int(data["context"]),
+            layers=tuple(int(x) for x in data["layers"]), command=str(raw["command"]),
+            **{f.name: (None if metrics[f.name] is None else float(metrics[f.name]))
+               for f in fields(AccuracyEntry) if f.name in metrics})
+    except (KeyError, TypeError, ValueError) as e:
+        raise WorkloadError(f"{where}: malformed accuracy entry {raw.get('format', '?')!r}: {e!r}") from None
+    parse_format(entry.format)  # the stored text must still parse (WorkloadError otherwise)
+    return entry
+
+
+@cache
+def load_accuracy_table(path: Path = ACCURACY_TABLE) -> tuple[AccuracyEntry, ...]:
+    """The entries of an accuracy table file (read once per path)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise WorkloadError(f"accuracy table {path}: cannot read: {e}") from None
+    if not isinstance(doc, dict) or doc.get("version") != ACCURACY_TABLE_VERSION:
+        raise WorkloadError(f"accuracy table {path}: expected version {ACCURACY_TABLE_VERSION}")
+    return tuple(_entry_from_json(raw, str(path)) for raw in doc.get("entries", []))
+
+
+def accuracy_entry(fmt: KvFormat, head_dim: int, data: str = "real",
+                   entries: Sequence[AccuracyEntry] | None = None) -> AccuracyEntry | None:
+    """The measured accuracy of ``fmt`` on heads of ``head_dim`` dims, matched by geometry (see the section
+    comment), on ``data`` ("real" or "synthetic"); None when nothing matching was measured. Of several matches the
+    one measured at the nearest head_dim wins (by ratio; the first listed on a tie). ``entries``: default, the
+    shipped table."""
+    want = accuracy_key(fmt, head_dim)
+    found = [e for e in (load_accuracy_table() if entries is None else entries)
+             if e.data == data and accuracy_key(e.settings, e.head_dim) == want]
+    return min(found, key=lambda e: abs(math.log2(e.head_dim / head_dim)), default=None)

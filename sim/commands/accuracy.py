@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from workloads.accuracy import EvalConfig, evaluate, format_table, measure_perplexity
-from workloads.activations import load_activations, synthetic_activations
+from workloads.activations import Activations, load_activations, synthetic_activations
 from workloads.errors import WorkloadError
 from workloads.kvformats import parse_format
 
+SYNTHETIC_CONTEXT = 2048  # tokens of the synthetic data set unless --context
 HELP = "accuracy of PQ / INT-k KV-cache formats on real (SmolLM2) and synthetic activations"
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "smollm2_gpl3_2k.npz"
 DEFAULT_SETTINGS = (
@@ -74,6 +75,13 @@ def _write_json_atomic(path: str, payload: dict) -> None:
         raise
 
 
+def synthetic_data(seed: int, context: int, queries: int) -> Activations:
+    """The synthetic data set of ``--data synthetic``: Gaussian q, k, v with SmolLM2's shapes (3 layers, 3 KV heads,
+    GQA 3, head_dim 64), drawn from the generator of ``[seed, 1]``."""
+    return synthetic_activations(np.random.default_rng([seed, 1]), n_tokens=context,
+                                 n_queries=min(queries, context), n_layers=3, n_kv_heads=3, group=3, head_dim=64)
+
+
 def run(args) -> int:
     formats = [parse_format(s) for s in args.settings]
     if args.context is not None and args.context <= 0:
@@ -101,9 +109,7 @@ def run(args) -> int:
                     r["ppl_prefill"] = ppl_prefill
         rows += real
     if args.data in ("synthetic", "both"):
-        n = args.context or 2048
-        acts = synthetic_activations(np.random.default_rng([args.seed, 1]), n_tokens=n,
-                                     n_queries=min(args.queries, n), n_layers=3, n_kv_heads=3, group=3, head_dim=64)
+        acts = synthetic_data(args.seed, args.context or SYNTHETIC_CONTEXT, args.queries)
         rows += evaluate(acts, formats, cfg, data="synthetic", by_layer=args.by_layer)
     print(format_table(rows))
     if args.json_out:
