@@ -381,16 +381,6 @@ def broadcast_work(ch: PimChannelParams, nbytes: float, kind: str = "pim.broadca
     return _work(ch, kind, ch.op_overhead_s + io_time_s(ch, nbytes), 0.0, 0.0, nbytes)
 
 
-def table_passes(ch: PimChannelParams, table_bytes: float) -> int:
-    """How many passes over the stored data a lookup table needs: 1 if it fits a unit's buffer, else one per
-    buffer-sized slice (each pass re-streams the data against one slice).
-
-    Measured against ``unit_buffer_bytes``, which ``sim/systems/aqpim.py`` still overrides with the run config's
-    ``lut_bytes``; attention on PQ codes uses ``pq_table_passes`` (the channel's ``lut_bytes``) instead."""
-    _check("table_passes", table_bytes=table_bytes)
-    return max(1, math.ceil(table_bytes / ch.unit_buffer_bytes))
-
-
 def pq_table_passes(ch: PimChannelParams, group: int, m: int, k: int) -> int:
     """Passes over the PQ codes that attention on codes needs in one unit (the ``lut_passes`` of a step).
 

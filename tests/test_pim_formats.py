@@ -37,8 +37,7 @@ def old_fp16_works(ch, tok, units, nv, part, *, g, d, e, softmax):
 
 def old_lut_passes(ch, lut_bytes, *, g, m, k):
     """AqpimSystem.lut_passes on the channel AqpimSystem.__init__ made (unit_buffer_bytes = run config lut_bytes)"""
-    ch = dataclasses.replace(ch, unit_buffer_bytes=lut_bytes)
-    return pim.table_passes(ch, g * m * k * (OLD_FP16_BYTES + OLD_BIN_BYTES))
+    return max(1, math.ceil(g * m * k * (OLD_FP16_BYTES + OLD_BIN_BYTES) / lut_bytes))
 
 
 def old_pq_works(ch, tok, units, nv, *, g, d, e, m, k, outliers, window, passes, softmax):

@@ -155,9 +155,8 @@ def test_append_broadcast_and_table_passes():
     assert pim.append_work(ch, 1, 128).duration_s == pytest.approx(ch.op_overhead_s + 2 * 128 * 2 / 20.95e9)
     assert pim.append_work(ch, 1, 128).energy_j == pytest.approx(512 * (4.4e-12 + 24.32e-12))
     assert pim.broadcast_work(ch, 256).duration_s == pytest.approx(ch.op_overhead_s + 256 / 20.95e9)
-    assert pim.table_passes(ch, 512) == 1
-    assert pim.table_passes(ch, 16 * 256 * 2) == 16  # an M=16, K=256 FP16 lookup table in a 512 B buffer
-    assert pim.table_passes(pim.load_pim("upmem").channel, 16 * 256 * 2) == 1
+    # M=16, K=256 FP16 tables plus FP16 bins for 4 query heads (64 KiB) in a 4 KiB lookup buffer: 16 passes
+    assert pim.pq_table_passes(dataclasses.replace(ch, lut_bytes=4096), 4, 16, 256) == 16
 
 
 @given(name=st.sampled_from(BANK_LEVEL), scale=st.floats(0.01, 100))

@@ -28,9 +28,13 @@ every shipped model) by the PIM view, which is what the model's K/V arrive in.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
 from types import MappingProxyType
 
 from workloads.errors import WorkloadError, did_you_mean
@@ -378,11 +382,6 @@ def compression(model: ModelSpec, fmt: KvFormat, context: int) -> float:
 # whatever the head size, so it matches by bits, group and window; FP16 is exact. Every other option (sinks, recent,
 # outliers, scale_keys, refresh) must be equal. Outlier channels match by count, not by share of the head (4 of 128
 # channels is half the share of 4 of 64): a carried-over entry is an estimate, and says what it was measured as.
-# (This section's imports sit here so that the top of the module stays untouched by it.)
-import json  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from functools import cache  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 ACCURACY_TABLE = Path(__file__).parent / "presets" / "accuracy.json"
 ACCURACY_TABLE_VERSION = 1

@@ -38,6 +38,8 @@ from sim.errors import ConfigError
 from sim.options import Options, option
 from sim.systems.base import Capacity, Devices, Estimate, StepBatch, System, gib, total_s
 from sim.topology import GPU, HOST_DRAM, PIM
+from workloads.errors import WorkloadError
+from workloads.kvformats import KvFormat, accuracy_entry, parse_format
 from workloads.models import ModelSpec
 from workloads.opgraph import head_op, layer_ops
 
@@ -181,24 +183,43 @@ class PimDeviceOptions(Options):
 
 @dataclass(frozen=True)
 class PimOptions(PimDeviceOptions):
-    kv_format: str = option("fp16", "KV format stored in PIM: fp16, int8, int4, int2 or "
-                            "int:bits=B,group=G,sinks=S,recent=W")
+    kv_format: str = option("fp16", "KV format stored in PIM: fp16, int8, int4, int2, or int:bits=B,group=G,"
+                            "sinks=S,recent=W (KIVI-style INT-k)")
+
+    @property
+    def fmt(self) -> KvFormat:
+        return parse_format(self.kv_format)
 
     def check(self) -> None:
-        if self.kv_format != "fp16":
-            raise ConfigError(f"kv_format must be fp16, got {self.kv_format!r}")
+        try:
+            fmt = self.fmt
+        except WorkloadError as e:
+            raise ConfigError(str(e)) from None
+        if fmt.kind not in ("fp16", "int"):
+            raise ConfigError(f"kv_format: {fmt.kind} is not a format of the pim system; PQ codes in PIM are "
+                              f"--system aqpim")
 
 
 class PimSystem(System):
+    """KV in PIM in the format ``kv_format()`` gives: FP16, INT-k, or (``aqpim``) PQ codes."""
+
     name = "pim"
     Options = PimOptions
-    variants = ({}, {"capacity_policy": "limit"})
+    variants = ({}, {"capacity_policy": "limit"}, {"kv_format": "int4"})
     kv_location = "pim"
-    new_tokens_spill = True  # once PIM is full, new K/V are stored in host DRAM
 
     def __init__(self, machine, model: ModelSpec, options: PimDeviceOptions):
         super().__init__(machine, model, options)
         self.dev = machine.pim_params
+        self.fmt = self.kv_format()
+        self.fmt.check(model)
+        self.window = self.fmt.window_tokens
+        # Once PIM is full, new FP16 tokens are stored in host DRAM with the spilled ones; a quantized format
+        # codes its new tokens in PIM (into the exact window whose room is reserved per sequence, if it has one).
+        self.new_tokens_spill = self.fmt.kind == "fp16"
+
+    def kv_format(self) -> KvFormat:
+        return self.options.fmt
 
     @classmethod
     def devices(cls, options: PimDeviceOptions, pim: pim_model.PimDeviceParams | None = None) -> Devices:
@@ -210,17 +231,17 @@ class PimSystem(System):
 
     # ---- storage ---------------------------------------------------------------------------------------------
     def pim_bytes_per_token(self) -> float:
-        """Bytes one token occupies in PIM over all layers."""
-        return float(self.model.kv_bytes_per_token)
+        """Bytes one coded (or FP16) token occupies in PIM over all layers."""
+        return self.fmt.pim_token_bytes(self.model)
 
     def pim_fixed_bytes(self, n_pairs: float, n_seqs: int) -> float:
-        """Bytes in PIM that do not grow with tokens (codebooks per (unit, channel) pair, exact windows per
-        sequence); none for FP16."""
-        return 0.0
+        """Bytes in PIM that do not grow with tokens: per (unit, channel) pair (PQ codebooks, replicated in every
+        channel holding a stripe of the unit) and per sequence (its exact window)."""
+        return n_pairs * self.fmt.pim_unit_fixed_bytes(self.model) + n_seqs * self.fmt.pim_window_bytes(self.model)
 
     def placed_tokens(self, kept: np.ndarray) -> np.ndarray:
-        """Tokens per sequence stored at ``pim_bytes_per_token`` (all of them for FP16)."""
-        return kept
+        """Tokens per sequence stored at ``pim_bytes_per_token`` (those outside the exact window)."""
+        return np.maximum(kept - self.window, 0) if self.window else kept
 
     def pim_tokens_capacity(self, n_pairs: float, n_seqs: int) -> float:
         free = self.dev.capacity_bytes - self.pim_fixed_bytes(n_pairs, n_seqs)
@@ -240,24 +261,30 @@ class PimSystem(System):
         cap = self.pim_tokens_capacity(placement.pair_unit.size, batch.n_seqs)
         return 0.0 if need <= cap else (need - cap) / need
 
-    # ---- per-channel work (FP16 baseline) ----------------------------------------------------------------------
-    def channel_phases(self, tokens, present, new) -> tuple[Phase, ...]:
-        ch, m = self.dev.channel, self.model
-        g, d, e = m.gqa_group, m.head_dim, m.bytes_per_element
-        softmax = self.options.softmax
+    # ---- per-channel work --------------------------------------------------------------------------------------
+    def format_works(self) -> tuple:
+        """(the format's per-channel work function in hw_models.pim, its format-specific arguments)."""
+        f = self.fmt
+        if f.kind == "int":
+            return pim_model.int_attention_works, {"bits": f.bits, "group_size": f.group, "window": self.window}
+        return pim_model.fp16_attention_works, {}
 
-        def works(tok, units, nv, part):
-            w = pim_model.ChannelAttention(kv_vectors=tok, head_dim=d, queries_per_kv=g, query_vectors=units * g,
-                                           bytes_per_element=e)
-            full = (pim_model.append_work(ch, nv, d, e),) + pim_model.attention_works(ch, w, softmax)
-            # host softmax: [append, q_in, score, softmax(out)] | [context, out]
-            return full if part is None else (full[:4] if part == 0 else full[4:])
+    def channel_phases(self, tokens, present, new) -> tuple[Phase, ...]:
+        m = self.model
+        fn, extra = self.format_works()
+        args = dict(head_dim=m.head_dim, group=m.gqa_group, bytes_per_element=m.bytes_per_element,
+                    softmax=self.options.softmax, **extra)
+        ch = self.dev.channel
+
+        def works(t, u, v):
+            return fn(ch, t, u, v, **args)
 
         rows = np.column_stack([tokens, present, new])
-        if softmax == "host":
-            return (bank_phase("pim.attention.scores", rows, lambda t, u, v: works(t, u, v, 0)),
-                    bank_phase("pim.attention.context", rows, lambda t, u, v: works(t, u, v, 1)))
-        return (bank_phase("pim.attention", rows, lambda t, u, v: works(t, u, v, None)),)
+        kind = f"{self.name}.attention"
+        if self.options.softmax == "host":
+            return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax),
+                    bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax))
+        return (bank_phase(kind, rows, lambda t, u, v: works(t, u, v).all),)
 
     def down_bytes(self, batch: StepBatch, spilling: bool) -> float:
         m = self.model
@@ -440,6 +467,9 @@ class PimSystem(System):
         if m.weight_bytes > p.gpu.mem_capacity_bytes:
             reasons.append(f"GPU memory: weights {gib(m.weight_bytes)} exceed {gib(p.gpu.mem_capacity_bytes)}")
         busy = self.machine.pim.busy_s
+        details = {}
+        if self.fmt.kind != "fp16":
+            details = self.format_details(peak)
         return Capacity(
             self.kv_location if spill == 0 else f"{self.kv_location}+host.dram", need, not reasons,
             tuple(reasons),
@@ -448,4 +478,19 @@ class PimSystem(System):
              "spilled_share": spill, "placement": self.options.placement, "channels_per_unit": placement.pairs_per_unit,
              "pim_channel_busy_s": [float(x) for x in busy],
              "pim_channel_busy_max_over_mean": float(busy.max() / busy.mean()) if busy.mean() > 0 else 0.0,
-             "pim_channels_idle": int((busy == 0).sum())})
+             "pim_channels_idle": int((busy == 0).sum()), "kv_format": self.fmt.name, **details})
+
+    def format_details(self, peak: StepBatch) -> dict:
+        """A quantized format's storage by part at the peak context, its compression, and its measured accuracy
+        (matched by geometry, ``workloads.kvformats.accuracy_entry``)."""
+        ctx = int(peak.max_context) + 1
+        parts = self.fmt.kv_bytes(self.model, ctx)
+        fp16 = self.model.kv_bytes_per_token * self.model.kv_tokens(ctx)
+        by_part = {k: getattr(parts, k) for k in ("codes", "fp16_tokens", "outliers", "codebooks", "scales")}
+        entry = accuracy_entry(self.fmt, self.model.head_dim)
+        return {"code_bits_per_element": self.fmt.code_bits_per_element(self.model),
+                "kv_bytes_per_sequence_by_part": by_part,
+                "kv_bytes_per_token_by_part": {k: v / ctx for k, v in by_part.items()},
+                "compression": fp16 / parts.total,
+                "kv_bytes_fp16": (peak.kv_tokens + peak.n_seqs) * self.model.kv_bytes_per_token,
+                "accuracy": entry.summary() if entry else "not measured at this geometry"}
