@@ -7,7 +7,7 @@ contend (measured H2D drops when D2H is busy) can be bracketed from the other si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hw_models.errors import HardwareError
 from hw_models.params import non_negative, positive
@@ -25,6 +25,7 @@ class PcieLinkParams:
     latency_s: float
     duplex: str
     energy_per_byte_j: float
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         positive(f"pcie '{self.name}'", generation=self.generation, lanes=self.lanes,

@@ -7,13 +7,13 @@ ranges, and ``load_config_file`` reports malformed TOML with the file and line.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from hw_models.errors import HardwareError
-from hw_models.machine import DEFAULT_MACHINE, read_toml
+from hw_models.loading import did_you_mean as _suggest
+from hw_models.loading import read_toml
+from hw_models.machine import DEFAULT_MACHINE
 from sim.errors import ConfigError
 from sim.systems import SYSTEMS
 
@@ -113,11 +113,6 @@ def _positive_int(name: str, v) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {v!r}")
 
 
-def _suggest(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _HINTS = typing.get_type_hints(RunConfig)
 
@@ -161,10 +156,7 @@ def from_mapping(data: dict, where: str = "config") -> RunConfig:
 
 
 def read_config_file(path: str | Path) -> dict:
-    try:
-        return read_toml(Path(path))
-    except HardwareError as e:  # same reader as machine files; for a run file it is a config error
-        raise ConfigError(str(e)) from None
+    return read_toml(Path(path), error=ConfigError)
 
 
 def load_config_file(path: str | Path, overrides: dict | None = None) -> RunConfig:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import dataclasses
-import difflib
 import fcntl
 import hashlib
 import itertools
@@ -35,6 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hw_models.loading import did_you_mean as _did_you_mean
 from sim.config import FIELDS, RunConfig, from_mapping, read_config_file
 from sim.errors import INPUT_ERRORS, ConfigError
 from sim.io import open_atomic, write_text_atomic
@@ -70,11 +70,6 @@ def config_key(cfg: RunConfig) -> str:
     """sha256 of the canonical JSON of the full resolved configuration."""
     text = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _check_keys(table: dict, where: str) -> None:

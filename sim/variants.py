@@ -12,10 +12,10 @@ The same function labels Results read back from disk, so tables and figures use 
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from hw_models.loading import did_you_mean
 from sim.config import FIELDS, RunConfig, from_mapping
 from sim.errors import ConfigError
 from sim.systems import SYSTEMS
@@ -65,11 +65,6 @@ def config_labels(configs: Sequence[Mapping]) -> list[str]:
         if labels.count(lab) > 1:
             labels[i] = f"{lab}#{seen[lab]}"
     return labels
-
-
-def did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def variant_configs(settings: Mapping, only: Sequence[str] | None = None, system: str | None = None,
