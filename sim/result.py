@@ -49,6 +49,7 @@ class Result:
     warnings: list[str]
     config: dict
     details: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)  # input -> "file sha256:..." (docs/metrics.md)
     schema_version: int = RESULT_SCHEMA_VERSION
 
     def to_dict(self) -> dict:

@@ -7,12 +7,11 @@ channels for PIM systems), not with context length or bytes.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import simpy
 
 from hw_models.machine import MachineParams, load_machine
+from hw_models.params import override
 from hw_models.pim import PimDeviceParams, load_pim
 from sim.analytic import ESTIMATORS
 from sim.config import DEFAULT_STEPS, RunConfig
@@ -48,7 +47,7 @@ def _percentile_weighted(values: list[float], weights: list[int], q: float) -> f
 
 def load_pim_for(cfg: RunConfig) -> PimDeviceParams:
     dev = load_pim(cfg.pim)
-    return dataclasses.replace(dev, channels=cfg.channels) if cfg.channels is not None else dev
+    return override(dev, channels=cfg.channels) if cfg.channels is not None else dev
 
 
 def simulate(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
@@ -111,10 +110,10 @@ def simulate_traced(cfg: RunConfig, params: MachineParams | None = None, model: 
     env.process(driver())
     env.run()
     context = max(r.prompt_tokens for r in requests)
-    return _result(cfg, params, model, system, tracer, env.now, log, warnings, context), tracer.spans
+    return _result(cfg, params, model, pim, system, tracer, env.now, log, warnings, context), tracer.spans
 
 
-def _result(cfg, params, model, system, tracer, end_s, log, warnings, context) -> Result:
+def _result(cfg, params, model, pim, system, tracer, end_s, log, warnings, context) -> Result:
     lat, nseq = log["latency"], log["batch"]
     tokens = int(sum(nseq))
     decode_s = float(sum(lat))
@@ -130,6 +129,9 @@ def _result(cfg, params, model, system, tracer, end_s, log, warnings, context) -
     energy = tracer.energy_j()
     busy = tracer.busy_s()
     links = {c: b for c, b in tracer.bytes_by_component().items() if c.startswith(COMM_COMPONENT_PREFIXES)}
+    provenance = {"model": model.origin, "hardware": params.origin}
+    if pim is not None:
+        provenance.update(pim=pim.origin, dram_timing=pim.channel.timing.origin)
     return Result(
         system=cfg.system, model=model.name, hardware=params.name, batch=cfg.effective_max_batch,
         context=context, steps=len(lat), seed=cfg.seed,
@@ -150,4 +152,4 @@ def _result(cfg, params, model, system, tracer, end_s, log, warnings, context) -
         analytic_step_latency_s=log["analytic"],
         analytic_mean_step_latency_s=float(np.mean(log["analytic"])) if lat else 0.0,
         analytic_exact=bool(log["exact"]), warnings=warnings, config=cfg.to_dict(),
-        details=dict(cap.details) if cap else {})
+        details=dict(cap.details) if cap else {}, provenance=provenance)
