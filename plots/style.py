@@ -6,7 +6,6 @@ says which unit was chosen.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from hw_models.loading import read_json
 from sim.errors import ConfigError
 from sim.result import Result
 from sim.variants import config_labels
@@ -136,16 +136,6 @@ def rc():
     return matplotlib.rc_context(RC)
 
 
-def read_json(path: str | Path):
-    p = Path(path)
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{p}: not valid JSON: {e}") from None
-
-
 def load_results(path: str | Path) -> list[tuple[str, Result]]:
     """Labelled Results from a Result JSON, a JSON list of Results, or a sweep's JSONL.
 
@@ -159,7 +149,7 @@ def load_results(path: str | Path) -> list[tuple[str, Result]]:
         recs = sorted((r for r in iter_records(p) if "result" in r), key=lambda r: r.get("index", 0))
         return [(", ".join(str(v) for v in r.get("factors", {}).values()) or r["key"][:8],
                  Result.from_dict(r["result"])) for r in recs]
-    data = read_json(p)
+    data = read_json(p, error=ConfigError)
     items = data if isinstance(data, list) else [data]
     if not all(isinstance(d, dict) and "mean_step_latency_s" in d for d in items):
         raise ConfigError(f"{p}: expected a Result JSON or a list of Results")

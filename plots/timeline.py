@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
-from plots.style import kind_colours, new_figure, rc, read_json, save, time_unit
+from hw_models.loading import read_json
+from plots.style import kind_colours, new_figure, rc, save, time_unit
 from sim.errors import ConfigError
 
 FIXED_LANES = {("gpu", "compute"): (0, "GPU"), ("pcie", "h2d"): (1, "PCIe H2D"),
@@ -143,7 +144,7 @@ def _draw_density(ax, y: float, lane: Lane, t0: float, t1: float, scale: float, 
 def plot_timeline(trace_path: str | Path, out: str | Path, steps: int | None = None,
                   max_channel_lanes: int = 8, title: str | None = None) -> Path:
     """Gantt chart of the first ``steps`` decode steps of a Chrome trace (all traced steps when None)."""
-    trace = read_json(trace_path)
+    trace = read_json(trace_path, error=ConfigError)
     if not isinstance(trace, dict):
         raise ConfigError(f"{trace_path}: not a Chrome trace (expected a JSON object with traceEvents)")
     try:
