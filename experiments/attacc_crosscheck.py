@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from hw_models import pim as pim_model  # noqa: E402
 from hw_models.machine import load_machine  # noqa: E402
+from hw_models.params import override  # noqa: E402
 from sim.config import make_config  # noqa: E402
 from sim.run import simulate  # noqa: E402
 from workloads.models import ModelSpec, load_model  # noqa: E402
@@ -212,11 +213,11 @@ def main() -> None:
     # Aggregate check: the whole DGX as one GPU with 8x bandwidth and FLOP/s, and 8 AttAcc devices as one.
     batch, tokens = 95, 1021
     g = params.gpu
-    agg_params = dataclasses.replace(params, gpu=dataclasses.replace(
+    agg_params = dataclasses.replace(params, gpu=override(
         g, peak_flops_per_s=TP * g.peak_flops_per_s, mem_bw_bytes_per_s=TP * g.mem_bw_bytes_per_s,
         mem_capacity_bytes=TP * g.mem_capacity_bytes))
     dev = pim_model.load_pim(PIM)
-    agg_dev = dataclasses.replace(dev, channels=TP * dev.channels, link_bw_bytes_per_s=TP * dev.link_bw_bytes_per_s)
+    agg_dev = override(dev, channels=TP * dev.channels, link_bw_bytes_per_s=TP * dev.link_bw_bytes_per_s)
     a = ours(full, agg_params, agg_dev, batch, tokens, softmax=args.softmax)
     s = ours(model, params, dev, batch, tokens, softmax=args.softmax)
     print(f"\nAggregate check (batch {batch}, L {tokens}): whole model on 8x GPU + {agg_dev.channels} channels: "

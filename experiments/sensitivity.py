@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hw_models import pim as pim_model  # noqa: E402
 from hw_models.machine import load_machine  # noqa: E402
+from hw_models.params import override  # noqa: E402
 from sim.config import make_config  # noqa: E402
 from sim.run import simulate  # noqa: E402
 
@@ -54,7 +55,7 @@ def main() -> None:
         row("LUT bytes per unit", [str(lut)] + [f"{ratio(p, s, aq={'lut_bytes': lut}):.2f}x" for p in POINTS])
     dev = pim_model.load_pim(make_config(system="pim").options.pim)
     for ch in (40, 80, 160, 320, 640):
-        d = dataclasses.replace(dev, channels=ch)
+        d = override(dev, channels=ch)
         row("PIM channels", [str(ch)] + [f"{ratio(p, s, pim=d):.2f}x" for p in POINTS])
     c = dev.channel
     variants = [(f"units x{f}", dict(unit_bw_bytes_per_s=c.unit_bw_bytes_per_s * f,
@@ -73,7 +74,7 @@ def main() -> None:
     measured_fraction = machine.pcie.h2d_bw_bytes_per_s / 31.5e9  # Gen4: 25 of 31.5 GB/s raw (REFERENCE.md)
     for gen, raw in ((3, 15.75e9), (4, 31.5e9), (5, 63e9), (6, 128e9)):  # raw per direction, REFERENCE.md (V)
         bw = raw * measured_fraction
-        hw = dataclasses.replace(machine, pcie=dataclasses.replace(
+        hw = dataclasses.replace(machine, pcie=override(
             machine.pcie, generation=gen, h2d_bw_bytes_per_s=bw, d2h_bw_bytes_per_s=bw))
         cells = [f"{ratio(p, s, vs='offload', params=hw):.0f}x" for p in POINTS]
         spill = ratio("B", s, base={"capacity_policy": "spill"}, params=hw)

@@ -5,7 +5,7 @@ Used for attention on the host (FlexGen's ``cpu_cache_compute``): the KV stays i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hw_models.component import Work
 from hw_models.dram import HostDramParams
@@ -20,6 +20,7 @@ class CpuParams:
     flops_efficiency: float
     op_overhead_s: float
     energy_per_flop_j: float
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         positive(f"cpu '{self.name}'", cores=self.cores, peak_flops_per_s=self.peak_flops_per_s)

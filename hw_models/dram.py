@@ -11,10 +11,11 @@ call does not grow with the number of bytes, so a simulation's event count stays
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from hw_models.errors import HardwareError, did_you_mean
+from hw_models.errors import HardwareError
+from hw_models.loading import PresetDir, origin_of, read_toml
 from hw_models.params import build, fraction, non_negative, positive
 
 
@@ -26,6 +27,7 @@ class HostDramParams:
     capacity_bytes: float
     bw_efficiency: float
     energy_per_byte_j: float
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         positive(f"host_dram '{self.name}'", channels=self.channels,
@@ -55,6 +57,7 @@ class HostDramParams:
 # ---------------------------------------------------------------------------------------------------------------
 
 DRAM_PRESET_DIR = Path(__file__).parent / "presets" / "dram"
+DRAM_PRESETS = PresetDir(DRAM_PRESET_DIR, ".toml", "DRAM timing")
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class DramTimingParams:
     tFAW_cycles: float
     tREFI_s: float
     tRFC_s: float
+    origin: str = field(default="", compare=False)
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         owner = f"dram timing '{self.name}'"
@@ -96,10 +101,10 @@ class DramTimingParams:
                  tCCD_L_cycles=self.tCCD_L_cycles, tRRD_S_cycles=self.tRRD_S_cycles,
                  tRRD_L_cycles=self.tRRD_L_cycles, tFAW_cycles=self.tFAW_cycles, tREFI_s=self.tREFI_s)
         non_negative(owner, tRTP_cycles=self.tRTP_cycles, tRFC_s=self.tRFC_s)
-        for field in ("transfers_per_cycle", "bus_width_bytes", "burst_length", "row_bytes", "ranks",
-                      "bank_groups_per_rank", "banks_per_rank"):
-            if not isinstance(getattr(self, field), int):
-                raise HardwareError(f"{owner}: {field} must be a whole number, got {getattr(self, field)!r}")
+        for name in ("transfers_per_cycle", "bus_width_bytes", "burst_length", "row_bytes", "ranks",
+                     "bank_groups_per_rank", "banks_per_rank"):
+            if not isinstance(getattr(self, name), int):
+                raise HardwareError(f"{owner}: {name} must be a whole number, got {getattr(self, name)!r}")
         if self.banks_per_rank % self.bank_groups_per_rank:
             raise HardwareError(f"{owner}: banks_per_rank ({self.banks_per_rank}) must be a multiple of "
                                 f"bank_groups_per_rank ({self.bank_groups_per_rank})")
@@ -254,32 +259,19 @@ def channel_stream_efficiency(t: DramTimingParams, nbytes: float | None = None) 
     return (nbytes / t.peak_bw_bytes_per_s) / channel_stream_time_s(t, nbytes)
 
 
-def dram_timing_preset_names() -> list[str]:
-    return sorted(p.stem for p in DRAM_PRESET_DIR.glob("*.toml"))
+dram_timing_preset_names = DRAM_PRESETS.names
 
 
-def dram_timing_from_table(table: dict, where: str) -> DramTimingParams:
+def dram_timing_from_table(table: dict, where: str, origin: str = "") -> DramTimingParams:
     """Build timing from a preset file's table: ``[timing]`` plus an optional top-level ``description``."""
     extra = set(table) - {"timing", "description"}
     if extra or "timing" not in table:
         raise HardwareError(f"{where}: a DRAM timing file holds a [timing] table and an optional description; "
                             f"found {sorted(table)}")
-    return build(DramTimingParams, table["timing"], f"{where} [timing]")
+    return build(DramTimingParams, table["timing"], f"{where} [timing]", origin=origin)
 
 
 def load_dram_timing(name_or_path: str) -> DramTimingParams:
     """Load a DRAM timing preset by name (see ``dram_timing_preset_names``) or from a TOML file path."""
-    # Imported here: hw_models.machine imports this module for HostDramParams.
-    from hw_models.machine import read_toml
-
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        if not p.exists():
-            raise HardwareError(f"DRAM timing file not found: {p}")
-        return dram_timing_from_table(read_toml(p), str(p))
-    names = dram_timing_preset_names()
-    if name_or_path not in names:
-        raise HardwareError(f"unknown DRAM timing preset '{name_or_path}'{did_you_mean(name_or_path, names)}; "
-                            f"valid presets: {', '.join(names)} (or a path to a .toml file)")
-    path = DRAM_PRESET_DIR / f"{name_or_path}.toml"
-    return dram_timing_from_table(read_toml(path), str(path))
+    path = DRAM_PRESETS.resolve(name_or_path)
+    return dram_timing_from_table(read_toml(path), str(path), origin_of(path))

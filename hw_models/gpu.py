@@ -6,7 +6,7 @@ time, so the same function serves GEMV-like projections and attention over a KV 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hw_models.component import Work
 from hw_models.params import fraction, non_negative, positive
@@ -23,6 +23,7 @@ class GpuParams:
     kernel_launch_s: float
     energy_per_flop_j: float
     energy_per_byte_j: float
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         positive(f"gpu '{self.name}'", peak_flops_per_s=self.peak_flops_per_s,

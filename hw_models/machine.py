@@ -6,18 +6,19 @@ preset name or a path to a TOML file of the same shape.
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hw_models.cpu import CpuParams
 from hw_models.dram import HostDramParams
-from hw_models.errors import HardwareError, did_you_mean
+from hw_models.errors import HardwareError
 from hw_models.gpu import GpuParams
+from hw_models.loading import PresetDir, did_you_mean, origin_of, read_toml
 from hw_models.params import build
 from hw_models.pcie import PcieLinkParams
 
 PRESET_DIR = Path(__file__).parent / "presets"
+PRESETS = PresetDir(PRESET_DIR, ".toml", "hardware")
 DEFAULT_MACHINE = "a100-pcie4-ddr5"
 
 # Sections a machine file may hold, and the parameter class each one builds.
@@ -33,24 +34,13 @@ class MachineParams:
     cpu: CpuParams
     host_dram: HostDramParams
     pcie: PcieLinkParams
+    origin: str = field(default="", compare=False)
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+preset_names = PRESETS.names
 
 
-def read_toml(path: Path) -> dict:
-    """Parse a TOML file; syntax errors name the file and line."""
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise HardwareError(f"{path}: malformed TOML: {e}") from None
-    except OSError as e:
-        raise HardwareError(f"{path}: cannot read: {e.strerror}") from None
-
-
-def machine_from_table(table: dict, where: str) -> MachineParams:
+def machine_from_table(table: dict, where: str, origin: str = "") -> MachineParams:
     for key in table:
         if key not in SECTIONS and key not in TOP_KEYS:
             valid = sorted(set(SECTIONS) | TOP_KEYS)
@@ -60,26 +50,10 @@ def machine_from_table(table: dict, where: str) -> MachineParams:
         raise HardwareError(f"{where}: missing section(s) {', '.join('[' + m + ']' for m in missing)}")
     blocks = {s: build(cls, table[s], f"{where} [{s}]") for s, cls in SECTIONS.items()}
     return MachineParams(name=str(table.get("name", Path(where).stem)),
-                         description=str(table.get("description", "")), **blocks)
-
-
-def resolve_machine_path(name_or_path: str) -> Path:
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        if not p.exists():
-            raise HardwareError(f"hardware file not found: {p}")
-        return p
-    if name_or_path not in preset_names():
-        raise HardwareError(f"unknown hardware preset '{name_or_path}'{did_you_mean(name_or_path, preset_names())}; "
-                            f"valid presets: {', '.join(preset_names())} (or a path to a .toml file)")
-    return PRESET_DIR / f"{name_or_path}.toml"
-
-
-def load_machine_table(name_or_path: str) -> tuple[dict, str]:
-    path = resolve_machine_path(name_or_path)
-    return read_toml(path), str(path)
+                         description=str(table.get("description", "")), origin=origin, **blocks)
 
 
 def load_machine(name_or_path: str = DEFAULT_MACHINE) -> MachineParams:
-    table, where = load_machine_table(name_or_path)
-    return machine_from_table(table, where)
+    """Load a machine preset by name (see ``preset_names``) or from a TOML file path."""
+    path = PRESETS.resolve(name_or_path)
+    return machine_from_table(read_toml(path), str(path), origin_of(path))

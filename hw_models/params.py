@@ -2,8 +2,10 @@
 
 A preset value is written either as a plain number or as an inline table
 ``{ value = 2.039e12, source = "NVIDIA A100 datasheet" }``. Shipped presets use the second form for every
-number (a test checks it); user files may use either. Field names carry their SI unit
-(``bw_bytes_per_s``), so no unit conversion happens here.
+number (a test checks it); user files may use either. The sources stay on the built dataclass, in its
+``sources`` field ({field: source}), which takes no part in equality or hashing; ``override`` keeps them true
+when a value is changed after loading. Field names carry their SI unit (``bw_bytes_per_s``), so no unit
+conversion happens here.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import dataclasses
 import math
 import typing
 
-from hw_models.errors import HardwareError, did_you_mean
+from hw_models.errors import HardwareError
+from hw_models.loading import did_you_mean
 
 
 def positive(owner: str, **values: float) -> None:
@@ -51,18 +54,22 @@ def split_sources(table: dict, where: str) -> tuple[dict, dict]:
     return values, sources
 
 
-def build(cls, table: dict, where: str):
-    """Build dataclass ``cls`` from a TOML table, with clear errors for unknown, missing or mistyped keys."""
+def build(cls, table: dict, where: str, **given):
+    """Build dataclass ``cls`` from a TOML table, with clear errors for unknown, missing or mistyped keys.
+
+    ``given`` are values the caller supplies (a name from the file's top level, a nested block); they are not
+    keys of the table. Fields excluded from comparison (``sources``, ``origin``) are bookkeeping, never keys.
+    """
     if not isinstance(table, dict):
         raise HardwareError(f"{where}: expected a table, got {type(table).__name__}")
-    values, _ = split_sources(table, where)
+    values, sources = split_sources(table, where)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.compare and f.name not in given}
     for key in values:
         if key not in fields:
             raise HardwareError(f"{where}: unknown key '{key}'{did_you_mean(key, fields)}; "
                                 f"valid keys: {', '.join(sorted(fields))}")
-    kwargs = {}
+    kwargs = dict(given)
     for name, f in fields.items():
         if name not in values:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -83,4 +90,12 @@ def build(cls, table: dict, where: str):
         if typ is bool and not isinstance(v, bool):
             raise HardwareError(f"{where}.{name}: expected true or false, got {v!r}")
         kwargs[name] = v
+    if "sources" in hints:
+        kwargs["sources"] = sources
     return cls(**kwargs)
+
+
+def override(params, **changes):
+    """A copy of ``params`` with ``changes`` applied (validated again); each changed field's source says so."""
+    sources = {**params.sources, **{k: f"overridden: {k} = {v!r}" for k, v in changes.items()}}
+    return dataclasses.replace(params, **changes, sources=sources)

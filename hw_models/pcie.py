@@ -9,7 +9,7 @@ become times.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hw_models.errors import HardwareError
 from hw_models.params import non_negative, positive
@@ -27,6 +27,7 @@ class PcieLinkParams:
     latency_s: float
     duplex: str
     energy_per_byte_j: float
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         positive(f"pcie '{self.name}'", generation=self.generation, lanes=self.lanes,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hw_models.component import Work
@@ -35,11 +35,12 @@ from hw_models.dram import (
     load_dram_timing,
     row_cycle_cycles,
 )
-from hw_models.errors import HardwareError, did_you_mean
-from hw_models.machine import read_toml
-from hw_models.params import build, fraction, non_negative, positive, split_sources
+from hw_models.errors import HardwareError
+from hw_models.loading import PresetDir, did_you_mean, origin_of, read_toml
+from hw_models.params import build, fraction, non_negative, override, positive
 
 PIM_PRESET_DIR = Path(__file__).parent / "presets" / "pim"
+PIM_PRESETS = PresetDir(PIM_PRESET_DIR, ".toml", "PIM device")
 
 PROCESSING_LEVELS = ("bank", "bankgroup", "rank")
 PLACEMENTS = ("accelerator", "host")
@@ -105,6 +106,7 @@ class PimChannelParams:
     energy_per_array_byte_j: float
     energy_per_flop_j: float
     energy_per_io_byte_j: float
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         owner = f"pim channel '{self.name}'"
@@ -120,9 +122,9 @@ class PimChannelParams:
         non_negative(owner, near_flops_per_s=self.near_flops_per_s, op_overhead_s=self.op_overhead_s,
                      energy_per_array_byte_j=self.energy_per_array_byte_j, energy_per_flop_j=self.energy_per_flop_j,
                      energy_per_io_byte_j=self.energy_per_io_byte_j)
-        for field in ("ranks", "bank_groups_per_rank", "banks_per_rank"):
-            if not isinstance(getattr(self, field), int):
-                raise HardwareError(f"{owner}: {field} must be a whole number, got {getattr(self, field)!r}")
+        for name in ("ranks", "bank_groups_per_rank", "banks_per_rank"):
+            if not isinstance(getattr(self, name), int):
+                raise HardwareError(f"{owner}: {name} must be a whole number, got {getattr(self, name)!r}")
         if not isinstance(self.all_bank_activate, bool):
             raise HardwareError(f"{owner}: all_bank_activate must be true or false, got {self.all_bank_activate!r}")
         if self.processing_level not in PROCESSING_LEVELS:
@@ -179,6 +181,8 @@ class PimDeviceParams:
     link_bw_bytes_per_s: float
     link_latency_s: float
     link_energy_per_byte_j: float
+    origin: str = field(default="", compare=False)
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         owner = f"pim device '{self.name}'"
@@ -646,26 +650,22 @@ def int_attention_works(ch: PimChannelParams, tokens: float, units: float, new: 
 
 # ------------------------------------------------------------------ presets
 
-DEVICE_KEYS = {"channels", "placement", "link_bw_bytes_per_s", "link_latency_s", "link_energy_per_byte_j"}
 TOP_KEYS = {"name", "description", "device", "channel"}
 
-
-def pim_preset_names() -> list[str]:
-    return sorted(p.stem for p in PIM_PRESET_DIR.glob("*.toml"))
+pim_preset_names = PIM_PRESETS.names
 
 
-def _timing_from(raw, where: str) -> DramTimingParams:
-    """A channel's ``timing``: a DRAM timing preset name or path, or a nested table of timing values."""
-    if isinstance(raw, dict) and "value" in raw:
-        raw = raw["value"]
+def _timing_from(raw, where: str, origin: str) -> DramTimingParams:
+    """A channel's ``timing``: a DRAM timing preset name or path, or a nested table of timing values (which
+    then comes from the device's own file, ``origin``)."""
     if isinstance(raw, str):
         return load_dram_timing(raw)
     if isinstance(raw, dict):
-        return dram_timing_from_table({"timing": raw}, where)
+        return dram_timing_from_table({"timing": raw}, where, origin)
     raise HardwareError(f"{where}: timing must be a DRAM timing preset name or a table, got {raw!r}")
 
 
-def pim_from_table(table: dict, where: str) -> PimDeviceParams:
+def pim_from_table(table: dict, where: str, origin: str = "") -> PimDeviceParams:
     """Build a device from a table: top-level name and description, a [device] and a [channel] table."""
     for key in table:
         if key not in TOP_KEYS:
@@ -678,34 +678,22 @@ def pim_from_table(table: dict, where: str) -> PimDeviceParams:
     if "timing" not in channel_table:
         raise HardwareError(f"{where} [channel]: missing required key 'timing' (a DRAM timing preset name, one of "
                             f"{', '.join(dram_timing_preset_names())})")
-    channel_table["timing"] = _timing_from(channel_table["timing"], f"{where} [channel.timing]")
+    raw = channel_table["timing"]
+    # ``timing = { value = "hbm3-5200", source = ... }`` keeps its source; only the value is replaced.
+    sourced = isinstance(raw, dict) and "value" in raw
+    timing = _timing_from(raw["value"] if sourced else raw, f"{where} [channel.timing]", origin)
+    channel_table["timing"] = {**raw, "value": timing} if sourced else timing
     channel = build(PimChannelParams, channel_table, f"{where} [channel]")
-    device_values, _ = split_sources(table["device"], f"{where} [device]")
-    for key in device_values:
-        if key not in DEVICE_KEYS:
-            raise HardwareError(f"{where} [device]: unknown key '{key}'{did_you_mean(key, DEVICE_KEYS)}; "
-                                f"valid keys: {', '.join(sorted(DEVICE_KEYS))}")
-    device_table = dict(table["device"])
-    device_table.update(name=str(table.get("name", Path(where).stem)), description=str(table.get("description", "")),
-                        channel=channel)
-    return build(PimDeviceParams, device_table, f"{where} [device]")
+    return build(PimDeviceParams, table["device"], f"{where} [device]", name=str(table.get("name", Path(where).stem)),
+                 description=str(table.get("description", "")), channel=channel, origin=origin)
 
 
 def load_pim(name_or_path: str) -> PimDeviceParams:
     """Load a PIM device preset by name (see ``pim_preset_names``) or from a TOML file path."""
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        if not p.exists():
-            raise HardwareError(f"PIM device file not found: {p}")
-        return pim_from_table(read_toml(p), str(p))
-    names = pim_preset_names()
-    if name_or_path not in names:
-        raise HardwareError(f"unknown PIM preset '{name_or_path}'{did_you_mean(name_or_path, names)}; "
-                            f"valid presets: {', '.join(names)} (or a path to a .toml file)")
-    path = PIM_PRESET_DIR / f"{name_or_path}.toml"
-    return pim_from_table(read_toml(path), str(path))
+    path = PIM_PRESETS.resolve(name_or_path)
+    return pim_from_table(read_toml(path), str(path), origin_of(path))
 
 
 def with_channel(dev: PimDeviceParams, **changes) -> PimDeviceParams:
-    """A copy of ``dev`` whose channel has ``changes`` applied (validated again)."""
-    return dataclasses.replace(dev, channel=dataclasses.replace(dev.channel, **changes))
+    """A copy of ``dev`` whose channel has ``changes`` applied (validated again, sources marked overridden)."""
+    return dataclasses.replace(dev, channel=override(dev.channel, **changes))

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hw_models.errors import HardwareError, did_you_mean
-from hw_models.machine import DEFAULT_MACHINE, read_toml
+from hw_models.loading import did_you_mean, read_toml
+from hw_models.machine import DEFAULT_MACHINE
 from sim.errors import ConfigError
 from sim.options import Options, check_value, flag_of, option, specs
 from sim.systems import SYSTEMS
@@ -133,10 +133,7 @@ def resolve_paths(settings: dict, base_dir: Path) -> dict:
 
 
 def read_config_file(path: str | Path) -> dict:
-    try:
-        return read_toml(Path(path))
-    except HardwareError as e:  # same reader as machine files; for a run file it is a config error
-        raise ConfigError(str(e)) from None
+    return read_toml(Path(path), error=ConfigError)
 
 
 def load_config_file(path: str | Path, overrides: dict | None = None) -> RunConfig:

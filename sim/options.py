@@ -14,7 +14,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 
-from hw_models.errors import did_you_mean
+from hw_models.loading import did_you_mean
 from sim.errors import ConfigError
 
 NONE_TYPES = {int | None: int, str | None: str, float | None: float}

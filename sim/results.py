@@ -69,6 +69,7 @@ class Result:
     config: dict
     details: dict = field(default_factory=dict)
     option_defaults: dict = field(default_factory=dict)  # the system's options at their defaults (for labels)
+    provenance: dict = field(default_factory=dict)  # input -> "file sha256:..." (docs/metrics.md)
     schema_version: int = RESULT_SCHEMA_VERSION
 
     def to_dict(self) -> dict:

@@ -165,6 +165,9 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
     busy = tracer.busy_s()
     link_names = {link.name for link in topology.links if link.resource}
     links = {c: b for c, b in tracer.bytes_by_component().items() if c in link_names}
+    provenance = {"model": model.origin, "hardware": params.origin}
+    if topology.pim is not None:
+        provenance.update(pim=topology.pim.origin, dram_timing=topology.pim.channel.timing.origin)
     return Result(
         system=cfg.system, model=model.name, hardware=params.name, batch=cfg.effective_max_batch,
         context=context, steps=len(lat), seed=cfg.seed,
@@ -185,4 +188,5 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
         analytic_step_latency_s=analytic,
         analytic_mean_step_latency_s=float(np.mean(analytic)) if lat else 0.0,
         analytic_exact=all(s.exact for s in log.steps), warnings=warnings, config=cfg.to_dict(),
-        details=dict(cap.details) if cap else {}, option_defaults=type(cfg.options).defaults())
+        details=dict(cap.details) if cap else {}, option_defaults=type(cfg.options).defaults(),
+        provenance=provenance)

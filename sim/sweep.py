@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hw_models.errors import did_you_mean
+from hw_models.loading import did_you_mean
 from sim.config import RunConfig, all_keys, from_mapping, read_config_file, resolve_paths
 from sim.errors import INPUT_ERRORS, ConfigError
 from sim.io import open_atomic, write_text_atomic

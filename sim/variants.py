@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from hw_models.errors import did_you_mean
+from hw_models.loading import did_you_mean
 from sim.config import SHARED, RunConfig, from_mapping, option_owners
 from sim.errors import ConfigError
 from sim.options import specs

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from hw_models import dram
 from hw_models.errors import HardwareError
-from hw_models.machine import read_toml
+from hw_models.loading import read_toml
 
 REQUIRED = {"ddr4-3200", "ddr5-4800", "hbm3-5200", "gddr6-16000"}
 

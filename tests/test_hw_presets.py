@@ -4,7 +4,8 @@ import pytest
 
 from hw_models import gpu
 from hw_models.errors import HardwareError
-from hw_models.machine import PRESET_DIR, load_machine, preset_names, read_toml
+from hw_models.loading import read_toml
+from hw_models.machine import PRESET_DIR, load_machine, preset_names
 
 REQUIRED = {"a100-pcie4-ddr5", "h100-pcie5-ddr5", "rtx4090-pcie4-ddr5"}
 

@@ -61,7 +61,7 @@ def test_opt_has_two_matrix_ffn_and_no_gqa():
 
 
 def test_unknown_model_lists_valid_and_suggests():
-    with pytest.raises(WorkloadError, match=r"did you mean 'llama-2-7b'.*valid models: .*opt-66b"):
+    with pytest.raises(WorkloadError, match=r"did you mean 'llama-2-7b'.*valid presets: .*opt-66b"):
         load_model("llama2-7b")
 
 

@@ -37,7 +37,8 @@ from functools import cache
 from pathlib import Path
 from types import MappingProxyType
 
-from workloads.errors import WorkloadError, did_you_mean
+from hw_models.loading import did_you_mean
+from workloads.errors import WorkloadError
 from workloads.models import ModelSpec
 
 FP16_BYTES = 2  # bytes per element of an exact (FP16) token, a centroid entry, a scale or a zero point

@@ -2,18 +2,21 @@
 
 ``ModelSpec`` holds what decoding cost depends on; derived sizes are properties. ``load_model`` takes a preset name
 or a path to a ``config.json`` (LLaMA, Mistral, Qwen2 and OPT families; GQA through ``num_key_value_heads``;
-``head_dim`` when given).
+``head_dim`` when given). A preset's ``_source`` (where its numbers come from) stays on the spec as ``source``,
+and the file it was read from as ``origin``.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from workloads.errors import WorkloadError, did_you_mean
+from hw_models.loading import PresetDir, did_you_mean, origin_of, read_json
+from workloads.errors import WorkloadError
 
 PRESET_DIR = Path(__file__).parent / "presets" / "models"
+PRESETS = PresetDir(PRESET_DIR, ".json", "model", WorkloadError, folder_file="config.json")
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float": 4, "half": 2}
 FAMILIES = ("llama", "mistral", "qwen2", "opt")
 
@@ -34,6 +37,8 @@ class ModelSpec:
     ffn_gated: bool = True  # SwiGLU (gate, up, down) vs. two-matrix MLP (OPT)
     sliding_window: int | None = None  # tokens of KV kept per sequence (Mistral-7B-v0.1: 4096)
     tied_embeddings: bool = False
+    source: str = field(default="", compare=False)  # the preset's ``_source``
+    origin: str = field(default="", compare=False)  # file and sha256 it was loaded from
 
     def __post_init__(self):
         for f in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim", "ffn_size", "vocab_size",
@@ -102,8 +107,7 @@ class ModelSpec:
                 + 4.0 * self.n_heads * self.head_dim * t)
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+preset_names = PRESETS.names
 
 
 def _need(cfg: dict, key: str, where: str):
@@ -119,6 +123,7 @@ def from_hf_config(cfg: dict, name: str, where: str = "config.json") -> ModelSpe
         raise WorkloadError(f"{where}: model_type {family!r} is not supported{did_you_mean(str(family), FAMILIES)}; "
                             f"supported: {', '.join(FAMILIES)}")
     dtype = cfg.get("torch_dtype", "float16")
+    source = str(cfg.get("_source", ""))
     if dtype not in DTYPE_BYTES:
         raise WorkloadError(f"{where}: torch_dtype {dtype!r} unknown; known: {', '.join(DTYPE_BYTES)}")
     try:
@@ -131,7 +136,7 @@ def from_hf_config(cfg: dict, name: str, where: str = "config.json") -> ModelSpe
                 ffn_size=int(_need(cfg, "ffn_dim", where)), vocab_size=int(_need(cfg, "vocab_size", where)),
                 max_context=int(_need(cfg, "max_position_embeddings", where)),
                 bytes_per_element=DTYPE_BYTES[dtype], ffn_gated=False,
-                tied_embeddings=bool(cfg.get("tie_word_embeddings", True)))
+                tied_embeddings=bool(cfg.get("tie_word_embeddings", True)), source=source)
         hidden = int(_need(cfg, "hidden_size", where))
         heads = int(_need(cfg, "num_attention_heads", where))
         head_dim = cfg.get("head_dim") or hidden // heads
@@ -144,36 +149,20 @@ def from_hf_config(cfg: dict, name: str, where: str = "config.json") -> ModelSpe
             max_context=int(_need(cfg, "max_position_embeddings", where)),
             bytes_per_element=DTYPE_BYTES[dtype], ffn_gated=True,
             sliding_window=int(window) if window else None,
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)))
+            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), source=source)
     except (TypeError, ValueError) as e:
         if isinstance(e, WorkloadError):
             raise
         raise WorkloadError(f"{where}: bad value in config.json: {e}") from None
 
 
-def read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise WorkloadError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
-    except OSError as e:
-        raise WorkloadError(f"{path}: cannot read: {e.strerror}") from None
-
-
 def load_model(name_or_path: str) -> ModelSpec:
-    """A preset name (see ``preset_names()``) or a path to a Hugging Face ``config.json``."""
-    p = Path(name_or_path)
-    if p.suffix == ".json" or p.exists():
-        if p.is_dir():
-            p = p / "config.json"
-        if not p.exists():
-            raise WorkloadError(f"model config not found: {p}")
-        cfg = read_json(p)
-        return from_hf_config(cfg, name=cfg.get("_name_or_path") or p.parent.name or p.stem, where=str(p))
-    key = name_or_path.lower()
-    if key not in preset_names():
-        raise WorkloadError(f"unknown model '{name_or_path}'{did_you_mean(key, preset_names())}; "
-                            f"valid models: {', '.join(preset_names())} (or a path to a config.json)")
-    path = PRESET_DIR / f"{key}.json"
-    return from_hf_config(read_json(path), name=key, where=str(path))
+    """A preset name (see ``preset_names()``) or a path to a Hugging Face ``config.json`` (or its folder)."""
+    path = PRESETS.resolve(name_or_path)
+    cfg = read_json(path, error=WorkloadError)
+    if not isinstance(cfg, dict):
+        raise WorkloadError(f"{path}: a config.json holds an object, got {type(cfg).__name__}")
+    shipped = path.parent == PRESET_DIR
+    name = path.stem if shipped else cfg.get("_name_or_path") or path.parent.name or path.stem
+    spec = from_hf_config(cfg, name=name, where=str(path))
+    return dataclasses.replace(spec, origin=origin_of(path, WorkloadError))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hw_models.loading import did_you_mean
 from workloads.errors import WorkloadError
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,8 +46,6 @@ def have_torch_stack() -> bool:
 def load_text(name: str) -> str:
     """Offline texts: Debian's licence files or Python's bundled pydoc topics (deterministic order)."""
     if name not in TEXTS:
-        from workloads.errors import did_you_mean
-
         raise WorkloadError(f"unknown text '{name}'{did_you_mean(name, TEXTS)}; known: {', '.join(TEXTS)}")
     if name == "pydoc":
         from pydoc_data.topics import topics

@@ -26,7 +26,6 @@ channels and layers, not with tokens.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 from hw_models import gpu as gpu_model
 from hw_models import pim as pim_model
 from hw_models.component import Work
+from hw_models.params import override
 from sim.errors import ConfigError
 from sim.options import Options, option
 from sim.systems.base import Capacity, Devices, Estimate, StepBatch, System, gib, total_s
@@ -226,7 +226,7 @@ class PimSystem(System):
         if pim is None:
             pim = pim_model.load_pim(options.pim)
             if options.channels is not None:
-                pim = dataclasses.replace(pim, channels=options.channels)
+                pim = override(pim, channels=options.channels)
         return Devices(pim=pim, pim_trace_lanes=options.trace_channels)
 
     # ---- storage ---------------------------------------------------------------------------------------------
