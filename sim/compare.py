@@ -17,6 +17,7 @@ from sim.config import RunConfig
 from sim.report import fmt_bytes, fmt_time
 from sim.results import Result
 from sim.run import simulate_traced
+from sim.systems import SYSTEMS
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,14 @@ def run_variants(pairs: list[tuple[str, RunConfig]]) -> list[VariantRun]:
 
 
 def baseline_index(runs: list[VariantRun]) -> int | None:
-    """The plain offload variant (the first offload one) is the reference for speedups."""
-    return next((i for i, r in enumerate(runs) if r.result.system == "offload"), None)
+    """The reference for speedups: the first variant of a system declared as the baseline (offload)."""
+    return next((i for i, r in enumerate(runs) if SYSTEMS[r.result.system].baseline), None)
+
+
+def accuracy_lines(runs: list[VariantRun]) -> list[str]:
+    """One line per variant whose KV format is lossy: the format and its measured accuracy (by geometry)."""
+    return [f"{r.label}: KV as {r.result.details['kv_format']}: {r.result.details['accuracy']}"
+            for r in runs if "accuracy" in r.result.details]
 
 
 def comparison_rows(runs: list[VariantRun]) -> tuple[list[str], list[list[str]]]:
@@ -119,6 +126,7 @@ def report_markdown(runs: list[VariantRun], files: dict[str, str]) -> str:
         links = ", ".join(f"{fmt_bytes(v / max(b.steps, 1))} over {k}" for k, v in b.bytes_by_link.items() if v)
         md.append(f"- {runs[base].label}: {100 * b.comm_share:.1f} % of each step is exposed communication "
                   f"({links} per step).")
+    md += [f"- Accuracy, {line}." for line in accuracy_lines(runs)]
     for r in runs:
         if not r.result.fits:
             md.append(f"- {r.label} does not fit: {'; '.join(r.result.fit_reasons)}.")

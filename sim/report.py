@@ -37,6 +37,8 @@ def summary(r: Result) -> str:
         ("fits", "yes" if r.fits else "NO: " + "; ".join(r.fit_reasons)),
         ("energy per token", f"{r.energy_per_token_j:.3f} J"),
     ]
+    if "accuracy" in r.details:
+        rows.append(("KV format accuracy", f"{r.details['kv_format']}: {r.details['accuracy']}"))
     for k, v in r.breakdown_s.items():
         rows.append((f"time: {k}", fmt_time(v / max(r.steps, 1)) + " per step"))
     for k, v in r.bytes_by_link.items():

@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 from sim.commands.run import add_config_arguments
 from sim.compare import (
+    accuracy_lines,
     combined_trace_json,
     comparison_table,
     report_markdown,
@@ -64,6 +65,8 @@ def run(args) -> int:
     runs = run_variants(pairs)
     print(scenario_line(runs))
     print(comparison_table(runs))
+    for line in accuracy_lines(runs):
+        print(f"accuracy: {line}")
     for r in runs:
         for w in r.result.warnings:
             print(f"warning: {r.label}: {w}")

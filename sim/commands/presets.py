@@ -11,6 +11,8 @@ from pathlib import Path
 from hw_models import dram, machine, pim
 from hw_models.loading import did_you_mean, read_toml, unit_of
 from sim.errors import ConfigError
+from sim.options import flag_of, specs
+from sim.systems import SYSTEMS
 from workloads import models
 
 HELP = "list model, machine, PIM device and DRAM timing presets, or show one with units and sources"
@@ -70,6 +72,13 @@ def run(args) -> int:
     print("DRAM timings (a PIM channel's timing):")
     for n in dram.dram_timing_preset_names():
         print(f"  {n:<20} {dram.load_dram_timing(n).name}")
+    print("systems (--system) and their options:")
+    for name, cls in SYSTEMS.items():
+        print(f"  {name:<20} {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}".rstrip())
+        for key, (_, _, default, spec) in specs(cls.Options).items():
+            shown = "" if default is None else f" (default {str(default).lower() if isinstance(default, bool) else default}"\
+                f"{' ' + spec.unit if spec.unit else ''})"
+            print(f"    {flag_of(key, spec):<20} {spec.help}{shown}")
     return 0
 
 

@@ -61,6 +61,8 @@ class AqpimOptions(PimDeviceOptions):
 
 
 class AqpimSystem(PimSystem):
+    """AQPIM: PQ codes in PIM, quantized in memory, attention on the codes."""
+
     name = "aqpim"
     Options = AqpimOptions
     variants = ({},)

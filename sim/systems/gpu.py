@@ -25,6 +25,8 @@ def gpu_costs(params, model: ModelSpec, batch: StepBatch):
 
 
 class GpuSystem(System):
+    """KV cache in GPU memory: the reference when everything fits."""
+
     name = "gpu"
 
     def plan(self, batch: StepBatch):

@@ -98,6 +98,8 @@ class OffloadOptions(Options):
 
 
 class OffloadSystem(System):
+    """KV cache in host DRAM, over PCIe to the GPU each step (FlexGen-style)."""
+
     name = "offload"
     Options = OffloadOptions
     variants = ({}, {"prefetch": True}, {"cpu_attention": True})

@@ -201,7 +201,7 @@ class PimOptions(PimDeviceOptions):
 
 
 class PimSystem(System):
-    """KV in PIM in the format ``kv_format()`` gives: FP16, INT-k, or (``aqpim``) PQ codes."""
+    """KV cache in PIM channels that compute attention (AttAcc-like); FP16 or INT-k."""
 
     name = "pim"
     Options = PimOptions
