@@ -9,13 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from sim.errors import output_error
+
 
 @contextlib.contextmanager
 def open_atomic(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
     """A text file that appears at ``path`` only when the block ends without error (fsync, then rename)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    except OSError as e:
+        raise output_error(p, e) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -25,9 +30,11 @@ def open_atomic(path: str | Path, newline: str | None = None) -> Iterator[TextIO
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # writing the file or renaming it over the target (a folder, say)
+            raise output_error(p, e) from None
         raise
 
 
