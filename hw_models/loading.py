@@ -67,12 +67,20 @@ def read_toml(path: str | Path, error: type[Exception] = HardwareError) -> dict:
         raise error(f"{path}: malformed TOML: {e}") from None
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def read_json(path: str | Path, error: type[Exception] = HardwareError):
-    """Parse a JSON file; syntax errors name the file and line, unreadable files the file and reason."""
+    """Parse a JSON file; syntax errors name the file and line, unreadable files the file and reason.
+    ``NaN`` and ``Infinity``, which Python's parser accepts but JSON does not, are errors too."""
+    text = _read_text(path, error)
     try:
-        return json.loads(_read_text(path, error))
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise error(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+    except ValueError as e:
+        raise error(f"{path}: malformed JSON: {e}") from None
 
 
 def origin_of(path: str | Path, error: type[Exception] = HardwareError) -> str:

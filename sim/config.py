@@ -29,19 +29,25 @@ class RunConfig(Options):
     model: str = option("llama-3.1-8b", "model preset name or path to a Hugging Face config.json")
     hardware: str = option(DEFAULT_MACHINE, "machine preset name or path to a .toml file")
     # Workload: a fixed batch x context x steps, or a request list (trace file or synthetic) batched continuously.
-    batch: int = option(16, "sequences decoded together", minimum=1)
-    context: int = option(32768, "KV tokens per sequence at the first step", unit="tokens", minimum=1)
+    batch: int = option(16, "sequences decoded together", minimum=1, maximum=4096, limit=2**20)
+    context: int = option(32768, "KV tokens per sequence at the first step", unit="tokens", minimum=1,
+                          maximum=2**24, limit=2**30)
     steps: int | None = option(None, f"decode steps (fixed batch: default {DEFAULT_STEPS}; with a request list: "
-                                     f"a cap)", minimum=1)
+                                     f"a cap)", minimum=1, maximum=10**6, limit=10**9)
     trace: str | None = option(None, "request trace file, CSV or JSONL: arrival_s, prompt_tokens, output_tokens")
     requests: int | None = option(None, "synthetic request list of this many requests (prompt = --context)",
-                                  minimum=1)
-    output_tokens: int = option(128, "synthetic requests: tokens each decodes", unit="tokens", minimum=1)
+                                  minimum=1, maximum=10**6, limit=10**8)
+    output_tokens: int = option(128, "synthetic requests: tokens each decodes", unit="tokens", minimum=1,
+                                maximum=2**24, limit=2**30)
     arrival_rate_per_s: float = option(0.0, "synthetic requests: Poisson arrivals per second (0: all at t=0)",
-                                       unit="1/s", minimum=0, flag="--arrival-rate")
-    max_batch: int | None = option(None, "continuous batching limit (default: --batch)", minimum=1)
-    seed: int = option(0, "seed of the run's random generator", minimum=0)
-    trace_steps: int = option(4, "decode steps whose spans are kept for traces and timelines", minimum=0)
+                                       unit="1/s", minimum=0, flag="--arrival-rate", maximum=1e6)
+    max_batch: int | None = option(None, "continuous batching limit (default: --batch)", minimum=1, maximum=4096,
+                                   limit=2**20)
+    seed: int = option(0, "seed of the run's random generator", minimum=0, limit=2**63 - 1)
+    trace_steps: int = option(4, "decode steps whose spans are kept for traces and timelines", minimum=0,
+                              maximum=1000, limit=10**6)
+    allow_large: bool = option(False, "accept values above their sanity bounds (huge batches, contexts, step counts, "
+                               "...), up to hard limits")
     options: Options | None = None  # the system's own options; None: its defaults
 
     def check(self) -> None:
@@ -55,6 +61,7 @@ class RunConfig(Options):
             raise ConfigError(f"system '{self.system}' takes {cls.__name__}, got {type(self.options).__name__}")
         if self.trace is not None and self.requests is not None:
             raise ConfigError("give either trace (a file) or requests (a synthetic list), not both")
+        self.options.check_run(self)
 
     @property
     def uses_requests(self) -> bool:
@@ -96,14 +103,16 @@ def from_mapping(data: dict, where: str = "config") -> RunConfig:
                           f"valid systems: {', '.join(sorted(SYSTEMS))}")
     mine = specs(SYSTEMS[system].Options)
     owners = option_owners()
+    base, optional, _, spec = SHARED["allow_large"]
+    allow_large = check_value("allow_large", data.get("allow_large", False), base, optional, spec, where)
     shared, opts = {}, {}
     for key, value in data.items():
         if key in SHARED:
             base, optional, _, spec = SHARED[key]
-            shared[key] = check_value(key, value, base, optional, spec, where)
+            shared[key] = check_value(key, value, base, optional, spec, where, allow_large)
         elif key in mine:
             base, optional, _, spec = mine[key]
-            opts[key] = check_value(key, value, base, optional, spec, where)
+            opts[key] = check_value(key, value, base, optional, spec, where, allow_large)
         elif key in owners:
             spec = specs(SYSTEMS[owners[key][0]].Options)[key][3]
             raise ConfigError(f"{where}: '{key}' ({flag_of(key, spec)}) is an option of "

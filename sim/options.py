@@ -18,23 +18,33 @@ from hw_models.loading import did_you_mean
 from sim.errors import ConfigError
 
 NONE_TYPES = {int | None: int, str | None: str, float | None: float}
+# Whatever a declaration says, no number beyond these is accepted (int64 range; paths and names of sane length).
+HARD_LIMIT = 2**62
+MAX_TEXT = 4096
 
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """What a field's declaration says beyond its type and default."""
+    """What a field's declaration says beyond its type and default.
+
+    ``maximum`` is a sanity bound: beyond it a value is refused unless the run allows large values
+    (``--allow-large``), because it is more likely a typo than a study (a batch of 10^18 requests would only
+    hang). ``limit`` is the hard bound that even ``--allow-large`` keeps."""
 
     help: str
     unit: str = ""
     choices: tuple = ()
     minimum: float | None = None   # inclusive; None: any finite value
     flag: str | None = None        # CLI flag when it is not --name-with-dashes
+    maximum: float | None = None   # sanity bound, raised by allow_large
+    limit: float = HARD_LIMIT      # hard bound
 
 
 def option(default, help: str, *, unit: str = "", choices: tuple = (), minimum: float | None = None,
-           flag: str | None = None):
+           flag: str | None = None, maximum: float | None = None, limit: float = HARD_LIMIT):
     """A dataclass field declared as an option (see the module docstring)."""
-    return field(default=default, metadata={"option": OptionSpec(help, unit, tuple(choices), minimum, flag)})
+    spec = OptionSpec(help, unit, tuple(choices), minimum, flag, maximum, limit)
+    return field(default=default, metadata={"option": spec})
 
 
 def specs(cls) -> dict[str, tuple[type, bool, object, OptionSpec]]:
@@ -53,8 +63,10 @@ def flag_of(name: str, spec: OptionSpec) -> str:
     return spec.flag or "--" + name.replace("_", "-")
 
 
-def check_value(name: str, value, base: type, optional: bool, spec: OptionSpec, where: str):
-    """The value as the field's type, or a ConfigError naming the key and what it takes."""
+def check_value(name: str, value, base: type, optional: bool, spec: OptionSpec, where: str,
+                allow_large: bool = True):
+    """The value as the field's type, or a ConfigError naming the key and what it takes; without
+    ``allow_large`` a number above the declaration's sanity bound is refused too."""
     if value is None and optional:
         return None
     if base is bool:
@@ -71,11 +83,19 @@ def check_value(name: str, value, base: type, optional: bool, spec: OptionSpec, 
     elif base is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: {name} must be a string, got {value!r}")
+        if len(value) > MAX_TEXT or "\0" in value:
+            raise ConfigError(f"{where}: {name} must be a text of at most {MAX_TEXT} characters without NUL bytes")
     if spec.choices and value not in spec.choices:
         raise ConfigError(f"{where}: {name} must be one of {', '.join(map(str, spec.choices))}, got {value!r}"
                           f"{did_you_mean(str(value), [str(c) for c in spec.choices])}")
     if spec.minimum is not None and value < spec.minimum:
         raise ConfigError(f"{where}: {name} must be {_range_text(base, spec.minimum)}, got {value!r}")
+    if base in (int, float):
+        if value > spec.limit:
+            raise ConfigError(f"{where}: {name} must be at most {spec.limit:g}, got {value!r}")
+        if spec.maximum is not None and value > spec.maximum and not allow_large:
+            raise ConfigError(f"{where}: {name} = {value!r} is above its sanity bound {spec.maximum:g}; set "
+                              f"allow_large (--allow-large) to run it anyway (at most {spec.limit:g})")
     return value
 
 
@@ -97,6 +117,9 @@ class Options:
 
     def check(self) -> None:
         """Constraints between fields (subclasses); raise ConfigError."""
+
+    def check_run(self, run) -> None:
+        """Constraints between these options and the run's shared settings (``run``, a RunConfig)."""
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name) for name in specs(type(self))}

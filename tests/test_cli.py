@@ -87,7 +87,7 @@ def test_bad_files_name_file_and_line(tmp_path, capsys):
     csv = tmp_path / "t.csv"
     csv.write_text("arrival_s,prompt_tokens,output_tokens\n0,10,x\n")
     code, _, err = run_cli(capsys, "run", "--trace", str(csv))
-    assert code == 2 and "t.csv:2: bad value" in err
+    assert code == 2 and "t.csv:2: output_tokens must be a whole number" in err
 
 
 def test_kv_that_fits_nowhere_is_reported_not_a_crash(tmp_path, capsys):

@@ -82,5 +82,34 @@ def test_missing_key_and_bad_family(tmp_path):
 def test_zero_sizes_rejected():
     cfg = json.loads((__import__("workloads.models").models.PRESET_DIR / "llama-2-7b.json").read_text())
     cfg["num_hidden_layers"] = 0
-    with pytest.raises(WorkloadError, match="n_layers must be a positive integer"):
+    with pytest.raises(WorkloadError, match="'num_hidden_layers' must be a whole number from 1 to 10000, got 0"):
         from_hf_config(cfg, "x")
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("num_attention_heads", 0, "'num_attention_heads' must be a whole number"),
+    ("num_attention_heads", 3, "hidden_size 4096 is not a multiple of num_attention_heads 3"),
+    ("num_key_value_heads", 0, "'num_key_value_heads' must be a whole number"),
+    ("num_key_value_heads", 5, "must be a multiple of n_kv_heads"),
+    ("num_hidden_layers", 32.7, "'num_hidden_layers' must be a whole number"),
+    ("num_hidden_layers", True, "'num_hidden_layers' must be a whole number"),
+    ("num_hidden_layers", "32", "'num_hidden_layers' must be a whole number"),
+    ("vocab_size", 10**12, "'vocab_size' must be a whole number from 1 to"),
+    ("head_dim", -1, "'head_dim' must be a whole number"),
+    ("tie_word_embeddings", "no", "'tie_word_embeddings' must be true or false"),
+])
+def test_config_fields_are_checked(key, value, match):
+    cfg = json.loads((__import__("workloads.models").models.PRESET_DIR / "llama-2-7b.json").read_text())
+    cfg[key] = value
+    with pytest.raises(WorkloadError, match=match):
+        from_hf_config(cfg, "x")
+
+
+def test_a_config_that_is_not_an_object_or_has_infinity(tmp_path):
+    lst, inf = tmp_path / "list.json", tmp_path / "inf.json"
+    lst.write_text("[1, 2]")
+    inf.write_text('{"model_type": "llama", "hidden_size": Infinity}')
+    with pytest.raises(WorkloadError, match="holds an object, got list"):
+        load_model(str(lst))
+    with pytest.raises(WorkloadError, match="Infinity is not a number JSON allows"):
+        load_model(str(inf))

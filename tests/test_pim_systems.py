@@ -46,6 +46,7 @@ AQPIM_ONLY = ("pq_m", "pq_k", "recent")
 def test_two_views_agree_or_bound(model, opts):
     if opts["system"] == "pim":
         opts = {k: v for k, v in opts.items() if k not in AQPIM_ONLY}
+    opts["sub_batches"] = min(opts["sub_batches"], opts["batch"])  # a sub-batch holds at least one sequence
     r = simulate(make_config(**opts, trace_steps=0), model=model)
     for des, ana in zip(r.step_latency_s, r.analytic_step_latency_s, strict=True):
         if r.analytic_exact:

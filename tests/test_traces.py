@@ -48,14 +48,32 @@ def test_csv_and_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("text,match", [
-    ("arrival_s,prompt_tokens,output_tokens\n0,100,5\n0,abc,5\n", r"t.csv:3: bad value"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,100,5\n0,abc,5\n", r"t.csv:3: prompt_tokens must be a whole number"),
     ("arrival_s,prompt_tokens\n0,100\n", r"t.csv:1: header lacks column\(s\) output_tokens"),
-    ("arrival_s,prompt_tokens,output_tokens\n0,0,5\n", r"t.csv:2: prompt_tokens must be positive"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,0,5\n", r"t.csv:2: prompt_tokens must be a whole number from 1"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,1024.9,5\n", r"t.csv:2: prompt_tokens must be a whole number"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,100\n", r"t.csv:2: fewer fields than the header's 3"),
+    ("arrival_s,prompt_tokens,output_tokens\n0,100,5,7\n", r"t.csv:2: more fields than the header's 3"),
+    ("arrival_s,prompt_tokens,output_tokens\nnan,100,5\n", r"t.csv:2: arrival_s must be a number of seconds from 0"),
+    ("arrival_s,prompt_tokens,output_tokens\ninf,100,5\n", r"t.csv:2: arrival_s must be a number of seconds from 0"),
 ])
 def test_malformed_csv_names_file_and_line(tmp_path, text, match):
     p = tmp_path / "t.csv"
     p.write_text(text)
     with pytest.raises(WorkloadError, match=match):
+        load_requests(p)
+
+
+@pytest.mark.parametrize("row, match", [
+    ('{"arrival_s": 0, "prompt_tokens": 1024.9, "output_tokens": 1}', "prompt_tokens must be a whole number"),
+    ('{"arrival_s": 0, "prompt_tokens": true, "output_tokens": 1}', "prompt_tokens must be a whole number"),
+    ('{"arrival_s": Infinity, "prompt_tokens": 1, "output_tokens": 1}', "malformed JSON: Infinity is not a number JSON allows"),
+    ('{"arrival_s": 0, "prompt_tokens": 1}', "missing output_tokens"),
+])
+def test_jsonl_values_are_checked(tmp_path, row, match):
+    p = tmp_path / "t.jsonl"
+    p.write_text(row + "\n")
+    with pytest.raises(WorkloadError, match=r"t.jsonl:1: " + match):
         load_requests(p)
 
 

@@ -110,14 +110,39 @@ class ModelSpec:
 preset_names = PRESETS.names
 
 
-def _need(cfg: dict, key: str, where: str):
-    if key not in cfg:
-        raise WorkloadError(f"{where}: missing '{key}' in config.json")
-    return cfg[key]
+# Hard bounds on what a config.json may say (a typo, not a model, beyond them).
+MAX_LAYERS = 10_000
+MAX_WIDTH = 2**20          # hidden size, FFN size, heads, head dim
+MAX_VOCAB = 2**24
+MAX_POSITIONS = 2**30
+
+
+def _int(cfg: dict, key: str, where: str, default=None, hi: int = MAX_WIDTH) -> int:
+    """A positive whole number from the config (JSON integers; ``true`` or ``32.7`` are errors)."""
+    if key not in cfg or cfg[key] is None:
+        if default is None:
+            raise WorkloadError(f"{where}: missing '{key}' in config.json")
+        return default
+    v = cfg[key]
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+        raise WorkloadError(f"{where}: '{key}' must be a whole number from 1 to {hi}, got {v!r}")
+    return v
+
+
+def _bool(cfg: dict, key: str, where: str, default: bool) -> bool:
+    v = cfg.get(key, default)
+    if not isinstance(v, bool):
+        raise WorkloadError(f"{where}: '{key}' must be true or false, got {v!r}")
+    return v
 
 
 def from_hf_config(cfg: dict, name: str, where: str = "config.json") -> ModelSpec:
-    """Build a ModelSpec from a Hugging Face ``config.json`` dictionary."""
+    """Build a ModelSpec from a Hugging Face ``config.json`` dictionary; every field is checked (type, range,
+    heads dividing the hidden size when ``head_dim`` is not given, query heads a multiple of KV heads)."""
+    if not isinstance(cfg, dict):
+        raise WorkloadError(f"{where}: a config.json holds an object, got {type(cfg).__name__}")
     family = cfg.get("model_type")
     if family not in FAMILIES:
         raise WorkloadError(f"{where}: model_type {family!r} is not supported{did_you_mean(str(family), FAMILIES)}; "
@@ -126,34 +151,28 @@ def from_hf_config(cfg: dict, name: str, where: str = "config.json") -> ModelSpe
     source = str(cfg.get("_source", ""))
     if dtype not in DTYPE_BYTES:
         raise WorkloadError(f"{where}: torch_dtype {dtype!r} unknown; known: {', '.join(DTYPE_BYTES)}")
-    try:
-        if family == "opt":
-            hidden = int(_need(cfg, "hidden_size", where))
-            heads = int(_need(cfg, "num_attention_heads", where))
-            return ModelSpec(
-                name=name, family=family, n_layers=int(_need(cfg, "num_hidden_layers", where)),
-                hidden_size=hidden, n_heads=heads, n_kv_heads=heads, head_dim=hidden // heads,
-                ffn_size=int(_need(cfg, "ffn_dim", where)), vocab_size=int(_need(cfg, "vocab_size", where)),
-                max_context=int(_need(cfg, "max_position_embeddings", where)),
-                bytes_per_element=DTYPE_BYTES[dtype], ffn_gated=False,
-                tied_embeddings=bool(cfg.get("tie_word_embeddings", True)), source=source)
-        hidden = int(_need(cfg, "hidden_size", where))
-        heads = int(_need(cfg, "num_attention_heads", where))
-        head_dim = cfg.get("head_dim") or hidden // heads
-        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", family == "mistral") else None
-        return ModelSpec(
-            name=name, family=family, n_layers=int(_need(cfg, "num_hidden_layers", where)),
-            hidden_size=hidden, n_heads=heads, n_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(head_dim), ffn_size=int(_need(cfg, "intermediate_size", where)),
-            vocab_size=int(_need(cfg, "vocab_size", where)),
-            max_context=int(_need(cfg, "max_position_embeddings", where)),
-            bytes_per_element=DTYPE_BYTES[dtype], ffn_gated=True,
-            sliding_window=int(window) if window else None,
-            tied_embeddings=bool(cfg.get("tie_word_embeddings", False)), source=source)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, WorkloadError):
-            raise
-        raise WorkloadError(f"{where}: bad value in config.json: {e}") from None
+    hidden = _int(cfg, "hidden_size", where)
+    heads = _int(cfg, "num_attention_heads", where)
+    layers = _int(cfg, "num_hidden_layers", where, hi=MAX_LAYERS)
+    vocab = _int(cfg, "vocab_size", where, hi=MAX_VOCAB)
+    positions = _int(cfg, "max_position_embeddings", where, hi=MAX_POSITIONS)
+    opt = family == "opt"
+    kv_heads = heads if opt else _int(cfg, "num_key_value_heads", where, default=heads)
+    if opt or cfg.get("head_dim") is None:
+        if hidden % heads:
+            raise WorkloadError(f"{where}: hidden_size {hidden} is not a multiple of num_attention_heads {heads} "
+                                f"(give head_dim if the heads are not hidden_size / heads wide)")
+        head_dim = hidden // heads
+    else:
+        head_dim = _int(cfg, "head_dim", where)
+    window = None
+    if not opt and _bool(cfg, "use_sliding_window", where, family == "mistral"):
+        window = _int(cfg, "sliding_window", where, hi=MAX_POSITIONS) if cfg.get("sliding_window") else None
+    return ModelSpec(
+        name=name, family=family, n_layers=layers, hidden_size=hidden, n_heads=heads, n_kv_heads=kv_heads,
+        head_dim=head_dim, ffn_size=_int(cfg, "ffn_dim" if opt else "intermediate_size", where), vocab_size=vocab,
+        max_context=positions, bytes_per_element=DTYPE_BYTES[dtype], ffn_gated=not opt, sliding_window=window,
+        tied_embeddings=_bool(cfg, "tie_word_embeddings", where, opt), source=source)
 
 
 def load_model(name_or_path: str) -> ModelSpec:
@@ -162,6 +181,8 @@ def load_model(name_or_path: str) -> ModelSpec:
     cfg = read_json(path, error=WorkloadError)
     if not isinstance(cfg, dict):
         raise WorkloadError(f"{path}: a config.json holds an object, got {type(cfg).__name__}")
+    if not isinstance(cfg.get("_name_or_path", ""), str):
+        raise WorkloadError(f"{path}: '_name_or_path' must be a string")
     shipped = path.parent == PRESET_DIR
     name = path.stem if shipped else cfg.get("_name_or_path") or path.parent.name or path.stem
     spec = from_hf_config(cfg, name=name, where=str(path))

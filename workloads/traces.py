@@ -61,15 +61,42 @@ def synthetic_requests(n: int, prompt_tokens: int, output_tokens: int, arrival_r
     return reqs
 
 
+MAX_TOKENS = 2**30          # prompt or output tokens of one request
+MAX_ARRIVAL_S = 1e9         # about 32 years of trace
+MAX_REQUESTS = 10**7        # rows of a trace file
+
+
+def _count(v, name: str, where: str) -> int:
+    """A token count: a whole number from 1 to MAX_TOKENS (CSV text or a JSON integer; not 1024.9 or true)."""
+    if isinstance(v, str):
+        text = v.strip()
+        if not text.lstrip("+").isdigit():
+            raise WorkloadError(f"{where}: {name} must be a whole number, got {v!r}")
+        v = int(text)
+    elif isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_TOKENS:
+        raise WorkloadError(f"{where}: {name} must be a whole number from 1 to {MAX_TOKENS}, got {v!r}")
+    return v
+
+
+def _seconds(v, name: str, where: str) -> float:
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            raise WorkloadError(f"{where}: {name} must be a number of seconds, got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= MAX_ARRIVAL_S:
+        raise WorkloadError(f"{where}: {name} must be a number of seconds from 0 to {MAX_ARRIVAL_S:g}, got {v!r}")
+    return float(v)
+
+
 def _parse_row(row: dict, where: str) -> Request:
-    try:
-        req = Request(float(row["arrival_s"]), int(row["prompt_tokens"]), int(row["output_tokens"]))
-    except KeyError as e:
-        raise WorkloadError(f"{where}: missing field {e.args[0]!r}; each request needs {', '.join(TRACE_COLUMNS)}") from None
-    except (TypeError, ValueError) as e:
-        raise WorkloadError(f"{where}: bad value ({e})") from None
-    req.check(where)
-    return req
+    missing = [c for c in TRACE_COLUMNS if row.get(c) is None]
+    if missing:
+        raise WorkloadError(f"{where}: missing {', '.join(missing)}; each request needs {', '.join(TRACE_COLUMNS)}")
+    return Request(_seconds(row["arrival_s"], "arrival_s", where), _count(row["prompt_tokens"], "prompt_tokens", where),
+                   _count(row["output_tokens"], "output_tokens", where))
 
 
 def load_requests(path: str | Path) -> list[Request]:
@@ -77,6 +104,8 @@ def load_requests(path: str | Path) -> list[Request]:
     p = Path(path)
     if not p.exists():
         raise WorkloadError(f"trace file not found: {p}")
+    if p.suffix.lower() not in (".csv", ".jsonl"):
+        raise WorkloadError(f"{p}: trace files must end in .csv or .jsonl")
     reqs: list[Request] = []
     try:
         with open(p, encoding="utf-8", newline="") as f:
@@ -85,27 +114,44 @@ def load_requests(path: str | Path) -> list[Request]:
                     if not line.strip():
                         continue
                     try:
-                        row = json.loads(line)
+                        row = json.loads(line, parse_constant=_no_constant)
                     except json.JSONDecodeError as e:
                         raise WorkloadError(f"{p}:{lineno}: malformed JSON: {e.msg}") from None
+                    except ValueError as e:
+                        raise WorkloadError(f"{p}:{lineno}: malformed JSON: {e}") from None
                     if not isinstance(row, dict):
                         raise WorkloadError(f"{p}:{lineno}: expected a JSON object")
                     reqs.append(_parse_row(row, f"{p}:{lineno}"))
-            elif p.suffix.lower() == ".csv":
+                    if len(reqs) > MAX_REQUESTS:
+                        raise WorkloadError(f"{p}: more than {MAX_REQUESTS} requests")
+            else:
                 reader = csv.DictReader(f)
                 missing = [c for c in TRACE_COLUMNS if c not in (reader.fieldnames or [])]
                 if missing:
                     raise WorkloadError(f"{p}:1: header lacks column(s) {', '.join(missing)}; "
                                         f"expected {', '.join(TRACE_COLUMNS)}")
                 for row in reader:
-                    reqs.append(_parse_row(row, f"{p}:{reader.line_num}"))
-            else:
-                raise WorkloadError(f"{p}: trace files must end in .csv or .jsonl")
+                    where = f"{p}:{reader.line_num}"
+                    if None in row:
+                        raise WorkloadError(f"{where}: more fields than the header's {len(reader.fieldnames)}")
+                    if any(v is None for v in row.values()):
+                        raise WorkloadError(f"{where}: fewer fields than the header's {len(reader.fieldnames)}")
+                    reqs.append(_parse_row(row, where))
+                    if len(reqs) > MAX_REQUESTS:
+                        raise WorkloadError(f"{p}: more than {MAX_REQUESTS} requests")
     except UnicodeDecodeError:
-        raise WorkloadError(f"{p}: not a text file") from None
+        raise WorkloadError(f"{p}: not a text file (not UTF-8)") from None
+    except csv.Error as e:
+        raise WorkloadError(f"{p}: malformed CSV: {e}") from None
+    except OSError as e:
+        raise WorkloadError(f"{p}: cannot read: {e.strerror or e}") from None
     if not reqs:
         raise WorkloadError(f"{p}: no requests in the trace")
     return reqs
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 class ContinuousBatcher:

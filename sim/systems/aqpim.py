@@ -40,14 +40,15 @@ from workloads.kvformats import PqSettings
 
 @dataclass(frozen=True)
 class AqpimOptions(PimDeviceOptions):
-    pq_m: int = option(16, "PQ sub-spaces per head (must divide head_dim)", minimum=1)
-    pq_k: int = option(256, "centroids per sub-space (a power of two)", minimum=2)
-    sinks: int = option(4, "first tokens kept in FP16", unit="tokens", minimum=0)
-    recent: int = option(128, "last tokens kept in FP16", unit="tokens", minimum=0)
-    outliers: int = option(0, "key channels per head kept in FP16", minimum=0)
+    pq_m: int = option(16, "PQ sub-spaces per head (must divide head_dim)", minimum=1, limit=2**16)
+    pq_k: int = option(256, "centroids per sub-space (a power of two)", minimum=2, limit=65536)
+    sinks: int = option(4, "first tokens kept in FP16", unit="tokens", minimum=0, maximum=2**24, limit=2**30)
+    recent: int = option(128, "last tokens kept in FP16", unit="tokens", minimum=0, maximum=2**24, limit=2**30)
+    outliers: int = option(0, "key channels per head kept in FP16", minimum=0, limit=2**16)
     lut_bytes: int | None = option(None, "lookup-table buffer per PIM unit (default: the PIM device preset's)",
-                                   unit="bytes", minimum=1)
-    kmeans_iters: int = option(10, "k-means iterations of codebook training at prefill", minimum=1)
+                                   unit="bytes", minimum=1, maximum=2**30, limit=2**40)
+    kmeans_iters: int = option(10, "k-means iterations of codebook training at prefill", minimum=1, maximum=1000,
+                               limit=10**6)
 
     @property
     def pq(self) -> PqSettings:

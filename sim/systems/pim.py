@@ -167,18 +167,25 @@ class PimDeviceOptions(Options):
     """Options of every system that keeps its KV cache in a PIM device."""
 
     pim: str = option("attacc-hbm3", "PIM device preset or .toml file (see aqpim-sim presets)")
-    channels: int | None = option(None, "override the PIM device's channel count", minimum=1)
+    channels: int | None = option(None, "override the PIM device's channel count", minimum=1, maximum=65536,
+                                  limit=2**22)
     capacity_policy: str = option("spill", "KV beyond PIM capacity: spill (to host DRAM, attended over the "
                                   "offload path) or limit (the batch)", choices=("spill", "limit"))
     placement: str = option("hybrid", "KV across channels: hybrid stripes, whole heads, or every token "
                             "everywhere", choices=("hybrid", "head", "token"))
     softmax: str = option("pim", "where softmax runs: the PIM units, a near-memory unit, or the GPU",
                           choices=pim_model.SOFTMAX_PLACEMENTS)
-    sub_batches: int = option(1, "2: two sub-batches alternate between GPU and PIM (NeuPIMs-style)", minimum=1)
+    sub_batches: int = option(1, "2: two sub-batches alternate between GPU and PIM (NeuPIMs-style)", minimum=1,
+                              maximum=64, limit=2**20)
     link_chunks: int = option(1, "pipeline q in and partials out over the PIM link in this many chunks "
-                              "(1: no pipelining)", minimum=1)
+                              "(1: no pipelining)", minimum=1, maximum=1024, limit=2**16)
     trace_channels: int = option(8, "PIM channels drawn one per lane in traces (all are always simulated)",
-                                 minimum=0)
+                                 minimum=0, maximum=1024, limit=2**22)
+
+    def check_run(self, run) -> None:
+        if self.sub_batches > run.effective_max_batch:
+            raise ConfigError(f"sub_batches ({self.sub_batches}) must not exceed the batch "
+                              f"({run.effective_max_batch}): a sub-batch holds at least one sequence")
 
 
 @dataclass(frozen=True)
