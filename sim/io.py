@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from sim.errors import output_error
+from sim.errors import OutputError, output_error
 
 
 @contextlib.contextmanager
@@ -36,6 +36,21 @@ def open_atomic(path: str | Path, newline: str | None = None) -> Iterator[TextIO
         if isinstance(e, OSError):  # writing the file or renaming it over the target (a folder, say)
             raise output_error(p, e) from None
         raise
+
+
+def check_output_file(path: str | Path) -> None:
+    """Fail now, before a long run, if ``path`` cannot become a file: it is a folder, or a file (or a folder
+    without write permission) stands where its folder would be."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"cannot write {p}: it is a folder")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot write {p}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"cannot write {p}: no permission to write in {parent}")
+            return
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

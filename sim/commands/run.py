@@ -6,7 +6,7 @@ import argparse
 
 from sim.chrome_trace import chrome_trace_json
 from sim.config import SHARED, RunConfig, from_mapping, load_config_file, option_owners
-from sim.io import write_text_atomic
+from sim.io import check_output_file, write_text_atomic
 from sim.options import add_arguments, specs
 from sim.report import summary
 from sim.run import simulate_traced
@@ -55,6 +55,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     cfg = config_from_args(args)
+    for out in (args.json_out, args.trace_out):
+        if out:
+            check_output_file(out)
     result, spans = simulate_traced(cfg)
     print(summary(result))
     if args.json_out:
