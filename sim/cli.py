@@ -40,6 +40,10 @@ class Parser(argparse.ArgumentParser):
             hints = [f"{f.split('=')[0]}{did_you_mean(f.split('=')[0], known)}" for f in flags]
             if any("did you mean" in h for h in hints):
                 message = "unrecognized arguments: " + ", ".join(hints)
+        elif "invalid choice: " in message and "(choose from " in message:
+            word = message.split("invalid choice: ", 1)[1].split("'")[1]
+            choices = [c.strip(" '") for c in message.split("(choose from ", 1)[1].rstrip(")").split(",")]
+            message += did_you_mean(word, choices)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -64,4 +64,9 @@ def variant_configs(settings: Mapping, only: Sequence[str] | None = None, system
                 raise ConfigError(f"{where}: unknown variant '{name}'{did_you_mean(name, names)}; "
                                   f"available: {', '.join(names)}")
         pairs = [(lab, c) for lab, c in pairs if lab in only or (c.system in only and c.system not in labels)]
+    kept = {c.system for _, c in pairs}
+    for key in settings:
+        if key in owners and not kept & set(owners[key]):
+            raise ConfigError(f"{where}: '{key}' is an option of {', '.join(owners[key])}, none of the compared "
+                              f"variants' systems ({', '.join(sorted(kept))})")
     return pairs
