@@ -3,7 +3,8 @@
 Accuracy of a KV format depends on what the keys and values look like. Gaussian data is the easy case: real keys
 have outlier channels, an attention-sink token and a RoPE rotation that drifts with position, and those are what
 decide whether Product Quantization works. So the evaluation runs on both: captures of SmolLM2-135M-Instruct
-(``scripts/capture_activations.py``; a small one is committed as a test fixture) and a seeded Gaussian generator.
+(``scripts/capture_activations.py``; a small one ships with the package, ``bundled_path()``) and a seeded Gaussian
+generator.
 
 Layout (one file, numpy ``.npz``, float16 arrays):
 - ``k``, ``v``: (layers, tokens, kv_heads, head_dim), keys *after* RoPE (what the KV cache stores);
@@ -18,6 +19,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,15 @@ from workloads.errors import WorkloadError
 from workloads.models import ModelSpec, from_hf_config
 
 FORMAT_VERSION = 1
+BUNDLED_NAME = "smollm2_gpl3_2k.npz"  # the capture shipped in workloads/data (package data, docs/accuracy.md)
+
+
+def bundled_path() -> Path:
+    """The capture shipped with the package (``workloads/data``), found through ``importlib.resources``: the same
+    code finds it in the source tree and in an installed wheel."""
+    ref = resources.files("workloads").joinpath("data", BUNDLED_NAME)
+    # an unpacked install (wheel, editable, source tree) gives a real path; a zip import would need as_file()
+    return ref if isinstance(ref, Path) else Path(str(ref))
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from workloads.accuracy import EvalConfig, evaluate, format_table, measure_perplexity
-from workloads.activations import Activations, load_activations, synthetic_activations
+from workloads.activations import Activations, bundled_path, load_activations, synthetic_activations
 from workloads.errors import WorkloadError
 from workloads.kvformats import parse_format
 
 SYNTHETIC_CONTEXT = 2048  # tokens of the synthetic data set unless --context
 HELP = "accuracy of PQ / INT-k KV-cache formats on real (SmolLM2) and synthetic activations"
-FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "smollm2_gpl3_2k.npz"
+FIXTURE = bundled_path()  # shipped with the package: workloads/data/smollm2_gpl3_2k.npz
 DEFAULT_SETTINGS = (
     "fp16", "int:bits=4", "int:bits=2", "int:bits=2,sinks=4,recent=128",
     "pq:m=16,k=256", "pq:m=16,k=256,sinks=4,recent=128", "pq:m=16,k=256,sinks=4,recent=128,outliers=4",
@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data", choices=("real", "synthetic", "both"), default="real",
                    help="captured activations, i.i.d. Gaussian ones, or both (default: real)")
     p.add_argument("--fixture", metavar="PATH", default=None,
-                   help=f"activations .npz from scripts/capture_activations.py (default: {FIXTURE.name})")
+                   help=f"activations .npz from scripts/capture_activations.py (default: {FIXTURE.name}, shipped "
+                        f"with the package)")
     p.add_argument("--context", type=int, default=None, metavar="N",
                    help="tokens of context (real: first N captured; synthetic: generated; default: all / 2048)")
     p.add_argument("--layers", default=None, metavar="L,L,...",
