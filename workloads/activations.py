@@ -183,26 +183,29 @@ def _read_npz(path: Path) -> tuple[dict, np.ndarray]:
     if not exists:
         raise WorkloadError(f"activations file not found: {path}")
     try:
-        z = np.load(path, allow_pickle=False)
-    except PermissionError:
-        raise WorkloadError(f"{path}: cannot read activations: permission denied") from None
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
-        raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}") from None
-    if not isinstance(z, np.lib.npyio.NpzFile):  # a single .npy array
-        raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}; it holds one array, not the named arrays of a capture")
-    with z:
-        missing = {"q", "q_pos", "k", "v", "layers", "meta"} - set(z.files)
-        if missing:
-            raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}; missing arrays {', '.join(sorted(missing))}")
-        arrays = {}
-        for n in ("q", "q_pos", "k", "v", "layers", "meta", "k_pre"):
-            if n not in z.files:
-                continue
-            try:
-                arrays[n] = z[n]
-            except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
-                raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}; array '{n}' is unreadable (damaged or truncated, "
-                                    f"or Python objects, which are never unpickled)") from None
+        f = open(path, "rb")  # opened here and always closed (np.load leaks its own file when the zip is broken)
+    except OSError as e:
+        raise WorkloadError(f"{path}: cannot read activations: {e.strerror or e}") from None
+    with f:
+        try:
+            z = np.load(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+            raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a single .npy array
+            raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}; it holds one array, not the named arrays of a capture")
+        with z:
+            missing = {"q", "q_pos", "k", "v", "layers", "meta"} - set(z.files)
+            if missing:
+                raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}; missing arrays {', '.join(sorted(missing))}")
+            arrays = {}
+            for n in ("q", "q_pos", "k", "v", "layers", "meta", "k_pre"):
+                if n not in z.files:
+                    continue
+                try:
+                    arrays[n] = z[n]
+                except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+                    raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}; array '{n}' is unreadable (damaged or "
+                                        f"truncated, or Python objects, which are never unpickled)") from None
     return arrays, arrays.pop("meta")
 
 
