@@ -4,7 +4,7 @@
 
 Runs the protocol of ``aqpim-sim accuracy`` (``workloads.accuracy.evaluate`` with its default ``EvalConfig``: the
 last 128 positions are the decode queries, codebooks trained on the prefill before them, 20 k-means iterations,
-seed 0) on the committed SmolLM2-135M fixture (real K/V, head_dim 64) and on the command's synthetic Gaussian data,
+seed 0) on the SmolLM2-135M capture shipped in ``workloads/data`` (real K/V, head_dim 64) and on the command's synthetic Gaussian data,
 for the formats below. Each entry stores the format's canonical text, its geometry (PQ: sub-vector dimension
 head_dim/m and K; INT-k: bits and group; the data's head_dim), its other options, the metrics, the data it was
 measured on and the command that regenerates it. ``workloads.kvformats.accuracy_entry`` matches a simulated format
@@ -59,6 +59,7 @@ METRICS = ("out_cos_mean", "out_cos_min", "key_rel_err", "value_rel_err", "score
            "bits_per_element", "code_bits_per_element", "codebook_bits_per_element", "compression", "heldout_frac",
            "ppl", "ppl_fp16")
 DIGITS = 6  # decimals kept in the file (the metrics are averages over a few thousand queries)
+FIXTURE_IN_PACKAGE = f"workloads/data/{FIXTURE.name}"  # an entry's data file, wherever the package is installed
 
 
 def geometry(fmt: KvFormat, head_dim: int) -> dict:
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ppl:
             ppl = measure_perplexity(formats, acts.source, acts.n_tokens, acts.n_tokens - args.ppl_scored, cfg,
                                      log=lambda s: print(s, file=sys.stderr, flush=True))
-        entries += table_rows(acts, formats, cfg, "real", command, str(FIXTURE.relative_to(ROOT)), ppl)
+        entries += table_rows(acts, formats, cfg, "real", command, FIXTURE_IN_PACKAGE, ppl)
         print(f"real data done after {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if args.data in ("synthetic", "both"):
         acts = synthetic_data(cfg.seed, SYNTHETIC_CONTEXT, cfg.n_queries)

@@ -2,9 +2,9 @@
 
 Needs the optional "real" extra (see docs/accuracy.md). Examples:
 
-  # the committed test fixture: 3 layers across depth, 2048 tokens of GPL-3, queries of the last 128 tokens
+  # the capture shipped with the package (workloads/data): 3 layers across depth, 2048 tokens of GPL-3, queries of the last 128 tokens
   HF_HUB_OFFLINE=1 python scripts/capture_activations.py --text gpl-3 --tokens 2048 --layers 3,15,27 \\
-      --queries 128 --no-pre-rope --out tests/fixtures/smollm2_gpl3_2k.npz
+      --queries 128 --no-pre-rope --out workloads/data/smollm2_gpl3_2k.npz
 
   # a full capture: all 30 layers, 8192 tokens of the pydoc topics, queries at every position
   HF_HUB_OFFLINE=1 python scripts/capture_activations.py --text pydoc --tokens 8192 --layers all \\

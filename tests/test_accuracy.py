@@ -1,7 +1,7 @@
-"""Accuracy evaluation on the committed SmolLM2 fixture and on Gaussian data; the CLI; the perplexity hook."""
+"""Accuracy evaluation on the SmolLM2 capture shipped with the package and on Gaussian data; the CLI; the perplexity
+hook."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,12 +9,12 @@ import pytest
 from sim.cli import main
 from workloads import pq
 from workloads.accuracy import EvalConfig, evaluate, format_table
-from workloads.activations import apply_rope, load_activations, synthetic_activations
+from workloads.activations import apply_rope, bundled_path, load_activations, synthetic_activations
 from workloads.errors import WorkloadError
 from workloads.kvformats import parse_format
 from workloads.perplexity import coded_hook, have_torch_stack
 
-FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_gpl3_2k.npz"
+FIXTURE = bundled_path()
 REQUIRED = ("data", "setting", "code_bits_per_element", "compression", "out_cos_mean", "out_cos_min")
 
 
@@ -30,6 +30,7 @@ def fmts(*texts):
 def test_fixture_is_smollm2_with_gqa_and_small():
     acts = load_activations(FIXTURE)
     assert FIXTURE.stat().st_size < 5e6
+    assert FIXTURE.parts[-3:] == ("workloads", "data", "smollm2_gpl3_2k.npz")  # package data, not a test file
     assert (acts.n_tokens, acts.n_kv_heads, acts.group, acts.head_dim) == (2048, 3, 3, 64)
     assert acts.model.n_layers == 30 and len(acts.layers) == 3 and acts.rope_theta == 1e5
     assert acts.q_pos.tolist() == list(range(1920, 2048))

@@ -56,6 +56,8 @@ class EvalConfig:
                 raise WorkloadError(f"evaluation: {f} must be a positive integer, got {getattr(self, f)!r}")
         if self.prefill is not None and self.prefill <= 0:
             raise WorkloadError(f"evaluation: prefill must be positive, got {self.prefill}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise WorkloadError(f"evaluation: seed must be a non-negative integer, got {self.seed!r}")
 
 
 # k-means seeding per tensor, measured on SmolLM2 (docs/accuracy.md): k-means++ gives keys a lower error and score
@@ -118,7 +120,8 @@ def evaluate(acts: Activations, formats: Sequence[KvFormat], cfg: EvalConfig = E
     nq = min(cfg.n_queries, len(acts.q_pos))
     if nq == 0:
         raise WorkloadError(f"evaluation: the activations hold no query position below context {N} (a capture "
-                            f"with queries at every position allows any context: --queries all)")
+                            f"with queries at every position allows any context: scripts/capture_activations.py "
+                            f"--queries all)")
     prefill = N - nq if cfg.prefill is None else cfg.prefill
     if not 0 < prefill <= N:
         raise WorkloadError(f"evaluation: prefill {prefill} must lie in 1..{N} (context {N})")

@@ -3,7 +3,8 @@
 Accuracy of a KV format depends on what the keys and values look like. Gaussian data is the easy case: real keys
 have outlier channels, an attention-sink token and a RoPE rotation that drifts with position, and those are what
 decide whether Product Quantization works. So the evaluation runs on both: captures of SmolLM2-135M-Instruct
-(``scripts/capture_activations.py``; a small one is committed as a test fixture) and a seeded Gaussian generator.
+(``scripts/capture_activations.py``; a small one ships with the package, ``bundled_path()``) and a seeded Gaussian
+generator.
 
 Layout (one file, numpy ``.npz``, float16 arrays):
 - ``k``, ``v``: (layers, tokens, kv_heads, head_dim), keys *after* RoPE (what the KV cache stores);
@@ -17,7 +18,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,16 @@ from workloads.errors import WorkloadError
 from workloads.models import ModelSpec, from_hf_config
 
 FORMAT_VERSION = 1
+BUNDLED_NAME = "smollm2_gpl3_2k.npz"  # the capture shipped in workloads/data (package data, docs/accuracy.md)
+NOT_ACTIVATIONS = "not an activations file (.npz written by scripts/capture_activations.py)"
+
+
+def bundled_path() -> Path:
+    """The capture shipped with the package (``workloads/data``), found through ``importlib.resources``: the same
+    code finds it in the source tree and in an installed wheel."""
+    ref = resources.files("workloads").joinpath("data", BUNDLED_NAME)
+    # an unpacked install (wheel, editable, source tree) gives a real path; a zip import would need as_file()
+    return ref if isinstance(ref, Path) else Path(str(ref))
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,28 +171,120 @@ def save_activations(path: str | os.PathLike, acts: Activations, hf_config: dict
         raise
 
 
-def load_activations(path: str | os.PathLike, context: int | None = None) -> Activations:
-    """Read a capture; arrays become float32 (the math runs in float32, storage was float16)."""
-    path = Path(path)
+def _read_npz(path: Path) -> tuple[dict, np.ndarray]:
+    """The arrays of an activations file and its meta (0-d string array); every failure of a wrong, damaged or
+    truncated file becomes one WorkloadError naming the file."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        is_dir, exists = path.is_dir(), path.exists()
+    except (OSError, ValueError) as e:  # a name the OS refuses (too long, a NUL byte)
+        raise WorkloadError(f"{path}: cannot read activations: {e}") from None
+    if is_dir:
+        raise WorkloadError(f"{path} is a folder, {NOT_ACTIVATIONS}")
+    if not exists:
+        raise WorkloadError(f"activations file not found: {path}")
+    try:
+        f = open(path, "rb")  # opened here and always closed (np.load leaks its own file when the zip is broken)
+    except OSError as e:
+        raise WorkloadError(f"{path}: cannot read activations: {e.strerror or e}") from None
+    with f:
+        try:
+            z = np.load(f, allow_pickle=False)
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+            raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a single .npy array
+            raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}; it holds one array, not the named arrays of a capture")
+        with z:
             missing = {"q", "q_pos", "k", "v", "layers", "meta"} - set(z.files)
             if missing:
-                raise WorkloadError(f"{path}: not an activations file (missing {', '.join(sorted(missing))})")
-            meta = json.loads(str(z["meta"]))
-            arrays = {n: z[n] for n in z.files if n != "meta"}
-    except FileNotFoundError:
-        raise WorkloadError(f"activations file not found: {path}") from None
-    except (OSError, ValueError) as e:
-        if isinstance(e, WorkloadError):
-            raise
-        raise WorkloadError(f"{path}: cannot read activations: {e}") from None
+                raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}; missing arrays {', '.join(sorted(missing))}")
+            arrays = {}
+            for n in ("q", "q_pos", "k", "v", "layers", "meta", "k_pre"):
+                if n not in z.files:
+                    continue
+                try:
+                    arrays[n] = z[n]
+                except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+                    raise WorkloadError(f"{path}: {NOT_ACTIVATIONS}; array '{n}' is unreadable (damaged or "
+                                        f"truncated, or Python objects, which are never unpickled)") from None
+    return arrays, arrays.pop("meta")
+
+
+def _read_meta(path: Path, raw: np.ndarray) -> dict:
+    if raw.shape != () or raw.dtype.kind != "U":
+        raise WorkloadError(f"{path}: array 'meta' must be one JSON string, got {raw.dtype} {raw.shape}")
+    try:
+        meta = json.loads(str(raw))
+    except ValueError:
+        raise WorkloadError(f"{path}: array 'meta' is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise WorkloadError(f"{path}: array 'meta' must be a JSON object, got {type(meta).__name__}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise WorkloadError(f"{path}: activations format {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
-    model = from_hf_config(meta["hf_config"], name=meta.get("model_name", path.stem), where=str(path))
-    f32 = {n: arrays[n].astype(np.float32) for n in ("q", "k", "v")}
+    if not isinstance(meta.get("hf_config"), dict):
+        raise WorkloadError(f"{path}: meta lacks 'hf_config' (the model's config.json as an object)")
+    if not isinstance(meta.get("source", "?"), str):
+        raise WorkloadError(f"{path}: meta 'source' must be a string, got {meta['source']!r}")
+    theta = meta.get("rope_theta", 0.0)
+    if isinstance(theta, bool) or not isinstance(theta, int | float) or not np.isfinite(theta) or theta < 0:
+        raise WorkloadError(f"{path}: meta 'rope_theta' must be a finite number >= 0, got {theta!r}")
+    return meta
+
+
+def _check_arrays(path: Path, a: dict, model: ModelSpec) -> None:
+    """Shapes, dtypes and values of a capture, against each other and the model in its meta (module docstring)."""
+    def fail(what: str):
+        raise WorkloadError(f"{path}: {what}")
+
+    for n in ("q", "k", "v", "k_pre"):
+        if n in a and a[n].dtype.kind != "f":
+            fail(f"array '{n}' must hold floats, got {a[n].dtype}")
+    for n in ("q_pos", "layers"):
+        if a[n].dtype.kind not in "iu":
+            fail(f"array '{n}' must hold integers, got {a[n].dtype}")
+    k, q = a["k"], a["q"]
+    if k.ndim != 4 or 0 in k.shape:
+        fail(f"array 'k' must be (layers, tokens, kv_heads, head_dim), all non-zero, got shape {k.shape}")
+    L, N, H, D = k.shape
+    for n in ("v", "k_pre"):
+        if n in a and a[n].shape != k.shape:
+            fail(f"array '{n}' has shape {a[n].shape}, 'k' has {k.shape}")
+    if q.ndim != 4 or q.shape[0] != L or q.shape[1] == 0 or q.shape[3] != D or q.shape[2] % H:
+        fail(f"array 'q' must be (layers {L}, queries >= 1, heads (a multiple of {H}), head_dim {D}), "
+             f"got shape {q.shape}")
+    if a["q_pos"].shape != (q.shape[1],):
+        fail(f"array 'q_pos' must have shape ({q.shape[1]},) (one position per query), got {a['q_pos'].shape}")
+    if a["layers"].shape != (L,):
+        fail(f"array 'layers' must have shape ({L},) (one model layer per captured layer), got {a['layers'].shape}")
+    if (H, D, q.shape[2]) != (model.n_kv_heads, model.head_dim, model.n_heads):
+        fail(f"arrays have {H} KV heads, {q.shape[2]} query heads of dim {D}; the model in meta has "
+             f"{model.n_kv_heads}, {model.n_heads} of dim {model.head_dim}")
+    layers = a["layers"].tolist()
+    if len(set(layers)) != L or min(layers) < 0 or max(layers) >= model.n_layers:
+        fail(f"array 'layers' must hold distinct layer indices in 0..{model.n_layers - 1}, got {layers}")
+    pos = a["q_pos"].astype(np.int64)
+    if np.any(np.diff(pos) <= 0) or pos[0] < 0 or pos[-1] >= N:
+        fail(f"query positions ('q_pos') must increase and lie in 0..{N - 1}")
+
+
+def load_activations(path: str | os.PathLike, context: int | None = None) -> Activations:
+    """Read a capture; arrays become float32 (the math runs in float32, storage was float16). Every problem with the
+    file (not a capture, damaged, wrong shapes or dtypes, NaN or infinite values) is a WorkloadError naming it."""
+    path = Path(path)
+    arrays, raw_meta = _read_npz(path)
+    meta = _read_meta(path, raw_meta)
+    try:
+        model = from_hf_config(meta["hf_config"], name=str(meta.get("model_name", path.stem)), where=str(path))
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        if isinstance(e, WorkloadError):
+            raise
+        raise WorkloadError(f"{path}: bad 'hf_config' in meta: {e}") from None
+    _check_arrays(path, arrays, model)
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf, reported just below
+        f32 = {n: arrays[n].astype(np.float32) for n in ("q", "k", "v", "k_pre") if n in arrays}
+    for n, x in f32.items():
+        if not np.isfinite(x).all():
+            raise WorkloadError(f"{path}: array '{n}' holds NaN or infinite values (as float32)")
     acts = Activations(q=f32["q"], q_pos=arrays["q_pos"].astype(np.int64), k=f32["k"], v=f32["v"],
                        layers=tuple(int(x) for x in arrays["layers"]), model=model, source=meta.get("source", "?"),
-                       rope_theta=float(meta.get("rope_theta", 0.0)),
-                       k_pre=arrays["k_pre"].astype(np.float32) if "k_pre" in arrays else None)
+                       rope_theta=float(meta.get("rope_theta", 0.0)), k_pre=f32.get("k_pre"))
     return acts if context is None else acts.truncated(context)
