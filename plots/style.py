@@ -6,6 +6,9 @@ says which unit was chosen.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -116,16 +119,68 @@ def new_figure(width_in: float, height_in: float) -> Figure:
 
 
 def save(fig: Figure, out: str | Path, dpi: int = 130) -> Path:
-    """Write PNG or SVG (by suffix), without a timestamp, so the same figure gives the same bytes."""
+    """Write PNG or SVG (by suffix), without a timestamp, so the same figure gives the same bytes.
+
+    Atomically: the figure is written to a temporary file in the same folder (``.<name>.<pid>.<random>.tmp``),
+    made durable and renamed over ``out``, so a reader or a killed run never sees half a figure; temporaries left
+    by killed writers of the same figure are removed. An OS error is one line (``ResultsError``) naming the file.
+    (``plots`` may import only ``sim.results`` from the simulator, so this mirrors ``sim.io.open_atomic``.)"""
     p = Path(out)
     suffix = p.suffix.lower()
     if suffix not in (".png", ".svg"):
         raise ResultsError(f"{p}: figures are written as .png or .svg")
-    p.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"Date": None} if suffix == ".svg" else {}
-    with rc():
-        fig.savefig(p, dpi=dpi, metadata=metadata)
+    tmp = None
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(p)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}.", suffix=".tmp", dir=p.parent)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; a figure is an ordinary file
+        with os.fdopen(fd, "wb") as f, rc():
+            fig.savefig(f, format=suffix[1:], dpi=dpi, metadata=metadata)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+        tmp = None
+    except OSError as e:
+        raise ResultsError(f"cannot write {p}: {_reason(p, e)}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     return p
+
+
+def _reason(p: Path, e: OSError) -> str:
+    for parent in p.parents:  # a file in the way of the folder is the usual surprise: name it
+        if parent.exists():
+            return f"{parent} is a file, not a folder" if not parent.is_dir() else (e.strerror or str(e))
+    return e.strerror or str(e)
+
+
+def _remove_stale(p: Path) -> None:
+    """Remove ``.<name>.<pid>.*.tmp`` files of ``p`` whose writer is no longer running (it was killed)."""
+    prefix = f".{p.name}."
+    with contextlib.suppress(OSError):
+        for q in p.parent.iterdir():
+            pid = q.name[len(prefix):].split(".", 1)[0] if q.name.startswith(prefix) else ""
+            if q.name.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    q.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def rc():

@@ -108,7 +108,7 @@ FILES = {
     "meta-a-number": (_with(meta=np.array(3.0)), "'meta' must be one JSON string"),
     "format-version": (_with(meta=_meta(format_version=7)), "activations format 7, expected 1"),
     "no-hf-config": (_with(meta=_meta(hf_config=None)), "lacks 'hf_config'"),
-    "hf-config-bad-value": (_with(meta=_meta(hf_config={**_hf_config(), "hidden_size": "wide"})), "bad value"),
+    "hf-config-bad-value": (_with(meta=_meta(hf_config={**_hf_config(), "hidden_size": "wide"})), "'hidden_size' must be a whole number"),
     "hf-config-unknown-model": (_with(meta=_meta(hf_config={**_hf_config(), "model_type": "rnn"})),
                                 "model_type 'rnn' is not supported"),
     "rope-theta-text": (_with(meta=_meta(rope_theta="big")), "'rope_theta' must be a finite number"),

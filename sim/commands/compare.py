@@ -5,6 +5,11 @@ every flag): 16 sequences of 64K tokens of LLaMA-3.1-8B, a 128 GiB KV cache. The
 by PCIe, and the cache is larger than a PIM device's memory, so the PIM baseline meets its capacity wall. The
 folder gets ``results.json`` (a list of Results), ``trace.json`` (Chrome trace), ``breakdown.png``,
 ``timeline.png`` and ``report.md``; only the default folder name carries a timestamp.
+
+The folder is written as a set: every file into a temporary sibling folder, renamed into place at the end, so an
+interrupted run leaves no partial folder (and the next run removes its temporary). An existing folder that is not
+empty is refused before anything runs, unless ``--overwrite``, which replaces the whole set (only a folder holding
+nothing but this command's files).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from sim.compare import (
     scenario_line,
 )
 from sim.config import SHARED, option_owners
-from sim.io import write_text_atomic
+from sim.io import atomic_folder, check_target_folder, write_text_atomic
 from sim.variants import variant_configs
 
 HELP = "run every system variant on one long-context configuration and compare them"
@@ -33,6 +38,7 @@ EXAMPLE = """examples:
   aqpim-sim compare                                  (the long-context scenario below, into results/compare-<time>/)
   aqpim-sim compare --model llama-2-7b --context 16384 --batch 8 --out results/l2
   aqpim-sim compare --variants offload,offload+prefetch --steps 2 --out /tmp/c
+  aqpim-sim compare --steps 2 --out /tmp/c --overwrite      (replace the earlier comparison in /tmp/c)
 scenario (flags override it): """
 
 # The comparison's starting point, applied over RunConfig's defaults and under the user's flags.
@@ -50,6 +56,9 @@ def add_parser(sub) -> None:
                    help="comma-separated variant labels to run, e.g. offload,offload+prefetch (default: all "
                    "available; --system X keeps the variants of system X)")
     p.add_argument("--out", metavar="DIR", help="output folder (default results/compare-<timestamp>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output folder if it already holds a comparison (as a whole: no old file "
+                   "stays)")
 
 
 def run(args) -> int:
@@ -62,6 +71,7 @@ def run(args) -> int:
         scenario.pop("steps")  # a request list runs to its end unless the user caps it with --steps
     pairs = variant_configs({**scenario, **given}, only, system=system)
     out = Path(args.out) if args.out else Path("results") / time.strftime("compare-%Y%m%d-%H%M%S")
+    check_target_folder(out, args.overwrite, FILES.values())  # before the runs: a refusal costs nothing
     runs = run_variants(pairs)
     print(scenario_line(runs))
     print(comparison_table(runs))
@@ -70,15 +80,15 @@ def run(args) -> int:
     for r in runs:
         for w in r.result.warnings:
             print(f"warning: {r.label}: {w}")
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / FILES["results"], results_json(runs))
-    write_text_atomic(out / FILES["trace"], combined_trace_json(runs))
     # Figures come from the files just written, as every figure does (plots read saved results).
     from plots import plot_breakdown, plot_timeline
 
-    plot_breakdown(out / FILES["results"], out / FILES["breakdown"])
-    plot_timeline(out / FILES["trace"], out / FILES["timeline"], steps=1,
-                  title=f"{scenario_line(runs)}: first decode step")
-    write_text_atomic(out / FILES["report"], report_markdown(runs, dict(FILES)))
+    with atomic_folder(out, args.overwrite, FILES.values()) as tmp:
+        write_text_atomic(tmp / FILES["results"], results_json(runs))
+        write_text_atomic(tmp / FILES["trace"], combined_trace_json(runs))
+        plot_breakdown(tmp / FILES["results"], tmp / FILES["breakdown"])
+        plot_timeline(tmp / FILES["trace"], tmp / FILES["timeline"], steps=1,
+                      title=f"{scenario_line(runs)}: first decode step")
+        write_text_atomic(tmp / FILES["report"], report_markdown(runs, dict(FILES)))
     print(f"wrote {out}/: " + ", ".join(FILES.values()))
     return 0

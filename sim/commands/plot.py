@@ -2,7 +2,8 @@
 
 Kinds: ``timeline`` (a Chrome trace from ``run --trace-out`` or ``compare``), ``breakdown`` (a Result JSON or a
 list of Results), ``sweep`` and ``capacity`` (a sweep's ``results.jsonl``). The suffix of ``--out`` picks PNG
-or SVG.
+or SVG. The figure is written atomically (a temporary file in the same folder, renamed over ``--out``), so an
+interrupted run never leaves half a figure.
 """
 
 from __future__ import annotations

@@ -1,14 +1,28 @@
-"""`aqpim-sim sweep`: run a sweep file's points in parallel, streaming results to a resumable JSONL and a CSV."""
+"""`aqpim-sim sweep`: run a sweep file's points in parallel, streaming results to a resumable JSONL and a CSV.
+
+Exit status: 0 when every point ran (or was already done), 2 for an input error (nothing ran), 1 when the
+executor failed under the sweep (``SweepAborted``: a lost Dask scheduler or workers, a killed worker process);
+then every finished point is on disk and rerunning the same command resumes.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from sim.errors import ConfigError
 from sim.results import MANIFEST, RESULTS_CSV, RESULTS_JSONL
-from sim.sweep import EXECUTORS, load_sweep, run_sweep
+from sim.sweep import (
+    DASK_TIMEOUT_S,
+    EXECUTORS,
+    MAX_POINTS,
+    SweepAborted,
+    check_jobs,
+    load_sweep,
+    run_sweep,
+    usable_cores,
+)
 
 HELP = "run many configurations from a sweep file (resumable; local processes or a Dask cluster)"
 EXAMPLE = """sweep file: a [base] table of run settings and a [factors] table of lists, crossed into a grid:
@@ -23,12 +37,10 @@ EXAMPLE = """sweep file: a [base] table of run settings and a [factors] table of
 examples:
   aqpim-sim sweep examples/sweep-pcie.toml --out results/pcie --jobs 2
   aqpim-sim sweep examples/sweep-context.toml --dry-run
-  aqpim-sim sweep big.toml --out results/big --executor dask --scheduler tcp://127.0.0.1:8786
-Rerunning the same command resumes: points already in results.jsonl are skipped."""
-
-
-def _default_jobs() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  aqpim-sim sweep big.toml --out results/big --executor dask --scheduler tcp://127.0.0.1:8786 --dask-timeout 120
+  aqpim-sim sweep huge.toml --max-points 500000 --dry-run      (more points than the default limit)
+Rerunning the same command resumes, also after a kill (even kill -9): points already in results.jsonl are
+skipped, and the files end in point order, the same bytes whatever --jobs or executor."""
 
 
 def add_parser(sub) -> None:
@@ -37,17 +49,29 @@ def add_parser(sub) -> None:
     p.add_argument("sweep_file", metavar="SWEEP.toml", help="sweep file: [base], [factors], optional [[points]]")
     p.add_argument("--out", metavar="DIR", help="output folder (default results/<sweep file name>); "
                    "an existing one is resumed")
-    p.add_argument("--jobs", type=int, default=None,
-                   help=f"points run at once (default: the CPUs available, {_default_jobs()} here)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help=f"points run at once (default: the cores this process may use, {usable_cores()} here; "
+                   f"dask: the cluster's threads); never more than the points left to run")
+    p.add_argument("--force-jobs", action="store_true",
+                   help="allow --jobs beyond the usable cores (local executor)")
+    p.add_argument("--max-points", type=int, default=MAX_POINTS, metavar="N",
+                   help=f"refuse a sweep file with more points than this (default {MAX_POINTS:,}), "
+                   f"counted before the grid is built")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: a process pool on this machine; dask: an existing dask.distributed cluster")
     p.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://127.0.0.1:8786")
+    p.add_argument("--dask-timeout", type=float, default=DASK_TIMEOUT_S, metavar="SECONDS",
+                   help=f"dask: give up when the scheduler cannot be reached, or the cluster has had no worker, "
+                   f"for this long (default {DASK_TIMEOUT_S:g})")
     p.add_argument("--dry-run", action="store_true", help="list the points and exit without running")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
-    sweep = load_sweep(args.sweep_file)
+    jobs = check_jobs(args.jobs, args.executor, args.force_jobs)  # before the file: a bad flag fails at once
+    if args.max_points < 1:
+        raise ConfigError(f"--max-points must be a positive number, got {args.max_points}")
+    sweep = load_sweep(args.sweep_file, max_points=args.max_points)
     if args.dry_run:
         print(f"{sweep.path}: {len(sweep.points)} points" + (f" ({sweep.description})" if sweep.description else ""))
         for pt in sweep.points:
@@ -55,16 +79,22 @@ def run(args) -> int:
             print(f"  {pt.index:>4}  {pt.key[:12]}  {desc}")
         return 0
     out = Path(args.out) if args.out else Path("results") / Path(args.sweep_file).stem
-    jobs = args.jobs if args.jobs is not None else _default_jobs()
-    s = run_sweep(sweep, out, jobs=jobs, executor=args.executor, scheduler=args.scheduler,
-                  progress_stream=sys.stderr, quiet=args.quiet)
-    rate = f"{60 * s.ran / s.wall_s:.1f} points/min" if s.ran and s.wall_s > 0 else "nothing to run"
-    print(f"{sweep.path}: {s.total} points; ran {s.ran}, {s.skipped} already done; "
-          f"{s.wall_s:.1f} s ({rate}, {jobs} job{'s' if jobs > 1 else ''}, {args.executor})")
+    try:
+        s = run_sweep(sweep, out, jobs=jobs, executor=args.executor, scheduler=args.scheduler,
+                      progress_stream=sys.stderr, quiet=args.quiet, force_jobs=args.force_jobs,
+                      dask_timeout_s=args.dask_timeout)
+    except SweepAborted as e:
+        print(f"aqpim-sim: error: {e}", file=sys.stderr)
+        return 1
+    how = (f"{60 * s.ran / s.wall_s:.1f} points/min, {s.jobs} job{'s' if s.jobs != 1 else ''}, {args.executor}"
+           if s.ran and s.wall_s > 0 else "nothing to run")
+    print(f"{sweep.path}: {s.total} points; ran {s.ran}, {s.skipped} already done; {s.wall_s:.1f} s ({how})")
     if s.repaired_bytes:
         print(f"note: cut a torn last line ({s.repaired_bytes} bytes) left by an interrupted run")
     if s.failed:
         print(f"note: {s.failed} point(s) were rejected at run time; see the 'error' column of {RESULTS_CSV}")
+    if s.duplicates:
+        print(f"note: dropped {s.duplicates} repeated record(s) from {RESULTS_JSONL} (kept the first of each)")
     if s.foreign:
         print(f"note: {s.foreign} record(s) in {RESULTS_JSONL} belong to no point of this sweep file")
     print(f"wrote {out / RESULTS_JSONL}, {out / RESULTS_CSV}, {out / MANIFEST}")
