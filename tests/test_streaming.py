@@ -1,16 +1,22 @@
 """Memory flat in decode steps: the streamed versions of what used to be computed from per-step lists.
 
 - the tracer's streaming fold of busy intervals equals the batch computation over merged interval lists that it
-  replaced (kept here as the reference, itself checked against brute force).
+  replaced (kept here as the reference, itself checked against brute force);
+- streamed percentiles equal the old computation over full lists while the values are kept exactly, and stay
+  within the stated relative error beyond.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sim.engine import CATEGORIES, Occupancy, Tracer
+from sim.stats import REL_ERROR, StepStats, WeightedQuantiles
 
 # --- the reference: the batch computation the tracer used before (sim/engine.py up to schema 1) -----------------
 
@@ -133,3 +139,77 @@ def test_occupancy_rejects_a_start_before_the_clock():
     occ.add(1, 1.5, 3.0)
     with pytest.raises(ValueError, match="non-decreasing"):
         occ.add(2, 1.0, 4.0)
+
+
+# --- percentiles -------------------------------------------------------------------------------------------------
+
+def old_percentile_weighted(values: list[float], weights: list[int], q: float) -> float:
+    """The computation over full lists that the streamed percentiles replace (sim/run.py up to schema 1)."""
+    order = np.argsort(values, kind="stable")
+    v = np.asarray(values)[order]
+    w = np.asarray(weights, dtype=float)[order]
+    cum = np.cumsum(w)
+    idx = int(np.searchsorted(cum, q / 100.0 * cum[-1], side="left"))
+    return float(v[min(idx, len(v) - 1)])
+
+
+values_weights = st.lists(st.tuples(st.floats(1e-6, 1e3, allow_nan=False), st.integers(1, 300)), min_size=1,
+                          max_size=300)
+QS = (0, 1, 10, 25, 50, 75, 90, 99, 99.9, 100)
+
+
+@given(values_weights)
+def test_exact_percentiles_equal_the_old_computation(vw):
+    wq = WeightedQuantiles()
+    for v, w in vw:
+        wq.add(v, w)
+    assert wq.exact
+    vs, ws = [v for v, _ in vw], [w for _, w in vw]
+    for q in QS:
+        assert wq.percentile(q) == old_percentile_weighted(vs, ws, q)
+
+
+@given(values_weights, st.integers(0, 50))
+def test_binned_percentiles_within_the_stated_error(vw, limit):
+    wq = WeightedQuantiles(exact_limit=limit)
+    for v, w in vw:
+        wq.add(v, w)
+    vs, ws = [v for v, _ in vw], [w for _, w in vw]
+    for q in QS:
+        exact = old_percentile_weighted(vs, ws, q)
+        assert abs(wq.percentile(q) - exact) <= REL_ERROR * (1 + 1e-9) * exact
+
+
+def test_binned_percentiles_on_a_long_skewed_stream():
+    rng = np.random.default_rng(7)
+    vs = np.exp(rng.normal(-3.0, 1.5, 200_000))  # latencies over ~5 decades
+    ws = rng.integers(1, 257, vs.size)
+    wq = WeightedQuantiles()
+    for v, w in zip(vs.tolist(), ws.tolist(), strict=True):
+        wq.add(v, w)
+    assert not wq.exact
+    # memory: one float per bin between the smallest and the largest value
+    assert len(wq.bins) <= math.log(vs.max() / vs.min()) / math.log((1 + REL_ERROR) / (1 - REL_ERROR)) + 2
+    for q in (0.1, 1, 50, 90, 99, 99.99):
+        exact = old_percentile_weighted(vs.tolist(), ws.tolist(), q)
+        assert abs(wq.percentile(q) - exact) <= REL_ERROR * (1 + 1e-9) * exact
+
+
+def test_zero_values_and_empty_streams():
+    assert WeightedQuantiles().percentile(50) == 0.0
+    wq = WeightedQuantiles(exact_limit=0)
+    for v in (0.0, 0.0, 1.0):
+        wq.add(v)
+    assert wq.percentile(50) == 0.0 and abs(wq.percentile(100) - 1.0) <= REL_ERROR * (1 + 1e-9)
+    with pytest.raises(ValueError):
+        wq.add(-1.0)
+
+
+def test_step_stats_running_aggregates():
+    s = StepStats()
+    for lat, ana, exact, n in ((2.0, 2.0, True, 3), (1.0, 1.1, True, 1), (4.0, 2.0, False, 2)):
+        s.add(lat, ana, exact, n)
+    assert (s.steps, s.tokens, s.peak_batch, s.analytic_exact) == (3, 6, 3, False)
+    assert (s.latency_min_s, s.latency_max_s, s.latency_sum_s) == (1.0, 4.0, 7.0)
+    assert s.token_latency_sum_s == 2.0 * 3 + 1.0 + 4.0 * 2
+    assert s.max_rel_gap == 1.0 and s.max_rel_undershoot == pytest.approx(0.1 / 1.1)
