@@ -3,20 +3,46 @@
 - the tracer's streaming fold of busy intervals equals the batch computation over merged interval lists that it
   replaced (kept here as the reference, itself checked against brute force);
 - streamed percentiles equal the old computation over full lists while the values are kept exactly, and stay
-  within the stated relative error beyond.
+  within the stated relative error beyond;
+- the step log holds one line per step with exactly the numbers the old per-step lists held, and appears only
+  when the run ends;
+- a run's retained memory does not grow with its number of steps;
+- Result files of schema 1 (written before the per-step lists were removed) still load and plot.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import math
+import shutil
+import sys
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sim.config import from_mapping, make_config
 from sim.engine import CATEGORIES, Occupancy, Tracer
-from sim.stats import REL_ERROR, StepStats, WeightedQuantiles
+from sim.results import (
+    RESULT_SCHEMA_VERSION,
+    STEP_LOG_COLUMNS,
+    Result,
+    ResultsError,
+    load_results,
+    read_step_log,
+)
+from sim.run import simulate
+from sim.stats import EXACT_STEPS, REL_ERROR, StepStats, WeightedQuantiles
+from workloads.models import ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+GOLDEN = json.loads((ROOT / "tests" / "golden" / "golden.json").read_text())
+
 
 # --- the reference: the batch computation the tracer used before (sim/engine.py up to schema 1) -----------------
 
@@ -213,3 +239,161 @@ def test_step_stats_running_aggregates():
     assert (s.latency_min_s, s.latency_max_s, s.latency_sum_s) == (1.0, 4.0, 7.0)
     assert s.token_latency_sum_s == 2.0 * 3 + 1.0 + 4.0 * 2
     assert s.max_rel_gap == 1.0 and s.max_rel_undershoot == pytest.approx(0.1 / 1.1)
+
+
+# --- the step log ------------------------------------------------------------------------------------------------
+
+def golden_entry(**match) -> dict:
+    return next(e for e in GOLDEN if all(e["config"].get(k) == v for k, v in match.items()))
+
+
+@pytest.mark.parametrize("match", [
+    {"system": "offload", "requests": 6},            # continuous batching with arrivals: idle gaps, batches vary
+    {"system": "pim", "requests": 6},                # PIM with capacity_policy limit
+    {"system": "offload", "prefetch": True, "context": 65536, "steps": 4},  # closed form only a bound
+    {"model": "opt-30b", "system": "aqpim"},
+])
+def test_step_log_holds_exactly_the_old_per_step_lists(tmp_path, match):
+    """The golden file holds the per-step lists the old Result carried: the log must hold the same numbers."""
+    entry = golden_entry(**match)
+    path = tmp_path / "steps.csv"
+    rows = []
+    r = simulate(from_mapping(entry["config"]), step_log=path, on_step=rows.append)
+    lines = path.read_text().splitlines()
+    assert lines[0] == ",".join(STEP_LOG_COLUMNS) and len(lines) == r.steps + 1
+    log = read_step_log(path)
+    old = entry["measured"]
+    assert log["latency_s"] == old["step_latency_s"]
+    assert log["analytic_s"] == old["analytic_step_latency_s"]
+    assert log["n_seqs"] == old["step_batch"]
+    assert log["step"] == list(range(r.steps))
+    assert [tuple(row) for row in rows] == list(zip(*(log[c] for c in STEP_LOG_COLUMNS), strict=True))
+    # the Result's streamed aggregates are what the old lists gave
+    lat, n = old["step_latency_s"], old["step_batch"]
+    assert r.mean_step_latency_s == sum(lat) / len(lat) and r.tokens == sum(n)
+    assert (r.step_latency_min_s, r.step_latency_max_s, r.peak_batch) == (min(lat), max(lat), max(n))
+    assert r.peak_kv_tokens == max(log["kv_tokens"])
+    assert r.analytic_exact == all(log["exact"])
+    assert r.ttnt_mean_s == pytest.approx(sum(a * b for a, b in zip(lat, n, strict=True)) / sum(n), rel=1e-12)
+    for q, got in ((50, r.ttnt_p50_s), (90, r.ttnt_p90_s), (99, r.ttnt_p99_s)):
+        assert got == old_percentile_weighted(lat, n, q)
+    gaps = [abs(s - a) / a for s, a in zip(lat, old["analytic_step_latency_s"], strict=True)]
+    assert r.analytic_max_rel_gap == max(gaps)
+    assert r.traced_step_latency_s == lat[:entry["config"].get("trace_steps", 4)]
+    # starts: each step starts at or after the previous one ended
+    for k in range(1, r.steps):
+        assert log["start_s"][k] >= log["start_s"][k - 1] + log["latency_s"][k - 1] * (1 - 1e-12)
+
+
+def test_step_log_appears_only_when_the_run_ends(tmp_path):
+    path = tmp_path / "steps.csv"
+    path.write_text("old\n")
+
+    seen = []
+
+    def fail_at_step_2(row):
+        seen.append((sorted(p.name for p in tmp_path.iterdir()), path.read_text()))
+        if row.step == 2:
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        simulate(make_config(batch=1, context=1024, steps=5), step_log=path, on_step=fail_at_step_2)
+    # during the run the rows go to a temporary file beside the log; the log itself is untouched
+    assert all(len(names) == 2 and names[0].startswith(".steps.csv.") and text == "old\n" for names, text in seen)
+    assert path.read_text() == "old\n" and list(tmp_path.iterdir()) == [path]  # temporary file removed
+
+
+def test_read_step_log_rejects_other_files(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text("a,b\n1,2\n")
+    with pytest.raises(ResultsError, match="not a step log"):
+        read_step_log(p)
+    p.write_text(",".join(STEP_LOG_COLUMNS) + "\n0,0.0,x,1.0,1,1,1\n")
+    with pytest.raises(ResultsError, match="line 2"):
+        read_step_log(p)
+
+
+# --- memory ------------------------------------------------------------------------------------------------------
+
+TINY = ModelSpec(name="tiny", family="llama", n_layers=1, hidden_size=256, n_heads=4, n_kv_heads=4, head_dim=64,
+                 ffn_size=512, vocab_size=1000, max_context=1 << 20)
+
+
+def retained(steps: int, measure: str, **options) -> int:
+    """What was allocated after step 100 of a run and is still alive at its last step, garbage collected first:
+    bytes (``tracemalloc``) or memory blocks of small objects (``sys.getallocatedblocks``, free of tracing cost)."""
+    out = {}
+
+    def on_step(row):
+        if row.step == 100:
+            gc.collect()
+            if measure == "bytes":
+                tracemalloc.start()
+            out["start"] = 0 if measure == "bytes" else sys.getallocatedblocks()
+        elif row.step == steps - 1:
+            gc.collect()
+            if measure == "bytes":
+                out["end"] = tracemalloc.get_traced_memory()[0]
+                tracemalloc.stop()
+            else:
+                out["end"] = sys.getallocatedblocks()
+
+    simulate(make_config(batch=2, context=256, steps=steps, trace_steps=1, **options), model=TINY, on_step=on_step)
+    return out["end"] - out["start"]
+
+
+def test_memory_does_not_grow_with_steps():
+    short, long = retained(300, "bytes"), retained(EXACT_STEPS + 200, "bytes")
+    # Before: every step kept a record, four list entries and its busy intervals (> 300 bytes per step, > 300 kB
+    # more for the longer run). Now: a histogram bin per 0.1 % of the latency range (8 bytes each).
+    assert long - short < 16_000, (short, long)
+
+
+@pytest.mark.parametrize("options", [{"prefetch": True}, {"system": "pim", "channels": 8},
+                                     {"system": "aqpim", "channels": 8}])
+def test_retained_objects_do_not_grow_with_steps(options):
+    short, long = retained(200, "blocks", **options), retained(800, "blocks", **options)
+    # Before: at least four small objects per step (a record, its floats and ints), 2,400 more blocks here.
+    assert long - short < 200, (short, long)
+
+
+# --- schema 1 ----------------------------------------------------------------------------------------------------
+
+def test_schema1_result_loads_with_aggregates_from_its_lists():
+    path = FIXTURES / "result_schema1.json"  # written by the simulator before the per-step lists were removed
+    old = json.loads(path.read_text())
+    assert old["schema_version"] == 1 and "step_latency_s" in old
+    [(label, r)] = load_results(path)
+    assert label == "offload" and r.schema_version == 1 and not hasattr(r, "step_latency_s")
+    assert r.peak_batch == max(old["step_batch"]) == 2 and r.peak_kv_tokens == max(old["step_kv_tokens"])
+    assert (r.step_latency_min_s, r.step_latency_max_s) == (min(old["step_latency_s"]), max(old["step_latency_s"]))
+    assert r.traced_step_latency_s == old["step_latency_s"][:2]
+    assert r.ttnt_p50_s == old["ttnt_p50_s"] and r.mean_step_latency_s == old["mean_step_latency_s"]
+    # the same configuration run now gives the same numbers, as aggregates
+    new = simulate(from_mapping(old["config"]))
+    assert new.schema_version == RESULT_SCHEMA_VERSION == 2
+    for name in ("mean_step_latency_s", "ttnt_p50_s", "ttnt_p90_s", "ttnt_p99_s", "ttnt_mean_s", "peak_batch",
+                 "peak_kv_tokens", "step_latency_min_s", "step_latency_max_s", "traced_step_latency_s", "tokens"):
+        assert getattr(new, name) == pytest.approx(getattr(r, name), rel=1e-12), name
+    assert new.analytic_max_rel_gap == pytest.approx(r.analytic_max_rel_gap, abs=1e-15)
+    assert Result.from_json(new.to_json()) == new
+
+
+def test_schema1_without_lists_or_with_damaged_lists_gets_defaults():
+    old = json.loads((FIXTURES / "result_schema1.json").read_text())
+    for change in ({"step_latency_s": None}, {"step_batch": ["x"] * len(old["step_batch"])}):
+        r = Result.from_dict({**old, **change})
+        assert r.peak_batch == 0 and r.traced_step_latency_s == []
+
+
+def test_schema1_results_still_plot(tmp_path):
+    import plots
+
+    shutil.copytree(FIXTURES / "sweep_schema1", tmp_path / "sweep")
+    out = [plots.plot_breakdown(FIXTURES / "result_schema1.json", tmp_path / "breakdown.png"),
+           plots.plot_breakdown(tmp_path / "sweep" / "results.jsonl", tmp_path / "breakdown-sweep.png"),
+           plots.plot_sweep(tmp_path / "sweep" / "results.jsonl", tmp_path / "sweep.png", x="context"),
+           plots.plot_capacity(tmp_path / "sweep" / "results.jsonl", tmp_path / "capacity.png")]
+    assert all(p.exists() and p.stat().st_size > 1000 for p in out)
+    labelled = load_results(tmp_path / "sweep" / "results.jsonl")
+    assert len(labelled) == 8 and all(r.peak_batch == r.batch for _, r in labelled)
