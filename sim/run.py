@@ -103,10 +103,11 @@ def simulate(cfg: RunConfig, params: MachineParams | None = None, model: ModelSp
 
 
 def simulate_traced(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
-                    pim: PimDeviceParams | None = None, step_log: str | Path | None = None
-                    ) -> tuple[Result, list[Span]]:
-    """Run one simulation; also return the spans of the first ``cfg.trace_steps`` steps."""
-    run = run_simulation(cfg, params, model, pim, step_log=step_log)
+                    pim: PimDeviceParams | None = None, step_log: str | Path | None = None,
+                    on_step: Callable[[StepRow], None] | None = None) -> tuple[Result, list[Span]]:
+    """Run one simulation; also return the spans of the first ``cfg.trace_steps`` steps. ``step_log``,
+    ``on_step``: as ``run_simulation``."""
+    run = run_simulation(cfg, params, model, pim, step_log=step_log, on_step=on_step)
     return run.result, run.spans
 
 

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from sim.config import from_mapping, make_config
 from sim.engine import CATEGORIES, Occupancy, Tracer
+from sim.errors import OutputError
 from sim.results import (
     RESULT_SCHEMA_VERSION,
     STEP_LOG_COLUMNS,
@@ -35,7 +36,7 @@ from sim.results import (
     load_results,
     read_step_log,
 )
-from sim.run import simulate
+from sim.run import simulate, simulate_traced
 from sim.stats import EXACT_STEPS, REL_ERROR, StepStats, WeightedQuantiles
 from workloads.models import ModelSpec
 
@@ -301,6 +302,17 @@ def test_step_log_appears_only_when_the_run_ends(tmp_path):
     # during the run the rows go to a temporary file beside the log; the log itself is untouched
     assert all(len(names) == 2 and names[0].startswith(".steps.csv.") and text == "old\n" for names, text in seen)
     assert path.read_text() == "old\n" and list(tmp_path.iterdir()) == [path]  # temporary file removed
+
+
+def test_step_log_through_simulate_traced_and_an_unwritable_path(tmp_path):
+    cfg = make_config(batch=1, context=1024, steps=3, trace_steps=2)
+    result, spans = simulate_traced(cfg, step_log=tmp_path / "out" / "steps.csv")  # folders are created
+    log = read_step_log(tmp_path / "out" / "steps.csv")
+    assert log["step"] == [0, 1, 2] and log["latency_s"][:2] == result.traced_step_latency_s
+    assert {s.step for s in spans} == {0, 1}
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputError, match="is a file"):  # before the run starts: one line at the CLI
+        simulate(cfg, step_log=tmp_path / "file" / "steps.csv")
 
 
 def test_read_step_log_rejects_other_files(tmp_path):
