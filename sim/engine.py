@@ -75,10 +75,18 @@ class Occupancy:
         return c, max(0.0, m - c), max(0.0, lk - max(c, m))
 
     def _fold(self, t_s: float) -> None:
-        c, m, lk = self._window(t_s - self.now_s)
+        # _window inlined: this runs once per resource hold that starts later than the previous one
+        now = self.now_s
+        width = t_s - now
+        ec, em, el = self.ends_s
+        c = min(max(ec - now, 0.0), width)
+        m = min(max(em - now, 0.0), width)
+        lk = min(max(el - now, 0.0), width)
         self.compute_s += c
-        self.exposed_comm_s += m
-        self.exposed_link_s += lk
+        if m > c:
+            self.exposed_comm_s += m - c
+        if lk > c and lk > m:
+            self.exposed_link_s += lk - (c if c > m else m)
         self.now_s = t_s
 
     def totals(self) -> tuple[float, float, float]:
