@@ -57,37 +57,42 @@ class Occupancy:
 
     def add(self, category: int, start_s: float, end_s: float) -> None:
         """An interval of category ``category`` (an index of ``CATEGORIES``); ``start_s`` never decreases."""
+        if start_s != self.now_s:
+            self._advance(start_s)
+        ends = self.ends_s
+        if end_s > ends[category]:
+            ends[category] = end_s
+
+    def _advance(self, t_s: float) -> None:
+        """Move the clock to ``t_s``, folding [now, t_s) into the totals."""
         now = self.now_s
         if now is None:
-            self.now_s = start_s
-            self.ends_s = [start_s, start_s, start_s]
-        elif start_s > now:
-            self._fold(start_s)
-        elif start_s < now:
-            raise ValueError(f"occupancy intervals must arrive in non-decreasing start order: {start_s} after {now}")
-        if end_s > self.ends_s[category]:
-            self.ends_s[category] = end_s
+            self.now_s = t_s
+            self.ends_s = [t_s, t_s, t_s]
+            return
+        if t_s < now:
+            raise ValueError(f"occupancy intervals must arrive in non-decreasing start order: {t_s} after {now}")
+        self.now_s = t_s
+        ec, em, el = self.ends_s
+        if ec <= now and em <= now and el <= now:  # nothing was busy: the window adds nothing
+            return
+        # _window, inlined: this runs for most resource holds
+        w = t_s - now
+        c, m, lk = ec - now, em - now, el - now
+        c = 0.0 if c < 0.0 else (w if c > w else c)
+        m = 0.0 if m < 0.0 else (w if m > w else m)
+        lk = 0.0 if lk < 0.0 else (w if lk > w else lk)
+        self.compute_s += c
+        if m > c:
+            self.exposed_comm_s += m - c
+        if lk > c and lk > m:
+            self.exposed_link_s += lk - (c if c > m else m)
 
     def _window(self, width_s: float) -> tuple[float, float, float]:
         """(compute, exposed comm, exposed link) in [now, now + width)."""
         now = self.now_s
         c, m, lk = (min(max(0.0, e - now), width_s) for e in self.ends_s)
         return c, max(0.0, m - c), max(0.0, lk - max(c, m))
-
-    def _fold(self, t_s: float) -> None:
-        # _window inlined: this runs once per resource hold that starts later than the previous one
-        now = self.now_s
-        width = t_s - now
-        ec, em, el = self.ends_s
-        c = min(max(ec - now, 0.0), width)
-        m = min(max(em - now, 0.0), width)
-        lk = min(max(el - now, 0.0), width)
-        self.compute_s += c
-        if m > c:
-            self.exposed_comm_s += m - c
-        if lk > c and lk > m:
-            self.exposed_link_s += lk - (c if c > m else m)
-        self.now_s = t_s
 
     def totals(self) -> tuple[float, float, float]:
         """(compute, exposed comm, exposed link) over everything added so far (the open window included)."""
