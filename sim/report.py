@@ -32,11 +32,14 @@ def summary(r: Result) -> str:
         ("analytic " + ("(exact)" if r.analytic_exact else "(lower bound)"), fmt_time(r.analytic_mean_step_latency_s)),
         ("throughput", f"{r.tokens_per_s:.2f} tokens/s"),
         ("time to next token p50/p99", f"{fmt_time(r.ttnt_p50_s)} / {fmt_time(r.ttnt_p99_s)}"),
+        ("step latency min/max", f"{fmt_time(r.step_latency_min_s)} / {fmt_time(r.step_latency_max_s)}"),
         ("GPU-host communication share", f"{100 * r.comm_share:.1f} %"),
         ("KV cache (peak)", f"{fmt_bytes(r.kv_bytes)} in {r.kv_location}"),
         ("fits", "yes" if r.fits else "NO: " + "; ".join(r.fit_reasons)),
         ("energy per token", f"{r.energy_per_token_j:.3f} J"),
     ]
+    if 0 < r.peak_batch < r.batch:
+        rows.append(("largest batch", f"{r.peak_batch} sequences (of {r.batch} allowed)"))
     if "accuracy" in r.details:
         rows.append(("KV format accuracy", f"{r.details['kv_format']}: {r.details['accuracy']}"))
     for k, v in r.breakdown_s.items():
