@@ -16,6 +16,7 @@ function) receives each step's ``StepRow`` as it ends, for callers that check st
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +198,7 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
     provenance = {"model": model.origin, "hardware": params.origin}
     if topology.pim is not None:
         provenance.update(pim=topology.pim.origin, dram_timing=topology.pim.channel.timing.origin)
-    return Result(
+    return _finite(Result(
         system=cfg.system, model=model.name, hardware=params.name, batch=cfg.effective_max_batch,
         context=context, steps=st.steps, seed=cfg.seed,
         mean_step_latency_s=decode_s / st.steps if st.steps else 0.0,
@@ -219,4 +220,22 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
         step_latency_min_s=st.latency_min_s if st.steps else 0.0, step_latency_max_s=st.latency_max_s,
         peak_batch=st.peak_batch, peak_kv_tokens=log.peak.kv_tokens if log.peak else 0,
         analytic_max_rel_gap=st.max_rel_gap, analytic_max_rel_undershoot=st.max_rel_undershoot,
-        traced_step_latency_s=list(log.traced_latency_s))
+        traced_step_latency_s=list(log.traced_latency_s)))
+
+
+def _non_finite(value, path: str) -> list[str]:
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{path}.{k}")]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
+def _finite(result: Result) -> Result:
+    """Every input is checked before a run, so a NaN or inf in a Result is a bug: say where, loudly."""
+    bad = _non_finite(result.to_dict(), "result")
+    if bad:
+        raise RuntimeError(f"bug: non-finite values in {', '.join(bad[:5])} (config {result.config})")
+    return result
