@@ -131,7 +131,8 @@ def report_markdown(runs: list[VariantRun], files: dict[str, str]) -> str:
         if not r.result.fits:
             md.append(f"- {r.label} does not fit: {'; '.join(r.result.fit_reasons)}.")
         for w in r.result.warnings:
-            md.append(f"- {r.label}: {w}.")
+            if not w.startswith("does not fit"):  # said just above
+                md.append(f"- {r.label}: {w}.")
     md += ["", "## Where the time and energy go", "", f"![breakdown]({files['breakdown']})", "",
            "## Timeline of the first traced decode steps", "", f"![timeline]({files['timeline']})", "",
            f"The Chrome trace `{files['trace']}` opens in Perfetto (ui.perfetto.dev) or chrome://tracing; "

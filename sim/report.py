@@ -30,7 +30,9 @@ def summary(r: Result) -> str:
     rows = [
         ("mean step latency", fmt_time(r.mean_step_latency_s)),
         ("analytic " + ("(exact)" if r.analytic_exact else "(lower bound)"), fmt_time(r.analytic_mean_step_latency_s)),
-        ("throughput", f"{r.tokens_per_s:.2f} tokens/s"),
+        ("throughput", f"{r.tokens_per_s:.2f} tokens/s over the wall clock"
+                       + (f" ({r.busy_tokens_per_s:.2f} while decoding)"
+                          if r.busy_tokens_per_s > r.tokens_per_s * (1 + 1e-9) else "")),
         ("time to next token p50/p99", f"{fmt_time(r.ttnt_p50_s)} / {fmt_time(r.ttnt_p99_s)}"),
         ("step latency min/max", f"{fmt_time(r.step_latency_min_s)} / {fmt_time(r.step_latency_max_s)}"),
         ("GPU-host communication share", f"{100 * r.comm_share:.1f} %"),

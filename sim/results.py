@@ -78,6 +78,7 @@ class Result:
     provenance: dict = field(default_factory=dict)  # input -> "file sha256:..." (docs/metrics.md)
     # Streamed over the steps (schema 2; docs/metrics.md). Defaults only for files of schema 1 without step lists.
     ttnt_mean_s: float = 0.0
+    busy_tokens_per_s: float = 0.0  # tokens over the time some step ran (idle waiting excluded)
     step_latency_min_s: float = 0.0
     step_latency_max_s: float = 0.0
     peak_batch: int = 0

@@ -169,7 +169,9 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
         env.process(driver([f for f in (write_step, on_step) if f is not None]))
         env.run()
     context = max(r.prompt_tokens for r in requests)
-    result = _result(cfg, params, model, system, tracer, topology, env.now, log, warnings, context)
+    first_arrival_s = min(r.arrival_s for r in requests)
+    result = _result(cfg, params, model, system, tracer, topology, env.now - first_arrival_s, log, warnings,
+                     context)
     return Run(result, tracer.spans, topology, model)
 
 
@@ -181,7 +183,8 @@ def _capacity(system: System, model: ModelSpec, peak: StepBatch | None) -> Capac
 
 
 def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: System, tracer: Tracer,
-            topology: Topology, end_s: float, log: RunLog, warnings: list[str], context: int) -> Result:
+            topology: Topology, wall_s: float, log: RunLog, warnings: list[str], context: int) -> Result:
+    """``wall_s``: from the first request's arrival to the last token."""
     st = log.stats
     tokens = st.tokens
     decode_s = st.latency_sum_s
@@ -202,7 +205,8 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
         system=cfg.system, model=model.name, hardware=params.name, batch=cfg.effective_max_batch,
         context=context, steps=st.steps, seed=cfg.seed,
         mean_step_latency_s=decode_s / st.steps if st.steps else 0.0,
-        total_time_s=end_s, tokens=tokens, tokens_per_s=tokens / decode_s if decode_s > 0 else 0.0,
+        total_time_s=wall_s, tokens=tokens, tokens_per_s=tokens / wall_s if wall_s > 0 else 0.0,
+        busy_tokens_per_s=tokens / decode_s if decode_s > 0 else 0.0,
         ttnt_p50_s=st.ttnt.percentile(50), ttnt_p90_s=st.ttnt.percentile(90), ttnt_p99_s=st.ttnt.percentile(99),
         busy_s=busy, busy_by_kind_s=dict(sorted(tracer.kind_busy_s.items())),
         breakdown_s={"compute": compute_s, "exposed_comm": exposed_comm_s, "exposed_link": exposed_link_s,

@@ -36,7 +36,7 @@ from hw_models.component import Work
 from hw_models.params import override
 from sim.errors import ConfigError
 from sim.options import Options, option
-from sim.systems.base import Capacity, Devices, Estimate, StepBatch, System, gib, total_s
+from sim.systems.base import Capacity, Devices, Estimate, StepBatch, System, excess, gib, share, total_s
 from sim.topology import GPU, HOST_DRAM, PIM
 from workloads.errors import WorkloadError
 from workloads.kvformats import KvFormat, accuracy_entry, parse_format
@@ -461,8 +461,8 @@ class PimSystem(System):
         used = min(need, dev.capacity_bytes)
         reasons = []
         if spill > 0:
-            reasons.append(f"KV cache needs {gib(need)} of PIM, capacity {gib(dev.capacity_bytes)}: "
-                           f"{100 * spill:.1f}% of tokens spilled to host DRAM")
+            reasons.append(f"KV cache needs {excess(need, dev.capacity_bytes)} of PIM: {share(spill)} of tokens "
+                           f"spilled to host DRAM")
         tokens, _, _ = placement.loads(1.0 - spill)
         per_channel = tokens.max() * self.pim_bytes_per_token() / max(1, m.n_kv_heads) if tokens.size else 0.0
         if spill == 0 and per_channel > dev.channel.capacity_bytes:
