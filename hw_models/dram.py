@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hw_models.errors import HardwareError
 from hw_models.loading import PresetDir, origin_of, read_toml
-from hw_models.params import build, fraction, non_negative, positive
+from hw_models.params import build, check_power, fraction, non_negative, positive
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,14 @@ class HostDramParams:
     capacity_bytes: float
     bw_efficiency: float
     energy_per_byte_j: float
+    # Power of all DIMMs together (docs/metrics.md, "Energy"): background and refresh for the whole run / their
+    # limit at full bandwidth. 0: not modelled.
+    idle_power_w: float = 0.0
+    max_power_w: float = 0.0
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
+        check_power(f"host_dram '{self.name}'", self.idle_power_w, self.max_power_w)
         positive(f"host_dram '{self.name}'", channels=self.channels,
                  channel_bw_bytes_per_s=self.channel_bw_bytes_per_s, capacity_bytes=self.capacity_bytes)
         fraction(f"host_dram '{self.name}'", bw_efficiency=self.bw_efficiency)

@@ -12,6 +12,11 @@ newest interval can change any more: ``Occupancy`` folds that past into three ru
 keeps only, per category, the latest end seen. Memory is constant in the number of steps (a list of merged
 intervals per category grew with every gap between holds). ``tests/test_streaming.py`` checks the fold against the
 batch computation over merged interval lists on random interval streams.
+
+Energy has two parts (docs/metrics.md, "Energy"). *Dynamic* energy is what the work itself costs (bytes and FLOP
+at their energies), recorded with each span or, for parts that do no timed work of their own (DRAM behind a DMA),
+with ``add_energy``. *Static* energy is a device's idle power for as long as it is powered, the whole simulated run:
+``set_static_power`` declares it, ``energy_static_j(duration_s)`` multiplies it out.
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ class Tracer:
         self.totals: dict[str, list[float]] = {}
         self.kind_busy_s: dict[str, float] = {}
         self.energy_only_j: dict[str, float] = {}
+        self.static_power_w: dict[str, float] = {}
         self.category_index: dict[str, int] = {}
         self.occupancy = Occupancy()
 
@@ -154,6 +160,10 @@ class Tracer:
         """Energy of a part that does no timed work of its own (memory read by a DMA, for instance)."""
         self.energy_only_j[component] = self.energy_only_j.get(component, 0.0) + energy_j
 
+    def set_static_power(self, component: str, power_w: float) -> None:
+        """``component`` draws ``power_w`` for the whole run, busy or not (its idle power)."""
+        self.static_power_w[component] = self.static_power_w.get(component, 0.0) + power_w
+
     # --- summaries ------------------------------------------------------------------------------------------------
     def busy_s(self) -> dict[str, float]:
         return {c: t[0] for c, t in sorted(self.totals.items())}
@@ -161,11 +171,21 @@ class Tracer:
     def bytes_by_component(self) -> dict[str, float]:
         return {c: t[1] for c, t in sorted(self.totals.items())}
 
-    def energy_j(self) -> dict[str, float]:
+    def energy_dynamic_j(self) -> dict[str, float]:
+        """Per component: the energy of its work (recorded spans plus ``add_energy``)."""
         out = {c: t[3] for c, t in self.totals.items()}
         for c, e in self.energy_only_j.items():
             out[c] = out.get(c, 0.0) + e
         return dict(sorted(out.items()))
+
+    def energy_static_j(self, duration_s: float) -> dict[str, float]:
+        """Per component with a static power: that power for ``duration_s`` (the run's simulated time)."""
+        return {c: w * duration_s for c, w in sorted(self.static_power_w.items())}
+
+    def energy_j(self, duration_s: float = 0.0) -> dict[str, float]:
+        """Per component: static energy over ``duration_s`` plus dynamic energy (every component of either)."""
+        dynamic, static = self.energy_dynamic_j(), self.energy_static_j(duration_s)
+        return {c: static.get(c, 0.0) + dynamic.get(c, 0.0) for c in sorted(set(dynamic) | set(static))}
 
     def compute_busy_s(self) -> float:
         """Time in which any compute unit is busy (the measure of the union of their holds)."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-RESULT_SCHEMA_VERSION = 2
+RESULT_SCHEMA_VERSION = 3
 
 # Schema 1 kept these per-step lists in the Result; schema 2 keeps streamed aggregates and, on request, a step log.
 SCHEMA1_STEP_LISTS = ("step_latency_s", "step_batch", "step_kv_tokens", "analytic_step_latency_s")
@@ -86,6 +86,13 @@ class Result:
     analytic_max_rel_gap: float = 0.0
     analytic_max_rel_undershoot: float = 0.0
     traced_step_latency_s: list[float] = field(default_factory=list)  # the first min(trace_steps, steps) steps
+    # Energy split (schema 3; docs/metrics.md, "Energy"): ``energy_j`` is their sum per component. Defaults only for
+    # files of schema 1 and 2, whose ``energy_j`` was dynamic energy alone.
+    energy_static_j: dict[str, float] = field(default_factory=dict)
+    energy_dynamic_j: dict[str, float] = field(default_factory=dict)
+    energy_static_per_token_j: float = 0.0
+    energy_dynamic_per_token_j: float = 0.0
+    mean_power_w: float = 0.0
     schema_version: int = RESULT_SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -98,7 +105,7 @@ class Result:
     def from_dict(cls, d: dict) -> Result:
         """A Result from its dict; a schema-1 dict's per-step lists become the aggregates that replaced them."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in upgrade_schema1(d).items() if k in names})
+        return cls(**{k: v for k, v in upgrade_schema2(upgrade_schema1(d)).items() if k in names})
 
     @classmethod
     def from_json(cls, text: str) -> Result:
@@ -118,6 +125,19 @@ def upgrade_schema1(d: dict) -> dict:
     out = dict(d)
     for k, v in derived.items():
         out.setdefault(k, v)
+    return out
+
+
+def upgrade_schema2(d: dict) -> dict:
+    """``d`` of schema 1 or 2, whose ``energy_j`` was dynamic energy alone (no static power was modelled), with that
+    energy named as the dynamic part of schema 3; other dicts are returned as they are."""
+    if not isinstance(d, dict) or d.get("schema_version", RESULT_SCHEMA_VERSION) >= 3 or "energy_dynamic_j" in d:
+        return d
+    out = dict(d)
+    if isinstance(d.get("energy_j"), dict):
+        out["energy_dynamic_j"] = dict(d["energy_j"])
+    if isinstance(d.get("energy_per_token_j"), int | float):
+        out["energy_dynamic_per_token_j"] = d["energy_per_token_j"]
     return out
 
 

@@ -34,7 +34,7 @@ from sim.results import STEP_LOG_COLUMNS, Result, StepRow
 from sim.stats import StepStats
 from sim.systems import SYSTEMS
 from sim.systems.base import Capacity, StepBatch, System
-from sim.topology import Topology
+from sim.topology import GPU, HOST_CPU, HOST_DRAM, PIM, Topology
 from workloads.models import ModelSpec, load_model
 from workloads.traces import ContinuousBatcher, fixed_requests, load_requests, synthetic_requests
 
@@ -182,6 +182,43 @@ def _capacity(system: System, model: ModelSpec, peak: StepBatch | None) -> Capac
     return system.capacity(float((peak.kv_tokens + peak.n_seqs) * model.kv_bytes_per_token), peak)
 
 
+def static_power_w(topology: Topology) -> dict[str, float]:
+    """Idle power of every device powered during a run, by the component its energy is booked on: the GPU, the
+    host CPU socket, host DRAM, the PCIe link (half per direction: each direction is its own lane pairs) and,
+    when the system has one, the PIM device (channels x a channel's idle power)."""
+    p = topology.params
+    out = {GPU: p.gpu.idle_power_w, HOST_CPU: p.cpu.idle_power_w, HOST_DRAM: p.host_dram.idle_power_w,
+           "pcie.h2d": p.pcie.idle_power_w / 2, "pcie.d2h": p.pcie.idle_power_w / 2}
+    if topology.pim is not None:
+        out[PIM] = topology.pim.channels * topology.pim.channel.idle_power_w
+    return out
+
+
+def _energy(tracer: Tracer, topology: Topology, end_s: float, tokens: int) -> dict:
+    """The Result's energy fields: static (idle power x the run's whole simulated time) and dynamic (work) per
+    component, their sum per component, and the totals per generated token."""
+    for component, watts in static_power_w(topology).items():
+        tracer.set_static_power(component, watts)
+    static, dynamic = tracer.energy_static_j(end_s), tracer.energy_dynamic_j()
+    total = tracer.energy_j(end_s)
+
+    def per_token(joules: dict) -> float:
+        return sum(joules.values()) / tokens if tokens else 0.0
+
+    return {"energy_j": total, "energy_static_j": static, "energy_dynamic_j": dynamic,
+            "energy_per_token_j": per_token(total), "energy_static_per_token_j": per_token(static),
+            "energy_dynamic_per_token_j": per_token(dynamic),
+            "mean_power_w": sum(total.values()) / end_s if end_s > 0 else 0.0}
+
+
+def _power_cap_warning(details: dict) -> list[str]:
+    throttle = details.get("pim_power_throttle", 1.0)
+    if throttle <= 1.0:
+        return []
+    return [f"PIM power cap binds: channel work stretched up to {throttle:.3f}x so that no channel draws more than "
+            f"its max_power_w ({details['pim_power_cap_w']:.1f} W for the device)"]
+
+
 def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: System, tracer: Tracer,
             topology: Topology, wall_s: float, log: RunLog, warnings: list[str], context: int) -> Result:
     """``wall_s``: from the first request's arrival to the last token."""
@@ -194,7 +231,9 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
     compute_s = tracer.compute_busy_s()
     exposed_comm_s = tracer.exposed_comm_s()
     exposed_link_s = tracer.exposed_link_s()
-    energy = tracer.energy_j()
+    energy = _energy(tracer, topology, end_s, tokens)
+    if cap:
+        warnings.extend(_power_cap_warning(cap.details))
     busy = tracer.busy_s()
     link_names = {link.name for link in topology.links if link.resource}
     links = {c: b for c, b in tracer.bytes_by_component().items() if c in link_names}
@@ -212,8 +251,7 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
         breakdown_s={"compute": compute_s, "exposed_comm": exposed_comm_s, "exposed_link": exposed_link_s,
                      "idle": max(0.0, decode_s - compute_s - exposed_comm_s - exposed_link_s)},
         comm_share=exposed_comm_s / decode_s if decode_s > 0 else 0.0,
-        bytes_by_link=links, energy_j=energy,
-        energy_per_token_j=sum(energy.values()) / tokens if tokens else 0.0,
+        bytes_by_link=links, **energy,
         kv_bytes=cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "", fits=bool(cap and cap.fits),
         fit_reasons=list(cap.reasons) if cap else ["no decode step ran"],
         analytic_mean_step_latency_s=st.analytic_sum_s / st.steps if st.steps else 0.0,

@@ -383,7 +383,10 @@ def test_schema1_result_loads_with_aggregates_from_its_lists():
     assert r.ttnt_p50_s == old["ttnt_p50_s"] and r.mean_step_latency_s == old["mean_step_latency_s"]
     # the same configuration run now gives the same numbers, as aggregates
     new = simulate(from_mapping(old["config"]))
-    assert new.schema_version == RESULT_SCHEMA_VERSION == 2
+    assert new.schema_version == RESULT_SCHEMA_VERSION == 3
+    # schema 1's energy was dynamic energy alone: it is read as the dynamic part, the same as the run's now
+    assert r.energy_dynamic_j == old["energy_j"] and r.energy_static_j == {}
+    assert new.energy_dynamic_j == pytest.approx(r.energy_dynamic_j, rel=1e-12)
     for name in ("mean_step_latency_s", "ttnt_p50_s", "ttnt_p90_s", "ttnt_p99_s", "ttnt_mean_s", "peak_batch",
                  "peak_kv_tokens", "step_latency_min_s", "step_latency_max_s", "traced_step_latency_s", "tokens"):
         assert getattr(new, name) == pytest.approx(getattr(r, name), rel=1e-12), name
