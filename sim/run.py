@@ -231,7 +231,7 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
     compute_s = tracer.compute_busy_s()
     exposed_comm_s = tracer.exposed_comm_s()
     exposed_link_s = tracer.exposed_link_s()
-    energy = _energy(tracer, topology, end_s, tokens)
+    energy = _energy(tracer, topology, wall_s, tokens)
     if cap:
         warnings.extend(_power_cap_warning(cap.details))
     busy = tracer.busy_s()
