@@ -375,7 +375,8 @@ def _warning_cases() -> list[Case]:
         case("KV that fits nowhere", "run", "--system", "gpu", "--context", "100000", "--batch", "64", "--steps",
              "1", expect="warning", match="does not fit"),
         case("large batch allowed explicitly", "run", "--batch", "5000", "--allow-large", "--steps", "1",
-             "--context", "16", "--model", "llama-2-70b", expect="warning", match="does not fit"),
+             "--context", "16", "--model", "llama-2-70b", "--weights-gpu-fraction", "1", expect="warning",
+             match="does not fit"),
     ]
 
 
