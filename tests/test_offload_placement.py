@@ -246,8 +246,8 @@ def test_bad_fraction_in_a_run_file(tmp_path, capsys):
 
 
 def test_auto_refuses_when_even_one_streamed_layer_does_not_fit(capsys):
-    # one layer's KV of 64 x 128K tokens of LLaMA-2-7B is 128 GiB: no buffer for it fits an 80 GiB GPU
-    argv = ["run", "--model", "llama-2-7b", "--batch", "64", "--context", "131072", "--steps", "1"]
+    # one layer's KV of 200 x 131000 tokens of LLaMA-3.1-8B is 100 GiB: no buffer for it fits an 80 GiB GPU
+    argv = ["run", "--batch", "200", "--context", "131000", "--steps", "1"]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not fit 80.0 GiB of GPU memory even with every weight and KV byte" in err
