@@ -6,7 +6,9 @@
 The set covers every variant of the default `compare`, the points of the example sweeps, and the operating points
 of the experiments' tables (offload communication share, capacity wall, system comparison, sensitivity). Each
 entry keeps every step's latency, closed form and batch (the run's per-step rows, ``simulate(on_step=...)``, the
-rows its step log would hold), bytes per link, energy per component and busy time per component; ``tests/test_golden.py`` re-runs a sample and compares to 1e-9 relative. Regenerate the file only when
+rows its step log would hold), bytes per link, energy per component and busy time per component (or, for a
+configuration the simulator refuses with a one-line input error, that error); ``tests/test_golden.py`` re-runs a
+sample and compares to 1e-9 relative. Regenerate the file only when
 a change of numbers is intended, and say why in the commit message.
 
 Configurations are flat mappings (the keys of a TOML run file) holding only options of their own system, so the
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sim.config import from_mapping  # noqa: E402
+from sim.errors import INPUT_ERRORS  # noqa: E402
 from sim.run import simulate  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden" / "golden.json"
@@ -108,7 +111,10 @@ def measure(cfg: dict) -> dict:
     if str(cfg.get("hardware", "")).endswith(".toml"):
         cfg["hardware"] = str(ROOT / cfg["hardware"])
     steps = []
-    r = simulate(from_mapping(cfg, where="golden"), on_step=steps.append)
+    try:
+        r = simulate(from_mapping(cfg, where="golden"), on_step=steps.append)
+    except INPUT_ERRORS as e:  # a configuration refused with a one-line error is an outcome too
+        return {"error": str(e)}
     return {"step_latency_s": [s.latency_s for s in steps], "analytic_step_latency_s": [s.analytic_s for s in steps],
             "step_batch": [s.n_seqs for s in steps], "bytes_by_link": r.bytes_by_link, "energy_j": r.energy_j,
             "busy_s": r.busy_s, "kv_bytes": r.kv_bytes, "fits": r.fits}

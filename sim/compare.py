@@ -37,8 +37,42 @@ def run_variants(pairs: list[tuple[str, RunConfig]]) -> list[VariantRun]:
 
 
 def baseline_index(runs: list[VariantRun]) -> int | None:
-    """The reference for speedups: the first variant of a system declared as the baseline (offload)."""
-    return next((i for i, r in enumerate(runs) if SYSTEMS[r.result.system].baseline), None)
+    """The reference for speedups: the best fitting variant of the system declared as the baseline (offload), the
+    one with the highest tokens/s among its variants that fit (the first of equals); None when none fits."""
+    fitting = [i for i, r in enumerate(runs) if SYSTEMS[r.result.system].baseline and r.result.fits]
+    return max(fitting, key=lambda i: runs[i].result.tokens_per_s, default=None)
+
+
+def baseline_line(runs: list[VariantRun]) -> str:
+    """What the speedups are measured against, or why there are none."""
+    base = baseline_index(runs)
+    systems = [s for s in dict.fromkeys(r.result.system for r in runs) if SYSTEMS[s].baseline]
+    if base is not None:
+        return f"speedup over {runs[base].label} (the best fitting {runs[base].result.system} variant)"
+    if systems:
+        return f"no speedups: no {' or '.join(systems)} variant fits"
+    baselines = [name for name, cls in SYSTEMS.items() if cls.baseline]
+    return f"no speedups: no variant of the baseline system ({', '.join(baselines)}) was run"
+
+
+def label_notes(runs: list[VariantRun]) -> list[str]:
+    """Labels whose part is a bare number (an option given as text, ``offload+0``) with the option it sets."""
+    notes = []
+    for r in runs:
+        cfg, defaults = r.result.config, r.result.option_defaults
+        for key, value in cfg.items():
+            if key in defaults and value != defaults[key] and isinstance(value, str) and _is_number(value) \
+                    and f"+{value}" in r.label:
+                notes.append(f"{r.label}: {key} = {value}")
+    return notes
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def accuracy_lines(runs: list[VariantRun]) -> list[str]:
@@ -64,12 +98,14 @@ def comparison_rows(runs: list[VariantRun]) -> tuple[list[str], list[list[str]]]
 
 
 def comparison_table(runs: list[VariantRun]) -> str:
+    """The table, under a line naming the speedups' reference (and what bare-number labels set)."""
     header, rows = comparison_rows(runs)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    notes = label_notes(runs)
+    return "\n".join([baseline_line(runs) + (f"; {'; '.join(notes)}" if notes else ""), *lines])
 
 
 def scenario_line(runs: list[VariantRun]) -> str:
@@ -114,15 +150,19 @@ def results_json(runs: list[VariantRun]) -> str:
 def report_markdown(runs: list[VariantRun], files: dict[str, str]) -> str:
     """The short report: scenario, table, findings in numbers, and the figures."""
     header, rows = comparison_rows(runs)
-    md = ["# aqpim-sim compare", "", scenario_line(runs) + ".", ""]
+    notes = label_notes(runs)
+    md = ["# aqpim-sim compare", "", scenario_line(runs) + ".", "",
+          baseline_line(runs)[0].upper() + baseline_line(runs)[1:] + (f"; {'; '.join(notes)}" if notes else "")
+          + ".", ""]
     md.append("| " + " | ".join(header) + " |")
     md.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
     md += ["| " + " | ".join(row) + " |" for row in rows]
-    md += ["", "Speedup: throughput (tokens/s) over the first offload variant's (KV cache in host DRAM, fetched "
-           "over PCIe each step); with equal batches it is the step-latency ratio. Comm share: the part of a step "
-           "in which the GPU-host link is busy and no compute unit is. Energy per generated token: static (idle "
-           "power of every powered device over the run's whole time) plus dynamic (bytes and FLOP of the work).",
-           ""]
+    md += ["", "Speedup: throughput (tokens/s) over the best fitting offload variant's (the highest tokens/s among "
+           "the offload variants that fit; offload keeps as much of the weights and KV cache in GPU memory as fits, "
+           "or the fractions given, and streams the rest over PCIe each step); with equal batches it is the "
+           "step-latency ratio. Comm share: the part of a step in which the GPU-host link is busy and no compute "
+           "unit is. Energy per generated token: static (idle power of every powered device over the run's whole "
+           "time) plus dynamic (bytes and FLOP of the work).", ""]
     base = baseline_index(runs)
     if base is not None:
         b = runs[base].result

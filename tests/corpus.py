@@ -113,6 +113,18 @@ def _choice_cases() -> list[Case]:
 def _consistency_cases() -> list[Case]:
     return [
         case("prefetch and cpu attention", "run", "--prefetch", "--cpu-attention", match="cannot be combined"),
+        case("kv fraction above 1", "run", *SMALL, "--kv-gpu-fraction", "1.5",
+             match="kv_gpu_fraction must be a number in [0, 1] or auto, got '1.5'"),
+        case("kv fraction negative", "run", *SMALL, "--kv-gpu-fraction", "-0.25", match="[0, 1] or auto"),
+        case("weights fraction a word", "run", *SMALL, "--weights-gpu-fraction", "most",
+             match="weights_gpu_fraction must be a number in [0, 1] or auto, got 'most'"),
+        case("weights fraction nan", "run", *SMALL, "--weights-gpu-fraction", "nan", match="[0, 1] or auto"),
+        # one layer's KV of 200 sequences of 131000 tokens of LLaMA-3.1-8B is 100 GiB: no GPU buffer holds it
+        case("auto placement that fits nowhere", "run", "--batch", "200", "--context", "131000", "--steps", "1",
+             match="even with every weight and KV byte streamed"),
+        case("explicit placement that does not fit", "run", "--batch", "200", "--context", "131000", "--steps",
+             "1", "--kv-gpu-fraction", "0", "--weights-gpu-fraction", "0", expect="warning",
+             match="does not fit"),
         case("trace and requests", "run", "--trace", "{d}/t.csv", "--requests", "3",
              files={"t.csv": "arrival_s,prompt_tokens,output_tokens\n0,10,1\n"}),
         case("sub-batches above batch", "run", "--system", "pim", "--sub-batches", "5", "--batch", "2"),
@@ -150,6 +162,8 @@ def _run_file_cases() -> list[Case]:
         rf("batch fractional", "batch = 4.5\n"),
         rf("batch boolean", "batch = true\n"),
         rf("prefetch as text", 'prefetch = "yes"\n'),
+        rf("kv fraction out of range", 'kv_gpu_fraction = "1.01"\n', match="[0, 1] or auto"),
+        rf("kv fraction as a number", "kv_gpu_fraction = 0.5\n", match="must be a string"),
         rf("array value", "batch = [1, 2]\n"),
         rf("inf", "arrival_rate_per_s = inf\n"),
         rf("nan", "arrival_rate_per_s = nan\n"),
@@ -375,7 +389,8 @@ def _warning_cases() -> list[Case]:
         case("KV that fits nowhere", "run", "--system", "gpu", "--context", "100000", "--batch", "64", "--steps",
              "1", expect="warning", match="does not fit"),
         case("large batch allowed explicitly", "run", "--batch", "5000", "--allow-large", "--steps", "1",
-             "--context", "16", "--model", "llama-2-70b", expect="warning", match="does not fit"),
+             "--context", "16", "--model", "llama-2-70b", "--weights-gpu-fraction", "1", expect="warning",
+             match="does not fit"),
     ]
 
 

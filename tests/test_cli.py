@@ -21,7 +21,7 @@ def run_cli(capsys, *argv):
 def test_run_prints_summary_and_writes_json_and_trace(tmp_path, capsys):
     j, t = tmp_path / "r.json", tmp_path / "t.json"
     code, out, _ = run_cli(capsys, "run", "--system", "offload", "--model", "llama-2-7b", *SMALL,
-                           "--json-out", str(j), "--trace-out", str(t))
+                           "--kv-gpu-fraction", "0", "--json-out", str(j), "--trace-out", str(t))
     assert code == 0 and "mean step latency" in out and "communication share" in out
     r = json.loads(j.read_text())
     assert REQUIRED_KEYS <= set(r)
@@ -94,7 +94,8 @@ def test_bad_files_name_file_and_line(tmp_path, capsys):
 def test_kv_that_fits_nowhere_is_reported_not_a_crash(tmp_path, capsys):
     j = tmp_path / "r.json"
     code, out, _ = run_cli(capsys, "run", "--model", "llama-2-7b", "--batch", "64", "--context", "131072",
-                           "--steps", "1", "--json-out", str(j))
+                           "--steps", "1", "--kv-gpu-fraction", "0", "--weights-gpu-fraction", "1",
+                           "--json-out", str(j))
     r = json.loads(j.read_text())
     assert code == 0 and r["fits"] is False and "exceeds host DRAM" in r["fit_reasons"][0] and "NO:" in out
 

@@ -82,17 +82,18 @@ def test_compare_default_scenario_is_long_context_and_pcie_bound(tmp_path, capsy
 
 
 def test_explain_names_the_bottleneck_with_numbers(capsys):
-    assert main(["explain", "--steps", "1", "--batch", "2", "--context", "32768"]) == 0
+    host = ["--kv-gpu-fraction", "0"]  # the whole KV cache in host DRAM: the offload path at its plainest
+    assert main(["explain", "--steps", "1", "--batch", "2", "--context", "32768", *host]) == 0
     out = capsys.readouterr().out
     assert "The step is bound by pcie.h2d" in out
     assert "GB/s" in out and "KV cache" in out and "per step" in out
-    assert main(["explain", "--steps", "1", "--batch", "16", "--context", "32768", "--cpu-attention"]) == 0
+    assert main(["explain", "--steps", "1", "--batch", "16", "--context", "32768", "--cpu-attention", *host]) == 0
     assert "The step is bound by host.cpu" in capsys.readouterr().out
     assert main(["explain", "--steps", "1", "--batch", "16", "--context", "32768", "--system", "pim"]) == 0
     out = capsys.readouterr().out
     assert "The step is mostly gpu's work" in out and "channels' internal bandwidth" in out
     assert "pim.ch" not in out  # the traced channel lanes are detail of the pim unit, not resources of their own
-    assert main(["explain", "--steps", "1", "--batch", "1", "--context", "2048"]) == 0
+    assert main(["explain", "--steps", "1", "--batch", "1", "--context", "2048", *host]) == 0
     out = capsys.readouterr().out
     assert "No single resource is busy for most of the step" in out and "overlapping them (prefetch" in out
 

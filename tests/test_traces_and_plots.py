@@ -102,7 +102,7 @@ def _h2d_gpu_overlap_s(trace_path: Path) -> float:
 
 
 def test_prefetch_timeline_shows_h2d_overlapping_gpu_and_sync_does_not(tmp_path, capsys):
-    base = ["run", "--steps", "2", "--context", "2048", "--batch", "1"]
+    base = ["run", "--steps", "2", "--context", "2048", "--batch", "1", "--kv-gpu-fraction", "0"]
     assert main([*base, "--trace-out", str(tmp_path / "sync.json")]) == 0
     assert main([*base, "--prefetch", "--trace-out", str(tmp_path / "pf.json")]) == 0
     validate_trace(json.loads((tmp_path / "pf.json").read_text()))

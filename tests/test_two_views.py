@@ -33,7 +33,9 @@ workloads = st.fixed_dictionaries({"batch": st.integers(1, 64), "context": st.in
 
 @given(machines, models, workloads, st.sampled_from(["sync", "cpu_attention", "gpu"]))
 def test_uncontended_schedules_match_closed_form(params, model, wl, mode):
-    opts = {"system": "gpu"} if mode == "gpu" else {"system": "offload", "cpu_attention": mode == "cpu_attention"}
+    # offload with the whole KV cache in host DRAM (placements: tests/test_offload_placement.py)
+    opts = {"system": "gpu"} if mode == "gpu" else {"system": "offload", "cpu_attention": mode == "cpu_attention",
+                                                    "kv_gpu_fraction": "0"}
     cfg = make_config(**wl, **opts, trace_steps=0)
     r = simulate(cfg, params=params, model=model)
     assert r.analytic_exact
@@ -42,7 +44,7 @@ def test_uncontended_schedules_match_closed_form(params, model, wl, mode):
 
 @given(machines, models, workloads)
 def test_prefetch_never_beats_the_lower_bound(params, model, wl):
-    r = simulate(make_config(**wl, prefetch=True, trace_steps=0), params=params, model=model)
+    r = simulate(make_config(**wl, prefetch=True, kv_gpu_fraction="0", trace_steps=0), params=params, model=model)
     assert not r.analytic_exact
     assert r.analytic_max_rel_undershoot <= 1e-12  # every step: simulated >= bound x (1 - 1e-12)
 
@@ -57,7 +59,7 @@ def test_offload_layer_by_hand():
     """One layer of LLaMA-2-7B, batch 1, 4096 tokens: the KV load dominates and is bytes / PCIe bandwidth."""
     m = dataclasses.replace(load_model("llama-2-7b"), n_layers=1)
     p = load_machine()
-    r = simulate(make_config(batch=1, context=4096, steps=1), params=p, model=m)
+    r = simulate(make_config(batch=1, context=4096, steps=1, kv_gpu_fraction="0"), params=p, model=m)
     kv_bytes = 4096 * 2 * 4096 * 2
     h2d_s = 5e-6 + kv_bytes / 25e9
     assert r.busy_s["pcie.h2d"] == pytest.approx(h2d_s, rel=1e-12)
@@ -67,8 +69,9 @@ def test_offload_layer_by_hand():
 
 
 def test_prefetch_hides_compute_when_pcie_bound():
-    base = simulate(make_config(model="llama-3-8b", batch=4, context=8192, steps=2))
-    pf = simulate(make_config(model="llama-3-8b", batch=4, context=8192, steps=2, prefetch=True))
+    host = {"kv_gpu_fraction": "0"}  # the whole KV cache in host DRAM, so that the step is bound by PCIe
+    base = simulate(make_config(model="llama-3-8b", batch=4, context=8192, steps=2, **host))
+    pf = simulate(make_config(model="llama-3-8b", batch=4, context=8192, steps=2, prefetch=True, **host))
     assert pf.mean_step_latency_s < base.mean_step_latency_s
     # with prefetch the step is bounded below by the link: all of the step's KV over H2D
     assert pf.mean_step_latency_s >= pf.busy_s["pcie.h2d"] / pf.steps
