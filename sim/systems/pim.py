@@ -310,7 +310,7 @@ class PimSystem(System):
         g = p.gpu
 
         def kernel(name, op):
-            return gpu_model.kernel(g, name, op.flops, op.nbytes)
+            return gpu_model.op_kernel(g, name, op)
 
         tokens, present, new = placement.loads(1.0 - spill, units)
         new_to_host = spill > 0 and self.new_tokens_spill
@@ -321,13 +321,15 @@ class PimSystem(System):
         up = self.up_bytes(present)
         merge_needed = placement.pairs_per_unit > 1 or spill > 0
         e = m.bytes_per_element
-        merge = (gpu_model.kernel(g, "attn_merge", 4.0 * up / e, up),) if merge_needed else ()
+        queries = batch.n_seqs * m.n_heads  # one merge per query: a GEMV-like item each
+        merge = (gpu_model.items_kernel(g, "attn_merge", 4.0 * up / e, up, queries),) if merge_needed else ()
         mid_up = mid_down = 0.0
         mid_gpu: tuple[Work, ...] = ()
         if opts.softmax == "host":
             scores = float(tokens.sum()) * m.gqa_group
             mid_up = mid_down = scores * e
-            mid_gpu = (gpu_model.kernel(g, "softmax", pim_model.SOFTMAX_FLOPS_PER_ELEMENT * scores, 2 * scores * e),)
+            mid_gpu = (gpu_model.items_kernel(g, "softmax", pim_model.SOFTMAX_FLOPS_PER_ELEMENT * scores,
+                                              2 * scores * e, queries),)
         spill_attn: tuple[Work, ...] = ()
         fetch = store = 0.0
         if spill > 0:
@@ -353,7 +355,7 @@ class PimSystem(System):
                                                   + np.arange(self.model.n_kv_heads)[None, :]).ravel()
             plans.append(self.layer_plan(sub, placement, units, spill))
         h = head_op(self.model, batch.n_seqs)
-        return PimStepPlan(tuple(plans), (gpu_model.kernel(self.machine.params.gpu, "lm_head", h.flops, h.nbytes),))
+        return PimStepPlan(tuple(plans), (gpu_model.op_kernel(self.machine.params.gpu, "lm_head", h),))
 
     # ---- closed form ---------------------------------------------------------------------------------------------
     def estimate(self, step: PimStepPlan) -> Estimate:
