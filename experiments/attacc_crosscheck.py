@@ -221,8 +221,8 @@ def main() -> None:
         mem_capacity_bytes=TP * g.mem_capacity_bytes, sm_count=TP * g.sm_count))
     dev = pim_model.load_pim(PIM)
     agg_dev = override(dev, channels=TP * dev.channels, link_bw_bytes_per_s=TP * dev.link_bw_bytes_per_s)
-    a = ours(full, agg_params, agg_dev, batch, tokens, softmax=args.softmax)
-    s = ours(model, params, dev, batch, tokens, softmax=args.softmax)
+    a = ours(full, agg_params, agg_dev, batch, tokens, softmax=args.softmax, link_chunks=args.link_chunks)
+    s = ours(model, params, dev, batch, tokens, softmax=args.softmax, link_chunks=args.link_chunks)
     print(f"\nAggregate check (batch {batch}, L {tokens}): whole model on 8x GPU + {agg_dev.channels} channels: "
           f"GPU {a['gpu'] * 1e6:.1f} us, PIM {a['pim'] * 1e6:.1f} + {a['link'] * 1e6:.1f} us, speedup "
           f"{a['gpu'] / (a['pim'] + a['link']):.2f}x; per GPU share: {s['gpu'] / (s['pim'] + s['link']):.2f}x.")
@@ -239,7 +239,7 @@ def main() -> None:
     model16 = shard(full, 2 * TP)
     for batch in (16, 32, 64):
         dev, _ = device_for(model, batch, 2048 + 127, True)
-        r = ours(model, params, dev, batch, 2048, steps=127, softmax=args.softmax)
+        r = ours(model, params, dev, batch, 2048, steps=127, softmax=args.softmax, link_chunks=args.link_chunks)
         pim_step, gpu8 = r["pim_step"], r["gpu_step"]
         gpu16 = ours(model16, params, dev, batch, 2048, steps=127)["gpu_step"]
         print(f"| {batch} | {gpu8 * 1e3:.2f} | {gpu16 * 1e3:.2f} | {pim_step * 1e3:.2f} | "
