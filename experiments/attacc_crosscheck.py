@@ -40,7 +40,6 @@ MACHINE = ROOT / "experiments" / "machines" / "dgx-a100a-hbm3-per-gpu.toml"
 MODEL = ROOT / "experiments" / "models" / "gpt3-175b.json"
 PIM = "attacc-hbm3"
 ATTENTION_KINDS = ("attn_score", "softmax", "attn_context")
-LINK_KINDS = ("q_kv_down", "partials_up")
 
 # AttAcc's setting (AT = scale-snu/attacc_simulator).
 TP = 8                    # AT config make_xpu_config: NUM_DEVICE = 8 (DGX); make_pim_config: NUM_ATTACC = 8
@@ -124,8 +123,9 @@ def attacc_link_s(model: ModelSpec, batch: int, attention_s: float) -> tuple[flo
 
 def ours(model: ModelSpec, params, dev, batch: int, tokens: int, steps: int = 1, softmax: str = "pim",
          link_chunks: int = 1) -> dict:
-    """This simulator from ``tokens`` of context: per-layer GPU-only attention kernels, PIM array phase and the
-    PIM path's link transfers (means over ``steps`` x layers), and each system's mean step latency."""
+    """This simulator from ``tokens`` of context: per-layer GPU-only attention kernels, PIM array phase (the
+    busiest channel's work) and the exposed rest of the PIM path (link transfers and their set-up; means over
+    ``steps`` x layers), each system's mean step latency, and the PIM path exposed per step."""
     common = dict(model=model.name, hardware=str(MACHINE), batch=batch, context=tokens, steps=steps, trace_steps=0)
     g = simulate(make_config(system="gpu", **common), params=params, model=model)
     p = simulate(make_config(system="pim", pim=PIM, softmax=softmax, link_chunks=link_chunks, **common),
@@ -133,14 +133,12 @@ def ours(model: ModelSpec, params, dev, batch: int, tokens: int, steps: int = 1,
     if p.details.get("spilled_share", 0.0) > 0:
         raise RuntimeError(f"batch {batch} x {tokens} tokens spills out of PIM; lift the capacity first")
     n = model.n_layers * steps
-    pim_s = sum(p.details["pim_channel_busy_s"]) / len(p.details["pim_channel_busy_s"]) / n
-    # The GPU waits for the whole PIM path (links and array) in this schedule: step minus GPU work, per layer.
-    path_s = (p.mean_step_latency_s - p.busy_s["gpu"] / steps) / model.n_layers
+    pim_s = max(p.details["pim_channel_busy_s"]) / n
+    # The GPU waits for the whole PIM path (links and array) in this schedule: step minus GPU work.
+    path_step_s = p.mean_step_latency_s - p.busy_s["gpu"] / steps
     return {"gpu": sum(g.busy_by_kind_s[k] for k in ATTENTION_KINDS) / n,
-            "pim": pim_s if link_chunks > 1 else p.busy_by_kind_s["pim.attention"] / n,
-            "link": max(0.0, path_s - pim_s) if link_chunks > 1 else
-            sum(p.busy_by_kind_s.get(k, 0.0) for k in LINK_KINDS) / n,
-            "gpu_step": g.mean_step_latency_s, "pim_step": p.mean_step_latency_s}
+            "pim": pim_s, "link": max(0.0, path_step_s / model.n_layers - pim_s),
+            "path_step": path_step_s, "gpu_step": g.mean_step_latency_s, "pim_step": p.mean_step_latency_s}
 
 
 def device_for(model: ModelSpec, batch: int, tokens: int, power_capped: bool):
@@ -163,8 +161,13 @@ def main() -> None:
                     help="softmax on the bank units (default) or on the buffer-die unit per channel (AttAcc's SFM)")
     ap.add_argument("--link-chunks", type=int, default=1,
                     help="pipeline the PIM link in this many chunks (AttAcc's --pipeopt is head by head: try 12); "
-                         "'link' then means the exposed part of the PIM path")
+                         "'link' is always the part of the PIM path the array work does not cover")
+    ap.add_argument("--chunks-table", action="store_true",
+                    help="only print the exposed PIM path per step for --link-chunks 1, 2, 4, 8, 12 at batch 1 and 16")
     args = ap.parse_args()
+    if args.chunks_table:
+        chunks_table(args.softmax)
+        return
     full = load_model(str(MODEL))
     model = shard(full, TP)
     params = load_machine(str(MACHINE))
@@ -210,16 +213,16 @@ def main() -> None:
         print(f"| {batch} | {tokens} | {nhead} | {'on' if capped else 'off'} | {g:.3f} | {p:.3f} | {a_bw:.2f} | "
               f"{o_bw:.2f} ({o_peak:.2f}) | {100 * rounds:.0f}% | {link:.1f}x |")
 
-    # Aggregate check: the whole DGX as one GPU with 8x bandwidth and FLOP/s, and 8 AttAcc devices as one.
+    # Aggregate check: the whole DGX as one GPU with 8x bandwidth, FLOP/s and SMs, and 8 AttAcc devices as one.
     batch, tokens = 95, 1021
     g = params.gpu
     agg_params = dataclasses.replace(params, gpu=override(
         g, peak_flops_per_s=TP * g.peak_flops_per_s, mem_bw_bytes_per_s=TP * g.mem_bw_bytes_per_s,
-        mem_capacity_bytes=TP * g.mem_capacity_bytes))
+        mem_capacity_bytes=TP * g.mem_capacity_bytes, sm_count=TP * g.sm_count))
     dev = pim_model.load_pim(PIM)
     agg_dev = override(dev, channels=TP * dev.channels, link_bw_bytes_per_s=TP * dev.link_bw_bytes_per_s)
-    a = ours(full, agg_params, agg_dev, batch, tokens, softmax=args.softmax)
-    s = ours(model, params, dev, batch, tokens, softmax=args.softmax)
+    a = ours(full, agg_params, agg_dev, batch, tokens, softmax=args.softmax, link_chunks=args.link_chunks)
+    s = ours(model, params, dev, batch, tokens, softmax=args.softmax, link_chunks=args.link_chunks)
     print(f"\nAggregate check (batch {batch}, L {tokens}): whole model on 8x GPU + {agg_dev.channels} channels: "
           f"GPU {a['gpu'] * 1e6:.1f} us, PIM {a['pim'] * 1e6:.1f} + {a['link'] * 1e6:.1f} us, speedup "
           f"{a['gpu'] / (a['pim'] + a['link']):.2f}x; per GPU share: {s['gpu'] / (s['pim'] + s['link']):.2f}x.")
@@ -236,11 +239,28 @@ def main() -> None:
     model16 = shard(full, 2 * TP)
     for batch in (16, 32, 64):
         dev, _ = device_for(model, batch, 2048 + 127, True)
-        r = ours(model, params, dev, batch, 2048, steps=127, softmax=args.softmax)
+        r = ours(model, params, dev, batch, 2048, steps=127, softmax=args.softmax, link_chunks=args.link_chunks)
         pim_step, gpu8 = r["pim_step"], r["gpu_step"]
         gpu16 = ours(model16, params, dev, batch, 2048, steps=127)["gpu_step"]
         print(f"| {batch} | {gpu8 * 1e3:.2f} | {gpu16 * 1e3:.2f} | {pim_step * 1e3:.2f} | "
               f"{gpu8 / pim_step:.2f}x / {gpu16 / pim_step:.2f}x | {PAPER_E2E_SPEEDUP}x |")
+
+def chunks_table(softmax: str = "pim", batches=(1, 16), chunks=(1, 2, 4, 8, 12), tokens: int = 2048) -> dict:
+    """The PIM path exposed per decode step (step minus GPU work) for each ``--link-chunks``, GPT-3 175B TP-8 share
+    at ``tokens`` of context (the cross-check's setting)."""
+    model = shard(load_model(str(MODEL)), TP)
+    params = load_machine(str(MACHINE))
+    print(f"Exposed PIM path per decode step (ms), {model.name}, {tokens} tokens, softmax '{softmax}':\n")
+    print("| batch | " + " | ".join(f"--link-chunks {k}" for k in chunks) + " |")
+    print("|---|" + "---|" * len(chunks))
+    out = {}
+    for batch in batches:
+        dev, _ = device_for(model, batch, tokens, True)
+        out[batch] = [ours(model, params, dev, batch, tokens, softmax=softmax, link_chunks=k)["path_step"]
+                      for k in chunks]
+        print(f"| {batch} | " + " | ".join(f"{t * 1e3:.3f}" for t in out[batch]) + " |")
+    return out
+
 
 if __name__ == "__main__":
     main()

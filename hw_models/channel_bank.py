@@ -47,8 +47,9 @@ class ChannelBank:
         done = float(end.max()) if end.size else now
         self.tracer.record(self.name, kind, now, done, nbytes, flops, energy_j)
         self.tracer.occupy(self.name, now, done)
-        if self.tracer.keeping and channels is None:
-            for c in range(self.trace_lanes):
-                if dur[c] > 0:
-                    self.tracer.detail(self.lane_names[c], kind, float(start[c]), float(end[c]))
+        if self.tracer.keeping:
+            numbers = np.arange(self.n)[idx]  # channel of each position
+            for pos in np.nonzero(numbers < self.trace_lanes)[0]:
+                if dur[pos] > 0:
+                    self.tracer.detail(self.lane_names[numbers[pos]], kind, float(start[pos]), float(end[pos]))
         return self.env.timeout(done - now)

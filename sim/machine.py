@@ -39,17 +39,18 @@ class Machine:
             self.pim = ChannelBank(env, PIM, topology.pim.channels, tracer, trace_lanes=pim_trace_lanes)
             tracer.register(PIM, "compute")
 
-    def transfer(self, src: str, dst: str, nbytes: float, kind: str) -> simpy.Process:
-        """Start a transfer along the route from ``src`` to ``dst``; the returned process ends when it lands."""
-        return self.env.process(self._transfer(self.topology.route(src, dst), nbytes, kind))
+    def transfer(self, src: str, dst: str, nbytes: float, kind: str, setup: bool = True) -> simpy.Process:
+        """Start a transfer along the route from ``src`` to ``dst``; the returned process ends when it lands.
+        ``setup=False``: a later piece of a burst, which does not pay the route's latencies again."""
+        return self.env.process(self._transfer(self.topology.route(src, dst), nbytes, kind, setup))
 
-    def _transfer(self, route: Route, nbytes: float, kind: str):
+    def _transfer(self, route: Route, nbytes: float, kind: str, setup: bool = True):
         reqs = [self.link_resources[r].request() for r in route.resources]
         try:
             for req in reqs:
                 yield req
             t = self.env.now
-            dur = route.time_s(nbytes)
+            dur = route.time_s(nbytes, setup)
             for link in route.links:
                 energy = nbytes * link.energy_per_byte_j
                 if link.resource:

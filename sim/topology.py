@@ -38,11 +38,12 @@ class Route:
     def bw_bytes_per_s(self) -> float:
         return path_bw_bytes_per_s(self.links)
 
-    def time_s(self, nbytes: float) -> float:
-        """Transfer time of ``nbytes`` along the route when all its links are idle."""
+    def time_s(self, nbytes: float, setup: bool = True) -> float:
+        """Transfer time of ``nbytes`` along the route when all its links are idle. ``setup=False``: a piece of a
+        burst already under way (the links' fixed latencies were paid by the burst's first piece)."""
         if not self.links:
             return 0.0
-        return path_time_s(self.latency_s, self.bw_bytes_per_s, nbytes)
+        return path_time_s(self.latency_s if setup else 0.0, self.bw_bytes_per_s, nbytes)
 
     @cached_property
     def resources(self) -> tuple[str, ...]:

@@ -5,6 +5,11 @@ bytes that flow between operators (``nbytes``), which become transfers when a sy
 different devices. ``kv_fetch`` and ``kv_append`` are the data-movement nodes of the KV cache: reading the
 batch's K/V from wherever it lives, and storing the new token's K/V there. Everything is a closed-form function of
 the batch size and the total number of KV tokens in the batch, so it is built once per step, never per token.
+
+Each operator also says how it divides into independent work (``Parallelism``), which a GPU turns into thread
+blocks and occupancy (``hw_models.gpu.op_shape``): decode attention and softmax are one GEMV-like product per
+(sequence, query head), as AttAcc counts them (``numOp``); a projection or FFN is its weight GEMMs, whose output
+the GPU model tiles. No system needs code of its own for it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,23 @@ SOFTMAX_FLOPS_PER_SCORE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
+class Parallelism:
+    """How an operator divides into independent work: ``items`` GEMV-like products (one thread block each; AttAcc's
+    ``numOp``), or the weight GEMMs ``gemm_shapes`` ((m, n, k) each: rows = sequences, output columns, reduction)
+    that a GPU tiles. Decode attention items each reduce over ``kv_tokens`` KV tokens, which a split-KV kernel
+    (FlashDecoding) may partition over its ``kv_units`` (sequence, KV head) blocks; ``combine``: the kernel that
+    ends attention, after which split partial outputs are merged."""
+
+    items: float = 0.0
+    gemm_shapes: tuple = ()
+    kv_tokens: float = 0.0
+    kv_units: float = 0.0
+    combine: bool = False
+    head_dim: int = 0
+    bytes_per_element: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class Op:
     name: str
     kind: str  # gemm | attention | kv_read | kv_write | head
@@ -27,6 +49,7 @@ class Op:
     weight_bytes: float = 0.0
     kv_bytes: float = 0.0
     act_bytes: float = 0.0
+    parallel: Parallelism = Parallelism()
 
     @property
     def nbytes(self) -> float:
@@ -43,20 +66,33 @@ def layer_graph(model: ModelSpec, n_seqs: int, kv_tokens: int) -> nx.DiGraph:
     kv_bytes = t * m.kv_bytes_per_token_per_layer
     score_bytes = t * m.n_heads * e          # one score per (query head, KV token)
     n_ffn = 3 if m.ffn_gated else 2
+    h, f = m.hidden_size, m.ffn_size
+
+    def gemms(*shapes):
+        return Parallelism(gemm_shapes=tuple((b, n, k) for n, k in shapes), bytes_per_element=e)
+
+    def attention(combine=False):
+        # one GEMV-like product per (sequence, query head), over the sequence's tokens (t / b on average)
+        return Parallelism(items=b * m.n_heads, kv_tokens=t / b if b else 0.0, kv_units=b * m.n_kv_heads,
+                           combine=combine, head_dim=m.head_dim, bytes_per_element=e)
+
+    ffn_shapes = ((f, h),) * (n_ffn - 1) + ((h, f),)  # up (and gate), then down
     ops = [
-        Op("qkv_proj", "gemm", 2.0 * b * m.hidden_size * (m.q_dim + 2 * m.kv_dim),
-           weight_bytes=m.hidden_size * (m.q_dim + 2 * m.kv_dim) * e, act_bytes=x_bytes + q_bytes + new_kv_bytes),
+        Op("qkv_proj", "gemm", 2.0 * b * h * (m.q_dim + 2 * m.kv_dim),
+           weight_bytes=h * (m.q_dim + 2 * m.kv_dim) * e, act_bytes=x_bytes + q_bytes + new_kv_bytes,
+           parallel=gemms((m.q_dim + 2 * m.kv_dim, h))),
         Op("kv_fetch", "kv_read", 0.0, kv_bytes=kv_bytes),
         Op("kv_append", "kv_write", 0.0, kv_bytes=new_kv_bytes),
         Op("attn_score", "attention", 2.0 * t * m.n_heads * m.head_dim,
-           kv_bytes=kv_bytes / 2, act_bytes=q_bytes + score_bytes),
-        Op("softmax", "attention", SOFTMAX_FLOPS_PER_SCORE * t * m.n_heads, act_bytes=2 * score_bytes),
+           kv_bytes=kv_bytes / 2, act_bytes=q_bytes + score_bytes, parallel=attention()),
+        Op("softmax", "attention", SOFTMAX_FLOPS_PER_SCORE * t * m.n_heads, act_bytes=2 * score_bytes,
+           parallel=attention()),
         Op("attn_context", "attention", 2.0 * t * m.n_heads * m.head_dim,
-           kv_bytes=kv_bytes / 2, act_bytes=score_bytes + q_bytes),
-        Op("o_proj", "gemm", 2.0 * b * m.q_dim * m.hidden_size,
-           weight_bytes=m.q_dim * m.hidden_size * e, act_bytes=q_bytes + x_bytes),
-        Op("ffn", "gemm", 2.0 * b * n_ffn * m.hidden_size * m.ffn_size,
-           weight_bytes=n_ffn * m.hidden_size * m.ffn_size * e, act_bytes=2 * x_bytes + b * m.ffn_size * e),
+           kv_bytes=kv_bytes / 2, act_bytes=score_bytes + q_bytes, parallel=attention(combine=True)),
+        Op("o_proj", "gemm", 2.0 * b * m.q_dim * h,
+           weight_bytes=m.q_dim * h * e, act_bytes=q_bytes + x_bytes, parallel=gemms((h, m.q_dim))),
+        Op("ffn", "gemm", 2.0 * b * n_ffn * h * f,
+           weight_bytes=n_ffn * h * f * e, act_bytes=2 * x_bytes + b * f * e, parallel=gemms(*ffn_shapes)),
     ]
     g = nx.DiGraph()
     for op in ops:
@@ -88,4 +124,5 @@ def head_op(model: ModelSpec, n_seqs: int) -> Op:
     e = model.bytes_per_element
     return Op("lm_head", "head", 2.0 * n_seqs * model.hidden_size * model.vocab_size,
               weight_bytes=model.vocab_size * model.hidden_size * e,
-              act_bytes=n_seqs * (model.hidden_size + model.vocab_size) * e)
+              act_bytes=n_seqs * (model.hidden_size + model.vocab_size) * e,
+              parallel=Parallelism(gemm_shapes=((n_seqs, model.vocab_size, model.hidden_size),), bytes_per_element=e))

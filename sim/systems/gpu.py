@@ -19,9 +19,8 @@ LAYER_OPS = ("qkv_proj", "attn_score", "softmax", "attn_context", "o_proj", "ffn
 def gpu_costs(params, model: ModelSpec, batch: StepBatch):
     """(per-layer kernels, LM-head kernel) of one step."""
     ops = layer_ops(model, batch.n_seqs, batch.kv_tokens)
-    layer = tuple(gpu_model.kernel(params.gpu, name, ops[name].flops, ops[name].nbytes) for name in LAYER_OPS)
-    h = head_op(model, batch.n_seqs)
-    return layer, (gpu_model.kernel(params.gpu, "lm_head", h.flops, h.nbytes),)
+    layer = tuple(gpu_model.op_kernel(params.gpu, name, ops[name]) for name in LAYER_OPS)
+    return layer, (gpu_model.op_kernel(params.gpu, "lm_head", head_op(model, batch.n_seqs)),)
 
 
 class GpuSystem(System):

@@ -20,13 +20,21 @@ admitted only while their whole KV (prompt + output) fits, so the batch shrinks 
 ``sub_batches = 2`` splits the batch in two halves that run as separate processes and alternate between the GPU
 and PIM (NeuPIMs, L3); each half reads the weights again, which the GPU resource makes visible.
 
+``link_chunks = N`` pipelines the link as a device does (AttAcc's head-wise ``--pipeopt``): the channels are cut
+into N contiguous groups; each direction of the link carries one burst per layer whose set-up (the route's
+latency) is paid once, with the chunks streaming behind it: down, the queries (and new K/V) each group needs
+first, group by group; up, each group's partial outputs as soon as its channels finish. A channel still gets all
+of its queries before it starts and issues its commands once, so no per-operation overhead is paid per chunk; a
+group computes while later groups' queries cross the link and earlier groups' outputs return. The closed form is
+the exact flow-shop recurrence of that schedule and is never above the unpipelined path (``pipelined_path_s``).
+
 Channel work is computed once per step for each distinct (tokens, units, new vectors) load, so the cost grows with
 channels and layers, not with tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -106,7 +114,8 @@ def place(policy: str, model: ModelSpec, kept: np.ndarray, n_channels: int) -> P
 
 @dataclass(frozen=True)
 class Phase:
-    """One command to the channel bank: per-channel seconds plus whole-phase totals."""
+    """One command to the channel bank: per-channel seconds plus whole-phase totals (and the per-channel bytes,
+    FLOPs and joules behind them, which link pipelining splits)."""
 
     kind: str
     durations_s: np.ndarray
@@ -114,10 +123,22 @@ class Phase:
     flops: float
     energy_j: float
     throttle: float = 1.0  # largest stretch of a channel's work by the PIM power cap (1: the cap did not bind)
+    per_channel: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    channels: np.ndarray | None = field(default=None, repr=False)  # None: all; else the channels it runs on
 
     @property
     def makespan_s(self) -> float:
         return float(self.durations_s.max()) if self.durations_s.size else 0.0
+
+
+
+@dataclass(frozen=True)
+class LinkChunk:
+    """One piece of a pipelined layer: the bytes it sends down, its channels' phase, the bytes it returns."""
+
+    down_bytes: float
+    phase: Phase
+    up_bytes: float
 
 
 @dataclass(frozen=True)
@@ -135,7 +156,7 @@ class PimPlan:
     spill_store_bytes: float
     spill_fetch_bytes: float
     spill_attn: tuple[Work, ...]
-    chunks: int = 1               # the PIM path pipelined in this many chunks (phases then hold one chunk)
+    chunks: tuple[LinkChunk, ...] = ()  # the PIM path pipelined over the link (empty: not pipelined)
 
 
 def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChannelParams | None = None) -> Phase:
@@ -158,9 +179,35 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
             f = pim_model.power_throttle(channel, energy[i], dur[i])
             dur[i] *= f
             throttle = max(throttle, f)
-    counts = np.bincount(inv.ravel(), minlength=len(uniq))
-    return Phase(kind, dur[inv.ravel()], float(nbytes @ counts), float(flops @ counts), float(energy @ counts),
-                 throttle)
+    inv = inv.ravel()
+    counts = np.bincount(inv, minlength=len(uniq))
+    return Phase(kind, dur[inv], float(nbytes @ counts), float(flops @ counts), float(energy @ counts),
+                 throttle, (nbytes[inv], flops[inv], energy[inv]))
+
+
+def pipelined_path_s(down, up, chunks: tuple[LinkChunk, ...], n_channels: int) -> float:
+    """Closed form of ``PimSystem._pim_path_pipelined`` on idle resources (exact: the flow-shop recurrence).
+
+    Chunk j lands at ``a_j = L_down + (d_0 + ... + d_j) / B_down``; each of its channels starts its piece when it
+    is free and the chunk has landed, ``f_c = max(f_c, a_j) + w_cj``, and the chunk is done at the latest of its
+    channels, ``F_j``; the up link serves the chunks in the order they are done (ties in chunk order), the first
+    paying ``L_up``: ``g = max(g, F) + u / B_up``. Never above the unpipelined ``L_down + D / B_down +
+    max_c w_c + L_up + U / B_up``: every ``a_j`` is at most the whole burst's landing, a channel's pieces add up
+    to its unpipelined work, and the up burst carries the same bytes with one set-up."""
+    free = np.zeros(n_channels)
+    landed, done_at = 0.0, []
+    for i, c in enumerate(chunks):
+        landed += down.time_s(c.down_bytes, setup=i == 0)
+        ch = c.phase.channels
+        if ch is None or ch.size == 0:
+            done_at.append(landed)
+            continue
+        free[ch] = np.maximum(free[ch], landed) + c.phase.durations_s
+        done_at.append(float(free[ch].max()))
+    done = 0.0
+    for n, j in enumerate(sorted(range(len(chunks)), key=lambda j: (done_at[j], j))):
+        done = max(done, done_at[j]) + up.time_s(chunks[j].up_bytes, setup=n == 0)
+    return done
 
 
 @dataclass(frozen=True)
@@ -320,24 +367,25 @@ class PimSystem(System):
         g = p.gpu
 
         def kernel(name, op):
-            return gpu_model.kernel(g, name, op.flops, op.nbytes)
+            return gpu_model.op_kernel(g, name, op)
 
         tokens, present, new = placement.loads(1.0 - spill, units)
         new_to_host = spill > 0 and self.new_tokens_spill
         if new_to_host:
             new = np.zeros_like(new)
-        k = opts.link_chunks if opts.softmax != "host" else 1
-        phases = self.channel_phases(tokens / k, present / k, new / k)
+        phases = self.channel_phases(tokens, present, new)
         up = self.up_bytes(present)
         merge_needed = placement.pairs_per_unit > 1 or spill > 0
         e = m.bytes_per_element
-        merge = (gpu_model.kernel(g, "attn_merge", 4.0 * up / e, up),) if merge_needed else ()
+        queries = batch.n_seqs * m.n_heads  # one merge per query: a GEMV-like item each
+        merge = (gpu_model.items_kernel(g, "attn_merge", 4.0 * up / e, up, queries),) if merge_needed else ()
         mid_up = mid_down = 0.0
         mid_gpu: tuple[Work, ...] = ()
         if opts.softmax == "host":
             scores = float(tokens.sum()) * m.gqa_group
             mid_up = mid_down = scores * e
-            mid_gpu = (gpu_model.kernel(g, "softmax", pim_model.SOFTMAX_FLOPS_PER_ELEMENT * scores, 2 * scores * e),)
+            mid_gpu = (gpu_model.items_kernel(g, "softmax", pim_model.SOFTMAX_FLOPS_PER_ELEMENT * scores,
+                                              2 * scores * e, queries),)
         spill_attn: tuple[Work, ...] = ()
         fetch = store = 0.0
         if spill > 0:
@@ -345,11 +393,47 @@ class PimSystem(System):
             spill_attn = tuple(kernel(name, sops[name]) for name in ATTENTION_OPS)
             fetch = sops["kv_fetch"].kv_bytes
             store = ops["kv_append"].kv_bytes if new_to_host else 0.0
+        down = self.down_bytes(batch, new_to_host)
+        chunks: tuple[LinkChunk, ...] = ()
+        if opts.link_chunks > 1 and len(phases) == 1:  # a host softmax splits the path: not pipelined
+            q_bytes = batch.n_seqs * m.q_dim * e
+            chunks = self.link_chunks(placement, units, phases[0], spill, new_to_host, q_bytes, down - q_bytes)
         return PimPlan(
-            pre=(kernel("qkv_proj", ops["qkv_proj"]),), down_bytes=self.down_bytes(batch, new_to_host),
+            pre=(kernel("qkv_proj", ops["qkv_proj"]),), down_bytes=down,
             phases=phases, mid_up_bytes=mid_up, mid_gpu=mid_gpu, mid_down_bytes=mid_down, up_bytes=up,
             merge_post=merge + (kernel("o_proj", ops["o_proj"]), kernel("ffn", ops["ffn"])),
-            spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn, chunks=k)
+            spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn, chunks=chunks)
+
+    def link_chunks(self, placement: Placement, units: np.ndarray | None, phase: Phase, spill: float,
+                    new_to_host: bool, q_bytes: float, kv_bytes: float) -> tuple[LinkChunk, ...]:
+        """The layer's units cut into ``link_chunks`` consecutive sets (the order the GPU produces the queries:
+        sequence by sequence, head by head), fewer when there are fewer units.
+
+        Chunk j carries its units' queries and new K/V down and their partial outputs up. A channel works on a
+        unit's stripe once that unit's chunk has landed, but its command stream for the layer is the unpipelined
+        one: each channel's work (``phase``) is split over the chunks in proportion to what each chunk alone would
+        cost it, so fixed costs (command overhead, first access) are paid once per channel per layer, not per
+        chunk: the device overlaps them across units as AttAcc's command trace overlaps the next head's query
+        write and row opening with the current head's MACs (pim_ramulator_src/trace_gen/gen_trace_attacc_bank.py).
+        """
+        units = np.arange(placement.unit_tokens.size) if units is None else np.asarray(units)
+        parts = [p for p in np.array_split(units, min(self.options.link_chunks, units.size)) if p.size]
+        alone, present = [], []
+        for part in parts:
+            t, pr, nw = placement.loads(1.0 - spill, part)
+            alone.append(self.channel_phases(t, pr, np.zeros_like(nw) if new_to_host else nw)[0].durations_s)
+            present.append(pr)
+        total = np.sum(alone, axis=0)
+        share = [np.divide(a, total, out=np.zeros_like(a), where=total > 0) for a in alone]
+        nbytes, flops, energy = phase.per_channel
+        chunks = []
+        for part, sh, pr in zip(parts, share, present, strict=True):
+            channels = np.nonzero(sh > 0)[0]
+            ph = Phase(phase.kind, (phase.durations_s * sh)[channels], float(nbytes @ sh), float(flops @ sh),
+                       float(energy @ sh), phase.throttle, None, channels)
+            down = (q_bytes + kv_bytes) * part.size / units.size
+            chunks.append(LinkChunk(down, ph, self.up_bytes(pr)))
+        return tuple(chunks)
 
     def plan(self, batch: StepBatch) -> PimStepPlan:
         placement = self.placement(batch)
@@ -364,7 +448,7 @@ class PimSystem(System):
             plans.append(self.layer_plan(sub, placement, units, spill))
         self.power_throttle = max([self.power_throttle] + [ph.throttle for p in plans for ph in p.phases])
         h = head_op(self.model, batch.n_seqs)
-        return PimStepPlan(tuple(plans), (gpu_model.kernel(self.machine.params.gpu, "lm_head", h.flops, h.nbytes),))
+        return PimStepPlan(tuple(plans), (gpu_model.op_kernel(self.machine.params.gpu, "lm_head", h),))
 
     # ---- closed form ---------------------------------------------------------------------------------------------
     def estimate(self, step: PimStepPlan) -> Estimate:
@@ -380,10 +464,8 @@ class PimSystem(System):
         n = self.model.n_layers
         chains, gpu_total = [], total_s(step.head)
         for plan in step.plans:
-            if plan.chunks > 1:  # identical chunks through three FIFO stages: first chunk, then the bottleneck
-                stages = (down.time_s(plan.down_bytes / plan.chunks), plan.phases[0].makespan_s,
-                          up.time_s(plan.up_bytes / plan.chunks))
-                pim_path = sum(stages) + (plan.chunks - 1) * max(stages)
+            if plan.chunks:
+                pim_path = pipelined_path_s(down, up, plan.chunks, self.dev.channels)
             else:
                 pim_path = (down.time_s(plan.down_bytes) + sum(ph.makespan_s for ph in plan.phases)
                             + up.time_s(plan.up_bytes))
@@ -402,8 +484,7 @@ class PimSystem(System):
             self.options.softmax == "host" or self.dev.placement == "host")
         if len(step.plans) == 1 and not shared:
             return Estimate(chains[0] + total_s(step.head), exact=True)
-        channel_busy = sum(plan.chunks * np.sum([ph.durations_s for ph in plan.phases], axis=0)
-                           for plan in step.plans)
+        channel_busy = sum(np.sum([ph.durations_s for ph in plan.phases], axis=0) for plan in step.plans)
         return Estimate(max(max(chains) + total_s(step.head), gpu_total, n * float(np.max(channel_busy))),
                         exact=False)
 
@@ -425,7 +506,7 @@ class PimSystem(System):
 
     def _pim_path(self, plan: PimPlan):
         m = self.machine
-        if plan.chunks > 1:
+        if plan.chunks:
             yield from self._pim_path_pipelined(plan)
             return
         yield m.transfer(GPU, PIM, plan.down_bytes, "q_kv_down")
@@ -438,22 +519,23 @@ class PimSystem(System):
         yield m.transfer(PIM, GPU, plan.up_bytes, "partials_up")
 
     def _pim_path_pipelined(self, plan: PimPlan):
-        """Queries go down, channels work and partials come up chunk by chunk (AttAcc's head-wise pipelining):
-        the link and the channels are FIFO resources, so chunk i+1 crosses the link while chunk i computes."""
-        m, env, k = self.machine, self.machine.env, plan.chunks
-        (phase,) = plan.phases
-        downs = [m.transfer(GPU, PIM, plan.down_bytes / k, "q_kv_down") for _ in range(k)]
+        """One burst down (its set-up paid by the first chunk, the rest streaming behind it), each group of
+        channels starting when its chunk lands, and one burst up whose chunks leave as their groups finish (the
+        first to leave pays the set-up). The link directions are FIFO resources, so chunk j+1 crosses the link
+        while chunk j computes."""
+        m, env = self.machine, self.machine.env
+        downs = [m.transfer(GPU, PIM, c.down_bytes, "q_kv_down", setup=i == 0) for i, c in enumerate(plan.chunks)]
+        ups_issued = [0]
 
-        def chunk(i):
+        def chunk(i, c: LinkChunk):
             yield downs[i]
-            yield m.pim.run(phase.kind, phase.durations_s, phase.nbytes, phase.flops, phase.energy_j)
-            yield m.transfer(PIM, GPU, plan.up_bytes / k, "partials_up")
+            ph = c.phase
+            yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j, channels=ph.channels)
+            first = ups_issued[0] == 0
+            ups_issued[0] += 1
+            yield m.transfer(PIM, GPU, c.up_bytes, "partials_up", setup=first)
 
-        procs = []
-        for i in range(k):
-            yield downs[i]
-            procs.append(env.process(chunk(i)))
-        yield env.all_of(procs)
+        yield env.all_of([env.process(chunk(i, c)) for i, c in enumerate(plan.chunks)])
 
     def _spill_path(self, plan: PimPlan):
         m = self.machine
