@@ -1,51 +1,28 @@
-"""DRAM: host memory as an aggregate, and a closed-form timing model of one DRAM channel by access pattern.
+"""DRAM: a closed-form timing model of one DRAM channel by access pattern, and host memory built from it.
 
-Host DRAM (``HostDramParams``) is a capacity and a streaming bandwidth (channels x per-channel peak x achievable
-fraction). ``DramTimingParams`` describes one channel's organisation and JEDEC timings (presets in
-``presets/dram/*.toml``, one ``source`` per value), and the pure functions below turn them into time, bandwidth
-and efficiency (achieved over peak) for one bank (what a processing unit next to a bank sees) or for a whole
-channel (what a memory controller sees), for three read patterns: ``Sequential`` (a stream), ``RandomAccess``
-(independent accesses of a given size, some number outstanding) and ``Strided`` (runs of contiguous bytes at a
-fixed stride). Everything is closed form: the cost of a call does not grow with the number of bytes, so a
-simulation's event count stays independent of data size. Model assumptions and the comparison with Ramulator 2
-and DRAMsim3 are in docs/pim-model.md, section 1.
+``DramTimingParams`` describes one channel's organisation and JEDEC timings (presets in ``presets/dram/*.toml``,
+one ``source`` per value). The pure functions below turn them into time, bandwidth and efficiency (achieved over
+peak) for one bank (what a processing unit next to a bank sees) or for a whole channel (what a memory
+controller sees), for three read patterns: ``Sequential`` (a stream), ``RandomAccess`` (independent accesses of
+a given size, some number outstanding) and ``Strided`` (runs of contiguous bytes at a fixed stride).
+``HostDramParams`` is the host's memory: channels of DIMMs whose timing is such a preset, an address interleave
+across channels, a controller queue and the paged-KV block geometry; ``host_read_bw_bytes_per_s(host, pattern)``
+is the rate its reads reach for a pattern, which is what the offload DMA and CPU attention pay. Everything is
+closed form: the cost of a call does not grow with the number of bytes, so a simulation's event count stays
+independent of data size. Model assumptions and the comparison with Ramulator 2 and DRAMsim3 are in
+docs/pim-model.md, section 1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hw_models.errors import HardwareError
 from hw_models.loading import PresetDir, origin_of, read_toml
-from hw_models.params import build, fraction, non_negative, positive
-
-
-@dataclass(frozen=True)
-class HostDramParams:
-    name: str
-    channels: int
-    channel_bw_bytes_per_s: float
-    capacity_bytes: float
-    bw_efficiency: float
-    energy_per_byte_j: float
-    sources: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self):
-        positive(f"host_dram '{self.name}'", channels=self.channels,
-                 channel_bw_bytes_per_s=self.channel_bw_bytes_per_s, capacity_bytes=self.capacity_bytes)
-        fraction(f"host_dram '{self.name}'", bw_efficiency=self.bw_efficiency)
-        non_negative(f"host_dram '{self.name}'", energy_per_byte_j=self.energy_per_byte_j)
-
-    @property
-    def peak_bw_bytes_per_s(self) -> float:
-        return self.channels * self.channel_bw_bytes_per_s
-
-    @property
-    def achievable_bw_bytes_per_s(self) -> float:
-        return self.peak_bw_bytes_per_s * self.bw_efficiency
-
+from hw_models.params import build, non_negative, positive
 
 # ---------------------------------------------------------------------------------------------------------------
 # DRAM timing: one channel's organisation and timing, and closed-form streaming times.
@@ -490,3 +467,114 @@ def load_dram_timing(name_or_path: str) -> DramTimingParams:
     path = DRAM_PRESETS.resolve(name_or_path)
     return dram_timing_from_table(read_toml(path), str(path), origin_of(path))
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# Host memory: channels of DIMMs with a DRAM timing preset, read by pattern.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostDramParams:
+    """The host's memory: ``channels`` DDR channels of ``subchannels_per_channel`` independent (sub-)channels each
+    (DDR5: two 32-bit sub-channels; DDR4: one 64-bit channel), every one organised and timed as the DRAM timing
+    preset ``timing`` with ``ranks_per_channel`` ranks. Addresses rotate over the sub-channels every
+    ``interleave_bytes``; each sub-channel's controller holds ``read_queue_lines`` reads (bursts) in flight.
+    ``kv_block_tokens`` is the paged KV cache's block size (tokens per block), which sets the size of the scattered
+    reads that offloaded attention makes. ``dram`` is the resolved timing (ranks applied)."""
+
+    name: str
+    channels: int
+    subchannels_per_channel: int
+    timing: str
+    ranks_per_channel: int
+    interleave_bytes: int
+    read_queue_lines: int
+    kv_block_tokens: int
+    capacity_bytes: float
+    energy_per_byte_j: float
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
+    dram: DramTimingParams = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        owner = f"host_dram '{self.name}'"
+        for name in ("channels", "subchannels_per_channel", "ranks_per_channel", "interleave_bytes",
+                     "read_queue_lines", "kv_block_tokens"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise HardwareError(f"{owner}: {name} must be a whole number >= 1, got {v!r}")
+        positive(owner, capacity_bytes=self.capacity_bytes)
+        non_negative(owner, energy_per_byte_j=self.energy_per_byte_j)
+        if not isinstance(self.timing, str) or not self.timing:
+            raise HardwareError(f"{owner}: timing must be a DRAM timing preset name or file, one of "
+                                f"{', '.join(dram_timing_preset_names())}; got {self.timing!r}")
+        base = load_dram_timing(self.timing)
+        # Presets describe one rank; the host's DIMMs set how many share a (sub-)channel.
+        timing = dataclasses.replace(base, ranks=self.ranks_per_channel, sources={
+            **base.sources, "ranks": f"host_dram '{self.name}' ranks_per_channel = {self.ranks_per_channel}"})
+        if self.interleave_bytes % timing.burst_bytes:
+            raise HardwareError(f"{owner}: interleave_bytes ({self.interleave_bytes}) must be a whole number of "
+                                f"{timing.burst_bytes}-byte bursts of {timing.name}")
+        object.__setattr__(self, "dram", timing)
+
+    @property
+    def subchannels(self) -> int:
+        return self.channels * self.subchannels_per_channel
+
+    @property
+    def channel_bw_bytes_per_s(self) -> float:
+        """Peak of one DDR channel (all its sub-channels)."""
+        return self.subchannels_per_channel * self.dram.peak_bw_bytes_per_s
+
+    @property
+    def peak_bw_bytes_per_s(self) -> float:
+        return self.subchannels * self.dram.peak_bw_bytes_per_s
+
+    @property
+    def achievable_bw_bytes_per_s(self) -> float:
+        """Streaming (sequential) read rate from the timing model; other patterns: ``host_read_bw_bytes_per_s``."""
+        return host_read_bw_bytes_per_s(self, SEQUENTIAL)
+
+
+def channel_pattern(host: HostDramParams, pattern: AccessPattern) -> AccessPattern:
+    """What one (sub-)channel sees when the host reads ``pattern``: addresses rotate over the ``subchannels`` every
+    ``interleave_bytes`` (G), so an access of S bytes leaves pieces of max(min(S, G), S / subchannels) bytes on
+    the channels it touches, and a strided stream keeps its density (run / stride) with runs cut the same way."""
+    n, g = host.subchannels, host.interleave_bytes
+    if isinstance(pattern, Sequential):
+        return pattern
+    if isinstance(pattern, RandomAccess):
+        piece = max(min(pattern.size_bytes, g), pattern.size_bytes / n)
+        return RandomAccess(piece, pattern.outstanding, pattern.aligned)
+    if isinstance(pattern, Strided):
+        run = max(min(pattern.run_bytes, g), pattern.run_bytes / n) if pattern.run_bytes > g else pattern.run_bytes
+        return Strided(run, run * pattern.stride_bytes / pattern.run_bytes)
+    raise HardwareError(f"access pattern must be Sequential, RandomAccess or Strided, got {pattern!r}")
+
+
+def host_read_bw_bytes_per_s(host: HostDramParams, pattern: AccessPattern) -> float:
+    """Useful bytes per second the host's memory delivers for reads in ``pattern``, every channel equally loaded.
+
+    This is the rate the offload system's KV DMA (``paged_kv_pattern(host, ..., heads=kv_heads)``) and CPU
+    attention (``paged_kv_pattern(host, ..., heads=1)``) read at; ``SEQUENTIAL`` gives the streaming rate.
+    """
+    return host.subchannels * pattern_bw_bytes_per_s(host.dram, channel_pattern(host, pattern))
+
+
+def host_read_time_s(host: HostDramParams, pattern: AccessPattern, nbytes: float) -> float:
+    """Time to read ``nbytes`` in ``pattern`` spread evenly over the channels, first-access latency included."""
+    _check_bytes(nbytes)
+    return pattern_read_time_s(host.dram, channel_pattern(host, pattern), nbytes / host.subchannels)
+
+
+def paged_kv_pattern(host: HostDramParams, head_dim: int, bytes_per_element: float, heads: int = 1) -> RandomAccess:
+    """Reads of a paged KV cache: one block of ``kv_block_tokens`` tokens x ``heads`` KV heads x ``head_dim`` per
+    read, blocks scattered over the pool (vLLM's block table) and aligned to their size.
+
+    Within a block a head's tokens are contiguous (vLLM's paged layout [blocks, kv_heads, head_dim/x, block, x]),
+    so ``heads=1`` is what CPU attention reads per (sequence, head) and ``heads=n_kv_heads`` is what a DMA of whole
+    blocks reads. The controller's ``read_queue_lines`` bursts in flight are shared by the accesses' pieces.
+    """
+    positive("paged KV pattern", head_dim=head_dim, bytes_per_element=bytes_per_element, heads=heads)
+    size = host.kv_block_tokens * heads * head_dim * bytes_per_element
+    piece = channel_pattern(host, RandomAccess(size, 1.0)).size_bytes
+    return RandomAccess(size, host.read_queue_lines / _bursts(host.dram, piece), aligned=True)

@@ -8,6 +8,11 @@ from hypothesis import strategies as st
 
 from hw_models import dram
 from hw_models.errors import HardwareError
+from hw_models.machine import load_machine, preset_names
+from sim.config import make_config
+from sim.run import run_simulation
+from sim.topology import GPU, HOST_CPU, HOST_DRAM, HOST_RC, Topology
+from workloads.models import ModelSpec
 
 # A small channel whose numbers are easy to follow: 1 ns clock, 64 B bursts of 4 cycles (peak 16 GB/s), 1 KiB rows
 # (B = 16 bursts), 2 bank groups of 2 banks, and refresh reduced to one row close and reopen per 24 us (0.1%).
@@ -193,3 +198,99 @@ def test_read_time_monotone_and_never_beats_the_rate(t, size, q, a, b):
     # At most one access faster than the steady rate (the first access need not wait for its bank's tRAS).
     interval_s = dram.pattern_cost(t, p).interval_cycles * t.tCK_s * t.refresh_factor
     assert dram.pattern_read_time_s(t, p, hi) >= hi / dram.pattern_bw_bytes_per_s(t, p) - interval_s * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------ host memory
+
+
+def host():
+    return load_machine().host_dram
+
+
+def test_host_dram_from_its_timing():
+    h = host()
+    assert h.dram.name == dram.load_dram_timing(h.timing).name and h.dram.ranks == h.ranks_per_channel
+    assert h.subchannels == h.channels * h.subchannels_per_channel == 16
+    assert h.peak_bw_bytes_per_s == pytest.approx(16 * 19.2e9, rel=1e-4)          # 8 x DDR5-4800 = 307 GB/s
+    assert h.channel_bw_bytes_per_s == pytest.approx(38.4e9, rel=1e-4)
+    assert h.achievable_bw_bytes_per_s == pytest.approx(16 * dram.channel_stream_bw_bytes_per_s(h.dram))
+    assert h.dram.sources["ranks"].startswith("host_dram")
+
+
+def test_paged_kv_pattern_geometry():
+    h = host()
+    # CPU attention: one head's block, 16 tokens x 128 x 2 B = 4 KiB, spread over 16 sub-channels: 256 B (4 bursts)
+    # on each; the 32-line queue holds 8 such pieces.
+    p = dram.paged_kv_pattern(h, 128, 2)
+    assert p == dram.RandomAccess(4096, 8.0, aligned=True)
+    assert dram.channel_pattern(h, p).size_bytes == 256
+    # DMA of whole blocks of 8 KV heads: 32 KiB, 2 KiB per sub-channel, one block in flight per channel.
+    d = dram.paged_kv_pattern(h, 128, 2, heads=8)
+    assert (d.size_bytes, d.outstanding) == (32768, 1.0)
+    assert dram.channel_pattern(h, d).size_bytes == 2048
+    # Smaller than the interleave: the whole access lands on one channel.
+    assert dram.channel_pattern(h, dram.RandomAccess(128, 1)).size_bytes == 128
+    # Strided at host level keeps its density: 512 B runs every 4 KiB become 256 B runs every 2 KiB.
+    assert dram.channel_pattern(h, dram.Strided(512, 4096)) == dram.Strided(256, 2048)
+
+
+def test_host_rate_is_channels_times_channel_rate():
+    h = host()
+    for p in (dram.SEQUENTIAL, dram.paged_kv_pattern(h, 128, 2), dram.Strided(256, 2048)):
+        per_channel = dram.pattern_bw_bytes_per_s(h.dram, dram.channel_pattern(h, p))
+        assert dram.host_read_bw_bytes_per_s(h, p) == pytest.approx(16 * per_channel)
+        assert dram.host_read_bw_bytes_per_s(h, p) <= h.achievable_bw_bytes_per_s * (1 + 1e-12)
+    assert dram.host_read_time_s(h, dram.SEQUENTIAL, 2**30) == pytest.approx(
+        dram.channel_stream_time_s(h.dram, 2**30 / 16))
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_presets_read_kv_blocks_below_the_stream(preset):
+    h = load_machine(preset).host_dram
+    seq = dram.host_read_bw_bytes_per_s(h, dram.SEQUENTIAL)
+    for heads in (1, 8):
+        rate = dram.host_read_bw_bytes_per_s(h, dram.paged_kv_pattern(h, 128, 2, heads))
+        assert 0.5 * seq < rate <= seq
+
+
+def test_bad_host_values_rejected():
+    h = host()
+    with pytest.raises(HardwareError, match="ranks_per_channel must be a whole number >= 1"):
+        dataclasses.replace(h, ranks_per_channel=0)
+    with pytest.raises(HardwareError, match=r"interleave_bytes \(100\) must be a whole number of 64-byte bursts"):
+        dataclasses.replace(h, interleave_bytes=100)
+    with pytest.raises(HardwareError, match=r"unknown DRAM timing preset 'ddr5-480'"):
+        dataclasses.replace(h, timing="ddr5-480")
+
+
+# ------------------------------------------------------------------ the rate a run uses
+
+
+def tiny_model():
+    return ModelSpec(name="tiny", family="llama", n_layers=2, hidden_size=1024, n_heads=8, n_kv_heads=8,
+                     head_dim=128, ffn_size=512, vocab_size=1000, max_context=1 << 20)
+
+
+def test_kv_dma_runs_at_the_host_read_rate():
+    # One DDR5 channel (2 sub-channels, ~35 GB/s) behind a 200 GB/s PCIe link: the memory bus sets the DMA rate.
+    p = load_machine()
+    params = dataclasses.replace(p, host_dram=dataclasses.replace(p.host_dram, channels=1),
+                                 pcie=dataclasses.replace(p.pcie, h2d_bw_bytes_per_s=200e9, d2h_bw_bytes_per_s=200e9))
+    run = run_simulation(make_config(system="offload", batch=2, context=4096, steps=1, trace_steps=1),
+                         params=params, model=tiny_model())
+    rate = dram.host_read_bw_bytes_per_s(params.host_dram, run.topology.host_read_pattern)
+    assert rate < 200e9
+    fetches = [s for s in run.spans if s.kind == "kv_fetch"]
+    assert fetches
+    for s in fetches:
+        assert s.end_s - s.start_s == pytest.approx(params.pcie.latency_s + s.nbytes / rate, rel=1e-12)
+    assert run.topology.graph.nodes[HOST_CPU]["mem_bw_bytes_per_s"] == rate
+    assert run.topology.route(HOST_DRAM, GPU).bw_bytes_per_s == rate
+
+
+def test_topology_takes_the_pattern():
+    p = load_machine()
+    kv = dram.paged_kv_pattern(p.host_dram, 128, 2, heads=8)
+    membus = Topology(p, host_read_pattern=kv).graph.edges[HOST_DRAM, HOST_RC]["link"]
+    assert membus.bw_bytes_per_s == dram.host_read_bw_bytes_per_s(p.host_dram, kv)
+    assert Topology(p).graph.edges[HOST_DRAM, HOST_RC]["link"].bw_bytes_per_s == p.host_dram.achievable_bw_bytes_per_s
