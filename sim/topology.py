@@ -76,7 +76,7 @@ class Topology:
         g.add_node(GPU, memory="GPU memory", mem_bw_bytes_per_s=params.gpu.achievable_bw_bytes_per_s,
                    flops_per_s=params.gpu.achievable_flops_per_s)
         g.add_node(HOST_CPU, memory="host DRAM", mem_bw_bytes_per_s=host_read_bw,
-                   flops_per_s=params.cpu.peak_flops_per_s * params.cpu.flops_efficiency)
+                   flops_per_s=params.cpu.achievable_flops_per_s)
         if pim is not None:
             g.add_node(PIM, memory=f"PIM arrays ({pim.channels} channels' internal bandwidth)",
                        mem_bw_bytes_per_s=pim.internal_bw_bytes_per_s, flops_per_s=pim.peak_flops_per_s)

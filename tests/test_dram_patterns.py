@@ -1,12 +1,13 @@
 """DRAM access patterns: hand calculations on a small timing, monotonicity properties, host memory by pattern."""
 
 import dataclasses
+import math
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw_models import dram
+from hw_models import cpu, dram
 from hw_models.errors import HardwareError
 from hw_models.machine import load_machine, preset_names
 from sim.config import make_config
@@ -224,6 +225,7 @@ def test_paged_kv_pattern_geometry():
     p = dram.paged_kv_pattern(h, 128, 2)
     assert p == dram.RandomAccess(4096, 8.0, aligned=True)
     assert dram.channel_pattern(h, p).size_bytes == 256
+    assert cpu.attention_pattern(h, 128, 2) == p
     # DMA of whole blocks of 8 KV heads: 32 KiB, 2 KiB per sub-channel, one block in flight per channel.
     d = dram.paged_kv_pattern(h, 128, 2, heads=8)
     assert (d.size_bytes, d.outstanding) == (32768, 1.0)
@@ -294,3 +296,21 @@ def test_topology_takes_the_pattern():
     membus = Topology(p, host_read_pattern=kv).graph.edges[HOST_DRAM, HOST_RC]["link"]
     assert membus.bw_bytes_per_s == dram.host_read_bw_bytes_per_s(p.host_dram, kv)
     assert Topology(p).graph.edges[HOST_DRAM, HOST_RC]["link"].bw_bytes_per_s == p.host_dram.achievable_bw_bytes_per_s
+
+
+def test_cpu_attention_reads_at_the_host_read_rate():
+    # With unlimited FLOP/s the CPU attention spans are the dispatch cost plus bytes at the host DRAM rate for the
+    # pattern the offload system reads with: the stream until it passes the paged-KV pattern, then that one.
+    p = load_machine()
+    params = dataclasses.replace(p, cpu=dataclasses.replace(p.cpu, flops_efficiency=1.0, peak_flops_per_s=1e30))
+    model = tiny_model()
+    run = run_simulation(make_config(system="offload", cpu_attention=True, batch=2, context=4096, steps=1,
+                                     trace_steps=1), params=params, model=model)
+    mem = params.host_dram
+    rates = {dram.host_read_bw_bytes_per_s(mem, q)
+             for q in (dram.SEQUENTIAL, cpu.attention_pattern(mem, model.head_dim, model.bytes_per_element))}
+    attn = [s for s in run.spans if s.component == HOST_CPU and s.nbytes > 0]
+    assert attn
+    for s in attn:
+        used = s.nbytes / (s.end_s - s.start_s - params.cpu.op_overhead_s)
+        assert any(math.isclose(used, r, rel_tol=1e-9) for r in rates)
