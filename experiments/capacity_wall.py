@@ -46,7 +46,7 @@ def main() -> None:
                     note = f"{100 * pim.details['spilled_share']:.0f}% spilled" if pim.details["spilled_share"] else "-"
                 else:
                     speedup = pim.tokens_per_s / off.tokens_per_s
-                    note = f"batch {max(pim.step_batch)}" if max(pim.step_batch) < batch else "-"
+                    note = f"batch {pim.peak_batch}" if pim.peak_batch < batch else "-"
                 cells.append(f"{speedup:.1f}x ({note})")
             print(f"| {model} | {batch} | " + " | ".join(cells) + " |")
 

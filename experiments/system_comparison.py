@@ -43,7 +43,7 @@ def main() -> None:
                 print(f"| {model} | {batch} | {ctx // 1024}K | {aq.tokens_per_s:.1f}{fit} | "
                       f"{aq.tokens_per_s / spill.tokens_per_s:.2f}x{'' if spill.fits else ' (spills)'} | "
                       f"{aq.tokens_per_s / limit.tokens_per_s:.2f}x"
-                      f"{f' (batch {max(limit.step_batch)})' if max(limit.step_batch) < batch else ''} | "
+                      f"{f' (batch {limit.peak_batch})' if limit.peak_batch < batch else ''} | "
                       f"{aq.tokens_per_s / off.tokens_per_s:.0f}x | {100 * off.comm_share:.1f}% |")
 
 

@@ -19,7 +19,7 @@ from hw_models.dram import (
     host_read_bw_bytes_per_s,
     paged_kv_pattern,
 )
-from hw_models.params import fraction, non_negative, positive
+from hw_models.params import check_power, fraction, non_negative, positive
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class CpuParams:
     flops_efficiency: float
     op_overhead_s: float
     energy_per_flop_j: float
+    # Power of the socket (docs/metrics.md, "Energy"): drawn for the whole run / its limit (TDP). 0: not modelled.
+    idle_power_w: float = 0.0
+    max_power_w: float = 0.0
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -37,6 +40,7 @@ class CpuParams:
         fraction(f"cpu '{self.name}'", flops_efficiency=self.flops_efficiency)
         non_negative(f"cpu '{self.name}'", op_overhead_s=self.op_overhead_s,
                      energy_per_flop_j=self.energy_per_flop_j)
+        check_power(f"cpu '{self.name}'", self.idle_power_w, self.max_power_w)
 
     @property
     def achievable_flops_per_s(self) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hw_models.errors import HardwareError
 from hw_models.loading import PresetDir, origin_of, read_toml
-from hw_models.params import build, non_negative, positive
+from hw_models.params import build, check_power, non_negative, positive
 
 # ---------------------------------------------------------------------------------------------------------------
 # DRAM timing: one channel's organisation and timing, and closed-form streaming times.
@@ -492,11 +492,16 @@ class HostDramParams:
     kv_block_tokens: int
     capacity_bytes: float
     energy_per_byte_j: float
+    # Power of all DIMMs together (docs/metrics.md, "Energy"): background and refresh for the whole run / their
+    # limit at full bandwidth. 0: not modelled.
+    idle_power_w: float = 0.0
+    max_power_w: float = 0.0
     sources: dict = field(default_factory=dict, compare=False, repr=False)
     dram: DramTimingParams = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
         owner = f"host_dram '{self.name}'"
+        check_power(owner, self.idle_power_w, self.max_power_w)
         for name in ("channels", "subchannels_per_channel", "ranks_per_channel", "interleave_bytes",
                      "read_queue_lines", "kv_block_tokens"):
             v = getattr(self, name)

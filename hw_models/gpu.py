@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hw_models.component import Work
-from hw_models.params import fraction, non_negative, positive
+from hw_models.params import check_power, fraction, non_negative, positive
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,9 @@ class GpuParams:
     kernel_launch_s: float
     energy_per_flop_j: float
     energy_per_byte_j: float
+    # Power (docs/metrics.md, "Energy"): drawn for the whole run / the board's limit (TDP). 0: not modelled.
+    idle_power_w: float = 0.0
+    max_power_w: float = 0.0
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -31,6 +34,7 @@ class GpuParams:
         fraction(f"gpu '{self.name}'", flops_efficiency=self.flops_efficiency, bw_efficiency=self.bw_efficiency)
         non_negative(f"gpu '{self.name}'", kernel_launch_s=self.kernel_launch_s,
                      energy_per_flop_j=self.energy_per_flop_j, energy_per_byte_j=self.energy_per_byte_j)
+        check_power(f"gpu '{self.name}'", self.idle_power_w, self.max_power_w)
 
     @property
     def achievable_flops_per_s(self) -> float:

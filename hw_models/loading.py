@@ -26,7 +26,7 @@ HASH_DIGITS = 16
 UNITS = (
     ("_bytes_per_s", "B/s"), ("_flops_per_s", "FLOP/s"), ("_per_array_byte_j", "J/B"), ("_per_io_byte_j", "J/B"),
     ("_per_byte_j", "J/B"), ("_per_flop_j", "J/FLOP"), ("_per_s", "1/s"), ("_bytes", "B"), ("_cycles", "cycles"),
-    ("_s", "s"), ("_j", "J"),
+    ("_s", "s"), ("_j", "J"), ("_w", "W"),
 )
 
 

@@ -38,6 +38,13 @@ def non_negative(owner: str, **values: float) -> None:
             raise HardwareError(f"{owner}: {name} must be zero or positive, got {v!r}")
 
 
+def check_power(owner: str, idle_power_w: float, max_power_w: float) -> None:
+    """Power fields: both zero or positive (0: not modelled); a limit, when given, not below the idle power."""
+    non_negative(owner, idle_power_w=idle_power_w, max_power_w=max_power_w)
+    if max_power_w and max_power_w < idle_power_w:
+        raise HardwareError(f"{owner}: max_power_w ({max_power_w}) must not be below idle_power_w ({idle_power_w})")
+
+
 def split_sources(table: dict, where: str) -> tuple[dict, dict]:
     """Split ``{key: value | {value, source}}`` into plain values and a ``{key: source}`` map."""
     values, sources = {}, {}

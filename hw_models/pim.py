@@ -37,7 +37,7 @@ from hw_models.dram import (
 )
 from hw_models.errors import HardwareError
 from hw_models.loading import PresetDir, did_you_mean, origin_of, read_toml
-from hw_models.params import build, fraction, non_negative, override, positive
+from hw_models.params import build, check_power, fraction, non_negative, override, positive
 
 PIM_PRESET_DIR = Path(__file__).parent / "presets" / "pim"
 PIM_PRESETS = PresetDir(PIM_PRESET_DIR, ".toml", "PIM device")
@@ -106,10 +106,16 @@ class PimChannelParams:
     energy_per_array_byte_j: float
     energy_per_flop_j: float
     energy_per_io_byte_j: float
+    # Power of one channel (docs/metrics.md, "Energy"): background and refresh of its banks and its share of the
+    # device's base die and link, drawn for the whole run; and its power limit, which throttles a phase whose
+    # mean power would exceed it (``power_throttle``). 0: not modelled / no limit.
+    idle_power_w: float = 0.0
+    max_power_w: float = 0.0
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         owner = f"pim channel '{self.name}'"
+        check_power(owner, self.idle_power_w, self.max_power_w)
         if not isinstance(self.timing, DramTimingParams):
             raise HardwareError(f"{owner}: timing must be DRAM timing parameters, got {type(self.timing).__name__}")
         positive(owner, capacity_bytes=self.capacity_bytes, ranks=self.ranks,
@@ -354,6 +360,34 @@ def op_energy_j(ch: PimChannelParams, array_bytes: float, flops: float, io_bytes
     _check("op_energy_j", array_bytes=array_bytes, flops=flops, io_bytes=io_bytes)
     return (array_bytes * ch.energy_per_array_byte_j + flops * ch.energy_per_flop_j
             + io_bytes * ch.energy_per_io_byte_j)
+
+
+def peak_dynamic_power_w(ch: PimChannelParams) -> float:
+    """The largest mean dynamic power one channel's work can reach: its units streaming at the internal bandwidth
+    while computing at their peak FLOP/s, or its interface moving data (into the array) at the external
+    bandwidth, or its near-memory unit at its peak FLOP/s with the scores crossing the interface."""
+    stream = internal_bw_bytes_per_s(ch) * ch.energy_per_array_byte_j + ch.peak_flops_per_s * ch.energy_per_flop_j
+    io = ch.external_bw_bytes_per_s * (ch.energy_per_io_byte_j + ch.energy_per_array_byte_j)
+    near = ch.near_flops_per_s * ch.energy_per_flop_j + ch.external_bw_bytes_per_s * ch.energy_per_io_byte_j
+    return max(stream, io, near)
+
+
+def dynamic_power_cap_w(ch: PimChannelParams) -> float | None:
+    """Dynamic power a channel may draw under its limit, ``max_power_w - idle_power_w``; None without a limit."""
+    return ch.max_power_w - ch.idle_power_w if ch.max_power_w > 0 else None
+
+
+def power_throttle(ch: PimChannelParams, energy_j: float, duration_s: float) -> float:
+    """Stretch factor (>= 1) of a channel's work that takes ``duration_s`` and ``energy_j`` of dynamic energy:
+    when its mean dynamic power exceeds the cap (``dynamic_power_cap_w``), the work is slowed to run at the cap,
+    ``energy_j / (cap x duration_s)``; else 1 (and always 1 without a limit)."""
+    cap = dynamic_power_cap_w(ch)
+    if cap is None or duration_s <= 0 or energy_j <= 0:
+        return 1.0
+    if cap <= 0:
+        raise HardwareError(f"pim channel '{ch.name}': max_power_w ({ch.max_power_w}) leaves no power above "
+                            f"idle_power_w ({ch.idle_power_w}) for work")
+    return max(1.0, energy_j / (cap * duration_s))
 
 
 def _work(ch: PimChannelParams, kind: str, duration_s: float, array_bytes: float, flops: float,

@@ -2,7 +2,9 @@
 
 Left: the mean decode step split as ``Result.breakdown_s`` splits it (compute, exposed communication, idle), per
 step; middle: the same as shares of the step, readable for the fast systems too; right: energy per generated
-token by component (``Result.energy_j``), with numbered channels (``pim.ch17``) summed into one group per device. Runs that do not fit their memory are hatched and say so in their label.
+token by component (``Result.energy_j``), with numbered channels (``pim.ch17``) summed into one group per device,
+each split into its static part (idle power over the whole run, ``Result.energy_static_j``; dotted) and its dynamic
+part (the work; solid). Runs that do not fit their memory are hatched and say so in their label.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from plots.style import BREAKDOWN_COLOURS, new_figure, rc, save, time_unit
 from sim.results import ResultsError, load_results
 
 CHANNEL_PART = re.compile(r"^(.*)\.(\D*?)\d+$")
+STATIC, DYNAMIC = "|static", "|dynamic"  # the two parts of a device's energy bar
 
 
 def component_group(name: str) -> str:
@@ -38,11 +41,16 @@ def plot_breakdown(results_path: str | Path, out: str | Path, title: str | None 
     for r in results:
         g: dict[str, float] = {}
         for comp, joules in r.energy_j.items():
-            g[component_group(comp)] = g.get(component_group(comp), 0.0) + joules / max(r.tokens, 1)
+            static = r.energy_static_j.get(comp, 0.0)
+            for part, j in ((STATIC, static), (DYNAMIC, joules - static)):
+                key = component_group(comp) + part
+                g[key] = g.get(key, 0.0) + j / max(r.tokens, 1)
         groups.append(g)
-    energy_parts = sorted({k for g in groups for k in g})
+    devices = sorted({k.rsplit("|", 1)[0] for g in groups for k in g})
+    energy_parts = [d + part for d in devices for part in (STATIC, DYNAMIC)]
     palette = matplotlib.colormaps["Set2"]
-    energy_colours = {k: palette(i % 8) for i, k in enumerate(energy_parts)}
+    device_colours = {d: palette(i % 8) for i, d in enumerate(devices)}
+    energy_colours = {k: device_colours[k.rsplit("|", 1)[0]] for k in energy_parts}
     unit, scale = time_unit(max(sum(p.values()) for p in per_step))
     shares = [{k: 100 * v / (sum(row.values()) or 1.0) for k, v in row.items()} for row in per_step]
     n = len(results)
@@ -61,8 +69,9 @@ def plot_breakdown(results_path: str | Path, out: str | Path, title: str | None 
                 bars = ax.barh(range(n), widths, left=left, color=colours.get(k, "#888888"), height=0.6,
                                edgecolor="white", linewidth=0.5)
                 for bar, r in zip(bars, results, strict=True):
-                    if not r.fits:
-                        bar.set_hatch("//")
+                    hatch = ("//" if not r.fits else "") + ("..." if k.endswith(STATIC) else "")
+                    if hatch:
+                        bar.set_hatch(hatch)
                 left = [a + b for a, b in zip(left, widths, strict=True)]
             if fmt:
                 for i, total in enumerate(left):
@@ -76,10 +85,11 @@ def plot_breakdown(results_path: str | Path, out: str | Path, title: str | None 
             ax.set_axisbelow(True)
             ax.set_xlabel(xlabel)
             ax.set_title(heading, loc="left")
-        for keys, colours, where in ((parts, BREAKDOWN_COLOURS, "outside lower left"),
-                                     (energy_parts, energy_colours, "outside lower right")):
-            fig.legend(handles=[Patch(color=colours.get(k, "#888888"), label=k.replace("_", " ")) for k in keys],
-                       loc=where, ncols=4, frameon=False)
+        fig.legend(handles=[Patch(color=BREAKDOWN_COLOURS.get(k, "#888888"), label=k.replace("_", " ")) for k in parts],
+                   loc="outside lower left", ncols=4, frameon=False)
+        fig.legend(handles=[Patch(color=device_colours[d], label=d) for d in devices]
+                   + [Patch(facecolor="white", edgecolor="#555555", hatch="...", label="static (idle power x time)")],
+                   loc="outside lower right", ncols=4, frameon=False)
         r0 = results[0]
         fig.suptitle(title or f"{r0.model} on {r0.hardware}: batch {r0.batch}, context {r0.context} "
                      f"(hatched: does not fit)")

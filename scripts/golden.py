@@ -5,8 +5,8 @@
 
 The set covers every variant of the default `compare`, the points of the example sweeps, and the operating points
 of the experiments' tables (offload communication share, capacity wall, system comparison, sensitivity). Each
-entry keeps the step latencies, their closed forms, bytes per link, energy per component and busy time per
-component; ``tests/test_golden.py`` re-runs a sample and compares to 1e-9 relative. Regenerate the file only when
+entry keeps every step's latency, closed form and batch (the run's per-step rows, ``simulate(on_step=...)``, the
+rows its step log would hold), bytes per link, energy per component and busy time per component; ``tests/test_golden.py`` re-runs a sample and compares to 1e-9 relative. Regenerate the file only when
 a change of numbers is intended, and say why in the commit message.
 
 Configurations are flat mappings (the keys of a TOML run file) holding only options of their own system, so the
@@ -107,9 +107,10 @@ def measure(cfg: dict) -> dict:
     cfg = dict(cfg)
     if str(cfg.get("hardware", "")).endswith(".toml"):
         cfg["hardware"] = str(ROOT / cfg["hardware"])
-    r = simulate(from_mapping(cfg, where="golden"))
-    return {"step_latency_s": r.step_latency_s, "analytic_step_latency_s": r.analytic_step_latency_s,
-            "step_batch": r.step_batch, "bytes_by_link": r.bytes_by_link, "energy_j": r.energy_j,
+    steps = []
+    r = simulate(from_mapping(cfg, where="golden"), on_step=steps.append)
+    return {"step_latency_s": [s.latency_s for s in steps], "analytic_step_latency_s": [s.analytic_s for s in steps],
+            "step_batch": [s.n_seqs for s in steps], "bytes_by_link": r.bytes_by_link, "energy_j": r.energy_j,
             "busy_s": r.busy_s, "kv_bytes": r.kv_bytes, "fits": r.fits}
 
 

@@ -51,14 +51,15 @@ def comparison_rows(runs: list[VariantRun]) -> tuple[list[str], list[list[str]]]
     base = baseline_index(runs)
     ref = runs[base].result.tokens_per_s if base is not None else None
     header = ["variant", "step latency", "tokens/s", "speedup", "comm share", "KV cache", "KV lives in", "fits",
-              "energy/token"]
+              "energy/token", "static + dynamic"]
     rows = []
     for r in runs:
         res = r.result
         speedup = f"{res.tokens_per_s / ref:.2f}x" if ref else "-"
         rows.append([r.label, fmt_time(res.mean_step_latency_s), f"{res.tokens_per_s:.2f}", speedup,
                      f"{100 * res.comm_share:.1f} %", fmt_bytes(res.kv_bytes), res.kv_location or "-",
-                     "yes" if res.fits else "NO", f"{res.energy_per_token_j:.3f} J"])
+                     "yes" if res.fits else "NO", f"{res.energy_per_token_j:.3f} J",
+                     f"{res.energy_static_per_token_j:.3f} + {res.energy_dynamic_per_token_j:.3f} J"])
     return header, rows
 
 
@@ -119,7 +120,9 @@ def report_markdown(runs: list[VariantRun], files: dict[str, str]) -> str:
     md += ["| " + " | ".join(row) + " |" for row in rows]
     md += ["", "Speedup: throughput (tokens/s) over the first offload variant's (KV cache in host DRAM, fetched "
            "over PCIe each step); with equal batches it is the step-latency ratio. Comm share: the part of a step "
-           "in which the GPU-host link is busy and no compute unit is.", ""]
+           "in which the GPU-host link is busy and no compute unit is. Energy per generated token: static (idle "
+           "power of every powered device over the run's whole time) plus dynamic (bytes and FLOP of the work).",
+           ""]
     base = baseline_index(runs)
     if base is not None:
         b = runs[base].result
@@ -131,7 +134,8 @@ def report_markdown(runs: list[VariantRun], files: dict[str, str]) -> str:
         if not r.result.fits:
             md.append(f"- {r.label} does not fit: {'; '.join(r.result.fit_reasons)}.")
         for w in r.result.warnings:
-            md.append(f"- {r.label}: {w}.")
+            if not w.startswith("does not fit"):  # said just above
+                md.append(f"- {r.label}: {w}.")
     md += ["", "## Where the time and energy go", "", f"![breakdown]({files['breakdown']})", "",
            "## Timeline of the first traced decode steps", "", f"![timeline]({files['timeline']})", "",
            f"The Chrome trace `{files['trace']}` opens in Perfetto (ui.perfetto.dev) or chrome://tracing; "

@@ -3,15 +3,27 @@
 Components call ``record`` once per piece of work (a span: component, kind, start, end, bytes, FLOP, joules) and
 ``occupy`` once per resource hold. Totals (busy time, bytes, FLOP, energy, per component and per kind) are always
 kept; the spans themselves only for the first ``keep_steps`` steps, so that memory stays flat in long runs.
-``occupy`` intervals are merged per category ("compute", "comm" for the GPU-host link, "link" for device links
-such as GPU-PIM) on the fly: their starts are the simulation
-clock at the time of the hold, which never decreases, so the merged list stays short and gives exposed
-communication time (communication while no compute unit is busy) at the end.
+
+``occupy`` intervals belong to a category ("compute", "comm" for the GPU-host link, "link" for device links such as
+GPU-PIM) and feed the breakdown of a step: compute time (the union of compute intervals), exposed communication
+(host-link time with no compute unit busy) and exposed link time (device-link time covered by neither). Every hold
+starts at the simulation clock of the moment it is taken, which never decreases, so nothing before the start of the
+newest interval can change any more: ``Occupancy`` folds that past into three running totals as the clock moves and
+keeps only, per category, the latest end seen. Memory is constant in the number of steps (a list of merged
+intervals per category grew with every gap between holds). ``tests/test_streaming.py`` checks the fold against the
+batch computation over merged interval lists on random interval streams.
+
+Energy has two parts (docs/metrics.md, "Energy"). *Dynamic* energy is what the work itself costs (bytes and FLOP
+at their energies), recorded with each span or, for parts that do no timed work of their own (DRAM behind a DMA),
+with ``add_energy``. *Static* energy is a device's idle power for as long as it is powered, the whole simulated run:
+``set_static_power`` declares it, ``energy_static_j(duration_s)`` multiplies it out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+CATEGORIES = ("compute", "comm", "link")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,49 +39,72 @@ class Span:
     detail: bool = False  # trace-only: part of work whose totals another component carries
 
 
-class IntervalUnion:
-    """Union of intervals whose starts arrive in non-decreasing order."""
+class Occupancy:
+    """Compute time, exposed host-link time and exposed device-link time of intervals whose starts arrive in
+    non-decreasing order (over all categories together), folded as they arrive.
 
-    __slots__ = ("starts", "ends")
+    At any moment the intervals seen so far all start at or before ``now_s`` (the newest start), so on
+    [``now_s``, inf) the union of one category's intervals is the single interval [``now_s``, latest end of that
+    category). When a later start T arrives, the window [``now_s``, T) is final: within it compute covers
+    c = min(compute end - now, T - now) from the window's start, host-link time m and device-link time l likewise,
+    so the window adds c to compute, max(0, m - c) to exposed communication and max(0, l - max(c, m)) to exposed
+    link time. Three floats per category; constant time per interval.
+    """
+
+    __slots__ = ("now_s", "ends_s", "compute_s", "exposed_comm_s", "exposed_link_s")
 
     def __init__(self):
-        self.starts: list[float] = []
-        self.ends: list[float] = []
+        self.now_s: float | None = None
+        self.ends_s = [0.0, 0.0, 0.0]  # latest end per category (indices of CATEGORIES)
+        self.compute_s = 0.0
+        self.exposed_comm_s = 0.0
+        self.exposed_link_s = 0.0
 
-    def add(self, start: float, end: float) -> None:
-        if end <= start:
+    def add(self, category: int, start_s: float, end_s: float) -> None:
+        """An interval of category ``category`` (an index of ``CATEGORIES``); ``start_s`` never decreases."""
+        if start_s != self.now_s:
+            self._advance(start_s)
+        ends = self.ends_s
+        if end_s > ends[category]:
+            ends[category] = end_s
+
+    def _advance(self, t_s: float) -> None:
+        """Move the clock to ``t_s``, folding [now, t_s) into the totals."""
+        now = self.now_s
+        if now is None:
+            self.now_s = t_s
+            self.ends_s = [t_s, t_s, t_s]
             return
-        if self.ends and start <= self.ends[-1]:
-            if end > self.ends[-1]:
-                self.ends[-1] = end
-        else:
-            self.starts.append(start)
-            self.ends.append(end)
+        if t_s < now:
+            raise ValueError(f"occupancy intervals must arrive in non-decreasing start order: {t_s} after {now}")
+        self.now_s = t_s
+        ec, em, el = self.ends_s
+        if ec <= now and em <= now and el <= now:  # nothing was busy: the window adds nothing
+            return
+        # _window, inlined: this runs for most resource holds
+        w = t_s - now
+        c, m, lk = ec - now, em - now, el - now
+        c = 0.0 if c < 0.0 else (w if c > w else c)
+        m = 0.0 if m < 0.0 else (w if m > w else m)
+        lk = 0.0 if lk < 0.0 else (w if lk > w else lk)
+        self.compute_s += c
+        if m > c:
+            self.exposed_comm_s += m - c
+        if lk > c and lk > m:
+            self.exposed_link_s += lk - (c if c > m else m)
 
-    def total(self) -> float:
-        return sum(e - s for s, e in zip(self.starts, self.ends, strict=True))
+    def _window(self, width_s: float) -> tuple[float, float, float]:
+        """(compute, exposed comm, exposed link) in [now, now + width)."""
+        now = self.now_s
+        c, m, lk = (min(max(0.0, e - now), width_s) for e in self.ends_s)
+        return c, max(0.0, m - c), max(0.0, lk - max(c, m))
 
-    def minus_total(self, other: IntervalUnion) -> float:
-        """Measure of self minus other (both sorted, disjoint)."""
-        total, j = 0.0, 0
-        os, oe = other.starts, other.ends
-        for s, e in zip(self.starts, self.ends, strict=True):
-            covered = 0.0
-            while j < len(os) and oe[j] <= s:
-                j += 1
-            k = j
-            while k < len(os) and os[k] < e:
-                covered += min(e, oe[k]) - max(s, os[k])
-                k += 1
-            total += (e - s) - covered
-        return total
-
-
-def merged(a: IntervalUnion, b: IntervalUnion) -> IntervalUnion:
-    out = IntervalUnion()
-    for s, e in sorted(zip(a.starts + b.starts, a.ends + b.ends, strict=True)):
-        out.add(s, e)
-    return out
+    def totals(self) -> tuple[float, float, float]:
+        """(compute, exposed comm, exposed link) over everything added so far (the open window included)."""
+        if self.now_s is None:
+            return 0.0, 0.0, 0.0
+        c, m, lk = self._window(float("inf"))
+        return self.compute_s + c, self.exposed_comm_s + m, self.exposed_link_s + lk
 
 
 class Tracer:
@@ -84,12 +119,15 @@ class Tracer:
         self.totals: dict[str, list[float]] = {}
         self.kind_busy_s: dict[str, float] = {}
         self.energy_only_j: dict[str, float] = {}
-        self.unions = {"compute": IntervalUnion(), "comm": IntervalUnion(), "link": IntervalUnion()}
+        self.static_power_w: dict[str, float] = {}
+        self.category_index: dict[str, int] = {}
+        self.occupancy = Occupancy()
 
     def register(self, component: str, category: str) -> None:
-        if category not in self.unions:
-            raise ValueError(f"category must be one of {sorted(self.unions)}, got {category!r}")
+        if category not in CATEGORIES:
+            raise ValueError(f"category must be one of {sorted(CATEGORIES)}, got {category!r}")
         self.category[component] = category
+        self.category_index[component] = CATEGORIES.index(category)
         self.totals.setdefault(component, [0.0, 0.0, 0.0, 0.0, 0])
 
     def record(self, component: str, kind: str, start_s: float, end_s: float,
@@ -116,11 +154,15 @@ class Tracer:
         return self.step < self.keep_steps
 
     def occupy(self, component: str, start_s: float, end_s: float) -> None:
-        self.unions[self.category[component]].add(start_s, end_s)
+        self.occupancy.add(self.category_index[component], start_s, end_s)
 
     def add_energy(self, component: str, energy_j: float) -> None:
         """Energy of a part that does no timed work of its own (memory read by a DMA, for instance)."""
         self.energy_only_j[component] = self.energy_only_j.get(component, 0.0) + energy_j
+
+    def set_static_power(self, component: str, power_w: float) -> None:
+        """``component`` draws ``power_w`` for the whole run, busy or not (its idle power)."""
+        self.static_power_w[component] = self.static_power_w.get(component, 0.0) + power_w
 
     # --- summaries ------------------------------------------------------------------------------------------------
     def busy_s(self) -> dict[str, float]:
@@ -129,19 +171,30 @@ class Tracer:
     def bytes_by_component(self) -> dict[str, float]:
         return {c: t[1] for c, t in sorted(self.totals.items())}
 
-    def energy_j(self) -> dict[str, float]:
+    def energy_dynamic_j(self) -> dict[str, float]:
+        """Per component: the energy of its work (recorded spans plus ``add_energy``)."""
         out = {c: t[3] for c, t in self.totals.items()}
         for c, e in self.energy_only_j.items():
             out[c] = out.get(c, 0.0) + e
         return dict(sorted(out.items()))
 
+    def energy_static_j(self, duration_s: float) -> dict[str, float]:
+        """Per component with a static power: that power for ``duration_s`` (the run's simulated time)."""
+        return {c: w * duration_s for c, w in sorted(self.static_power_w.items())}
+
+    def energy_j(self, duration_s: float = 0.0) -> dict[str, float]:
+        """Per component: static energy over ``duration_s`` plus dynamic energy (every component of either)."""
+        dynamic, static = self.energy_dynamic_j(), self.energy_static_j(duration_s)
+        return {c: static.get(c, 0.0) + dynamic.get(c, 0.0) for c in sorted(set(dynamic) | set(static))}
+
     def compute_busy_s(self) -> float:
-        return self.unions["compute"].total()
+        """Time in which any compute unit is busy (the measure of the union of their holds)."""
+        return self.occupancy.totals()[0]
 
     def exposed_comm_s(self) -> float:
         """Host-link (PCIe) time with no compute unit busy."""
-        return self.unions["comm"].minus_total(self.unions["compute"])
+        return self.occupancy.totals()[1]
 
     def exposed_link_s(self) -> float:
         """Device-link time (GPU-PIM) with neither compute nor host-link traffic under way."""
-        return self.unions["link"].minus_total(merged(self.unions["compute"], self.unions["comm"]))
+        return self.occupancy.totals()[2]

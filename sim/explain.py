@@ -195,7 +195,11 @@ def explain_result(result: Result, spans: list, topology: Topology, model: Model
     """The explanation of ``result``, simulated on ``topology``."""
     steps = sorted({s.step for s in spans})
     n = len(steps) or 1
-    step_s = sum(result.step_latency_s[i] for i in steps) / n if steps else result.mean_step_latency_s
+    traced = result.traced_step_latency_s  # latencies of the steps whose spans were kept
+    if steps and steps[-1] < len(traced):
+        step_s = sum(traced[i] for i in steps) / n
+    else:
+        step_s = result.mean_step_latency_s
     links, limits = _link_rates(topology), _compute_limits(topology)
     us = usage_from_spans(spans, n, set(result.busy_s))
     lines = [f"{result.system} | {result.model} | {result.hardware} | batch {result.batch} | "

@@ -20,6 +20,12 @@ def fmt_time(s: float) -> str:
     return f"{s * 1e6:.1f} us"
 
 
+def fmt_energy_split(r: Result) -> str:
+    """``76.9 J (static 74.9 J + dynamic 2.0 J)``: energy per generated token and its two parts."""
+    return (f"{r.energy_per_token_j:.3f} J (static {r.energy_static_per_token_j:.3f} J + dynamic "
+            f"{r.energy_dynamic_per_token_j:.3f} J)")
+
+
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
@@ -30,13 +36,19 @@ def summary(r: Result) -> str:
     rows = [
         ("mean step latency", fmt_time(r.mean_step_latency_s)),
         ("analytic " + ("(exact)" if r.analytic_exact else "(lower bound)"), fmt_time(r.analytic_mean_step_latency_s)),
-        ("throughput", f"{r.tokens_per_s:.2f} tokens/s"),
+        ("throughput", f"{r.tokens_per_s:.2f} tokens/s over the wall clock"
+                       + (f" ({r.busy_tokens_per_s:.2f} while decoding)"
+                          if r.busy_tokens_per_s > r.tokens_per_s * (1 + 1e-9) else "")),
         ("time to next token p50/p99", f"{fmt_time(r.ttnt_p50_s)} / {fmt_time(r.ttnt_p99_s)}"),
+        ("step latency min/max", f"{fmt_time(r.step_latency_min_s)} / {fmt_time(r.step_latency_max_s)}"),
         ("GPU-host communication share", f"{100 * r.comm_share:.1f} %"),
         ("KV cache (peak)", f"{fmt_bytes(r.kv_bytes)} in {r.kv_location}"),
         ("fits", "yes" if r.fits else "NO: " + "; ".join(r.fit_reasons)),
-        ("energy per token", f"{r.energy_per_token_j:.3f} J"),
+        ("energy per token", fmt_energy_split(r)),
+        ("mean power", f"{r.mean_power_w:.1f} W (idle power of every device plus its work, over the whole run)"),
     ]
+    if 0 < r.peak_batch < r.batch:
+        rows.append(("largest batch", f"{r.peak_batch} sequences (of {r.batch} allowed)"))
     if "accuracy" in r.details:
         rows.append(("KV format accuracy", f"{r.details['kv_format']}: {r.details['accuracy']}"))
     for k, v in r.breakdown_s.items():
@@ -47,6 +59,11 @@ def summary(r: Result) -> str:
     for k, v in r.busy_s.items():
         if v > 0:
             rows.append((f"busy: {k}", fmt_time(v / max(r.steps, 1)) + " per step"))
+    tokens = max(r.tokens, 1)
+    for k, v in r.energy_j.items():
+        if v > 0:
+            rows.append((f"energy: {k}", f"{v / tokens:.3f} J per token (static "
+                         f"{r.energy_static_j.get(k, 0.0) / tokens:.3f} J)"))
     out = head + "\n" + table(rows)
     for w in r.warnings:
         out += f"\nwarning: {w}"

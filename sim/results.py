@@ -7,6 +7,11 @@ tell configurations apart, a sweep's file names and its record schema (one JSON 
 CSV row, and ``load_results``, labelled Results from any results file. Writing stays with the simulator
 (``sim.sweep``); nothing here imports another part of ``sim``, hw_models, workloads or a third-party package.
 
+A Result holds no list that grows with the number of decode steps (schema 2): per-step figures are streamed
+aggregates (``sim.stats``), and the per-step rows go, on request, to a step log: a CSV file with the columns
+``STEP_LOG_COLUMNS``, one line per step, read back by ``read_step_log``. ``Result.from_dict`` reads schema-1 files
+too (they carried per-step lists): the aggregates are derived from those lists, the lists themselves are dropped.
+
 A Result's JSON is written with sorted keys and Python's shortest round-trip float repr, so the same run gives the
 same bytes. Nothing time-of-day or host-specific goes in. A file that cannot be read or has the wrong shape raises
 ``ResultsError``: one line naming the file and what is wrong.
@@ -14,13 +19,18 @@ same bytes. Nothing time-of-day or host-specific goes in. A file that cannot be 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-RESULT_SCHEMA_VERSION = 1
+RESULT_SCHEMA_VERSION = 3
+
+# Schema 1 kept these per-step lists in the Result; schema 2 keeps streamed aggregates and, on request, a step log.
+SCHEMA1_STEP_LISTS = ("step_latency_s", "step_batch", "step_kv_tokens", "analytic_step_latency_s")
 
 # A sweep's output folder.
 RESULTS_JSONL = "results.jsonl"
@@ -41,9 +51,6 @@ class Result:
     context: int
     steps: int
     seed: int
-    step_latency_s: list[float]
-    step_batch: list[int]
-    step_kv_tokens: list[int]
     mean_step_latency_s: float
     total_time_s: float
     tokens: int
@@ -62,7 +69,6 @@ class Result:
     kv_location: str
     fits: bool
     fit_reasons: list[str]
-    analytic_step_latency_s: list[float]
     analytic_mean_step_latency_s: float
     analytic_exact: bool
     warnings: list[str]
@@ -70,6 +76,23 @@ class Result:
     details: dict = field(default_factory=dict)
     option_defaults: dict = field(default_factory=dict)  # the system's options at their defaults (for labels)
     provenance: dict = field(default_factory=dict)  # input -> "file sha256:..." (docs/metrics.md)
+    # Streamed over the steps (schema 2; docs/metrics.md). Defaults only for files of schema 1 without step lists.
+    ttnt_mean_s: float = 0.0
+    busy_tokens_per_s: float = 0.0  # tokens over the time some step ran (idle waiting excluded)
+    step_latency_min_s: float = 0.0
+    step_latency_max_s: float = 0.0
+    peak_batch: int = 0
+    peak_kv_tokens: int = 0
+    analytic_max_rel_gap: float = 0.0
+    analytic_max_rel_undershoot: float = 0.0
+    traced_step_latency_s: list[float] = field(default_factory=list)  # the first min(trace_steps, steps) steps
+    # Energy split (schema 3; docs/metrics.md, "Energy"): ``energy_j`` is their sum per component. Defaults only for
+    # files of schema 1 and 2, whose ``energy_j`` was dynamic energy alone.
+    energy_static_j: dict[str, float] = field(default_factory=dict)
+    energy_dynamic_j: dict[str, float] = field(default_factory=dict)
+    energy_static_per_token_j: float = 0.0
+    energy_dynamic_per_token_j: float = 0.0
+    mean_power_w: float = 0.0
     schema_version: int = RESULT_SCHEMA_VERSION
 
     def to_dict(self) -> dict:
@@ -80,12 +103,100 @@ class Result:
 
     @classmethod
     def from_dict(cls, d: dict) -> Result:
+        """A Result from its dict; a schema-1 dict's per-step lists become the aggregates that replaced them."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in upgrade_schema2(upgrade_schema1(d)).items() if k in names})
 
     @classmethod
     def from_json(cls, text: str) -> Result:
         return cls.from_dict(json.loads(text))
+
+
+def upgrade_schema1(d: dict) -> dict:
+    """``d`` with the streamed aggregates of schema 2 derived from schema 1's per-step lists where it has them
+    (the lists stay in the returned dict; ``Result.from_dict`` ignores them). Other dicts are returned as they are."""
+    lat, batch = d.get("step_latency_s"), d.get("step_batch")
+    if not isinstance(lat, list) or not isinstance(batch, list) or not lat or len(lat) != len(batch):
+        return d
+    try:
+        derived = _schema1_aggregates(d, lat, batch)
+    except (TypeError, ValueError):  # damaged lists: leave the aggregates at their defaults
+        return d
+    out = dict(d)
+    for k, v in derived.items():
+        out.setdefault(k, v)
+    return out
+
+
+def upgrade_schema2(d: dict) -> dict:
+    """``d`` of schema 1 or 2, whose ``energy_j`` was dynamic energy alone (no static power was modelled), with that
+    energy named as the dynamic part of schema 3; other dicts are returned as they are."""
+    if not isinstance(d, dict) or d.get("schema_version", RESULT_SCHEMA_VERSION) >= 3 or "energy_dynamic_j" in d:
+        return d
+    out = dict(d)
+    if isinstance(d.get("energy_j"), dict):
+        out["energy_dynamic_j"] = dict(d["energy_j"])
+    if isinstance(d.get("energy_per_token_j"), int | float):
+        out["energy_dynamic_per_token_j"] = d["energy_per_token_j"]
+    return out
+
+
+def _schema1_aggregates(d: dict, lat: list, batch: list) -> dict:
+    tokens = sum(batch)
+    kv = d.get("step_kv_tokens")
+    config = d.get("config") if isinstance(d.get("config"), dict) else {}
+    derived = {"ttnt_mean_s": sum(v * n for v, n in zip(lat, batch, strict=True)) / tokens if tokens else 0.0,
+               "step_latency_min_s": min(lat), "step_latency_max_s": max(lat), "peak_batch": max(batch),
+               "peak_kv_tokens": max(kv) if isinstance(kv, list) and kv else 0,
+               "traced_step_latency_s": lat[:int(config.get("trace_steps", 0))]}
+    analytic = d.get("analytic_step_latency_s")
+    if isinstance(analytic, list) and len(analytic) == len(lat):
+        pairs = [(s, a) for s, a in zip(lat, analytic, strict=True) if a > 0]
+        derived["analytic_max_rel_gap"] = max((abs(s - a) / a for s, a in pairs), default=0.0)
+        derived["analytic_max_rel_undershoot"] = max([0.0] + [(a - s) / a for s, a in pairs])
+    return derived
+
+
+# --- the step log --------------------------------------------------------------------------------------------------
+# One CSV line per decode step, written as the run goes when asked for (``sim.run.run_simulation(step_log=...)``):
+# the step's index, its start (simulated time), its simulated and closed-form latency, whether the closed form is
+# exact (1/0), its sequences and the KV tokens they attend. Floats are written as Python's shortest round-trip repr,
+# so the file holds the same numbers as the run.
+class StepRow(NamedTuple):
+    """One decode step: a line of the step log (seconds of simulated time, tokens)."""
+
+    step: int
+    start_s: float
+    latency_s: float
+    analytic_s: float
+    exact: bool
+    n_seqs: int
+    kv_tokens: int
+
+
+STEP_LOG_COLUMNS = StepRow._fields
+_STEP_LOG_TYPES = (int, float, float, float, lambda x: bool(int(x)), int, int)
+
+
+def read_step_log(path: str | Path) -> dict[str, list]:
+    """A step log as columns: ``{"step": [...], "latency_s": [...], ...}`` (``STEP_LOG_COLUMNS``, typed)."""
+    p = Path(path)
+    try:
+        with open(p, newline="", encoding="utf-8") as f:
+            rows = csv.reader(f)
+            header = next(rows, None)
+            if header is None or tuple(header) != STEP_LOG_COLUMNS:
+                raise ResultsError(f"{p}: not a step log (expected the header {','.join(STEP_LOG_COLUMNS)})")
+            cols: dict[str, list] = {c: [] for c in STEP_LOG_COLUMNS}
+            for number, row in enumerate(rows, 2):
+                try:
+                    for c, convert, v in zip(STEP_LOG_COLUMNS, _STEP_LOG_TYPES, row, strict=True):
+                        cols[c].append(convert(v))
+                except ValueError:
+                    raise ResultsError(f"{p}: line {number} is not a step-log row") from None
+    except OSError as e:
+        raise ResultsError(f"{p}: cannot read: {e.strerror or e}") from None
+    return cols
 
 
 # The JSON type each Result field must have, from its annotation (numbers: int or float, never bool).

@@ -4,11 +4,22 @@ The driver process admits requests, forms each step's batch, asks the system for
 functions, evaluated once), runs the system's step process on it, and records the step's latency next to the
 plan's closed-form estimate. The simulation's event count grows with steps x layers (x channels for PIM
 systems), not with context length or bytes.
+
+Memory does not grow with steps: each finished step is folded into streamed aggregates (``sim.stats.StepStats``),
+the tracer folds its busy intervals as the clock advances and keeps spans of the first ``trace_steps`` steps
+only, and the largest batch (for the capacity report) is one object. Per-step rows exist only on request: a step
+log (``step_log=path``: CSV, one line per step, ``sim.results.STEP_LOG_COLUMNS``) is written through a buffered
+temporary file that replaces ``path`` when the run ends, so a reader never sees a partial log; ``on_step`` (a
+function) receives each step's ``StepRow`` as it ends, for callers that check steps in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import simpy
@@ -17,11 +28,13 @@ from hw_models.machine import MachineParams, load_machine
 from hw_models.pim import PimDeviceParams
 from sim.config import DEFAULT_STEPS, RunConfig
 from sim.engine import Span, Tracer
+from sim.io import open_atomic
 from sim.machine import Machine
-from sim.results import Result
+from sim.results import STEP_LOG_COLUMNS, Result, StepRow
+from sim.stats import StepStats
 from sim.systems import SYSTEMS
 from sim.systems.base import Capacity, StepBatch, System
-from sim.topology import Topology
+from sim.topology import GPU, HOST_CPU, HOST_DRAM, PIM, Topology
 from workloads.models import ModelSpec, load_model
 from workloads.traces import ContinuousBatcher, fixed_requests, load_requests, synthetic_requests
 
@@ -34,38 +47,43 @@ def build_requests(cfg: RunConfig, rng: np.random.Generator):
     return fixed_requests(cfg.batch, cfg.context, cfg.steps or DEFAULT_STEPS)
 
 
-def _percentile_weighted(values: list[float], weights: list[int], q: float) -> float:
-    """Percentile of per-token latencies: each step's latency counts once per sequence in that step."""
-    order = np.argsort(values, kind="stable")
-    v = np.asarray(values)[order]
-    w = np.asarray(weights, dtype=float)[order]
-    cum = np.cumsum(w)
-    idx = int(np.searchsorted(cum, q / 100.0 * cum[-1], side="left"))
-    return float(v[min(idx, len(v) - 1)])
-
-
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    """What one decode step did: its simulated and closed-form latency and the batch it served."""
-
-    latency_s: float
-    analytic_s: float
-    exact: bool
-    n_seqs: int
-    kv_tokens: int
-
-
 @dataclass
 class RunLog:
-    """The steps of one run, and the largest batch (by KV tokens) for the capacity report."""
+    """What the run keeps about its steps: streamed aggregates, the largest batch (by KV tokens) for the capacity
+    report, and the latencies of the traced steps (at most ``trace_steps``)."""
 
-    steps: list[StepRecord] = field(default_factory=list)
+    trace_steps: int = 0
+    stats: StepStats = field(default_factory=StepStats)
     peak: StepBatch | None = None
+    traced_latency_s: list[float] = field(default_factory=list)
 
-    def add(self, batch: StepBatch, record: StepRecord) -> None:
+    def add(self, batch: StepBatch, latency_s: float, analytic_s: float, exact: bool) -> None:
         if self.peak is None or batch.kv_tokens > self.peak.kv_tokens:
             self.peak = batch
-        self.steps.append(record)
+        if self.stats.steps < self.trace_steps:
+            self.traced_latency_s.append(latency_s)
+        self.stats.add(latency_s, analytic_s, exact, batch.n_seqs)
+
+
+@contextlib.contextmanager
+def step_log_writer(path: str | Path | None) -> Iterator[Callable[[StepRow], None] | None]:
+    """A function that appends a step's row to the step log at ``path`` (None: no log, yields None).
+
+    Rows go through a buffered temporary file beside ``path`` that replaces it when the block ends without error
+    (``sim.io.open_atomic``); on an error the temporary file is removed and ``path`` is left as it was."""
+    if path is None:
+        yield None
+        return
+    with open_atomic(path, newline="") as f:
+        f.write(",".join(STEP_LOG_COLUMNS) + "\n")
+        write = f.write
+
+        def row(r: StepRow) -> None:
+            # repr of a float is its shortest round-trip form: the file holds the run's numbers exactly
+            write(f"{r.step},{r.start_s!r},{r.latency_s!r},{r.analytic_s!r},{int(r.exact)},{r.n_seqs},"
+                  f"{r.kv_tokens}\n")
+
+        yield row
 
 
 @dataclass(frozen=True)
@@ -79,21 +97,29 @@ class Run:
 
 
 def simulate(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
-             pim: PimDeviceParams | None = None) -> Result:
-    return run_simulation(cfg, params, model, pim).result
+             pim: PimDeviceParams | None = None, step_log: str | Path | None = None,
+             on_step: Callable[[StepRow], None] | None = None) -> Result:
+    """Run one simulation and return its Result; ``step_log``, ``on_step``: as ``run_simulation``."""
+    return run_simulation(cfg, params, model, pim, step_log=step_log, on_step=on_step).result
 
 
 def simulate_traced(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
-                    pim: PimDeviceParams | None = None) -> tuple[Result, list[Span]]:
-    """Run one simulation; also return the spans of the first ``cfg.trace_steps`` steps."""
-    run = run_simulation(cfg, params, model, pim)
+                    pim: PimDeviceParams | None = None, step_log: str | Path | None = None,
+                    on_step: Callable[[StepRow], None] | None = None) -> tuple[Result, list[Span]]:
+    """Run one simulation; also return the spans of the first ``cfg.trace_steps`` steps. ``step_log``,
+    ``on_step``: as ``run_simulation``."""
+    run = run_simulation(cfg, params, model, pim, step_log=step_log, on_step=on_step)
     return run.result, run.spans
 
 
 def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
-                   pim: PimDeviceParams | None = None) -> Run:
+                   pim: PimDeviceParams | None = None, step_log: str | Path | None = None,
+                   on_step: Callable[[StepRow], None] | None = None) -> Run:
     """Simulate ``cfg``. ``params``, ``model`` and ``pim`` replace what the configuration names (for studies
-    that vary parameters no preset has)."""
+    that vary parameters no preset has). ``step_log``: a CSV file that receives one line per decode step
+    (``sim.results.STEP_LOG_COLUMNS``; read it back with ``sim.results.read_step_log``), written as the run goes
+    and in place only when the run ends. ``on_step``: called with each step's ``StepRow`` as the step ends.
+    Without either, no per-step record is kept."""
     model = model or load_model(cfg.model)
     params = params or load_machine(cfg.hardware)
     system_cls = SYSTEMS[cfg.system]
@@ -114,9 +140,9 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
     token_budget = system.token_budget(cfg.effective_max_batch)
     batcher = ContinuousBatcher(requests, cfg.effective_max_batch)
     step_cap = cfg.steps if cfg.uses_requests else None
-    log = RunLog()
+    log = RunLog(trace_steps=cfg.trace_steps)
 
-    def driver():
+    def driver(sinks):
         step = 0
         while not batcher.done and (step_cap is None or step < step_cap):
             batcher.admit(env.now, token_budget)
@@ -130,14 +156,22 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
             t0 = env.now
             yield env.process(system.step(plan))
             est = system.estimate(plan)
-            log.add(batch, StepRecord(env.now - t0, est.latency_s, est.exact, batch.n_seqs, batch.kv_tokens))
+            latency, analytic = float(env.now - t0), float(est.latency_s)
+            log.add(batch, latency, analytic, est.exact)
+            if sinks:
+                row = StepRow(step, float(t0), latency, analytic, bool(est.exact), batch.n_seqs, batch.kv_tokens)
+                for sink in sinks:
+                    sink(row)
             batcher.advance()
             step += 1
 
-    env.process(driver())
-    env.run()
+    with step_log_writer(step_log) as write_step:
+        env.process(driver([f for f in (write_step, on_step) if f is not None]))
+        env.run()
     context = max(r.prompt_tokens for r in requests)
-    result = _result(cfg, params, model, system, tracer, topology, env.now, log, warnings, context)
+    first_arrival_s = min(r.arrival_s for r in requests)
+    result = _result(cfg, params, model, system, tracer, topology, env.now - first_arrival_s, log, warnings,
+                     context)
     return Run(result, tracer.spans, topology, model)
 
 
@@ -148,45 +182,102 @@ def _capacity(system: System, model: ModelSpec, peak: StepBatch | None) -> Capac
     return system.capacity(float((peak.kv_tokens + peak.n_seqs) * model.kv_bytes_per_token), peak)
 
 
+def static_power_w(topology: Topology) -> dict[str, float]:
+    """Idle power of every device powered during a run, by the component its energy is booked on: the GPU, the
+    host CPU socket, host DRAM, the PCIe link (half per direction: each direction is its own lane pairs) and,
+    when the system has one, the PIM device (channels x a channel's idle power)."""
+    p = topology.params
+    out = {GPU: p.gpu.idle_power_w, HOST_CPU: p.cpu.idle_power_w, HOST_DRAM: p.host_dram.idle_power_w,
+           "pcie.h2d": p.pcie.idle_power_w / 2, "pcie.d2h": p.pcie.idle_power_w / 2}
+    if topology.pim is not None:
+        out[PIM] = topology.pim.channels * topology.pim.channel.idle_power_w
+    return out
+
+
+def _energy(tracer: Tracer, topology: Topology, end_s: float, tokens: int) -> dict:
+    """The Result's energy fields: static (idle power x the run's whole simulated time) and dynamic (work) per
+    component, their sum per component, and the totals per generated token."""
+    for component, watts in static_power_w(topology).items():
+        tracer.set_static_power(component, watts)
+    static, dynamic = tracer.energy_static_j(end_s), tracer.energy_dynamic_j()
+    total = tracer.energy_j(end_s)
+
+    def per_token(joules: dict) -> float:
+        return sum(joules.values()) / tokens if tokens else 0.0
+
+    return {"energy_j": total, "energy_static_j": static, "energy_dynamic_j": dynamic,
+            "energy_per_token_j": per_token(total), "energy_static_per_token_j": per_token(static),
+            "energy_dynamic_per_token_j": per_token(dynamic),
+            "mean_power_w": sum(total.values()) / end_s if end_s > 0 else 0.0}
+
+
+def _power_cap_warning(details: dict) -> list[str]:
+    throttle = details.get("pim_power_throttle", 1.0)
+    if throttle <= 1.0:
+        return []
+    return [f"PIM power cap binds: channel work stretched up to {throttle:.3f}x so that no channel draws more than "
+            f"its max_power_w ({details['pim_power_cap_w']:.1f} W for the device)"]
+
+
 def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: System, tracer: Tracer,
-            topology: Topology, end_s: float, log: RunLog, warnings: list[str], context: int) -> Result:
-    lat = [s.latency_s for s in log.steps]
-    nseq = [s.n_seqs for s in log.steps]
-    analytic = [s.analytic_s for s in log.steps]
-    tokens = int(sum(nseq))
-    decode_s = float(sum(lat))
+            topology: Topology, wall_s: float, log: RunLog, warnings: list[str], context: int) -> Result:
+    """``wall_s``: from the first request's arrival to the last token."""
+    st = log.stats
+    tokens = st.tokens
+    decode_s = st.latency_sum_s
     cap = _capacity(system, model, log.peak)
     if cap and not cap.fits:
         warnings.append("does not fit: " + "; ".join(cap.reasons))
     compute_s = tracer.compute_busy_s()
     exposed_comm_s = tracer.exposed_comm_s()
     exposed_link_s = tracer.exposed_link_s()
-    energy = tracer.energy_j()
+    energy = _energy(tracer, topology, wall_s, tokens)
+    if cap:
+        warnings.extend(_power_cap_warning(cap.details))
     busy = tracer.busy_s()
     link_names = {link.name for link in topology.links if link.resource}
     links = {c: b for c, b in tracer.bytes_by_component().items() if c in link_names}
     provenance = {"model": model.origin, "hardware": params.origin}
     if topology.pim is not None:
         provenance.update(pim=topology.pim.origin, dram_timing=topology.pim.channel.timing.origin)
-    return Result(
+    return _finite(Result(
         system=cfg.system, model=model.name, hardware=params.name, batch=cfg.effective_max_batch,
-        context=context, steps=len(lat), seed=cfg.seed,
-        step_latency_s=lat, step_batch=nseq, step_kv_tokens=[s.kv_tokens for s in log.steps],
-        mean_step_latency_s=decode_s / len(lat) if lat else 0.0,
-        total_time_s=end_s, tokens=tokens, tokens_per_s=tokens / decode_s if decode_s > 0 else 0.0,
-        ttnt_p50_s=_percentile_weighted(lat, nseq, 50) if lat else 0.0,
-        ttnt_p90_s=_percentile_weighted(lat, nseq, 90) if lat else 0.0,
-        ttnt_p99_s=_percentile_weighted(lat, nseq, 99) if lat else 0.0,
+        context=context, steps=st.steps, seed=cfg.seed,
+        mean_step_latency_s=decode_s / st.steps if st.steps else 0.0,
+        total_time_s=wall_s, tokens=tokens, tokens_per_s=tokens / wall_s if wall_s > 0 else 0.0,
+        busy_tokens_per_s=tokens / decode_s if decode_s > 0 else 0.0,
+        ttnt_p50_s=st.ttnt.percentile(50), ttnt_p90_s=st.ttnt.percentile(90), ttnt_p99_s=st.ttnt.percentile(99),
         busy_s=busy, busy_by_kind_s=dict(sorted(tracer.kind_busy_s.items())),
         breakdown_s={"compute": compute_s, "exposed_comm": exposed_comm_s, "exposed_link": exposed_link_s,
                      "idle": max(0.0, decode_s - compute_s - exposed_comm_s - exposed_link_s)},
         comm_share=exposed_comm_s / decode_s if decode_s > 0 else 0.0,
-        bytes_by_link=links, energy_j=energy,
-        energy_per_token_j=sum(energy.values()) / tokens if tokens else 0.0,
+        bytes_by_link=links, **energy,
         kv_bytes=cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "", fits=bool(cap and cap.fits),
         fit_reasons=list(cap.reasons) if cap else ["no decode step ran"],
-        analytic_step_latency_s=analytic,
-        analytic_mean_step_latency_s=float(np.mean(analytic)) if lat else 0.0,
-        analytic_exact=all(s.exact for s in log.steps), warnings=warnings, config=cfg.to_dict(),
+        analytic_mean_step_latency_s=st.analytic_sum_s / st.steps if st.steps else 0.0,
+        analytic_exact=st.analytic_exact, warnings=warnings, config=cfg.to_dict(),
         details=dict(cap.details) if cap else {}, option_defaults=type(cfg.options).defaults(),
-        provenance=provenance)
+        provenance=provenance,
+        ttnt_mean_s=st.token_latency_sum_s / tokens if tokens else 0.0,
+        step_latency_min_s=st.latency_min_s if st.steps else 0.0, step_latency_max_s=st.latency_max_s,
+        peak_batch=st.peak_batch, peak_kv_tokens=log.peak.kv_tokens if log.peak else 0,
+        analytic_max_rel_gap=st.max_rel_gap, analytic_max_rel_undershoot=st.max_rel_undershoot,
+        traced_step_latency_s=list(log.traced_latency_s)))
+
+
+def _non_finite(value, path: str) -> list[str]:
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{path}.{k}")]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{path}[{i}]")]
+    return []
+
+
+def _finite(result: Result) -> Result:
+    """Every input is checked before a run, so a NaN or inf in a Result is a bug: say where, loudly."""
+    bad = _non_finite(result.to_dict(), "result")
+    if bad:
+        raise RuntimeError(f"bug: non-finite values in {', '.join(bad[:5])} (config {result.config})")
+    return result

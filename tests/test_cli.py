@@ -7,7 +7,7 @@ import pytest
 from sim.cli import main
 
 SMALL = ["--batch", "2", "--context", "4096", "--steps", "2"]
-REQUIRED_KEYS = {"system", "model", "batch", "context", "steps", "step_latency_s", "mean_step_latency_s",
+REQUIRED_KEYS = {"system", "model", "batch", "context", "steps", "peak_batch", "mean_step_latency_s",
                  "tokens_per_s", "breakdown_s", "comm_share", "kv_bytes", "fits", "energy_j",
                  "analytic_mean_step_latency_s"}
 
@@ -25,7 +25,7 @@ def test_run_prints_summary_and_writes_json_and_trace(tmp_path, capsys):
     assert code == 0 and "mean step latency" in out and "communication share" in out
     r = json.loads(j.read_text())
     assert REQUIRED_KEYS <= set(r)
-    assert len(r["step_latency_s"]) == r["steps"] == 2 and 0 <= r["comm_share"] <= 1
+    assert len(r["traced_step_latency_s"]) == r["steps"] == 2 and 0 <= r["comm_share"] <= 1
     trace = json.loads(t.read_text())
     x = [e for e in trace["traceEvents"] if e["ph"] == "X"]
     names = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
@@ -51,7 +51,8 @@ def test_config_file_with_flag_override(tmp_path, capsys):
     j = tmp_path / "r.json"
     assert main(["run", str(cfg), "--cpu-attention", "--json-out", str(j)]) == 0
     r = json.loads(j.read_text())
-    assert r["step_batch"] == [2, 2, 1] and r["config"]["cpu_attention"] is True
+    # steps of 2, 2 and 1 sequences
+    assert (r["steps"], r["peak_batch"], r["tokens"]) == (3, 2, 5) and r["config"]["cpu_attention"] is True
 
 
 def test_presets_lists_models_and_machines(capsys):

@@ -1,9 +1,7 @@
 import simpy
-from hypothesis import given
-from hypothesis import strategies as st
 
 from hw_models.component import Component, Work
-from sim.engine import IntervalUnion, Tracer
+from sim.engine import Tracer
 
 
 def test_component_exact_timeline_under_contention():
@@ -32,23 +30,3 @@ def test_spans_kept_only_for_first_steps_but_totals_always():
     tr.step = 1
     tr.record("x", "k", 1, 3, nbytes=5)
     assert len(tr.spans) == 1 and tr.busy_s() == {"x": 3} and tr.bytes_by_component() == {"x": 15}
-
-
-intervals = st.lists(st.tuples(st.integers(0, 50), st.integers(0, 10)), max_size=20).map(
-    lambda xs: sorted((s, s + d) for s, d in xs))
-
-
-def covered(ivs, t):
-    return any(s <= t < e for s, e in ivs)
-
-
-@given(intervals, intervals)
-def test_interval_union_and_difference_match_brute_force(a, b):
-    ua, ub = IntervalUnion(), IntervalUnion()
-    for s, e in a:
-        ua.add(s, e)
-    for s, e in b:
-        ub.add(s, e)
-    # integer endpoints: measure by unit cells
-    assert ua.total() == sum(1 for t in range(70) if covered(a, t))
-    assert ua.minus_total(ub) == sum(1 for t in range(70) if covered(a, t) and not covered(b, t))

@@ -70,8 +70,7 @@ def test_runs_through_run_with_its_own_flags_and_the_closed_form(toy, tmp_path, 
     assert main(["run", "--system", "toy", "--toy-passes", "3", *SMALL, "--json-out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["system"] == "toy" and r["config"]["toy_passes"] == 3 and r["analytic_exact"]
-    for des, ana in zip(r["step_latency_s"], r["analytic_step_latency_s"], strict=True):
-        assert des == pytest.approx(ana, rel=1e-12)
+    assert r["analytic_max_rel_gap"] <= 1e-12  # every step: the toy's closed form is its simulated latency
     # the toy's options are not the offload system's, and offload's are not the toy's
     assert main(["run", "--system", "offload", "--toy-passes", "3", *SMALL]) == 2
     assert "'toy_passes' (--toy-passes) is an option of toy, not of offload" in capsys.readouterr().err

@@ -37,16 +37,14 @@ def test_uncontended_schedules_match_closed_form(params, model, wl, mode):
     cfg = make_config(**wl, **opts, trace_steps=0)
     r = simulate(cfg, params=params, model=model)
     assert r.analytic_exact
-    for des, ana in zip(r.step_latency_s, r.analytic_step_latency_s, strict=True):
-        assert des == pytest.approx(ana, rel=1e-9)
+    assert r.analytic_max_rel_gap <= 1e-9  # every step: |simulated - closed form| <= 1e-9 x closed form
 
 
 @given(machines, models, workloads)
 def test_prefetch_never_beats_the_lower_bound(params, model, wl):
     r = simulate(make_config(**wl, prefetch=True, trace_steps=0), params=params, model=model)
     assert not r.analytic_exact
-    for des, bound in zip(r.step_latency_s, r.analytic_step_latency_s, strict=True):
-        assert des >= bound * (1 - 1e-12)
+    assert r.analytic_max_rel_undershoot <= 1e-12  # every step: simulated >= bound x (1 - 1e-12)
 
 
 @pytest.mark.parametrize("name", ["llama-2-7b", "llama-3-8b"])
@@ -65,7 +63,7 @@ def test_offload_layer_by_hand():
     assert r.busy_s["pcie.h2d"] == pytest.approx(h2d_s, rel=1e-12)
     assert r.bytes_by_link["pcie.h2d"] == kv_bytes
     assert r.bytes_by_link["pcie.d2h"] == 2 * 4096 * 2  # one token's K and V
-    assert r.comm_share == pytest.approx((h2d_s + r.busy_s["pcie.d2h"]) / r.step_latency_s[0], rel=1e-9)
+    assert r.comm_share == pytest.approx((h2d_s + r.busy_s["pcie.d2h"]) / r.mean_step_latency_s, rel=1e-9)
 
 
 def test_prefetch_hides_compute_when_pcie_bound():

@@ -16,6 +16,7 @@ HELP = "simulate one configuration and print a summary"
 EXAMPLE = """examples:
   aqpim-sim run --system offload --model llama-2-7b --batch 16 --context 32768 --steps 8
   aqpim-sim run --model llama-3-8b --prefetch --json-out out.json --trace-out trace.json
+  aqpim-sim run --steps 1000 --step-log steps.csv     (every step's latency and closed form, streamed to disk)
   aqpim-sim run --system pim --channels 320 --capacity-policy limit
   aqpim-sim run --system aqpim --pq-m 16 --pq-k 256 --sinks 4 --recent 128
   aqpim-sim run examples/offload.toml --batch 4      (flags override the file)"""
@@ -51,14 +52,17 @@ def add_parser(sub) -> None:
     add_config_arguments(p)
     p.add_argument("--json-out", metavar="FILE", help="write the Result as JSON")
     p.add_argument("--trace-out", metavar="FILE", help="write a Chrome trace (open in Perfetto)")
+    p.add_argument("--step-log", metavar="FILE",
+                   help="write one CSV line per decode step to FILE as the run goes (step, start_s, latency_s, "
+                        "analytic_s, exact, n_seqs, kv_tokens; docs/metrics.md)")
 
 
 def run(args) -> int:
     cfg = config_from_args(args)
-    for out in (args.json_out, args.trace_out):
+    for out in (args.json_out, args.trace_out, args.step_log):
         if out:
             check_output_file(out)
-    result, spans = simulate_traced(cfg)
+    result, spans = simulate_traced(cfg, step_log=args.step_log)
     print(summary(result))
     if args.json_out:
         write_text_atomic(args.json_out, result.to_json())

@@ -116,3 +116,16 @@ def total_s(works: tuple[Work, ...]) -> float:
 
 def gib(nbytes: float) -> str:
     return f"{nbytes / 2**30:.1f} GiB"
+
+
+def excess(need: float, capacity: float) -> str:
+    """``need`` against ``capacity`` with enough digits that the two never print equal when need exceeds it."""
+    digits = 1
+    while digits < 6 and f"{need / 2**30:.{digits}f}" == f"{capacity / 2**30:.{digits}f}":
+        digits += 1
+    return f"{need / 2**30:.{digits}f} GiB, capacity {capacity / 2**30:.{digits}f} GiB"
+
+
+def share(fraction: float) -> str:
+    """A share as a percentage that is never printed as 0 when it is not."""
+    return f"{100 * fraction:.1f}%" if fraction >= 1e-3 else f"{100 * fraction:.2g}%"

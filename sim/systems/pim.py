@@ -36,7 +36,7 @@ from hw_models.component import Work
 from hw_models.params import override
 from sim.errors import ConfigError
 from sim.options import Options, option
-from sim.systems.base import Capacity, Devices, Estimate, StepBatch, System, gib, total_s
+from sim.systems.base import Capacity, Devices, Estimate, StepBatch, System, excess, gib, share, total_s
 from sim.topology import GPU, HOST_DRAM, PIM
 from workloads.errors import WorkloadError
 from workloads.kvformats import KvFormat, accuracy_entry, parse_format
@@ -113,6 +113,7 @@ class Phase:
     nbytes: float
     flops: float
     energy_j: float
+    throttle: float = 1.0  # largest stretch of a channel's work by the PIM power cap (1: the cap did not bind)
 
     @property
     def makespan_s(self) -> float:
@@ -137,21 +138,29 @@ class PimPlan:
     chunks: int = 1               # the PIM path pipelined in this many chunks (phases then hold one chunk)
 
 
-def bank_phase(kind: str, rows: np.ndarray, works_of) -> Phase:
+def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChannelParams | None = None) -> Phase:
     """Evaluate ``works_of(*row) -> tuple[Work]`` once per distinct row of per-channel loads.
 
     Loads are rounded to 1e-3 (of a token, a unit, a vector) first, so that equal stripes that differ only by
-    floating-point noise share one evaluation."""
+    floating-point noise share one evaluation. With ``channel``, its power limit applies: a channel whose mean
+    dynamic power over the phase would exceed the cap has its work stretched to run at the cap
+    (``hw_models.pim.power_throttle``); both the simulation and the closed form read the stretched durations."""
     uniq, inv = np.unique(np.round(rows, 3), axis=0, return_inverse=True)
     dur, nbytes, flops, energy = (np.zeros(len(uniq)) for _ in range(4))
+    throttle = 1.0
     for i, row in enumerate(uniq):
         works = works_of(*row) if row.any() else ()
         dur[i] = sum(w.duration_s for w in works)
         nbytes[i] = sum(w.nbytes for w in works)
         flops[i] = sum(w.flops for w in works)
         energy[i] = sum(w.energy_j for w in works)
+        if channel is not None:
+            f = pim_model.power_throttle(channel, energy[i], dur[i])
+            dur[i] *= f
+            throttle = max(throttle, f)
     counts = np.bincount(inv.ravel(), minlength=len(uniq))
-    return Phase(kind, dur[inv.ravel()], float(nbytes @ counts), float(flops @ counts), float(energy @ counts))
+    return Phase(kind, dur[inv.ravel()], float(nbytes @ counts), float(flops @ counts), float(energy @ counts),
+                 throttle)
 
 
 @dataclass(frozen=True)
@@ -224,6 +233,7 @@ class PimSystem(System):
         # Once PIM is full, new FP16 tokens are stored in host DRAM with the spilled ones; a quantized format
         # codes its new tokens in PIM (into the exact window whose room is reserved per sequence, if it has one).
         self.new_tokens_spill = self.fmt.kind == "fp16"
+        self.power_throttle = 1.0  # largest stretch of channel work by the power cap over the run's steps
 
     def kv_format(self) -> KvFormat:
         return self.options.fmt
@@ -289,9 +299,9 @@ class PimSystem(System):
         rows = np.column_stack([tokens, present, new])
         kind = f"{self.name}.attention"
         if self.options.softmax == "host":
-            return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax),
-                    bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax))
-        return (bank_phase(kind, rows, lambda t, u, v: works(t, u, v).all),)
+            return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax, ch),
+                    bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax, ch))
+        return (bank_phase(kind, rows, lambda t, u, v: works(t, u, v).all, ch),)
 
     def down_bytes(self, batch: StepBatch, spilling: bool) -> float:
         m = self.model
@@ -352,6 +362,7 @@ class PimSystem(System):
             units = None if len(subs) == 1 else (seqs[:, None] * self.model.n_kv_heads
                                                   + np.arange(self.model.n_kv_heads)[None, :]).ravel()
             plans.append(self.layer_plan(sub, placement, units, spill))
+        self.power_throttle = max([self.power_throttle] + [ph.throttle for p in plans for ph in p.phases])
         h = head_op(self.model, batch.n_seqs)
         return PimStepPlan(tuple(plans), (gpu_model.kernel(self.machine.params.gpu, "lm_head", h.flops, h.nbytes),))
 
@@ -461,8 +472,8 @@ class PimSystem(System):
         used = min(need, dev.capacity_bytes)
         reasons = []
         if spill > 0:
-            reasons.append(f"KV cache needs {gib(need)} of PIM, capacity {gib(dev.capacity_bytes)}: "
-                           f"{100 * spill:.1f}% of tokens spilled to host DRAM")
+            reasons.append(f"KV cache needs {excess(need, dev.capacity_bytes)} of PIM: {share(spill)} of tokens "
+                           f"spilled to host DRAM")
         tokens, _, _ = placement.loads(1.0 - spill)
         per_channel = tokens.max() * self.pim_bytes_per_token() / max(1, m.n_kv_heads) if tokens.size else 0.0
         if spill == 0 and per_channel > dev.channel.capacity_bytes:
@@ -485,7 +496,9 @@ class PimSystem(System):
              "spilled_share": spill, "placement": self.options.placement, "channels_per_unit": placement.pairs_per_unit,
              "pim_channel_busy_s": [float(x) for x in busy],
              "pim_channel_busy_max_over_mean": float(busy.max() / busy.mean()) if busy.mean() > 0 else 0.0,
-             "pim_channels_idle": int((busy == 0).sum()), "kv_format": self.fmt.name, **details})
+             "pim_channels_idle": int((busy == 0).sum()), "kv_format": self.fmt.name,
+             "pim_power_cap_w": dev.channels * dev.channel.max_power_w, "pim_power_throttle": self.power_throttle,
+             **details})
 
     def format_details(self, peak: StepBatch) -> dict:
         """A quantized format's storage by part at the peak context, its compression, and its measured accuracy
