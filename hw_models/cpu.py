@@ -1,6 +1,10 @@
-"""Host CPU: roofline over its cores' FLOP/s and the host DRAM bandwidth it reads from, plus a dispatch cost.
+"""Host CPU: roofline over its cores' FLOP/s and the host DRAM rate for the access pattern it reads, plus a dispatch
+cost.
 
-Used for attention on the host (FlexGen's ``cpu_cache_compute``): the KV stays in host DRAM and is read there.
+Used for attention on the host (FlexGen's ``cpu_cache_compute``): the KV stays in host DRAM and is read there, in
+paged-KV blocks (``attention_pattern``), at the rate the DRAM timing model gives for that pattern
+(``hw_models.dram.host_read_bw_bytes_per_s``). ``flops_efficiency`` is the fraction of peak FLOP/s an attention
+kernel reaches; the shipped presets calibrate it to FlexGen's measured CPU attention (see their sources).
 """
 
 from __future__ import annotations
@@ -8,7 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hw_models.component import Work
-from hw_models.dram import HostDramParams
+from hw_models.dram import (
+    SEQUENTIAL,
+    AccessPattern,
+    HostDramParams,
+    host_read_bw_bytes_per_s,
+    paged_kv_pattern,
+)
 from hw_models.params import check_power, fraction, non_negative, positive
 
 
@@ -32,13 +42,24 @@ class CpuParams:
                      energy_per_flop_j=self.energy_per_flop_j)
         check_power(f"cpu '{self.name}'", self.idle_power_w, self.max_power_w)
 
-
-def op_time_s(p: CpuParams, mem: HostDramParams, flops: float, nbytes: float) -> float:
-    """Dispatch cost plus the roofline time of an operation reading ``nbytes`` from host DRAM."""
-    return p.op_overhead_s + max(flops / (p.peak_flops_per_s * p.flops_efficiency),
-                                 nbytes / mem.achievable_bw_bytes_per_s)
+    @property
+    def achievable_flops_per_s(self) -> float:
+        return self.peak_flops_per_s * self.flops_efficiency
 
 
-def op(p: CpuParams, mem: HostDramParams, kind: str, flops: float, nbytes: float) -> Work:
+def attention_pattern(mem: HostDramParams, head_dim: int, bytes_per_element: float) -> AccessPattern:
+    """What CPU attention reads: each (sequence, KV head) walks its blocks, one head's block at a time."""
+    return paged_kv_pattern(mem, head_dim, bytes_per_element, heads=1)
+
+
+def op_time_s(p: CpuParams, mem: HostDramParams, flops: float, nbytes: float,
+              pattern: AccessPattern = SEQUENTIAL) -> float:
+    """Dispatch cost plus the roofline time of an operation reading ``nbytes`` from host DRAM in ``pattern``."""
+    return p.op_overhead_s + max(flops / p.achievable_flops_per_s,
+                                 nbytes / host_read_bw_bytes_per_s(mem, pattern))
+
+
+def op(p: CpuParams, mem: HostDramParams, kind: str, flops: float, nbytes: float,
+       pattern: AccessPattern = SEQUENTIAL) -> Work:
     # DRAM energy is booked on the memory, not here: the CPU pays for its arithmetic only.
-    return Work(kind, op_time_s(p, mem, flops, nbytes), nbytes, flops, flops * p.energy_per_flop_j)
+    return Work(kind, op_time_s(p, mem, flops, nbytes, pattern), nbytes, flops, flops * p.energy_per_flop_j)

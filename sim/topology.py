@@ -15,6 +15,7 @@ from functools import cached_property
 
 import networkx as nx
 
+from hw_models.dram import SEQUENTIAL, AccessPattern, host_read_bw_bytes_per_s
 from hw_models.links import DEVICE_LINK, HOST_LINK, Link, path_bw_bytes_per_s, path_latency_s, path_time_s
 from hw_models.machine import MachineParams
 from hw_models.pim import PimDeviceParams
@@ -57,22 +58,30 @@ INF = float("inf")
 class Topology:
     """Nodes: ``gpu``, ``host.cpu``, ``host.dram``, ``host.rc`` (root complex), and ``pim`` when the machine has a
     PIM device: beside the GPU (``accelerator`` placement, a device link to the GPU) or in the host (``host``
-    placement, on the host memory side, so GPU traffic to it also crosses PCIe). Edges: links with parameters."""
+    placement, on the host memory side, so GPU traffic to it also crosses PCIe). Edges: links with parameters.
 
-    def __init__(self, params: MachineParams, pim: PimDeviceParams | None = None):
+    The host memory bus (``host.dram``) and the CPU's memory read at the host DRAM rate the timing model gives for
+    ``host_read_pattern`` (``hw_models.dram.host_read_bw_bytes_per_s``): a system that knows the layout of what
+    it reads (the offload system's paged KV blocks, ``hw_models.dram.paged_kv_pattern``) passes it; the default
+    is a sequential stream."""
+
+    def __init__(self, params: MachineParams, pim: PimDeviceParams | None = None,
+                 host_read_pattern: AccessPattern = SEQUENTIAL):
         self.params = params
         self.pim = pim
+        self.host_read_pattern = host_read_pattern
         g = nx.DiGraph()
         dram, pcie = params.host_dram, params.pcie
+        host_read_bw = host_read_bw_bytes_per_s(dram, host_read_pattern)
         # Compute nodes carry what their parameters allow: the memory they read at what rate, and FLOP/s.
         g.add_node(GPU, memory="GPU memory", mem_bw_bytes_per_s=params.gpu.achievable_bw_bytes_per_s,
                    flops_per_s=params.gpu.achievable_flops_per_s)
-        g.add_node(HOST_CPU, memory="host DRAM", mem_bw_bytes_per_s=dram.achievable_bw_bytes_per_s,
-                   flops_per_s=params.cpu.peak_flops_per_s * params.cpu.flops_efficiency)
+        g.add_node(HOST_CPU, memory="host DRAM", mem_bw_bytes_per_s=host_read_bw,
+                   flops_per_s=params.cpu.achievable_flops_per_s)
         if pim is not None:
             g.add_node(PIM, memory=f"PIM arrays ({pim.channels} channels' internal bandwidth)",
                        mem_bw_bytes_per_s=pim.internal_bw_bytes_per_s, flops_per_s=pim.peak_flops_per_s)
-        membus = Link(HOST_DRAM, 0.0, dram.achievable_bw_bytes_per_s, dram.energy_per_byte_j, None)
+        membus = Link(HOST_DRAM, 0.0, host_read_bw, dram.energy_per_byte_j, None)
         g.add_edge(HOST_DRAM, HOST_RC, link=membus)
         g.add_edge(HOST_RC, HOST_DRAM, link=membus)
         g.add_edge(HOST_CPU, HOST_RC, link=Link("host.fabric", 0.0, INF, 0.0, None))

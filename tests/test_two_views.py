@@ -19,12 +19,12 @@ def small_model(layers, kv_heads, group, head_dim, window=None):
 
 
 machines = st.builds(
-    lambda h2d, d2h, lat, duplex, dram_eff: dataclasses.replace(
+    lambda h2d, d2h, lat, duplex, dram_channels: dataclasses.replace(
         load_machine(), pcie=dataclasses.replace(load_machine().pcie, h2d_bw_bytes_per_s=h2d, d2h_bw_bytes_per_s=d2h,
                                                  latency_s=lat, duplex=duplex),
-        host_dram=dataclasses.replace(load_machine().host_dram, bw_efficiency=dram_eff)),
+        host_dram=dataclasses.replace(load_machine().host_dram, channels=dram_channels)),
     st.floats(1e9, 100e9), st.floats(1e9, 100e9), st.floats(0, 20e-6), st.sampled_from(["full", "half"]),
-    st.floats(0.05, 1.0))
+    st.integers(1, 8))
 models = st.builds(small_model, st.integers(1, 6), st.integers(1, 8), st.sampled_from([1, 2, 4]),
                    st.sampled_from([32, 64, 128]), st.one_of(st.none(), st.integers(16, 5000)))
 workloads = st.fixed_dictionaries({"batch": st.integers(1, 64), "context": st.integers(1, 200_000),
