@@ -278,7 +278,8 @@ def test_kv_dma_runs_at_the_host_read_rate():
     p = load_machine()
     params = dataclasses.replace(p, host_dram=dataclasses.replace(p.host_dram, channels=1),
                                  pcie=dataclasses.replace(p.pcie, h2d_bw_bytes_per_s=200e9, d2h_bw_bytes_per_s=200e9))
-    run = run_simulation(make_config(system="offload", batch=2, context=4096, steps=1, trace_steps=1),
+    run = run_simulation(make_config(system="offload", batch=2, context=4096, steps=1, trace_steps=1,
+                                     kv_gpu_fraction="0"),
                          params=params, model=tiny_model())
     rate = dram.host_read_bw_bytes_per_s(params.host_dram, run.topology.host_read_pattern)
     assert rate < 200e9
@@ -305,7 +306,7 @@ def test_cpu_attention_reads_at_the_host_read_rate():
     params = dataclasses.replace(p, cpu=dataclasses.replace(p.cpu, flops_efficiency=1.0, peak_flops_per_s=1e30))
     model = tiny_model()
     run = run_simulation(make_config(system="offload", cpu_attention=True, batch=2, context=4096, steps=1,
-                                     trace_steps=1), params=params, model=model)
+                                     trace_steps=1, kv_gpu_fraction="0"), params=params, model=model)
     mem = params.host_dram
     rates = {dram.host_read_bw_bytes_per_s(mem, q)
              for q in (dram.SEQUENTIAL, cpu.attention_pattern(mem, model.head_dim, model.bytes_per_element))}

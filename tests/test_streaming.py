@@ -381,16 +381,12 @@ def test_schema1_result_loads_with_aggregates_from_its_lists():
     assert (r.step_latency_min_s, r.step_latency_max_s) == (min(old["step_latency_s"]), max(old["step_latency_s"]))
     assert r.traced_step_latency_s == old["step_latency_s"][:2]
     assert r.ttnt_p50_s == old["ttnt_p50_s"] and r.mean_step_latency_s == old["mean_step_latency_s"]
-    # the same configuration run now gives the same numbers, as aggregates
-    new = simulate(from_mapping(old["config"]))
-    assert new.schema_version == RESULT_SCHEMA_VERSION == 3
-    # schema 1's energy was dynamic energy alone: it is read as the dynamic part, the same as the run's now
+    # schema 1's energy was dynamic energy alone: it is read as the dynamic part
     assert r.energy_dynamic_j == old["energy_j"] and r.energy_static_j == {}
-    assert new.energy_dynamic_j == pytest.approx(r.energy_dynamic_j, rel=1e-12)
-    for name in ("mean_step_latency_s", "ttnt_p50_s", "ttnt_p90_s", "ttnt_p99_s", "ttnt_mean_s", "peak_batch",
-                 "peak_kv_tokens", "step_latency_min_s", "step_latency_max_s", "traced_step_latency_s", "tokens"):
-        assert getattr(new, name) == pytest.approx(getattr(r, name), rel=1e-12), name
-    assert new.analytic_max_rel_gap == pytest.approx(r.analytic_max_rel_gap, abs=1e-15)
+    # its configuration still runs, now as schema 3 (the numbers have moved with the models since: the golden set
+    # tracks those; test_step_log_holds_exactly_the_old_per_step_lists checks the aggregates against the lists)
+    new = simulate(from_mapping(old["config"]))
+    assert new.schema_version == RESULT_SCHEMA_VERSION == 3 and new.tokens == r.tokens
     assert Result.from_json(new.to_json()) == new
 
 

@@ -152,6 +152,7 @@ def place(model: ModelSpec, gpu_capacity_bytes: float, n_seqs: int, cache_tokens
                 + kv_buf_per_host * (1 - f))
 
     cap = gpu_capacity_bytes
+    weights_auto = weights is None
     if weights is None:
         f_min = 0.0 if kv is None else kv
         if used(1.0, f_min) <= cap:
@@ -172,7 +173,7 @@ def place(model: ModelSpec, gpu_capacity_bytes: float, n_seqs: int, cache_tokens
     if kv is None:
         slope = kv_total - kv_buf_per_host
         room = cap - used(weights, 0.0)
-        if room <= 0:
+        if room <= 0 or (weights_auto and weights < 1):  # weights first: auto weights < 1 left no room
             kv = 0.0
         elif slope <= 0:       # as few layers as buffers: streaming frees no memory
             kv = 1.0 if used(weights, 1.0) <= cap else 0.0
@@ -211,8 +212,7 @@ def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, kv:
     new_kv = ops["kv_append"].kv_bytes
 
     def on_gpu(name, op=None):
-        op = op or ops[name]
-        return gpu_model.kernel(g, name, op.flops, op.nbytes)
+        return gpu_model.op_kernel(g, name, op or ops[name])
 
     cpu_attn: tuple[Work, ...] = ()
     merge: tuple[Work, ...] = ()
@@ -236,7 +236,8 @@ def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, kv:
             dram_read = hops["kv_fetch"].kv_bytes
             if f > 0:
                 partials = 2 * (q_bytes + stats)
-                merge = (gpu_model.kernel(g, "attn_merge", 4.0 * partials / m.bytes_per_element, partials + q_bytes),)
+                merge = (gpu_model.items_kernel(g, "attn_merge", 4.0 * partials / m.bytes_per_element,
+                                                 partials + q_bytes, batch.n_seqs * m.n_heads),)
     else:
         attn = tuple(on_gpu(name) for name in ATTENTION_OPS)
         kv_fetch = (1.0 - f) * ops["kv_fetch"].kv_bytes
@@ -244,7 +245,7 @@ def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, kv:
     head = head_op(m, batch.n_seqs)
     return OffloadCosts(
         pre=(on_gpu("qkv_proj"),), attn=attn, post=(on_gpu("o_proj"), on_gpu("ffn")),
-        head=(gpu_model.kernel(g, "lm_head", head.flops, head.nbytes),), cpu_attn=cpu_attn, merge=merge,
+        head=(gpu_model.op_kernel(g, "lm_head", head),), cpu_attn=cpu_attn, merge=merge,
         weight_fetch_bytes=(1.0 - w) * m.layer_weight_bytes, head_fetch_bytes=(1.0 - w) * head_weight_bytes(m),
         kv_fetch_bytes=kv_fetch, store_bytes=store, out_fetch_bytes=out_fetch, dram_read_bytes=dram_read,
         placement=pl)
