@@ -81,30 +81,50 @@ def accuracy_lines(runs: list[VariantRun]) -> list[str]:
             for r in runs if "accuracy" in r.result.details]
 
 
-def comparison_rows(runs: list[VariantRun]) -> tuple[list[str], list[list[str]]]:
+def batch_cell(res: Result) -> str:
+    """The batch a variant decoded: ``6 of 16`` when admission (``capacity_policy = limit``) or arrivals kept it
+    below the batch allowed."""
+    admitted = res.details.get("admitted_batch", res.peak_batch)
+    return f"{admitted} of {res.batch}" if 0 < admitted < res.batch else str(res.batch)
+
+
+INFEASIBLE_NOTE = ("* does not fit its memory: timing only, shown because of --show-infeasible; no headline "
+                   "is drawn from it")
+
+
+def comparison_rows(runs: list[VariantRun], show_infeasible: bool = False) -> tuple[list[str], list[list[str]]]:
+    """One row per variant. A variant that does not fit shows ``does not fit`` and no step latency, tokens/s,
+    speedup or energy (its reason is in its warning), unless ``show_infeasible``: then its numbers carry a ``*``."""
     base = baseline_index(runs)
     ref = runs[base].result.tokens_per_s if base is not None else None
-    header = ["variant", "step latency", "tokens/s", "speedup", "comm share", "KV cache", "KV lives in", "fits",
-              "energy/token", "static + dynamic"]
+    header = ["variant", "batch", "step latency", "tokens/s", "speedup", "comm share", "KV cache", "KV lives in",
+              "fits", "energy/token", "static + dynamic"]
     rows = []
     for r in runs:
         res = r.result
-        speedup = f"{res.tokens_per_s / ref:.2f}x" if ref else "-"
-        rows.append([r.label, fmt_time(res.mean_step_latency_s), f"{res.tokens_per_s:.2f}", speedup,
-                     f"{100 * res.comm_share:.1f} %", fmt_bytes(res.kv_bytes), res.kv_location or "-",
-                     "yes" if res.fits else "NO", f"{res.energy_per_token_j:.3f} J",
-                     f"{res.energy_static_per_token_j:.3f} + {res.energy_dynamic_per_token_j:.3f} J"])
+        mark = "" if res.fits else " *"
+        speedup = f"{res.tokens_per_s / ref:.2f}x{mark}" if ref else "-"
+        numbers = [fmt_time(res.mean_step_latency_s) + mark, f"{res.tokens_per_s:.2f}{mark}", speedup,
+                   f"{100 * res.comm_share:.1f} %{mark}"]
+        energy = [f"{res.energy_per_token_j:.3f} J{mark}",
+                  f"{res.energy_static_per_token_j:.3f} + {res.energy_dynamic_per_token_j:.3f} J{mark}"]
+        if not res.fits and not show_infeasible:
+            numbers, energy = ["does not fit", "-", "-", "-"], ["-", "-"]
+        rows.append([r.label, batch_cell(res), *numbers, fmt_bytes(res.kv_bytes), res.kv_location or "-",
+                     "yes" if res.fits else "NO", *energy])
     return header, rows
 
 
-def comparison_table(runs: list[VariantRun]) -> str:
+def comparison_table(runs: list[VariantRun], show_infeasible: bool = False) -> str:
     """The table, under a line naming the speedups' reference (and what bare-number labels set)."""
-    header, rows = comparison_rows(runs)
+    header, rows = comparison_rows(runs, show_infeasible)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
              for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     notes = label_notes(runs)
+    if show_infeasible and not all(r.result.fits for r in runs):
+        lines.append(INFEASIBLE_NOTE)
     return "\n".join([baseline_line(runs) + (f"; {'; '.join(notes)}" if notes else ""), *lines])
 
 
@@ -147,9 +167,9 @@ def results_json(runs: list[VariantRun]) -> str:
     return json.dumps([r.result.to_dict() for r in runs], sort_keys=True, indent=1, allow_nan=False) + "\n"
 
 
-def report_markdown(runs: list[VariantRun], files: dict[str, str]) -> str:
+def report_markdown(runs: list[VariantRun], files: dict[str, str], show_infeasible: bool = False) -> str:
     """The short report: scenario, table, findings in numbers, and the figures."""
-    header, rows = comparison_rows(runs)
+    header, rows = comparison_rows(runs, show_infeasible)
     notes = label_notes(runs)
     md = ["# aqpim-sim compare", "", scenario_line(runs) + ".", "",
           baseline_line(runs)[0].upper() + baseline_line(runs)[1:] + (f"; {'; '.join(notes)}" if notes else "")
@@ -157,7 +177,12 @@ def report_markdown(runs: list[VariantRun], files: dict[str, str]) -> str:
     md.append("| " + " | ".join(header) + " |")
     md.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
     md += ["| " + " | ".join(row) + " |" for row in rows]
-    md += ["", "Speedup: throughput (tokens/s) over the best fitting offload variant's (the highest tokens/s among "
+    if show_infeasible and not all(r.result.fits for r in runs):
+        md += ["", INFEASIBLE_NOTE + "."]
+    md += ["", "Batch: the sequences decoded at once (`6 of 16`: admission by KV room, `capacity_policy = limit`, "
+           "or the arrivals kept it below the batch allowed). A variant that does not fit shows no latency, "
+           "throughput, speedup or energy (`compare --show-infeasible` shows them, marked).", "",
+           "Speedup: throughput (tokens/s) over the best fitting offload variant's (the highest tokens/s among "
            "the offload variants that fit; offload keeps as much of the weights and KV cache in GPU memory as fits, "
            "or the fractions given, and streams the rest over PCIe each step); with equal batches it is the "
            "step-latency ratio. Comm share: the part of a step in which the GPU-host link is busy and no compute "

@@ -47,7 +47,11 @@ def summary(r: Result) -> str:
         ("energy per token", fmt_energy_split(r)),
         ("mean power", f"{r.mean_power_w:.1f} W (idle power of every device plus its work, over the whole run)"),
     ]
-    if 0 < r.peak_batch < r.batch:
+    if "admitted_batch" in r.details:
+        rows.append(("admitted batch", f"{r.details['admitted_batch']} of {r.batch} sequences at once (capacity_policy "
+                     f"limit: the rest wait until their whole KV fits; budget {r.details['admission_token_budget']} "
+                     f"tokens)"))
+    elif 0 < r.peak_batch < r.batch:
         rows.append(("largest batch", f"{r.peak_batch} sequences (of {r.batch} allowed)"))
     if "accuracy" in r.details:
         rows.append(("KV format accuracy", f"{r.details['kv_format']}: {r.details['accuracy']}"))

@@ -256,13 +256,22 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
         fit_reasons=list(cap.reasons) if cap else ["no decode step ran"],
         analytic_mean_step_latency_s=st.analytic_sum_s / st.steps if st.steps else 0.0,
         analytic_exact=st.analytic_exact, warnings=warnings, config=cfg.to_dict(),
-        details=dict(cap.details) if cap else {}, option_defaults=type(cfg.options).defaults(),
+        details=_admission(dict(cap.details) if cap else {}, system.token_budget(cfg.effective_max_batch),
+                           st.peak_batch),
+        option_defaults=type(cfg.options).defaults(),
         provenance=provenance,
         ttnt_mean_s=st.token_latency_sum_s / tokens if tokens else 0.0,
         step_latency_min_s=st.latency_min_s if st.steps else 0.0, step_latency_max_s=st.latency_max_s,
         peak_batch=st.peak_batch, peak_kv_tokens=log.peak.kv_tokens if log.peak else 0,
         analytic_max_rel_gap=st.max_rel_gap, analytic_max_rel_undershoot=st.max_rel_undershoot,
         traced_step_latency_s=list(log.traced_latency_s)))
+
+
+def _admission(details: dict, token_budget: int | None, peak_batch: int) -> dict:
+    """With an admission budget (``capacity_policy = limit``): the most sequences admitted at once, and the budget."""
+    if token_budget is not None:
+        details.update(admitted_batch=peak_batch, admission_token_budget=token_budget)
+    return details
 
 
 def _non_finite(value, path: str) -> list[str]:

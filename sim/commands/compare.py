@@ -56,6 +56,9 @@ def add_parser(sub) -> None:
                    help="comma-separated variant labels to run, e.g. offload,offload+prefetch (default: all "
                    "available; --system X keeps the variants of system X)")
     p.add_argument("--out", metavar="DIR", help="output folder (default results/compare-<timestamp>)")
+    p.add_argument("--show-infeasible", action="store_true",
+                   help="show the timing and energy of variants that do not fit their memory (marked *); by "
+                   "default they show 'does not fit' and no headline")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the output folder if it already holds a comparison (as a whole: no old file "
                    "stays)")
@@ -74,7 +77,7 @@ def run(args) -> int:
     check_target_folder(out, args.overwrite, FILES.values())  # before the runs: a refusal costs nothing
     runs = run_variants(pairs)
     print(scenario_line(runs))
-    print(comparison_table(runs))
+    print(comparison_table(runs, args.show_infeasible))
     for line in accuracy_lines(runs):
         print(f"accuracy: {line}")
     for r in runs:
@@ -89,6 +92,6 @@ def run(args) -> int:
         plot_breakdown(tmp / FILES["results"], tmp / FILES["breakdown"])
         plot_timeline(tmp / FILES["trace"], tmp / FILES["timeline"], steps=1,
                       title=f"{scenario_line(runs)}: first decode step")
-        write_text_atomic(tmp / FILES["report"], report_markdown(runs, dict(FILES)))
+        write_text_atomic(tmp / FILES["report"], report_markdown(runs, dict(FILES), args.show_infeasible))
     print(f"wrote {out}/: " + ", ".join(FILES.values()))
     return 0
