@@ -38,7 +38,9 @@ REL_TOL = 1e-9
 def _compare_variants() -> list[dict]:
     scenario = {"context": 65536, "steps": 4, "trace_steps": 2}
     variants = [{"system": "offload"}, {"system": "offload", "prefetch": True},
-                {"system": "offload", "cpu_attention": True}, {"system": "pim", "capacity_policy": "spill"},
+                {"system": "offload", "cpu_attention": True},
+                {"system": "offload", "cpu_attention": True, "cpu_kernel": "bandwidth"},
+                {"system": "pim", "capacity_policy": "spill"},
                 {"system": "pim", "capacity_policy": "limit"}, {"system": "aqpim"}, {"system": "gpu"}]
     return [{**scenario, **v} for v in variants]
 

@@ -113,6 +113,9 @@ def _choice_cases() -> list[Case]:
 def _consistency_cases() -> list[Case]:
     return [
         case("prefetch and cpu attention", "run", "--prefetch", "--cpu-attention", match="cannot be combined"),
+        case("cpu kernel without cpu attention", "run", *SMALL, "--cpu-kernel", "bandwidth",
+             match="applies only with cpu_attention"),
+        case("cpu kernel unknown", "run", *SMALL, "--cpu-attention", "--cpu-kernel", "fast", match="bandwidth"),
         case("kv fraction above 1", "run", *SMALL, "--kv-gpu-fraction", "1.5",
              match="kv_gpu_fraction must be a number in [0, 1] or auto, got '1.5'"),
         case("kv fraction negative", "run", *SMALL, "--kv-gpu-fraction", "-0.25", match="[0, 1] or auto"),

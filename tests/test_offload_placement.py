@@ -15,7 +15,7 @@ from sim.cli import main
 from sim.config import make_config
 from sim.errors import ConfigError
 from sim.run import simulate
-from sim.systems.offload import GPU_RESERVED_BYTES, activation_bytes, head_weight_bytes, place
+from sim.systems.offload import CPU_KERNELS, GPU_RESERVED_BYTES, activation_bytes, head_weight_bytes, place
 from workloads.models import ModelSpec, load_model
 
 GiB = 2**30
@@ -72,10 +72,12 @@ def run_or_refused(cfg, params, model):
 
 # ---- the two views ---------------------------------------------------------------------------------------------
 
-@given(models, workloads, links, st.floats(0.0, 1.5), fractions, fractions, st.booleans())
-def test_sync_and_cpu_attention_match_the_closed_form(model, wl, link, scale, kv, weights, cpu_attention):
+@given(models, workloads, links, st.floats(0.0, 1.5), fractions, fractions,
+       st.sampled_from([(False, "flexgen"), *((True, k) for k in CPU_KERNELS)]))
+def test_sync_and_cpu_attention_match_the_closed_form(model, wl, link, scale, kv, weights, host):
+    cpu_attention, cpu_kernel = host
     cfg = make_config(**wl, kv_gpu_fraction=kv, weights_gpu_fraction=weights, cpu_attention=cpu_attention,
-                      trace_steps=0)
+                      cpu_kernel=cpu_kernel, trace_steps=0)
     out = run_or_refused(cfg, machine(model, wl, link, scale), model)
     if out is None:
         return
@@ -195,6 +197,27 @@ def test_cpu_attention_splits_the_cache_between_gpu_and_cpu():
     assert r.busy_by_kind_s["attn_merge"] > 0 and "attn_merge" not in host.busy_by_kind_s
     assert r.mean_step_latency_s < host.mean_step_latency_s
     assert r.analytic_exact and r.mean_step_latency_s == pytest.approx(r.analytic_mean_step_latency_s, rel=1e-9)
+
+
+def test_bandwidth_cpu_kernel_reads_the_host_share_at_the_host_dram_rate():
+    """cpu_kernel = bandwidth: each CPU attention operation is its dispatch cost plus its bytes at the host DRAM
+    read rate, never its FLOPs; flexgen (the preset's calibrated efficiency) is FLOP-bound and slower."""
+    from hw_models import dram
+
+    kw = dict(batch=16, context=65536, steps=1, trace_steps=0, cpu_attention=True, kv_gpu_fraction="0")
+    bw = simulate(make_config(**kw, cpu_kernel="bandwidth"))
+    fg = simulate(make_config(**kw))
+    host = BASE.host_dram
+    rates = [dram.host_read_bw_bytes_per_s(host, dram.SEQUENTIAL)]
+    m = load_model("llama-3.1-8b")
+    kv_bytes = 16 * 65536 * m.kv_bytes_per_token  # the whole cache, read once per step
+    # the CPU's busy time: at most the read at the slowest rate it may use, at least the read at the peak rate
+    ops = 32 * 3  # score, softmax, context per layer
+    busy = bw.busy_s["host.cpu"] - ops * BASE.cpu.op_overhead_s
+    assert kv_bytes / max(rates) * 0.99 < busy < kv_bytes / (0.5 * max(rates))
+    assert fg.busy_s["host.cpu"] > 5 * bw.busy_s["host.cpu"]
+    assert bw.energy_dynamic_j["host.cpu"] == pytest.approx(fg.energy_dynamic_j["host.cpu"], rel=1e-12)
+    assert main(["run", "--steps", "1", "--cpu-kernel", "bandwidth"]) == 2  # without cpu_attention: refused
 
 
 # ---- capacity --------------------------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ device-to-host; output projection and FFN. Then the LM head (its streamed weight
 * ``cpu_attention`` (FlexGen's ``cpu_cache_compute``): the host share of the cache is attended on the host CPU
   where it lives (q and the host share of the new K/V go device-to-host, the partial output and its softmax
   statistics return), the resident share on the GPU at the same time; the GPU merges the two partial softmaxes.
+  ``cpu_kernel`` says how fast the host attends: ``flexgen`` (FlexGen's own kernel, FP16 converted to FP32 and
+  ``torch.bmm``: the CPU preset's ``flops_efficiency``, calibrated to FlexGen's measured throughput) or
+  ``bandwidth`` (a vectorised kernel such as NEO's ISPC ``PACPU``, whose time is the host DRAM read of the KV at
+  the rate of its access pattern: the arithmetic, about 2 FLOP per byte, never binds on an AVX-512 socket).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from hw_models import cpu as cpu_model
 from hw_models import gpu as gpu_model
 from hw_models.component import Work
 from hw_models.machine import MachineParams
+from hw_models.params import override
 from sim.errors import ConfigError
 from sim.options import Options, option
 from sim.systems.base import Capacity, Estimate, StepBatch, System, gib, total_s
@@ -203,8 +208,10 @@ class OffloadCosts:
 
 
 def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, kv: float | None,
-                  weights: float | None, prefetch: bool, cpu_attention: bool) -> OffloadCosts:
+                  weights: float | None, prefetch: bool, cpu_attention: bool,
+                  cpu_kernel: str = "flexgen") -> OffloadCosts:
     m, g = model, params.gpu
+    host_cpu = params.cpu if cpu_kernel == "flexgen" else override(params.cpu, flops_efficiency=1.0)
     pl = place(m, g.mem_capacity_bytes, batch.n_seqs, batch.kv_tokens + batch.n_seqs, kv, weights, prefetch,
                cpu_attention)
     f, w = pl.kv_fraction, pl.weights_fraction
@@ -227,7 +234,7 @@ def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, kv:
             attn = tuple(on_gpu(name, gops[name]) for name in ATTENTION_OPS)
         if f < 1:
             hops = layer_ops(m, batch.n_seqs, host_tokens)
-            cpu_attn = tuple(cpu_model.op(params.cpu, params.host_dram, name, hops[name].flops, hops[name].nbytes)
+            cpu_attn = tuple(cpu_model.op(host_cpu, params.host_dram, name, hops[name].flops, hops[name].nbytes)
                              for name in ATTENTION_OPS)
             q_bytes = batch.n_seqs * m.q_dim * m.bytes_per_element
             stats = batch.n_seqs * m.n_heads * SOFTMAX_STATS_BYTES if f > 0 else 0.0
@@ -292,11 +299,17 @@ def offload_estimate(c: OffloadCosts, topology: Topology, n_layers: int, prefetc
     return Estimate(bound, exact=False)
 
 
+CPU_KERNELS = ("flexgen", "bandwidth")
+
+
 @dataclass(frozen=True)
 class OffloadOptions(Options):
     prefetch: bool = option(False, "load the next layer's weights and KV while this layer computes (two buffers)")
     cpu_attention: bool = option(False, "attend the host share of the KV cache on the host CPU (only q, the new "
                                  "K/V and outputs cross PCIe); the GPU attends its resident share")
+    cpu_kernel: str = option("flexgen", "with cpu_attention, the host's attention kernel: flexgen (FlexGen's FP32 "
+                             "torch.bmm, at the CPU preset's calibrated flops_efficiency) or bandwidth (a vectorised "
+                             "kernel bound by the host DRAM read, as NEO's PACPU)", choices=CPU_KERNELS)
     kv_gpu_fraction: str = option(AUTO, "share of every sequence's KV tokens kept in GPU memory: a number in "
                                   "[0, 1], or auto (the most that fits beside the weights and buffers)")
     weights_gpu_fraction: str = option(AUTO, "share of every layer's weights kept in GPU memory (the rest streams "
@@ -305,6 +318,9 @@ class OffloadOptions(Options):
     def check(self) -> None:
         parse_fraction("kv_gpu_fraction", self.kv_gpu_fraction)
         parse_fraction("weights_gpu_fraction", self.weights_gpu_fraction)
+        if self.cpu_kernel != "flexgen" and not self.cpu_attention:
+            raise ConfigError(f"cpu_kernel = {self.cpu_kernel!r} applies only with cpu_attention = true (without it "
+                              "the host does no attention)")
         if self.prefetch and self.cpu_attention:
             raise ConfigError("prefetch and cpu_attention cannot be combined: the overlap of weight loads with "
                               "attention on the host is not modelled (with weights resident no KV crosses the "
@@ -325,7 +341,8 @@ class OffloadSystem(System):
     name = "offload"
     Options = OffloadOptions
     # Auto placement (the most that fits), and the whole KV cache in host DRAM for reference.
-    variants = ({}, {"prefetch": True}, {"cpu_attention": True}, {"kv_gpu_fraction": "0"})
+    variants = ({}, {"prefetch": True}, {"cpu_attention": True}, {"cpu_attention": True, "cpu_kernel": "bandwidth"},
+                {"kv_gpu_fraction": "0"})
     baseline = True
 
     def __init__(self, machine, model: ModelSpec, options: OffloadOptions):
@@ -337,7 +354,7 @@ class OffloadSystem(System):
 
     def plan(self, batch: StepBatch) -> OffloadCosts:
         return offload_costs(self.machine.params, self.model, batch, self.kv_fraction, self.weights_fraction,
-                             self.prefetch, self.cpu_attention)
+                             self.prefetch, self.cpu_attention, self.options.cpu_kernel)
 
     def estimate(self, plan: OffloadCosts) -> Estimate:
         return offload_estimate(plan, self.machine.topology, self.model.n_layers, self.prefetch)
