@@ -168,8 +168,8 @@ def bank_stream_time_s(t: DramTimingParams, nbytes: float, column_interval_cycle
     if nbytes == 0:
         return 0.0
     ci = _column_interval(t, column_interval_cycles)
-    rows = math.ceil(nbytes / t.row_bytes)
-    last_bursts = math.ceil((nbytes - (rows - 1) * t.row_bytes) / t.burst_bytes)
+    rows = max(1, math.ceil(nbytes / t.row_bytes))  # at least one: a subnormal nbytes / row_bytes rounds to 0
+    last_bursts = max(1, math.ceil((nbytes - (rows - 1) * t.row_bytes) / t.burst_bytes))
     cycles = ((rows - 1) * row_cycle_cycles(t, ci)
               + t.tRCD_cycles + (last_bursts - 1) * ci + t.tCL_cycles + t.burst_cycles)
     return cycles * t.tCK_s * t.refresh_factor
@@ -221,7 +221,7 @@ def channel_stream_time_s(t: DramTimingParams, nbytes: float) -> float:
     _check_bytes(nbytes)
     if nbytes == 0:
         return 0.0
-    bursts = math.ceil(nbytes / t.burst_bytes)
+    bursts = max(1, math.ceil(nbytes / t.burst_bytes))
     cycles = (bursts - 1) * channel_burst_interval_cycles(t) + t.tRCD_cycles + t.tCL_cycles + t.burst_cycles
     return cycles * t.tCK_s * t.refresh_factor
 

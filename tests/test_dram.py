@@ -173,3 +173,11 @@ def test_user_file_plain_numbers_and_typos(tmp_path):
     extra.write_text(text + "\n[other]\nx = 1\n")
     with pytest.raises(HardwareError, match=r"holds a \[timing\] table"):
         dram.load_dram_timing(str(extra))
+
+
+@pytest.mark.parametrize("name", sorted(dram.dram_timing_preset_names()))
+def test_a_subnormal_read_costs_one_first_access(name):
+    # 5e-324 / row_bytes rounds to 0: it still opens one row and reads one burst (it used to come out negative)
+    t = dram.load_dram_timing(name)
+    assert dram.bank_stream_time_s(t, 5e-324) == dram.bank_stream_time_s(t, 1.0) > 0
+    assert dram.channel_stream_time_s(t, 5e-324) == dram.channel_stream_time_s(t, 1.0) > 0
