@@ -99,7 +99,10 @@ def build(cls, table: dict, where: str, **given):
         kwargs[name] = v
     if "sources" in hints:
         kwargs["sources"] = sources
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except HardwareError as e:  # a value out of range: say in which file and section it is
+        raise HardwareError(f"{where}: {e}") from None
 
 
 def override(params, **changes):
