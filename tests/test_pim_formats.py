@@ -264,7 +264,7 @@ def lookup_cases(draw):
     return ch, draw(st.sampled_from([1, 2, 4, 8])), m, k
 
 
-@settings(max_examples=200)
+@settings(max_examples=100)
 @given(case=lookup_cases(), more=st.integers(1, 1 << 17), tok=st.floats(0, 1e6), units=st.floats(0, 8),
        nv=st.floats(0, 4), flow=st.sampled_from(pim.PQ_DATAFLOWS))
 def test_a_bigger_lookup_buffer_is_never_slower(case, more, tok, units, nv, flow):
@@ -282,7 +282,7 @@ def test_a_bigger_lookup_buffer_is_never_slower(case, more, tok, units, nv, flow
     assert big_t <= small_t * (1 + 1e-12)
 
 
-@settings(max_examples=100)
+@settings(max_examples=50)
 @given(case=lookup_cases())
 def test_dataflows_agree_when_the_tables_fit(case):
     ch, g, m, k = case
