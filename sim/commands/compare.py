@@ -51,25 +51,36 @@ def add_parser(sub) -> None:
     scenario = ", ".join(f"{k}={v}" for k, v in SCENARIO.items())
     p = sub.add_parser("compare", help=HELP, description=HELP, epilog=EXAMPLE + scenario,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p)
-    p.add_argument("--variants", metavar="LIST",
-                   help="comma-separated variant labels to run, e.g. offload,offload+prefetch (default: all "
-                   "available; --system X keeps the variants of system X)")
+    add_variant_arguments(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default results/compare-<timestamp>)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the output folder if it already holds a comparison (as a whole: no old file "
                    "stays)")
 
 
-def run(args) -> int:
+def add_variant_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that choose what is compared: every run setting and system option, and ``--variants``."""
+    add_config_arguments(p)
+    p.add_argument("--variants", metavar="LIST",
+                   help="comma-separated variant labels to run, e.g. offload,offload+prefetch (default: all "
+                   "available; --system X keeps the variants of system X)")
+
+
+def variant_pairs(args, scenario=SCENARIO) -> list:
+    """(label, RunConfig) of every compared variant: ``scenario`` under the user's flags, ``--variants`` and
+    ``--system`` applied."""
     keys = set(SHARED) | set(option_owners())
     given = {k: v for k, v in vars(args).items() if k in keys and v is not None}
     only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     system = given.pop("system", None)
-    scenario = dict(SCENARIO)
+    scenario = dict(scenario)
     if "trace" in given or "requests" in given:
-        scenario.pop("steps")  # a request list runs to its end unless the user caps it with --steps
-    pairs = variant_configs({**scenario, **given}, only, system=system)
+        scenario.pop("steps", None)  # a request list runs to its end unless the user caps it with --steps
+    return variant_configs({**scenario, **given}, only, system=system)
+
+
+def run(args) -> int:
+    pairs = variant_pairs(args)
     out = Path(args.out) if args.out else Path("results") / time.strftime("compare-%Y%m%d-%H%M%S")
     check_target_folder(out, args.overwrite, FILES.values())  # before the runs: a refusal costs nothing
     runs = run_variants(pairs)
