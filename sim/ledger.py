@@ -342,15 +342,21 @@ def flags(entry: Entry, base: dict[str, dict]) -> list[str]:
 
 def build_ledger(pairs: Sequence[tuple[str, RunConfig]], jobs: int = 1,
                  runner: Callable[[list[Task], int], list] = run_tasks) -> dict:
-    """Run the ledger for the variants ``pairs`` (label, RunConfig): the shipped runs, then every perturbation of
-    every assumption (see the module docstring). Returns the ledger as a JSON-ready dict. ``runner`` runs a list
+    """Run the ledger for the variants ``pairs`` (label, RunConfig): the shipped runs (an error if one fails or
+    none fits), then every perturbation of every assumption (see the module docstring). Returns the ledger as a JSON-ready dict. ``runner`` runs a list
     of tasks (tests pass a closed form)."""
     h = Headline.load(pairs)
     tagged = tagged_values(h)
+    shipped = runner([(c, h.machine, h.pims[i], h.model) for i, c in enumerate(h.configs)], jobs)
+    for lab, out in zip(h.labels, shipped, strict=True):
+        if isinstance(out, str):
+            raise ConfigError(f"{lab}: {out}")
+    win = winner_index(shipped)
+    if win is None:
+        raise ConfigError("no compared variant fits: there is no winner to measure the assumptions against")
+    winner = h.labels[win]
+    base = headline_metrics(h.labels, shipped, winner)
     entries, tasks, where = [], [], []   # where[k]: (entry index, side name, variant index) of tasks[k]
-    for i in range(len(h.configs)):
-        tasks.append((h.configs[i], h.machine, h.pims[i], h.model))
-        where.append((None, None, i))
     for t in tagged:
         todo, reason = sides(t.value)
         entry = Entry(t, [], reason)
@@ -361,29 +367,19 @@ def build_ledger(pairs: Sequence[tuple[str, RunConfig]], jobs: int = 1,
                 tasks.append(task)
                 where.append((len(entries), s.name, i))
         entries.append(entry)
-    outcomes = runner(tasks, jobs)
-    shipped: list = [None] * len(h.configs)
+    outcomes = runner(tasks, jobs) if tasks else []
     changed: dict[tuple[int, str], dict[int, Result]] = {}
     for (e, side, i), out in zip(where, outcomes, strict=True):
-        if e is None:
-            if isinstance(out, str):
-                raise ConfigError(f"{h.labels[i]}: {out}")
-            shipped[i] = out
-        elif isinstance(out, str):
+        if isinstance(out, str):
             entries[e].errors.setdefault(side, f"{h.labels[i]}: {out}")
         else:
             changed.setdefault((e, side), {})[i] = out
-    win = winner_index(shipped)
-    if win is None:
-        raise ConfigError("no compared variant fits: there is no winner to measure the assumptions against")
-    winner = h.labels[win]
-    base = headline_metrics(h.labels, shipped, winner)
     for (e, side), by_variant in changed.items():
         if side in entries[e].errors:
             continue
         results = [by_variant.get(i, shipped[i]) for i in range(len(shipped))]
         entries[e].metrics[side] = headline_metrics(h.labels, results, winner)
-    return _ledger_dict(h, shipped, base, entries, len(tasks))
+    return _ledger_dict(h, shipped, base, entries, len(shipped) + len(tasks))
 
 
 def _ledger_dict(h: Headline, shipped: list[Result], base: dict, entries: list[Entry], runs: int) -> dict:

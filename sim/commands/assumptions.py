@@ -22,7 +22,7 @@ from types import MappingProxyType
 from sim.commands.compare import SCENARIO as COMPARE_SCENARIO
 from sim.commands.compare import add_variant_arguments, variant_pairs
 from sim.errors import ConfigError
-from sim.io import atomic_folder, check_target_folder, write_text_atomic
+from sim.io import atomic_folder, check_output_file, check_target_folder, write_text_atomic
 from sim.ledger import Headline, build_ledger, fmt_value, ledger_csv, ledger_json, ledger_table, tagged_values
 from sim.sweep import check_jobs
 
@@ -70,6 +70,8 @@ def run(args) -> int:
     jobs = check_jobs(args.jobs)
     out = Path(args.out) if args.out else Path("results") / time.strftime("assumptions-%Y%m%d-%H%M%S")
     check_target_folder(out, args.overwrite, FILES.values())  # before the runs: a refusal costs nothing
+    if not out.exists():
+        check_output_file(out)  # nor does a file where its parent folder should be
     t0 = time.monotonic()
     ledger = build_ledger(pairs, jobs=jobs)
     elapsed = time.monotonic() - t0
