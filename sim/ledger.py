@@ -435,6 +435,23 @@ def _presets(h: Headline) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------------------ output
 
+def assumptions_markdown(pairs: Sequence[tuple[str, RunConfig]]) -> str:
+    """A report section: the values of the compared presets tagged as assumptions (no runs; the sensitivity is
+    `aqpim-sim assumptions`)."""
+    h = Headline.load(pairs)
+    tagged = tagged_values(h)
+    presets = ", ".join(dict.fromkeys(t.preset for t in tagged))
+    md = ["## Assumptions", ""]
+    if not tagged:
+        return "\n".join([*md, "No value of the presets this comparison ran on is tagged as an assumption (I).", ""])
+    md += [f"{len(tagged)} values of the presets this comparison ran on ({presets}) are tagged as assumptions (I): "
+           "derived or assumed here, not checked against a source. `aqpim-sim assumptions`, with the same flags, "
+           "halves and doubles each one and reports how far the headline moves (docs/assumptions.md).", "",
+           "| assumption | preset | value |", "|---|---|---:|"]
+    md += [f"| `{t.key}` | {t.preset} | {fmt_value(t.value, t.unit)} |" for t in tagged]
+    return "\n".join([*md, ""])
+
+
 def ledger_json(ledger: dict) -> str:
     return json.dumps(ledger, sort_keys=True, indent=1, allow_nan=False) + "\n"
 

@@ -4,7 +4,8 @@ The comparison starts from a long-context scenario (``SCENARIO``, below ``RunCon
 every flag): 16 sequences of 64K tokens of LLaMA-3.1-8B, a 128 GiB KV cache. There the offload path is bound
 by PCIe, and the cache is larger than a PIM device's memory, so the PIM baseline meets its capacity wall. The
 folder gets ``results.json`` (a list of Results), ``trace.json`` (Chrome trace), ``breakdown.png``,
-``timeline.png`` and ``report.md``; only the default folder name carries a timestamp.
+``timeline.png`` and ``report.md`` (ending with the values of the presets used that are tagged as assumptions,
+``sim.ledger``); only the default folder name carries a timestamp.
 
 The folder is written as a set: every file into a temporary sibling folder, renamed into place at the end, so an
 interrupted run leaves no partial folder (and the next run removes its temporary). An existing folder that is not
@@ -31,6 +32,7 @@ from sim.compare import (
 )
 from sim.config import SHARED, option_owners
 from sim.io import atomic_folder, check_target_folder, write_text_atomic
+from sim.ledger import assumptions_markdown
 from sim.variants import variant_configs
 
 HELP = "run every system variant on one long-context configuration and compare them"
@@ -100,6 +102,7 @@ def run(args) -> int:
         plot_breakdown(tmp / FILES["results"], tmp / FILES["breakdown"])
         plot_timeline(tmp / FILES["trace"], tmp / FILES["timeline"], steps=1,
                       title=f"{scenario_line(runs)}: first decode step")
-        write_text_atomic(tmp / FILES["report"], report_markdown(runs, dict(FILES)))
+        write_text_atomic(tmp / FILES["report"], report_markdown(runs, dict(FILES)) + "\n"
+                          + assumptions_markdown(pairs))
     print(f"wrote {out}/: " + ", ".join(FILES.values()))
     return 0
