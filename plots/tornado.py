@@ -53,7 +53,7 @@ def plot_tornado(ledger_path: str | Path, out: str | Path, top: int = 15, title:
         raise ResultsError(f"{ledger_path}: no assumption moves a headline ratio: nothing to plot")
     n = len(rows)
     with rc():
-        fig = new_figure(4.5 + 3.4 * len(metrics), 1.4 + 0.3 * n)
+        fig = new_figure(4.5 + 3.4 * len(metrics), 1.7 + 0.3 * n)
         axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
         crossing = False
         for ax, m in zip(axes, metrics, strict=True):
@@ -92,7 +92,7 @@ def plot_tornado(ledger_path: str | Path, out: str | Path, top: int = 15, title:
             handles.append(Patch(color=FLIP_COLOUR, label="changes who wins (red label)"))
         if crossing:
             handles.append(Line2D([], [], color=FLIP_COLOUR, label="ratio 1: the pair's winner changes"))
-        axes[-1].legend(handles=handles, loc="lower right", frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
         shown = f"{n} of the {len(moving)} assumptions" if len(moving) > n else f"the {n} assumptions"
         fig.suptitle(title or f"{ledger['scenario']}\n{shown} that move a headline ratio (of "
                      f"{len(ledger['entries'])} tagged), each halved and doubled alone",
