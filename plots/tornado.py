@@ -47,6 +47,8 @@ def plot_tornado(ledger_path: str | Path, out: str | Path, top: int = 15, title:
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ResultsError(f"top must be a positive number of rows, got {top!r}")
     metrics = [m for m in ledger["metrics"] if ledger["headline"][m].get("value")]
+    if not metrics:
+        raise ResultsError(f"{ledger_path}: the ledger has no headline ratio: nothing to plot")
     moving = [r for r in ledger["entries"] if any((r["swing"].get(m) or 0.0) >= MIN_SWING for m in metrics)]
     rows = moving[:top]
     if not rows:

@@ -193,7 +193,7 @@ def sides(value) -> tuple[list[Side], str]:
         return [Side("half", value / 2), Side("double", value * 2)], ""
     if isinstance(value, str):
         return [], "a name, not a number"
-    return [], f"a {type(value).__name__} (a preset of its own; its values are listed apart), not a number"
+    return [], "a block of its own (its tagged values are listed apart), not a number"
 
 
 def replace_at(obj, path: tuple[str, ...], value):
@@ -356,6 +356,10 @@ def build_ledger(pairs: Sequence[tuple[str, RunConfig]], jobs: int = 1,
         raise ConfigError("no compared variant fits: there is no winner to measure the assumptions against")
     winner = h.labels[win]
     base = headline_metrics(h.labels, shipped, winner)
+    if all(d["value"] is None for d in base.values()):
+        raise ConfigError(f"no headline ratio to move: {winner} wins, but no baseline variant ("
+                          f"{', '.join(n for n, c in SYSTEMS.items() if c.baseline)}) fits, and no pair of "
+                          f"{', '.join(f'{a} and {b}' for a, b in PAIRS)} is compared")
     entries, tasks, where = [], [], []   # where[k]: (entry index, side name, variant index) of tasks[k]
     for t in tagged:
         todo, reason = sides(t.value)
@@ -382,6 +386,13 @@ def build_ledger(pairs: Sequence[tuple[str, RunConfig]], jobs: int = 1,
     return _ledger_dict(h, shipped, base, entries, len(shipped) + len(tasks))
 
 
+def plain(value):
+    """A value as JSON holds it: numbers, booleans and names as they are; a nested block (a DRAM timing) by name."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(getattr(value, "name", type(value).__name__))
+
+
 def _ledger_dict(h: Headline, shipped: list[Result], base: dict, entries: list[Entry], runs: int) -> dict:
     metric_names = list(base)
     rows = []
@@ -397,7 +408,7 @@ def _ledger_dict(h: Headline, shipped: list[Result], base: dict, entries: list[E
             side_rows.append(row)
         swings = {m: swing(base[m]["value"], [r["metrics"][m]["value"] for r in side_rows if r["metrics"]])
                   for m in metric_names}
-        rows.append({"key": t.key, "root": t.root, "path": list(t.path), "preset": t.preset, "value": t.value,
+        rows.append({"key": t.key, "root": t.root, "path": list(t.path), "preset": t.preset, "value": plain(t.value),
                      "unit": t.unit, "source": t.source, "skipped": e.skipped, "sides": side_rows,
                      "swing": swings, "flags": flags(e, base) if not e.skipped else []})
     rows.sort(key=lambda r: (-max((v or 0.0) for v in r["swing"].values()), r["key"]))
@@ -417,7 +428,8 @@ def _ledger_dict(h: Headline, shipped: list[Result], base: dict, entries: list[E
 
 def metric_title(m: str, base: dict) -> str:
     if m == SPEEDUP:
-        return f"{base[m]['winner']} over the best fitting baseline ({base[m]['over']})"
+        over = base[m]["over"] or "none fits or none compared"
+        return f"{base[m]['winner']} over the best fitting baseline ({over})"
     return m.replace("/", " over ")
 
 
@@ -457,6 +469,7 @@ def ledger_json(ledger: dict) -> str:
 
 
 def fmt_value(v, unit: str = "") -> str:
+    v = plain(v)
     if v is None:
         return "-"
     if isinstance(v, bool):

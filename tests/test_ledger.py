@@ -16,6 +16,7 @@ from hw_models import gpu as gpu_model
 from hw_models.machine import PRESET_DIR, load_machine
 from sim.cli import main
 from sim.config import make_config
+from sim.errors import ConfigError
 from sim.ledger import (
     Headline,
     Side,
@@ -328,3 +329,21 @@ def test_cli_list_runs_nothing(capsys):
     n = int(lines[-1].split()[0])
     assert n == len(lines) - 1 and n > 20
     assert any(line.startswith("pim.channel.lut_bytes ") for line in lines)
+
+
+def test_a_tagged_block_is_listed_by_name_and_a_ledger_without_baseline_has_no_speedup(tmp_path):
+    """hbm-pim-aquabolt tags its channel's DRAM timing (I) as a whole: listed by name, not perturbed, its values
+    listed apart. Without an offload variant there is no speedup, only the pair; with neither, nothing to move."""
+    pairs = variant_configs({"batch": 1, "context": 2048, "steps": 1, "trace_steps": 0, "pim": "hbm-pim-aquabolt"},
+                            ["pim+limit", "aqpim"])
+    ledger = json.loads(ledger_json(build_ledger(pairs)))
+    timing = _entry(ledger, "pim.channel.timing")
+    assert timing["value"] == "HBM2 x128 (legacy channel)"
+    assert timing["skipped"].startswith("a block of its own") and timing["sides"] == []
+    assert any(e["key"].startswith("pim.channel.timing.") for e in ledger["entries"])
+    assert ledger["headline"]["speedup"]["value"] is None
+    # at 2K tokens the PQ path's fixed costs dominate: pim+limit wins (the crossover of DESIGN.md)
+    assert ledger["headline"]["speedup"]["winner"] == "pim+limit"
+    assert 0 < ledger["headline"]["aqpim/pim+limit"]["value"] < 1
+    with pytest.raises(ConfigError, match="no headline ratio to move: pim\\+limit wins"):
+        build_ledger(pairs[:1])
