@@ -367,6 +367,30 @@ def _plot_cases() -> list[Case]:
     ]
 
 
+def _ledger_cases() -> list[Case]:
+    """`assumptions`: every refusal comes before the first simulation."""
+    a = ("assumptions", "--out", "{d}/l")
+    return [
+        case("assumptions unknown hardware", *a, "--hardware", "a100-pcie4", match="unknown hardware preset"),
+        case("assumptions unknown PIM device", *a, "--pim", "attacc", match="attacc"),
+        case("assumptions unknown model", *a, "--model", "llama-9b", match="unknown model preset"),
+        case("assumptions malformed hardware file", *a, "--hardware", "{d}/m.toml", files={"m.toml": "[gpu\n"},
+             match="malformed TOML"),
+        case("assumptions unknown variant", *a, "--variants", "aqpim,pim+limt", match="did you mean 'pim+limit'"),
+        case("assumptions --jobs 0", *a, "--jobs", "0", match="--jobs"),
+        case("assumptions --top 0", *a, "--top", "0", match="--top"),
+        case("assumptions --steps 0", *a, "--steps", "0", match="steps"),
+        case("assumptions nothing fits", *a, "--variants", "gpu", "--context", "1000000", "--steps", "1",
+             match="no compared variant fits"),
+        case("assumptions --out a file", "assumptions", "--out", "{d}/f", files={"f": "x"},
+             match="is a file, not a folder"),
+        case("assumptions --out under a file", "assumptions", "--out", "{d}/f/l", files={"f": "x"},
+             match="is a file, not a folder"),
+        case("plot: tornado of a results list", "plot", "tornado", "{d}/r.json", "--out", "{d}/t.png",
+             files={"r.json": "[]"}, match="not an assumption ledger"),
+    ]
+
+
 def _output_cases() -> list[Case]:
     return [
         case("run --json-out under a file", "run", *SMALL, "--json-out", "{d}/f/x.json", files={"f": "x"},
@@ -416,7 +440,7 @@ def _warning_cases() -> list[Case]:
 
 def cases() -> list[Case]:
     return (_option_cases() + _choice_cases() + _consistency_cases() + _run_file_cases() + _model_cases()
-            + _hardware_cases() + _trace_cases() + _sweep_cases() + _plot_cases() + _output_cases()
+            + _hardware_cases() + _trace_cases() + _sweep_cases() + _plot_cases() + _ledger_cases() + _output_cases()
             + _argparse_cases() + _warning_cases())
 
 
