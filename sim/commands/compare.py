@@ -105,8 +105,7 @@ def run(args) -> int:
         plot_breakdown(tmp / FILES["results"], tmp / FILES["breakdown"])
         plot_timeline(tmp / FILES["trace"], tmp / FILES["timeline"], steps=1,
                       title=f"{scenario_line(runs)}: first decode step")
-        write_text_atomic(tmp / FILES["report"], report_markdown(runs, dict(FILES), args.show_infeasible) + "
-"
+        write_text_atomic(tmp / FILES["report"], report_markdown(runs, dict(FILES), args.show_infeasible) + "\n"
                           + assumptions_markdown(pairs))
     print(f"wrote {out}/: " + ", ".join(FILES.values()))
     return 0
