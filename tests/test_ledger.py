@@ -86,7 +86,9 @@ def test_the_default_comparison_lists_what_a_grep_of_its_presets_finds():
 
 def test_a_value_the_user_sets_is_no_assumption_of_the_run():
     pairs = variant_configs({"steps": 1, "lut_bytes": 2048}, ["aqpim"])
-    assert "pim.channel.lut_bytes" not in {t.key for t in tagged_values(Headline.load(pairs))}
+    assert "pim.channel.aqpim_unit.lut_bytes" not in {t.key for t in tagged_values(Headline.load(pairs))}
+    shipped = variant_configs({"steps": 1}, ["aqpim"])
+    assert "pim.channel.aqpim_unit.lut_bytes" in {t.key for t in tagged_values(Headline.load(shipped))}
 
 
 # ---------------------------------------------------------------------------------------- perturbations
@@ -328,7 +330,7 @@ def test_cli_list_runs_nothing(capsys):
     lines = capsys.readouterr().out.splitlines()
     n = int(lines[-1].split()[0])
     assert n == len(lines) - 1 and n > 20
-    assert any(line.startswith("pim.channel.lut_bytes ") for line in lines)
+    assert any(line.startswith("pim.channel.aqpim_unit.lut_bytes ") for line in lines)
 
 
 def test_a_tagged_block_is_listed_by_name_and_a_ledger_without_baseline_has_no_speedup(tmp_path):
