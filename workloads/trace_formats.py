@@ -79,7 +79,7 @@ class TraceFile:
         """One line per fact a run should report: rows skipped, a cap that cut the file."""
         out = []
         if self.skipped:
-            parts = ", ".join(f"{n} {why}" for why, n in self.skipped.items())
+            parts = "; ".join(f"{n} {why}" for why, n in self.skipped.items())
             out.append(f"trace {self.path}: skipped {sum(self.skipped.values())} of {self.rows} rows ({parts})")
         if self.capped:
             out.append(f"trace {self.path}: first {len(self.requests)} requests only (trace_max_requests)")
@@ -224,7 +224,7 @@ def _read_csv(f, p: Path, cap: int, capped_by_user: bool) -> TraceFile:
         prompt = _tokens(row[p_col], p_col, where, allow_zero=True)
         output = _tokens(row[o_col], o_col, where, allow_zero=True)
         if output == 0 or prompt == 0:
-            why = (f"failed (0 {o_col})" if output == 0 else f"empty (0 {p_col})")
+            why = f"with 0 {o_col}: failed requests" if output == 0 else f"with 0 {p_col}"
             skipped[why] = skipped.get(why, 0) + 1
             continue
         arrivals.append(t)
