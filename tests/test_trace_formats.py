@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from sim.cli import main
 from sim.config import make_config
 from sim.errors import ConfigError
-from workloads.arrivals import LengthDist, generate_requests
+from workloads.arrivals import LengthDist, generate_requests, synthetic_requests
 from workloads.errors import WorkloadError
-from workloads.trace_formats import datetime_seconds, read_trace
-from workloads.traces import ContinuousBatcher, Request, fixed_requests, load_requests, synthetic_requests
+from workloads.trace_formats import datetime_seconds, load_requests, read_trace
+from workloads.traces import ContinuousBatcher, Request, fixed_requests
 
 AZURE_HEAD = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 AZURE = AZURE_HEAD + ("2023-11-16 18:15:46.6805900,374,44\n"

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from workloads.errors import WorkloadError
+from workloads.trace_formats import read_trace
 from workloads.traces import MAX_ARRIVAL_S, MAX_TOKENS, Request
 
 ARRIVAL_PROCESSES = ("poisson", "gamma")
@@ -102,8 +103,6 @@ class LengthDist:
 
     def values(self, column: str) -> np.ndarray:
         """The empirical pool: one column of the trace file's usable rows."""
-        from workloads.trace_formats import read_trace
-
         reqs = read_trace(Path(self.path)).requests
         return np.fromiter((getattr(r, column) for r in reqs), dtype=np.int64, count=len(reqs))
 
@@ -180,3 +179,15 @@ def _stream(n, rate_per_s, process, cv, rng, draw_prompt, draw_output, chunk) ->
             yield Request(a, p, o)
         last = float(arrivals[-1])
         done += m
+
+
+def synthetic_requests(n: int, prompt_tokens: int, output_tokens: int, arrival_rate_per_s: float,
+                       rng: np.random.Generator) -> list[Request]:
+    """``n`` requests with Poisson arrivals at ``arrival_rate_per_s`` (0: all at t=0) and fixed lengths, as a list:
+    ``generate_requests`` with fixed lengths, drawn at once."""
+    if not isinstance(n, int) or n <= 0:
+        raise WorkloadError(f"requests must be a positive integer, got {n}")
+    if arrival_rate_per_s < 0:
+        raise WorkloadError(f"arrival_rate_per_s must be >= 0, got {arrival_rate_per_s}")
+    return list(generate_requests(n, arrival_rate_per_s, LengthDist("fixed", (prompt_tokens,)),
+                                  LengthDist("fixed", (output_tokens,)), rng))

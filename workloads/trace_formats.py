@@ -167,6 +167,11 @@ def read_trace(path: str | Path, time_scale: float = 1.0, max_requests: int | No
     return out
 
 
+def load_requests(path: str | Path) -> list[Request]:
+    """The requests of a trace file in any layout, without options (``read_trace`` has them)."""
+    return read_trace(path).requests
+
+
 def _read_jsonl(f, p: Path, cap: int, capped_by_user: bool) -> TraceFile:
     reqs: list[Request] = []
     rows = 0

@@ -7,13 +7,15 @@ time 0 with ``context`` prompt tokens and ``steps`` output tokens. The batcher a
 simulator asks it for the next batch at each step start), so arrivals interact with step latency as they would
 in a serving system. Cost per step is O(batch), never O(tokens). Prefill is not modelled: an admitted request's
 prompt K/V are taken to be in place.
+
+Requests come from ``workloads.trace_formats`` (files: the project's CSV/JSONL, the Azure LLM inference trace,
+BurstGPT) or ``workloads.arrivals`` (a lazy synthetic stream); the batcher takes a list or such a stream.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -43,20 +45,6 @@ def fixed_requests(batch: int, context: int, steps: int) -> list[Request]:
         if not isinstance(v, int) or v <= 0:
             raise WorkloadError(f"{name} must be a positive integer, got {v!r}")
     return [Request(0.0, context, steps) for _ in range(batch)]
-
-
-def synthetic_requests(n: int, prompt_tokens: int, output_tokens: int, arrival_rate_per_s: float,
-                       rng: np.random.Generator) -> list[Request]:
-    """``n`` requests with Poisson arrivals at ``arrival_rate_per_s`` (0: all at t=0) and fixed lengths, as a list
-    (``workloads.arrivals.generate_requests`` gives the same requests lazily, and other processes and lengths)."""
-    from workloads.arrivals import LengthDist, generate_requests  # that module builds on this one
-
-    if not isinstance(n, int) or n <= 0:
-        raise WorkloadError(f"requests must be a positive integer, got {n}")
-    if arrival_rate_per_s < 0:
-        raise WorkloadError(f"arrival_rate_per_s must be >= 0, got {arrival_rate_per_s}")
-    return list(generate_requests(n, arrival_rate_per_s, LengthDist("fixed", (prompt_tokens,)),
-                                  LengthDist("fixed", (output_tokens,)), rng))
 
 
 MAX_TOKENS = 2**30          # prompt or output tokens of one request
@@ -95,14 +83,6 @@ def _parse_row(row: dict, where: str) -> Request:
         raise WorkloadError(f"{where}: missing {', '.join(missing)}; each request needs {', '.join(TRACE_COLUMNS)}")
     return Request(_seconds(row["arrival_s"], "arrival_s", where), _count(row["prompt_tokens"], "prompt_tokens", where),
                    _count(row["output_tokens"], "output_tokens", where))
-
-
-def load_requests(path: str | Path) -> list[Request]:
-    """Read requests from a trace file: CSV (the project's header, the Azure LLM inference trace's or BurstGPT's)
-    or JSONL; ``workloads.trace_formats.read_trace`` has the options and the rows it skipped."""
-    from workloads.trace_formats import read_trace  # that module builds on this one
-
-    return read_trace(path).requests
 
 
 def _no_constant(name: str):
