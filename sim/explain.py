@@ -14,10 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from sim.config import RunConfig
+from sim.config import DEFAULT_STEPS, RunConfig, from_mapping
+from sim.errors import INPUT_ERRORS
 from sim.report import fmt_time
 from sim.results import Result
-from sim.run import run_simulation
+from sim.run import run_simulation, simulate
+from sim.systems import SYSTEMS
 from sim.topology import Topology
 from workloads.models import ModelSpec
 
@@ -181,8 +183,7 @@ def _verdict(us: list[Usage], step_s: float, links: dict, limits: dict, result: 
                    f"of dependent operations that take turns on the resources.")
         if len(us) > 1 and total >= 0.9 * step_s:
             out.append(f"  {us[0].name} and {us[1].name} together account for {fmt_time(total)} of the "
-                       f"{fmt_time(step_s)} step: overlapping them (prefetch, sub-batch interleaving) could hide up to "
-                       f"{fmt_time(min(us[0].busy_s, us[1].busy_s))}.")
+                       f"{fmt_time(step_s)} step; whether overlapping them pays is checked below.")
     if len(us) > 1 and us[1].busy_s > 0:
         out.append(f"If {top.name} cost nothing, the next limit would be {us[1].name} at {fmt_time(us[1].busy_s)} "
                    f"per step: at best {step_s / us[1].busy_s:.1f}x faster.")
@@ -221,6 +222,56 @@ def _lookup_lines(result: Result, spans: list, n_steps: int) -> list[str]:
         out.append("  PIM time per layer by dataflow (closed form, busiest channel): " + ", ".join(
             f"{k} {fmt_time(v)}" for k, v in by_flow.items()) + f"; the fastest is '{best}'"
                    + ("." if best == look["dataflow"] else f", not the one run ('{look['dataflow']}')."))
+    return out
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """One option change and the mean step latency it gave, both runs simulated over the same steps."""
+
+    change: dict
+    before_s: float
+    after_s: float
+    fits: bool
+
+    @property
+    def flags(self) -> str:
+        return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in self.change.items())
+
+
+WHAT_IF_MIN_GAIN = 0.01  # a change is suggested only when the simulation confirms at least a 1% shorter step
+
+
+def checked_what_ifs(cfg: RunConfig, steps: int = 2) -> list[WhatIf]:
+    """Each of the system's ``what_ifs`` that changes the configuration and is valid, simulated beside the
+    configuration itself over ``steps`` steps; the ones whose step is at least 1% shorter, best first."""
+    base_cfg = {**cfg.to_dict(), "steps": min(cfg.steps or DEFAULT_STEPS, steps), "trace_steps": 0}
+    base = simulate(from_mapping(base_cfg, where="explain"))
+    found = []
+    for change in SYSTEMS[cfg.system].what_ifs:
+        if all(base_cfg.get(k) == v for k, v in change.items()):
+            continue
+        try:
+            other = simulate(from_mapping({**base_cfg, **change}, where="explain"))
+        except INPUT_ERRORS:  # not valid with the rest of the configuration (e.g. prefetch with cpu_attention)
+            continue
+        if other.mean_step_latency_s < (1 - WHAT_IF_MIN_GAIN) * base.mean_step_latency_s and other.fits >= base.fits:
+            found.append(WhatIf(dict(change), base.mean_step_latency_s, other.mean_step_latency_s, other.fits))
+    return sorted(found, key=lambda w: w.after_s)
+
+
+def what_if_lines(cfg: RunConfig, found: list[WhatIf], steps: int) -> list[str]:
+    tried = SYSTEMS[cfg.system].what_ifs
+    if not tried:
+        return []
+    n = min(cfg.steps or DEFAULT_STEPS, steps)
+    out = ["", f"Checked what-ifs ({len(tried)} option changes, each simulated over {n} step{'s' if n != 1 else ''} "
+                f"beside this configuration):"]
+    if not found:
+        out.append("  none shortens the step by 1% or more.")
+    for w in found:
+        out.append(f"  {w.flags}: {fmt_time(w.before_s)} -> {fmt_time(w.after_s)} per step "
+                   f"({w.before_s / w.after_s:.2f}x faster, simulated).")
     return out
 
 
@@ -263,9 +314,13 @@ def explain_result(result: Result, spans: list, topology: Topology, model: Model
     return "\n".join(lines)
 
 
-def explain(cfg: RunConfig) -> str:
-    """Simulate ``cfg`` (tracing at least one step) and explain its decode step."""
+def explain(cfg: RunConfig, what_if_steps: int = 2) -> str:
+    """Simulate ``cfg`` (tracing at least one step) and explain its decode step; then try the system's what-ifs
+    and print those the simulation confirms (``what_if_steps = 0``: none tried)."""
     if cfg.trace_steps < 1:
         cfg = replace(cfg, trace_steps=1)
     run = run_simulation(cfg)
-    return explain_result(run.result, run.spans, run.topology, run.model)
+    text = explain_result(run.result, run.spans, run.topology, run.model)
+    if what_if_steps > 0 and not cfg.uses_requests:
+        text += "\n" + "\n".join(what_if_lines(cfg, checked_what_ifs(cfg, what_if_steps), what_if_steps))
+    return text

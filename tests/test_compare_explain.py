@@ -95,7 +95,8 @@ def test_explain_names_the_bottleneck_with_numbers(capsys):
     assert "pim.ch" not in out  # the traced channel lanes are detail of the pim unit, not resources of their own
     assert main(["explain", "--steps", "1", "--batch", "1", "--context", "2048", *host]) == 0
     out = capsys.readouterr().out
-    assert "No single resource is busy for most of the step" in out and "overlapping them (prefetch" in out
+    assert "No single resource is busy for most of the step" in out and "whether overlapping them pays" in out
+    assert "--prefetch: " in out and "faster, simulated)" in out  # the overlap, confirmed by simulating it
 
 
 def test_plot_command_kinds(tmp_path, capsys):

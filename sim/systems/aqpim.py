@@ -80,6 +80,7 @@ class AqpimSystem(PimSystem):
     name = "aqpim"
     Options = AqpimOptions
     variants = ({},)
+    what_ifs = (*PimSystem.what_ifs, *({"lut_dataflow": f} for f in pim_model.PQ_DATAFLOWS))
     kv_location = "pim (PQ codes)"
 
     def kv_format(self) -> PqSettings:

@@ -83,6 +83,8 @@ class System:
     Options: ClassVar[type[Options]] = NoOptions
     variants: ClassVar[tuple[Mapping, ...]] = ({},)
     baseline: ClassVar[bool] = False
+    # Option changes ``explain`` tries (each simulated) before it suggests one: only a confirmed gain is printed.
+    what_ifs: ClassVar[tuple[Mapping, ...]] = ()
 
     def __init__(self, machine, model: ModelSpec, options: Options):
         self.machine = machine

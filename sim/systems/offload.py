@@ -345,6 +345,8 @@ class OffloadSystem(System):
     variants = ({}, {"prefetch": True}, {"cpu_attention": True}, {"cpu_attention": True, "cpu_kernel": "bandwidth"},
                 {"kv_gpu_fraction": "0"})
     baseline = True
+    what_ifs = ({"prefetch": True}, {"cpu_attention": True, "cpu_kernel": "bandwidth"},
+                {"kv_gpu_fraction": "auto", "weights_gpu_fraction": "auto"})
 
     def __init__(self, machine, model: ModelSpec, options: OffloadOptions):
         super().__init__(machine, model, options)

@@ -300,6 +300,8 @@ class PimSystem(System):
     name = "pim"
     Options = PimOptions
     variants = ({}, {"capacity_policy": "limit"}, {"kv_format": "int4"})
+    what_ifs = ({"sub_batches": 2}, {"link_chunks": 4}, {"link_chunks": 16}, {"softmax": "near"},
+                {"placement": "hybrid"})
     kv_location = "pim"
 
     def __init__(self, machine, model: ModelSpec, options: PimDeviceOptions):
