@@ -1,0 +1,376 @@
+"""The closed-form sweep path: every point of a sweep from the systems' closed forms, without the SimPy engine.
+
+A decode run without arrivals is deterministic before it starts: every request is there at t=0, the batcher
+admits them in order (up to ``max_batch`` and, with ``capacity_policy = limit``, the token budget), and every
+active sequence gains one token per step. None of that depends on time, so the batch of every step is known
+without simulating, and each step's latency is the system's closed form on that step's plan,
+``System.estimate(System.plan(batch))``: the same plan the simulation runs, so an exact closed form (a single
+chain) gives the simulated step latency to floating-point rounding, and a lower bound (overlapping schedules:
+prefetch, sub-batches, a spill path sharing a resource) never exceeds it. ``estimate_point`` folds the steps into
+a ``Result`` with ``sim.stats.StepStats``, as the driver in ``sim.run`` does; the capacity report comes from
+``System.capacity`` on the largest step, as in a run.
+
+What needs the engine is refused with one line naming the reason (``unsupported_reason``): a trace file, or
+Poisson arrivals (``arrival_rate_per_s > 0``), whose admission depends on simulated time.
+
+Fields of the Result:
+
+* exact from the closed form (exact points; bounds at bound points: ``analytic_exact`` says which): step latency
+  (mean, min, max, the traced steps), ``total_time_s``, ``tokens_per_s``, the time-to-next-token percentiles;
+* independent of the schedule, so always exact: tokens, batch sizes, capacity, fit, ``details`` (PIM channel busy
+  time is the sum of the channels' work), ``bytes_by_link`` and dynamic energy (the plan's ``Work`` energies, the
+  transfers' bytes times their links' energy per byte, and the host DRAM read by CPU attention);
+* static energy is idle power x the run's wall time, so energy totals are given for exact points only;
+* not computed (left empty or 0, listed in ``details.analytic_omitted``): ``busy_s``, ``busy_by_kind_s``,
+  ``breakdown_s`` and ``comm_share``, which need the overlap of resource holds that only the simulation records.
+
+Energy and link bytes are walked from the plans of the built-in systems (``_dynamic``); a system registered
+elsewhere gets latencies and capacity, and its energy is omitted.
+
+Speed: a ``Evaluator`` loads each model and machine once, builds each system once per (system, model, hardware,
+options) on a ``PlanMachine`` (the parameters and topology the plans read, no SimPy environment), and memoises a
+step's closed form per distinct batch shape (the sequences' attended tokens), across the steps and points it
+evaluates. Systems whose plans keep state (the PIM baseline's power-throttle high-water mark) are reset per point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hw_models.machine import MachineParams, load_machine
+from sim.config import RunConfig
+from sim.errors import ConfigError
+from sim.results import Result
+from sim.stats import StepStats
+from sim.systems import SYSTEMS
+from sim.systems.aqpim import AqpimSystem
+from sim.systems.base import StepBatch, System
+from sim.systems.gpu import GpuSystem
+from sim.systems.offload import OffloadSystem
+from sim.systems.pim import PimSystem
+from sim.topology import GPU, HOST_CPU, HOST_DRAM, PIM, Topology
+from workloads.models import ModelSpec, load_model
+from workloads.traces import ContinuousBatcher
+
+OMITTED = ("busy_s", "busy_by_kind_s", "breakdown_s", "comm_share")
+MEMO_LIMIT = 200_000  # step closed forms kept per evaluator (a few hundred bytes each, more with PIM channels)
+
+
+def unsupported_reason(cfg: RunConfig) -> str | None:
+    """Why ``cfg`` needs the discrete-event engine, or None when its closed form is well defined."""
+    if cfg.trace is not None:
+        return "a trace file's arrivals make admission depend on simulated time"
+    if cfg.requests is not None and cfg.arrival_rate_per_s > 0:
+        return "Poisson arrivals (arrival_rate_per_s > 0) make admission depend on simulated time"
+    return None
+
+
+def check_supported(cfg: RunConfig, where: str = "configuration") -> None:
+    reason = unsupported_reason(cfg)
+    if reason is not None:
+        raise ConfigError(f"{where}: --analytic cannot evaluate this point: {reason}; run it without --analytic")
+
+
+class PlanMachine:
+    """What a system's ``plan``, ``estimate`` and ``capacity`` read of a machine: parameters, topology, the PIM
+    device, and the PIM channels' busy time (set per point). No environment, no resources, no tracer."""
+
+    def __init__(self, topology: Topology):
+        self.topology = topology
+        self.params = topology.params
+        self.pim_params = topology.pim
+        self.pim = _Busy(np.zeros(topology.pim.channels)) if topology.pim is not None else None
+
+
+@dataclass
+class _Busy:
+    busy_s: np.ndarray
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """One step's closed form and its schedule-independent totals (one layer walked, times the layers)."""
+
+    latency_s: float
+    exact: bool
+    throttle: float = 1.0
+    energy_j: dict | None = None           # dynamic energy per component (None: not derivable for this system)
+    link_bytes: dict | None = None
+    channel_busy_s: np.ndarray | None = None
+
+
+@dataclass
+class _Setup:
+    system: System
+    model: ModelSpec
+    params: MachineParams
+    topology: Topology
+    memo: dict = field(default_factory=dict)
+
+
+class Evaluator:
+    """Evaluates points in closed form with caches shared by every point it is given (see the module docstring).
+    One per process or per chunk of points; not thread-safe."""
+
+    def __init__(self, memo_limit: int = MEMO_LIMIT):
+        self.models: dict[str, ModelSpec] = {}
+        self.machines: dict[str, MachineParams] = {}
+        self.topologies: dict = {}
+        self.setups: dict = {}
+        self.memo_limit = memo_limit
+        self.memo_size = 0
+
+    def setup(self, cfg: RunConfig) -> _Setup:
+        key = (cfg.system, cfg.model, cfg.hardware, cfg.options)
+        s = self.setups.get(key)
+        if s is None:
+            model = self.models.get(cfg.model) or self.models.setdefault(cfg.model, load_model(cfg.model))
+            params = self.machines.get(cfg.hardware) or self.machines.setdefault(cfg.hardware,
+                                                                                  load_machine(cfg.hardware))
+            cls = SYSTEMS[cfg.system]
+            devices = cls.devices(cfg.options)
+            tkey = (cfg.hardware, devices.pim)
+            topology = self.topologies.get(tkey) or self.topologies.setdefault(tkey, Topology(params, devices.pim))
+            s = self.setups[key] = _Setup(cls(PlanMachine(topology), model, cfg.options), model, params, topology)
+        return s
+
+    def step(self, s: _Setup, batch: StepBatch) -> StepCost:
+        kept = batch.kept
+        key = (batch.n_seqs, int(kept[0])) if kept.size and kept[0] == kept[-1] and (kept == kept[0]).all() \
+            else (batch.n_seqs, kept.tobytes())
+        cost = s.memo.get(key)
+        if cost is None:
+            cost = self._evaluate(s, batch)
+            if self.memo_size < self.memo_limit:
+                s.memo[key] = cost
+                self.memo_size += 1
+        return cost
+
+    def _evaluate(self, s: _Setup, batch: StepBatch) -> StepCost:
+        system = s.system
+        stateful = isinstance(system, PimSystem)
+        if stateful:
+            system.power_throttle = 1.0
+        plan = system.plan(batch)
+        est = system.estimate(plan)
+        throttle = system.power_throttle if stateful else 1.0
+        dyn = _dynamic(system, plan, s.topology)
+        if dyn is None:
+            return StepCost(float(est.latency_s), bool(est.exact), throttle)
+        return StepCost(float(est.latency_s), bool(est.exact), throttle, *dyn)
+
+    def point(self, cfg: RunConfig) -> Result:
+        """The Result of ``cfg`` from closed forms (see the module docstring for which fields)."""
+        check_supported(cfg)
+        s = self.setup(cfg)
+        system, model, params, topology = s.system, s.model, s.params, s.topology
+        from sim.run import _admission, _capacity, _finite, _power_cap_warning, build_requests, static_power_w
+
+        requests = build_requests(cfg, np.random.default_rng(cfg.seed))
+        warnings = []
+        longest = max(r.prompt_tokens + r.output_tokens for r in requests)
+        if longest > model.max_context:
+            warnings.append(f"context up to {longest} tokens exceeds {model.name}'s max_position_embeddings "
+                            f"({model.max_context}); simulated anyway")
+        max_batch = cfg.effective_max_batch
+        budget = system.token_budget(max_batch)
+        batcher = ContinuousBatcher(requests, max_batch)
+        step_cap = cfg.steps if cfg.uses_requests else None
+        stats = StepStats()
+        traced: list[float] = []
+        peak: StepBatch | None = None
+        throttle = 1.0
+        energy: dict | None = {}
+        link_bytes: dict = {}
+        busy = np.zeros(topology.pim.channels) if topology.pim is not None else None
+        while not batcher.done and (step_cap is None or stats.steps < step_cap):
+            batcher.admit(0.0, budget)
+            contexts = batcher.contexts()
+            batch = StepBatch.from_contexts(model, contexts)
+            c = self.step(s, batch)
+            if peak is None or batch.kv_tokens > peak.kv_tokens:
+                peak = batch
+            if stats.steps < cfg.trace_steps:
+                traced.append(c.latency_s)
+            stats.add(c.latency_s, c.latency_s, c.exact, batch.n_seqs)
+            throttle = max(throttle, c.throttle)
+            if c.energy_j is None:
+                energy = None
+            elif energy is not None:
+                for k, v in c.energy_j.items():
+                    energy[k] = energy.get(k, 0.0) + v
+                for k, v in c.link_bytes.items():
+                    link_bytes[k] = link_bytes.get(k, 0.0) + v
+            if busy is not None and c.channel_busy_s is not None:
+                busy += c.channel_busy_s
+            batcher.advance()
+
+        if isinstance(system, PimSystem):
+            system.power_throttle = throttle
+            system.machine.pim.busy_s = busy
+        wall_s = stats.latency_sum_s  # every request arrives at t=0 and no step waits: the wall is the steps' sum
+        cap = _capacity(system, model, peak)
+        if cap and not cap.fits:
+            warnings.append("does not fit: " + "; ".join(cap.reasons))
+        if cap:
+            warnings.extend(_power_cap_warning(cap.details))
+        tokens, decode_s, steps = stats.tokens, stats.latency_sum_s, stats.steps
+        exact = stats.analytic_exact
+        omitted = list(OMITTED)
+        energy_fields = _energy_fields(energy, static_power_w(topology), wall_s, tokens) if (
+            energy is not None and exact) else None
+        if energy_fields is None:
+            omitted.append("energy")
+            energy_fields = {"energy_j": {}, "energy_per_token_j": 0.0}
+        links = {link.name: 0.0 for link in topology.links if link.resource}
+        if energy is not None:
+            links.update({k: v for k, v in link_bytes.items() if k in links})
+        else:
+            omitted.append("bytes_by_link")
+            links = {}
+        details = _admission(dict(cap.details) if cap else {}, budget, stats.peak_batch)
+        details.update(method="analytic", analytic_omitted=",".join(omitted))
+        provenance = {"model": model.origin, "hardware": params.origin}
+        if topology.pim is not None:
+            provenance.update(pim=topology.pim.origin, dram_timing=topology.pim.channel.timing.origin)
+        return _finite(Result(
+            system=cfg.system, model=model.name, hardware=params.name, batch=max_batch,
+            context=max(r.prompt_tokens for r in requests), steps=steps, seed=cfg.seed,
+            mean_step_latency_s=decode_s / steps if steps else 0.0,
+            total_time_s=wall_s, tokens=tokens, tokens_per_s=tokens / wall_s if wall_s > 0 else 0.0,
+            busy_tokens_per_s=tokens / decode_s if decode_s > 0 else 0.0,
+            ttnt_p50_s=stats.ttnt.percentile(50), ttnt_p90_s=stats.ttnt.percentile(90),
+            ttnt_p99_s=stats.ttnt.percentile(99),
+            busy_s={}, busy_by_kind_s={}, breakdown_s={}, comm_share=0.0, bytes_by_link=links, **energy_fields,
+            kv_bytes=cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "",
+            fits=bool(cap and cap.fits), fit_reasons=list(cap.reasons) if cap else ["no decode step ran"],
+            analytic_mean_step_latency_s=decode_s / steps if steps else 0.0, analytic_exact=exact,
+            warnings=warnings, config=cfg.to_dict(), details=details,
+            option_defaults=type(cfg.options).defaults(), provenance=provenance,
+            ttnt_mean_s=stats.token_latency_sum_s / tokens if tokens else 0.0,
+            step_latency_min_s=stats.latency_min_s if steps else 0.0, step_latency_max_s=stats.latency_max_s,
+            peak_batch=stats.peak_batch, peak_kv_tokens=peak.kv_tokens if peak else 0,
+            analytic_max_rel_gap=0.0, analytic_max_rel_undershoot=0.0, traced_step_latency_s=traced))
+
+
+def estimate_point(cfg: RunConfig, evaluator: Evaluator | None = None) -> Result:
+    """One configuration's Result from the closed forms (``Evaluator.point``); pass an ``evaluator`` to share its
+    caches over many calls."""
+    return (evaluator or Evaluator()).point(cfg)
+
+
+def _energy_fields(dynamic: dict, static_w: dict, wall_s: float, tokens: int) -> dict:
+    """As ``sim.run._energy``: static (idle power x wall time) and dynamic energy per component, their sum."""
+    dynamic = dict(sorted(dynamic.items()))
+    static = {c: w * wall_s for c, w in sorted(static_w.items())}
+    total = {c: static.get(c, 0.0) + dynamic.get(c, 0.0) for c in sorted(set(dynamic) | set(static))}
+
+    def per_token(joules: dict) -> float:
+        return sum(joules.values()) / tokens if tokens else 0.0
+
+    return {"energy_j": total, "energy_static_j": static, "energy_dynamic_j": dynamic,
+            "energy_per_token_j": per_token(total), "energy_static_per_token_j": per_token(static),
+            "energy_dynamic_per_token_j": per_token(dynamic),
+            "mean_power_w": sum(total.values()) / wall_s if wall_s > 0 else 0.0}
+
+
+# --- schedule-independent totals of one step, walked from the built-in systems' plans ----------------------------
+
+class _Walk:
+    """Dynamic energy per component and bytes per queueing link, as ``sim.engine.Tracer`` totals them."""
+
+    def __init__(self, topology: Topology):
+        self.topology = topology
+        self.energy: dict[str, float] = {GPU: 0.0, HOST_CPU: 0.0}
+        self.nbytes: dict[str, float] = {}
+        for link in topology.links:
+            if link.resource:
+                self.energy[link.name] = 0.0
+                self.nbytes[link.name] = 0.0
+        if topology.pim is not None:
+            self.energy[PIM] = 0.0
+
+    def works(self, component: str, works, times: int = 1) -> None:
+        self.energy[component] += times * sum(w.energy_j for w in works)
+
+    def transfer(self, src: str, dst: str, nbytes: float, times: int = 1) -> None:
+        for link in self.topology.route(src, dst).links:
+            e = times * nbytes * link.energy_per_byte_j
+            if link.resource:
+                self.energy[link.name] += e
+                self.nbytes[link.name] += times * nbytes
+            elif e:
+                self.energy[link.name] = self.energy.get(link.name, 0.0) + e
+
+    def extra(self, component: str, joules: float) -> None:
+        self.energy[component] = self.energy.get(component, 0.0) + joules
+
+
+def _dynamic(system: System, plan, topology: Topology):
+    """(dynamic energy per component, bytes per link, PIM channel busy seconds) of one step's plan, or None for a
+    system this module does not know."""
+    n = system.model.n_layers
+    w = _Walk(topology)
+    busy = None
+    if type(system) is GpuSystem:
+        layer, head = plan
+        w.works(GPU, layer, n)
+        w.works(GPU, head)
+    elif type(system) is OffloadSystem:
+        c = plan
+        w.transfer(HOST_DRAM, GPU, c.weight_fetch_bytes, n)
+        w.works(GPU, c.pre, n)
+        if c.cpu_attn:
+            w.transfer(GPU, HOST_DRAM, c.store_bytes, n)
+            w.works(HOST_CPU, c.cpu_attn, n)
+            w.extra(HOST_DRAM, n * c.dram_read_bytes * topology.params.host_dram.energy_per_byte_j)
+            w.transfer(HOST_DRAM, GPU, c.out_fetch_bytes, n)
+            w.works(GPU, c.attn, n)
+            w.works(GPU, c.merge, n)
+        else:
+            w.transfer(HOST_DRAM, GPU, c.kv_fetch_bytes, n)
+            w.works(GPU, c.attn, n)
+            w.transfer(GPU, HOST_DRAM, c.store_bytes, n)
+        w.works(GPU, c.post, n)
+        w.transfer(HOST_DRAM, GPU, c.head_fetch_bytes)
+        w.works(GPU, c.head)
+    elif type(system) in (PimSystem, AqpimSystem):
+        busy = np.zeros(topology.pim.channels)
+        for p in plan.plans:
+            w.works(GPU, p.pre, n)
+            if p.chunks:
+                for ch in p.chunks:
+                    w.transfer(GPU, PIM, ch.down_bytes, n)
+                    w.extra(PIM, n * ch.phase.energy_j)
+                    w.transfer(PIM, GPU, ch.up_bytes, n)
+                    idx = slice(None) if ch.phase.channels is None else ch.phase.channels
+                    busy[idx] += n * ch.phase.durations_s
+            else:
+                w.transfer(GPU, PIM, p.down_bytes, n)
+                for i, ph in enumerate(p.phases):
+                    w.extra(PIM, n * ph.energy_j)
+                    busy += n * np.broadcast_to(ph.durations_s, busy.shape)
+                    if i + 1 < len(p.phases):
+                        w.transfer(PIM, GPU, p.mid_up_bytes, n)
+                        w.works(GPU, p.mid_gpu, n)
+                        w.transfer(GPU, PIM, p.mid_down_bytes, n)
+                w.transfer(PIM, GPU, p.up_bytes, n)
+            if p.spill_fetch_bytes > 0:
+                if p.spill_store_bytes:
+                    w.transfer(GPU, HOST_DRAM, p.spill_store_bytes, n)
+                w.transfer(HOST_DRAM, GPU, p.spill_fetch_bytes, n)
+                w.works(GPU, p.spill_attn, n)
+            w.works(GPU, p.merge_post, n)
+        w.works(GPU, plan.head)
+    else:
+        return None
+    return w.energy, w.nbytes, busy
+
+
+def rel_error(a: float, b: float) -> float:
+    """|a - b| relative to the larger magnitude (0 when both are 0)."""
+    scale = max(abs(a), abs(b))
+    return abs(a - b) / scale if scale > 0 else 0.0
+
