@@ -42,7 +42,9 @@ import numpy as np
 from hw_models.machine import MachineParams, load_machine
 from sim.config import RunConfig
 from sim.errors import ConfigError
-from sim.results import Result
+from sim.options import specs
+from sim.results import RESULT_SCHEMA_VERSION, Result
+from sim.run import _admission, _capacity, _non_finite, _power_cap_warning, build_requests, static_power_w
 from sim.stats import StepStats
 from sim.systems import SYSTEMS
 from sim.systems.aqpim import AqpimSystem
@@ -84,6 +86,22 @@ class PlanMachine:
         self.pim = _Busy(np.zeros(topology.pim.channels)) if topology.pim is not None else None
 
 
+class _LastPlan:
+    """A system's ``plan`` that hands back the last plan when asked for the same batch again (``capacity`` plans
+    the peak step, which is the last one evaluated in a closed batch). Plans are pure in the batch."""
+
+    def __init__(self, plan):
+        self.plan, self.key, self.last = plan, None, None
+
+    def __call__(self, batch: StepBatch):
+        key = (batch.n_seqs, batch.kv_tokens, batch.max_context, batch.kept.tobytes())
+        if key != self.key:
+            self.key, self.last = None, None
+            self.last = self.plan(batch)
+            self.key = key
+        return self.last
+
+
 @dataclass
 class _Busy:
     busy_s: np.ndarray
@@ -121,6 +139,8 @@ class Evaluator:
         self.setups: dict = {}
         self.memo_limit = memo_limit
         self.memo_size = 0
+        self.names: dict = {}
+        self.option_defaults: dict = {}
 
     def setup(self, cfg: RunConfig) -> _Setup:
         key = (cfg.system, cfg.model, cfg.hardware, cfg.options)
@@ -133,7 +153,9 @@ class Evaluator:
             devices = cls.devices(cfg.options)
             tkey = (cfg.hardware, devices.pim)
             topology = self.topologies.get(tkey) or self.topologies.setdefault(tkey, Topology(params, devices.pim))
-            s = self.setups[key] = _Setup(cls(PlanMachine(topology), model, cfg.options), model, params, topology)
+            system = cls(PlanMachine(topology), model, cfg.options)
+            s = self.setups[key] = _Setup(system, model, params, topology)
+            system.plan = _LastPlan(system.plan)  # this instance only: capacity() re-plans the peak step
         return s
 
     def step(self, s: _Setup, batch: StepBatch) -> StepCost:
@@ -150,12 +172,11 @@ class Evaluator:
 
     def _evaluate(self, s: _Setup, batch: StepBatch) -> StepCost:
         system = s.system
-        stateful = isinstance(system, PimSystem)
-        if stateful:
-            system.power_throttle = 1.0
         plan = system.plan(batch)
         est = system.estimate(plan)
-        throttle = system.power_throttle if stateful else 1.0
+        # the PIM systems keep the run's largest power-cap stretch as state; it is set per point from the steps'
+        throttle = max([1.0] + [ph.throttle for p in plan.plans for ph in p.phases]) \
+            if isinstance(system, PimSystem) else 1.0
         dyn = _dynamic(system, plan, s.topology)
         if dyn is None:
             return StepCost(float(est.latency_s), bool(est.exact), throttle)
@@ -163,11 +184,30 @@ class Evaluator:
 
     def point(self, cfg: RunConfig) -> Result:
         """The Result of ``cfg`` from closed forms (see the module docstring for which fields)."""
+        return Result(**self.fields(cfg))
+
+    def point_dict(self, cfg: RunConfig) -> dict:
+        """``point(cfg).to_dict()``, built without copying: what the sweep writes."""
+        return {**self.fields(cfg), "schema_version": RESULT_SCHEMA_VERSION}
+
+    def config_dict(self, cfg: RunConfig) -> dict:
+        """``cfg.to_dict()`` with the option names looked up once per class."""
+        names = self.names.get(type(cfg.options))
+        if names is None:
+            names = self.names[type(cfg.options)] = (tuple(specs(RunConfig)), tuple(specs(type(cfg.options))))
+        return {**{n: getattr(cfg, n) for n in names[0]}, **{n: getattr(cfg.options, n) for n in names[1]}}
+
+    def defaults(self, cls) -> dict:
+        d = self.option_defaults.get(cls)
+        if d is None:
+            d = self.option_defaults[cls] = cls.defaults()
+        return dict(d)
+
+    def fields(self, cfg: RunConfig) -> dict:
+        """The Result's fields as a dict of fresh values (see the module docstring for which are computed)."""
         check_supported(cfg)
         s = self.setup(cfg)
         system, model, params, topology = s.system, s.model, s.params, s.topology
-        from sim.run import _admission, _capacity, _finite, _power_cap_warning, build_requests, static_power_w
-
         requests = build_requests(cfg, np.random.default_rng(cfg.seed))
         warnings = []
         longest = max(r.prompt_tokens + r.output_tokens for r in requests)
@@ -235,7 +275,7 @@ class Evaluator:
         provenance = {"model": model.origin, "hardware": params.origin}
         if topology.pim is not None:
             provenance.update(pim=topology.pim.origin, dram_timing=topology.pim.channel.timing.origin)
-        return _finite(Result(
+        out = dict(
             system=cfg.system, model=model.name, hardware=params.name, batch=max_batch,
             context=max(r.prompt_tokens for r in requests), steps=steps, seed=cfg.seed,
             mean_step_latency_s=decode_s / steps if steps else 0.0,
@@ -247,12 +287,16 @@ class Evaluator:
             kv_bytes=cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "",
             fits=bool(cap and cap.fits), fit_reasons=list(cap.reasons) if cap else ["no decode step ran"],
             analytic_mean_step_latency_s=decode_s / steps if steps else 0.0, analytic_exact=exact,
-            warnings=warnings, config=cfg.to_dict(), details=details,
-            option_defaults=type(cfg.options).defaults(), provenance=provenance,
+            warnings=warnings, config=self.config_dict(cfg), details=details,
+            option_defaults=self.defaults(type(cfg.options)), provenance=provenance,
             ttnt_mean_s=stats.token_latency_sum_s / tokens if tokens else 0.0,
             step_latency_min_s=stats.latency_min_s if steps else 0.0, step_latency_max_s=stats.latency_max_s,
             peak_batch=stats.peak_batch, peak_kv_tokens=peak.kv_tokens if peak else 0,
-            analytic_max_rel_gap=0.0, analytic_max_rel_undershoot=0.0, traced_step_latency_s=traced))
+            analytic_max_rel_gap=0.0, analytic_max_rel_undershoot=0.0, traced_step_latency_s=traced)
+        bad = _non_finite(out, "result")
+        if bad:
+            raise RuntimeError(f"bug: non-finite values in {', '.join(bad[:5])} (config {out['config']})")
+        return out
 
 
 def estimate_point(cfg: RunConfig, evaluator: Evaluator | None = None) -> Result:
@@ -374,3 +418,269 @@ def rel_error(a: float, b: float) -> float:
     scale = max(abs(a), abs(b))
     return abs(a - b) / scale if scale > 0 else 0.0
 
+
+
+# --- the sweep ---------------------------------------------------------------------------------------------------
+
+CHUNK = 256            # points per task (and per fsynced write): one Evaluator's caches span a chunk
+CHECK_TOLERANCE = 1e-9  # largest relative error an exact point may show against the simulation
+BOUND_SLACK = 1e-12     # a bound may exceed the simulated latency by this much (rounding of equal schedules)
+CHECK_FILE = "analytic_check.json"
+METHOD = "analytic"
+
+
+def _describe(pt) -> str:
+    return ", ".join(f"{k}={v}" for k, v in pt.factors.items()) or "base"
+
+
+def check_sweep(sweep) -> None:
+    """Refuse (one line) a sweep with a point whose closed form needs the engine."""
+    for pt in sweep.points:
+        check_supported(pt.config, f"{sweep.path}: point {pt.index} ({_describe(pt)})")
+
+
+def _evaluate_chunk(items: list) -> bytes:
+    """Worker: the JSONL lines of a chunk of points (key, index, factors, config)."""
+    import json
+
+    from sim.errors import INPUT_ERRORS
+
+    ev = Evaluator()
+    out = []
+    for key, index, factors, cfg in items:
+        rec = {"key": key, "index": index, "factors": factors, "method": METHOD}
+        try:
+            rec["result"] = ev.point_dict(cfg)
+        except INPUT_ERRORS as e:
+            rec["error"] = str(e)
+        out.append(json.dumps(rec, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
+    return "".join(out).encode("utf-8")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    import os
+
+    written = os.write(fd, data)
+    while written < len(data):
+        written += os.write(fd, data[written:])
+    os.fsync(fd)
+
+
+def _scan_analytic(jsonl, mine: set[str]) -> tuple[set[str], int]:
+    """Keys of the analytic records in the file (a torn last line cut off first); a simulated record of one of
+    this sweep's points is an error: the two methods never share a folder."""
+    import os
+
+    from sim.results import scan_records
+
+    keys: set[str] = set()
+    if not jsonl.exists():
+        return keys, 0
+    good = 0
+    for number, offset, line, rec in scan_records(jsonl):
+        if rec.get("method") != METHOD and rec["key"] in mine:
+            raise ConfigError(f"{jsonl}: line {number} is a simulated result of this sweep; --analytic writes "
+                              f"its own folder: give another --out")
+        keys.add(rec["key"])
+        good = offset + len(line)
+    size = jsonl.stat().st_size
+    if size > good:
+        os.truncate(jsonl, good)
+    return keys, size - good
+
+
+@dataclass(frozen=True)
+class AnalyticSummary:
+    total: int
+    skipped: int
+    ran: int
+    failed: int
+    repaired_bytes: int
+    wall_s: float
+    jobs: int
+    check: dict | None = None
+
+    @property
+    def points_per_s(self) -> float:
+        return self.ran / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = False, check_sample: int = 0, check_seed: int = 0,
+                       chunk: int = CHUNK) -> AnalyticSummary:
+    """Evaluate every point of ``sweep`` not yet in ``out_dir/results.jsonl`` in closed form (``method`` =
+    ``analytic`` in each record), in chunks of ``chunk`` points over ``jobs`` processes; each chunk is one
+    fsynced append, so a kill loses at most the chunks in flight and a rerun resumes. The file ends in point
+    order and the CSV is rebuilt, as ``sim.sweep.run_sweep`` leaves them. ``check_sample``: then re-run that
+    many points (chosen with ``check_seed``) through the simulation (``check_points``)."""
+    import concurrent.futures as cf
+    import json
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    from sim.errors import output_error
+    from sim.io import remove_stale, write_text_atomic
+    from sim.results import MANIFEST, RESULTS_CSV, RESULTS_JSONL
+    from sim.sweep import FolderLock, check_jobs, order_records, write_csv
+
+    jobs = check_jobs(jobs, "local", force_jobs)
+    if isinstance(check_sample, bool) or not isinstance(check_sample, int) or check_sample < 0:
+        raise ConfigError(f"--check-sample must be a number of points (0 or more), got {check_sample}")
+    check_sweep(sweep)
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(out, e) from None
+    jsonl = out / RESULTS_JSONL
+    t0 = time.monotonic()
+    with FolderLock(out) as lock:
+        for name in (RESULTS_JSONL, RESULTS_CSV, MANIFEST, CHECK_FILE):
+            remove_stale(out, name, only_dead=False)
+        mine = {pt.key for pt in sweep.points}
+        done, repaired = _scan_analytic(jsonl, mine)
+        todo = [pt for pt in sweep.points if pt.key not in done]
+        write_text_atomic(out / MANIFEST, json.dumps(
+            {"description": sweep.description, "factors": list(sweep.factor_names), "hints": sweep.hints,
+             "points": len(sweep.points), "sweep_file": Path(sweep.path).name, "method": METHOD},
+            indent=1, sort_keys=True) + "\n")
+        chunks = [[(pt.key, pt.index, pt.factors, pt.config) for pt in todo[i:i + chunk]]
+                  for i in range(0, len(todo), chunk)]
+        used = min(jobs or 1, len(chunks))
+        failed = 0
+        fd = os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if used <= 1:
+                for items in chunks:
+                    data = _evaluate_chunk(items)
+                    failed += data.count(b'"error":')
+                    _write_all(fd, data)
+            elif chunks:
+                import multiprocessing
+
+                from sim.sweep import worker_init
+
+                inherited = tuple((f, os.fstat(f).st_dev, os.fstat(f).st_ino) for f in (lock.fd, fd))
+                ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+                with cf.ProcessPoolExecutor(max_workers=used, mp_context=ctx, initializer=worker_init,
+                                            initargs=(os.getpid(), inherited)) as pool:
+                    pending = iter(chunks)
+                    in_flight = {pool.submit(_evaluate_chunk, c) for c in _take(pending, 2 * used)}
+                    while in_flight:
+                        finished, in_flight = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                        for fut in finished:
+                            data = fut.result()
+                            failed += data.count(b'"error":')
+                            _write_all(fd, data)
+                            in_flight |= {pool.submit(_evaluate_chunk, c) for c in _take(pending, 1)}
+        finally:
+            os.close(fd)
+        order_records(jsonl, {pt.key: pt.index for pt in sweep.points})
+        write_csv(jsonl, out / RESULTS_CSV, sweep.factor_names)
+        wall = time.monotonic() - t0
+        check = None
+        if check_sample:
+            check = check_points(sweep, jsonl, check_sample, check_seed, jobs=jobs or 1)
+            write_text_atomic(out / CHECK_FILE, json.dumps(check, indent=1, sort_keys=True) + "\n")
+    return AnalyticSummary(len(sweep.points), len(sweep.points) - len(todo), len(todo), failed, repaired, wall,
+                           used, check)
+
+
+def _take(it, n: int) -> list:
+    out = []
+    for _ in range(n):
+        nxt = next(it, None)
+        if nxt is None:
+            break
+        out.append(nxt)
+    return out
+
+
+# Fields compared by ``check_points``: latency and throughput (bounds at bound points), then the ones that are
+# exact whatever the schedule.
+TIMED_FIELDS = ("mean_step_latency_s", "total_time_s", "step_latency_min_s", "step_latency_max_s", "ttnt_p50_s",
+                "ttnt_p90_s", "ttnt_p99_s", "ttnt_mean_s", "tokens_per_s")
+EXACT_FIELDS = ("tokens", "steps", "peak_batch", "peak_kv_tokens", "kv_bytes")
+
+
+def compare_result(analytic: dict, simulated: dict) -> dict:
+    """How an analytic Result dict stands against the simulated one: for an exact point the largest relative error
+    over the timed fields, energy and link bytes (and which field); for a bound point the smallest ratio of
+    simulated to closed-form mean step latency (must be >= 1) and the error of the schedule-independent fields."""
+    worst, where = 0.0, ""
+
+    def see(name: str, a: float, s: float) -> None:
+        nonlocal worst, where
+        e = rel_error(a, s)
+        if e > worst:
+            worst, where = e, name
+
+    exact = bool(analytic["analytic_exact"])
+    for k in EXACT_FIELDS:
+        see(k, analytic[k], simulated[k])
+    for k, v in analytic.get("bytes_by_link", {}).items():
+        see(f"bytes_by_link.{k}", v, simulated["bytes_by_link"].get(k, 0.0))
+    for k, v in analytic.get("energy_dynamic_j", {}).items():
+        see(f"energy_dynamic_j.{k}", v, simulated["energy_dynamic_j"].get(k, 0.0))
+    out = {"exact": exact, "analytic_mean_step_latency_s": analytic["mean_step_latency_s"],
+           "simulated_mean_step_latency_s": simulated["mean_step_latency_s"]}
+    if exact:
+        for k in TIMED_FIELDS:
+            see(k, analytic[k], simulated[k])
+        for k, v in analytic.get("energy_j", {}).items():
+            see(f"energy_j.{k}", v, simulated["energy_j"].get(k, 0.0))
+        if analytic.get("energy_j"):
+            see("energy_per_token_j", analytic["energy_per_token_j"], simulated["energy_per_token_j"])
+    bound = analytic["mean_step_latency_s"]
+    ratio = simulated["mean_step_latency_s"] / bound if bound > 0 else 1.0
+    out.update(max_rel_error=worst, field=where, sim_over_analytic=ratio,
+               ok=worst <= CHECK_TOLERANCE and (exact or ratio >= 1.0 - BOUND_SLACK))
+    return out
+
+
+def check_points(sweep, jsonl, n: int, seed: int = 0, jobs: int = 1) -> dict:
+    """Re-run ``n`` of the sweep's points, chosen by a generator seeded with ``seed``, through the simulation and
+    compare each with its analytic record (``compare_result``). Returns the report written to
+    ``analytic_check.json``: per point, and overall the largest relative error of exact points, the smallest
+    simulated/bound ratio of bound points, and whether every point passed."""
+    from sim.results import iter_records
+    from sim.sweep import run_point
+
+    records = {rec["key"]: rec for rec in iter_records(jsonl) if "result" in rec and rec.get("method") == METHOD}
+    candidates = [pt for pt in sweep.points if pt.key in records]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False).tolist()) \
+        if candidates else []
+    pts = [candidates[i] for i in chosen]
+    if jobs > 1 and len(pts) > 1:
+        import concurrent.futures as cf
+        import multiprocessing
+        import os
+        import sys
+
+        from sim.sweep import worker_init
+
+        ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+        with cf.ProcessPoolExecutor(max_workers=min(jobs, len(pts)), mp_context=ctx, initializer=worker_init,
+                                    initargs=(os.getpid(), ())) as pool:
+            outcomes = list(pool.map(run_point, [pt.config for pt in pts]))
+    else:
+        outcomes = [run_point(pt.config) for pt in pts]
+    rows = []
+    for pt, outcome in zip(pts, outcomes, strict=True):
+        row = {"index": pt.index, "key": pt.key, "factors": pt.factors}
+        if "error" in outcome:
+            row.update(ok=False, error=outcome["error"])
+        else:
+            row.update(compare_result(records[pt.key]["result"], outcome["result"]))
+        rows.append(row)
+    exact = [r for r in rows if r.get("exact") is True]
+    bounds = [r for r in rows if r.get("exact") is False]
+    return {"seed": seed, "sampled": len(rows), "exact_points": len(exact), "bound_points": len(bounds),
+            "tolerance": CHECK_TOLERANCE,
+            "max_rel_error_exact": max((r["max_rel_error"] for r in exact), default=0.0),
+            "max_rel_error_schedule_free": max((r["max_rel_error"] for r in rows if "max_rel_error" in r),
+                                               default=0.0),
+            "min_sim_over_bound": min((r["sim_over_analytic"] for r in bounds), default=None),
+            "ok": all(r["ok"] for r in rows), "points": rows}
