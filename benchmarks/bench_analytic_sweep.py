@@ -1,6 +1,7 @@
 """Speed of the closed-form sweep (`aqpim-sim sweep --analytic`), and the error of a re-simulated sample.
 
 Run: python3 benchmarks/bench_analytic_sweep.py [--steps 1] [--jobs 1 2] [--check-sample 20] [--hardware a100 h100]
+     python3 benchmarks/bench_analytic_sweep.py --write-grid grid.toml   (then time the CLI on it)
 
 The grid: 16 system variants (gpu; offload sync, prefetch, CPU attention; pim and aqpim at 32, 64, 160 and 256
 channels; pim with capacity_policy limit and with INT4) x 8 batch sizes (1-128) x 8 contexts (1K-128K) x the
@@ -61,7 +62,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--check-sample", type=int, default=20)
     ap.add_argument("--hardware", nargs="+", default=["a100", "h100"])
+    ap.add_argument("--write-grid", metavar="FILE", help="write the grid's sweep file and exit (to time the CLI: "
+                    "aqpim-sim sweep FILE --analytic --jobs 2 --check-sample 50)")
     args = ap.parse_args()
+    if args.write_grid:
+        Path(args.write_grid).write_text(sweep_text(args.steps, args.hardware))
+        return
     print(f"load average {os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} usable cores")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "grid.toml"
