@@ -422,7 +422,8 @@ def rel_error(a: float, b: float) -> float:
 
 # --- the sweep ---------------------------------------------------------------------------------------------------
 
-CHUNK = 256            # points per task (and per fsynced write): one Evaluator's caches span a chunk
+CHUNK = 256            # points per fsynced write (and at least per task of a process pool)
+MAX_CHUNK = 4096       # points per task at most (a pool's tasks each build their own caches)
 CHECK_TOLERANCE = 1e-9  # largest relative error an exact point may show against the simulation
 BOUND_SLACK = 1e-12     # a bound may exceed the simulated latency by this much (rounding of equal schedules)
 CHECK_FILE = "analytic_check.json"
@@ -439,13 +440,14 @@ def check_sweep(sweep) -> None:
         check_supported(pt.config, f"{sweep.path}: point {pt.index} ({_describe(pt)})")
 
 
-def _evaluate_chunk(items: list) -> bytes:
-    """Worker: the JSONL lines of a chunk of points (key, index, factors, config)."""
+def _evaluate_chunk(items: list, ev: Evaluator | None = None) -> bytes:
+    """Worker: the JSONL lines of a chunk of points (key, index, factors, config); ``ev``: an evaluator whose
+    caches the chunk may share (default: a fresh one)."""
     import json
 
     from sim.errors import INPUT_ERRORS
 
-    ev = Evaluator()
+    ev = ev or Evaluator()
     out = []
     for key, index, factors, cfg in items:
         rec = {"key": key, "index": index, "factors": factors, "method": METHOD}
@@ -508,8 +510,8 @@ class AnalyticSummary:
 def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = False, check_sample: int = 0, check_seed: int = 0,
                        chunk: int = CHUNK) -> AnalyticSummary:
     """Evaluate every point of ``sweep`` not yet in ``out_dir/results.jsonl`` in closed form (``method`` =
-    ``analytic`` in each record), in chunks of ``chunk`` points over ``jobs`` processes; each chunk is one
-    fsynced append, so a kill loses at most the chunks in flight and a rerun resumes. The file ends in point
+    ``analytic`` in each record), in chunks of ``chunk`` points or more over ``jobs`` processes; each chunk is
+    one fsynced append, so a kill loses at most the chunks in flight and a rerun resumes. The file ends in point
     order and the CSV is rebuilt, as ``sim.sweep.run_sweep`` leaves them. ``check_sample``: then re-run that
     many points (chosen with ``check_seed``) through the simulation (``check_points``)."""
     import concurrent.futures as cf
@@ -545,6 +547,8 @@ def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = 
             {"description": sweep.description, "factors": list(sweep.factor_names), "hints": sweep.hints,
              "points": len(sweep.points), "sweep_file": Path(sweep.path).name, "method": METHOD},
             indent=1, sort_keys=True) + "\n")
+        if (jobs or 1) > 1:  # each task builds its own caches: no smaller than ``chunk``, four per worker at most
+            chunk = max(chunk, min(MAX_CHUNK, -(-len(todo) // (4 * jobs))))
         chunks = [[(pt.key, pt.index, pt.factors, pt.config) for pt in todo[i:i + chunk]]
                   for i in range(0, len(todo), chunk)]
         used = min(jobs or 1, len(chunks))
@@ -552,8 +556,9 @@ def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = 
         fd = os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             if used <= 1:
+                ev = Evaluator()
                 for items in chunks:
-                    data = _evaluate_chunk(items)
+                    data = _evaluate_chunk(items, ev)
                     failed += data.count(b'"error":')
                     _write_all(fd, data)
             elif chunks:
