@@ -160,8 +160,8 @@ class Evaluator:
 
     def step(self, s: _Setup, batch: StepBatch) -> StepCost:
         kept = batch.kept
-        key = (batch.n_seqs, int(kept[0])) if kept.size and kept[0] == kept[-1] and (kept == kept[0]).all() \
-            else (batch.n_seqs, kept.tobytes())
+        uniform = kept.size and kept[0] == kept[-1] and (kept == kept[0]).all()
+        key = (batch.n_seqs, batch.max_context, int(kept[0]) if uniform else kept.tobytes())
         cost = s.memo.get(key)
         if cost is None:
             cost = self._evaluate(s, batch)

@@ -84,6 +84,13 @@ def test_closed_form_equals_simulation(tiny, evaluator, variant, batch, context,
             assert ana["details"][k] == pytest.approx(v, rel=1e-9) if isinstance(v, list) else ana["details"][k] == v
 
 
+def test_sliding_window_model(evaluator):
+    """Contexts beyond the window attend the window: the memo keys on attended tokens and the longest context."""
+    for system in ("gpu", "pim"):
+        cfg = make_config(model="mistral-7b", system=system, batch=2, context=5000, steps=2)
+        assert compare_result(evaluator.point_dict(cfg), simulate(cfg).to_dict())["ok"]
+
+
 def test_estimate_point_is_a_result_marked_analytic(tiny):
     r = estimate_point(make_config(model=tiny, system="pim", batch=2, context=100, steps=2))
     assert r.details["method"] == "analytic" and "breakdown_s" in r.details["analytic_omitted"]
