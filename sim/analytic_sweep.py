@@ -20,7 +20,8 @@ Fields of the Result:
 * independent of the schedule, so always exact: tokens, batch sizes, capacity, fit, ``details`` (PIM channel busy
   time is the sum of the channels' work), ``bytes_by_link`` and dynamic energy (the plan's ``Work`` energies, the
   transfers' bytes times their links' energy per byte, and the host DRAM read by CPU attention);
-* static energy is idle power x the run's wall time, so energy totals are given for exact points only;
+* static energy is idle power x the run's wall time, so static energy and the totals are given for exact points
+  only (dynamic energy at every point);
 * not computed (left empty or 0, listed in ``details.analytic_omitted``): ``busy_s``, ``busy_by_kind_s``,
   ``breakdown_s`` and ``comm_share``, which need the overlap of resource holds that only the simulation records.
 
@@ -259,11 +260,15 @@ class Evaluator:
         tokens, decode_s, steps = stats.tokens, stats.latency_sum_s, stats.steps
         exact = stats.analytic_exact
         omitted = list(OMITTED)
-        energy_fields = _energy_fields(energy, static_power_w(topology), wall_s, tokens) if (
-            energy is not None and exact) else None
-        if energy_fields is None:
-            omitted.append("energy")
-            energy_fields = {"energy_j": {}, "energy_per_token_j": 0.0}
+        if energy is not None and exact:
+            energy_fields = _energy_fields(energy, static_power_w(topology), wall_s, tokens)
+        else:  # static energy needs the wall time, which a bound only bounds; dynamic energy does not
+            omitted.append("energy" if energy is None else "energy_static")
+            dynamic = dict(sorted(energy.items())) if energy is not None else {}
+            energy_fields = {"energy_j": {}, "energy_per_token_j": 0.0, "energy_static_j": {},
+                             "energy_dynamic_j": dynamic, "energy_static_per_token_j": 0.0,
+                             "energy_dynamic_per_token_j": sum(dynamic.values()) / tokens if tokens else 0.0,
+                             "mean_power_w": 0.0}
         links = {link.name: 0.0 for link in topology.links if link.resource}
         if energy is not None:
             links.update({k: v for k, v in link_bytes.items() if k in links})

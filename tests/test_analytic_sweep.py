@@ -77,6 +77,8 @@ def test_closed_form_equals_simulation(tiny, evaluator, variant, batch, context,
         assert sim["mean_step_latency_s"] >= ana["mean_step_latency_s"] * (1 - 1e-12)
         assert sim["step_latency_max_s"] >= ana["step_latency_max_s"] * (1 - 1e-12)
         assert ana["energy_j"] == {}  # static energy needs the wall time: omitted at a bound
+        assert ana["energy_dynamic_per_token_j"] == pytest.approx(sim["energy_dynamic_per_token_j"], rel=1e-9)
+    assert ana.keys() == sim.keys()
     for k, v in sim["details"].items():
         if isinstance(v, float):
             assert ana["details"][k] == pytest.approx(v, rel=1e-9, abs=1e-300), k
