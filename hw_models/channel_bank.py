@@ -31,11 +31,14 @@ class ChannelBank:
         self.lane_names = [f"{name}.ch{c}" for c in range(self.trace_lanes)]
 
     def run(self, kind: str, duration_s, nbytes: float = 0.0, flops: float = 0.0, energy_j: float = 0.0,
-            channels: np.ndarray | None = None) -> simpy.Event:
+            channels: np.ndarray | None = None, parts=()) -> simpy.Event:
         """Issue one phase: channel c works ``duration_s[c]`` (or a scalar for all, or for ``channels`` only).
 
         Returns an event that fires when the last channel finishes. Totals (bytes, FLOP, joules) are for the
-        whole phase.
+        whole phase. ``parts`` (objects with ``kind`` and per-channel ``durations_s``, ``nbytes``, ``flops`` and
+        ``energy_j`` that add up to the phase's) are recorded as consecutive spans of their own kinds instead of
+        one span of ``kind``: part k runs, on the device lane, from the moment the last channel finished part
+        k - 1 to the moment the last channel finished part k, so the parts' spans add up to the phase's span.
         """
         now = self.env.now
         idx = slice(None) if channels is None else channels
@@ -45,11 +48,29 @@ class ChannelBank:
         self.free_at_s[idx] = end
         self.busy_s[idx] += dur
         done = float(end.max()) if end.size else now
-        self.tracer.record(self.name, kind, now, done, nbytes, flops, energy_j)
+        if parts:
+            t, ends = now, start.copy()
+            for i, p in enumerate(parts):
+                ends = ends + p.durations_s
+                t_next = done if i == len(parts) - 1 else max(t, float(ends.max()) if ends.size else now)
+                self.tracer.record(self.name, p.kind, t, t_next, float(p.nbytes.sum()), float(p.flops.sum()),
+                                   float(p.energy_j.sum()))
+                t = t_next
+        else:
+            self.tracer.record(self.name, kind, now, done, nbytes, flops, energy_j)
         self.tracer.occupy(self.name, now, done)
         if self.tracer.keeping:
             numbers = np.arange(self.n)[idx]  # channel of each position
             for pos in np.nonzero(numbers < self.trace_lanes)[0]:
-                if dur[pos] > 0:
-                    self.tracer.detail(self.lane_names[numbers[pos]], kind, float(start[pos]), float(end[pos]))
+                if dur[pos] <= 0:
+                    continue
+                lane = self.lane_names[numbers[pos]]
+                if not parts:
+                    self.tracer.detail(lane, kind, float(start[pos]), float(end[pos]))
+                    continue
+                t = float(start[pos])
+                for p in parts:
+                    if p.durations_s[pos] > 0:
+                        self.tracer.detail(lane, p.kind, t, t + float(p.durations_s[pos]))
+                        t += float(p.durations_s[pos])
         return self.env.timeout(done - now)

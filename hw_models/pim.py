@@ -70,6 +70,44 @@ INT_GROUP_PARAM_BYTES = 2 * FP16_BYTES
 
 
 @dataclass(frozen=True)
+class AqpimUnitParams:
+    """The lookup hardware an AQPIM unit adds beside each PIM unit (a preset's ``[aqpim_unit]`` section).
+
+    ``lut_bytes`` of SRAM per unit hold query-centroid table rows while codes are scored and softmax-weight bins
+    while they are scatter-added (the two phases reuse it); a row is the K FP16 entries of one (query head,
+    sub-space). The SRAM has ``lut_banks`` single-ported banks with a row's entries interleaved over them, each
+    serving one read or one write per cycle of ``lut_clock_hz``; ``lut_access_energy_j`` is one entry read or
+    written. AQPIM's own unit is not public: every value is sourced from a real PIM part or tagged (I).
+    """
+
+    lut_bytes: float
+    lut_banks: int
+    lut_clock_hz: float
+    lut_access_energy_j: float
+    sources: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        owner = "aqpim unit"
+        positive(owner, lut_bytes=self.lut_bytes, lut_banks=self.lut_banks, lut_clock_hz=self.lut_clock_hz)
+        non_negative(owner, lut_access_energy_j=self.lut_access_energy_j)
+        if isinstance(self.lut_banks, bool) or not isinstance(self.lut_banks, int):
+            raise HardwareError(f"{owner}: lut_banks must be a whole number, got {self.lut_banks!r}")
+
+    @property
+    def accesses_per_cycle(self) -> float:
+        """Entries served per cycle when every bank is offered one uniformly random access per cycle: the
+        expected number of distinct banks hit, ``b (1 - (1 - 1/b)^b)`` (colliding accesses wait a cycle; 1 for one
+        bank, 10.3 for 16)."""
+        b = self.lut_banks
+        return b * (1.0 - (1.0 - 1.0 / b) ** b)
+
+    @property
+    def accesses_per_s(self) -> float:
+        return self.accesses_per_cycle * self.lut_clock_hz
+
+
+
+@dataclass(frozen=True)
 class PimChannelParams:
     """One PIM channel: DRAM banks, their timing, the processing units beside them, and its interface.
 
@@ -80,10 +118,9 @@ class PimChannelParams:
     command, free of tRRD/tFAW. ``near_flops_per_s`` is a near-memory unit per channel (buffer die, DIMM buffer)
     for softmax and reductions; 0 means the device has none.
 
-    Two local memories per unit: ``unit_buffer_bytes`` is the GEMV operand buffer of the real part (a query held
-    while the unit streams K or V). ``lut_bytes`` is the lookup-table SRAM an AQPIM unit would add beside it to
-    hold the query-centroid tables and the softmax-weight bins of attention on PQ codes (``pq_table_passes``):
-    AQPIM's hardware is not public, so every preset carries the same assumed value until a sourced figure exists.
+    ``unit_buffer_bytes`` is the GEMV operand buffer of the real part (a query held while the unit streams K or
+    V). ``aqpim_unit`` is the lookup hardware an AQPIM unit adds beside each unit (``AqpimUnitParams``, the
+    preset's ``[aqpim_unit]`` section); None when the preset has none, and then the device cannot run AQPIM.
     """
 
     name: str
@@ -99,7 +136,6 @@ class PimChannelParams:
     unit_flops_per_s: float
     unit_bw_bytes_per_s: float
     unit_buffer_bytes: float
-    lut_bytes: float
     near_flops_per_s: float
     external_bw_bytes_per_s: float
     op_overhead_s: float
@@ -111,10 +147,14 @@ class PimChannelParams:
     # mean power would exceed it (``power_throttle``). 0: not modelled / no limit.
     idle_power_w: float = 0.0
     max_power_w: float = 0.0
+    aqpim_unit: AqpimUnitParams | None = None
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         owner = f"pim channel '{self.name}'"
+        if self.aqpim_unit is not None and not isinstance(self.aqpim_unit, AqpimUnitParams):
+            raise HardwareError(f"{owner}: aqpim_unit must be AQPIM unit parameters, got "
+                                f"{type(self.aqpim_unit).__name__}")
         check_power(owner, self.idle_power_w, self.max_power_w)
         if not isinstance(self.timing, DramTimingParams):
             raise HardwareError(f"{owner}: timing must be DRAM timing parameters, got {type(self.timing).__name__}")
@@ -122,7 +162,7 @@ class PimChannelParams:
                  bank_groups_per_rank=self.bank_groups_per_rank, banks_per_rank=self.banks_per_rank,
                  bank_column_interval_cycles=self.bank_column_interval_cycles,
                  unit_flops_per_s=self.unit_flops_per_s, unit_bw_bytes_per_s=self.unit_bw_bytes_per_s,
-                 unit_buffer_bytes=self.unit_buffer_bytes, lut_bytes=self.lut_bytes,
+                 unit_buffer_bytes=self.unit_buffer_bytes,
                  external_bw_bytes_per_s=self.external_bw_bytes_per_s)
         fraction(owner, units_per_bank=self.units_per_bank)
         non_negative(owner, near_flops_per_s=self.near_flops_per_s, op_overhead_s=self.op_overhead_s,
@@ -414,20 +454,121 @@ def broadcast_work(ch: PimChannelParams, nbytes: float, kind: str = "pim.broadca
     """Write the same small data (a query, a lookup table) to every unit's buffer in the channel.
 
     The channel broadcasts to its units (AiM's global buffer, all-bank writes), so the data crosses the interface
-    once. Data larger than a unit's buffer does not fit; see ``table_passes``.
+    once. Data larger than a unit's buffer does not fit; see ``pq_lookup_plan``.
     """
     return _work(ch, kind, ch.op_overhead_s + io_time_s(ch, nbytes), 0.0, 0.0, nbytes)
 
 
-def pq_table_passes(ch: PimChannelParams, group: int, m: int, k: int) -> int:
-    """Passes over the PQ codes that attention on codes needs in one unit (the ``lut_passes`` of a step).
+PQ_DATAFLOWS = ("subspace", "repass", "bank_split")
+# Between passes over the codes a token's running score (or its softmax weight) per query head waits in the bank.
+SCORE_BYTES = FP16_BYTES
 
-    Banks are split among the (sequence, KV head) units a channel holds, so a PIM unit serves one of them at a
-    time and needs the tables (M x K FP16 entries) and the bins (M x K FP16 weights) of that head's ``group``
-    query heads in its lookup SRAM, ``ch.lut_bytes``. When they do not fit, the codes are streamed once per
-    buffer-full: ``max(1, ceil(group x M x K x (FP16_BYTES + BIN_BYTES) / lut_bytes))``."""
-    _whole("pq_table_passes", 1, group=group, m=m, k=k)
-    return max(1, math.ceil(group * m * k * (FP16_BYTES + BIN_BYTES) / ch.lut_bytes))
+
+@dataclass(frozen=True)
+class PqLookupPlan:
+    """How one PIM unit scores PQ codes with a lookup buffer that may be smaller than its tables.
+
+    A (sequence, KV head) needs ``rows = g x M`` table rows (K FP16 entries each) while scoring and as many bin
+    rows while scatter-adding softmax weights; one unit's buffer holds ``rows_per_buffer`` of them. Per token and
+    query head, with ``c`` the code bytes of one tensor:
+
+    * ``code_reads``: times each code byte is streamed from the bank (per phase);
+    * ``carried``: passes after the first that read and write back the token's running score (score phase)
+      and read its softmax weight again (value phase), ``SCORE_BYTES`` each, through the bank;
+    * ``reduced``: partial scores sent through the channel's shared data path to be summed (``bank_split``),
+      and as many weight copies broadcast back for the value phase;
+    * ``codebook_reads``: times a unit's codebook is streamed to build its table rows (and to multiply its bins).
+
+    Dataflows (``PQ_DATAFLOWS``):
+
+    * ``subspace``: codes stored sub-space by sub-space (a column per sub-space); a pass holds the rows of as
+      many sub-spaces as fit, for all g query heads, and streams only their columns, so every code byte is read
+      once; the running scores are carried between passes. With fewer rows than g, the query heads are split
+      into ``ceil(g / rows_per_buffer)`` groups and each column is read once per group.
+    * ``repass``: codes stored token by token (a token's M codes together); a pass holds the rows of as many
+      whole query heads as fit and streams all codes again; when one head's M rows do not fit, its sub-spaces are
+      split over ``ceil(M / rows_per_buffer)`` passes and its running score is carried between them.
+    * ``bank_split``: the tables are split across the banks of a channel: up to ``units`` units pool their
+      buffers, each holding all g query heads' rows of its own sub-spaces, and each sub-space's codes live in the
+      bank of the unit holding its rows; each unit produces a partial score per token and query head and the
+      partials are summed through the channel's shared data path (``external_bw_bytes_per_s``, the path its
+      all-bank broadcasts use). When the pool cannot hold every row, it makes several passes, each over a slice
+      of sub-spaces (more partials); with fewer rows than g per unit, query heads are grouped as in ``subspace``.
+
+    All three equal one pass (``passes`` 1, nothing carried or reduced) when a unit's rows fit its buffer.
+    """
+
+    dataflow: str
+    rows: int
+    rows_per_buffer: int
+    pool: int
+    passes: int
+    code_reads: int
+    carried: int
+    reduced: int
+    codebook_reads: int
+
+
+def pq_lookup_plan(ch: PimChannelParams, group: int, m: int, k: int, dataflow: str = "subspace") -> PqLookupPlan:
+    """The lookup plan of one unit of ``ch`` (GQA ``group`` query heads per KV head, ``m`` sub-spaces, ``k``
+    centroids); a HardwareError when the channel has no AQPIM unit or its buffer holds less than one row."""
+    owner = "pq_lookup_plan"
+    _whole(owner, 1, group=group, m=m, k=k)
+    if dataflow not in PQ_DATAFLOWS:
+        raise HardwareError(f"{owner}: dataflow must be one of {PQ_DATAFLOWS}, got {dataflow!r}"
+                            f"{did_you_mean(str(dataflow), PQ_DATAFLOWS)}")
+    unit = aqpim_unit_of(ch)
+    row_bytes = k * FP16_BYTES
+    r = int(unit.lut_bytes // row_bytes)
+    if r < 1:
+        raise HardwareError(f"pim channel '{ch.name}': lookup buffer of {unit.lut_bytes:g} bytes per unit is smaller "
+                            f"than one table row ({k} centroids x {FP16_BYTES} bytes = {row_bytes} bytes); use a "
+                            f"larger lut_bytes or a smaller pq_k")
+    g, rows = group, group * m
+    if r >= rows:
+        return PqLookupPlan(dataflow, rows, r, 1, 1, 1, 0, 0, 1)
+    if dataflow == "repass":
+        if r >= m:
+            passes = math.ceil(g / min(g, r // m))
+            return PqLookupPlan(dataflow, rows, r, 1, passes, passes, 0, 0, passes)
+        slices = math.ceil(m / r)
+        return PqLookupPlan(dataflow, rows, r, 1, g * slices, g * slices, slices - 1, 0, g)
+    groups = math.ceil(g / r) if r < g else 1  # query-head groups, each a sweep over the codes
+    per_unit = max(1, r // g)                  # sub-spaces whose rows (all heads of the group) one unit holds
+    if dataflow == "subspace":
+        slices = math.ceil(m / per_unit)
+        return PqLookupPlan(dataflow, rows, r, 1, groups * slices, groups, slices - 1, 0, groups)
+    pool = min(ch.units, math.ceil(m / per_unit))
+    slices = math.ceil(m / (pool * per_unit))
+    return PqLookupPlan(dataflow, rows, r, pool, groups * slices, groups * slices, 0, pool * slices - 1, groups)
+
+
+def aqpim_unit_of(ch: PimChannelParams) -> AqpimUnitParams:
+    if ch.aqpim_unit is None:
+        raise HardwareError(f"pim channel '{ch.name}' has no AQPIM lookup unit: its preset needs an [aqpim_unit] "
+                            f"section (lut_bytes, lut_banks, lut_clock_hz, lut_access_energy_j)")
+    return ch.aqpim_unit
+
+
+def lookup_time_s(ch: PimChannelParams, accesses: float) -> float:
+    """Time for the channel's units to make ``accesses`` lookup-SRAM reads or writes, spread evenly over them."""
+    _check("lookup_time_s", accesses=accesses)
+    return accesses / (ch.units * aqpim_unit_of(ch).accesses_per_s) if accesses else 0.0
+
+
+def lookup_op_work(ch: PimChannelParams, kind: str, nbytes: float, flops: float, accesses: float) -> Work:
+    """An in-memory operation that also uses the lookup SRAM: overhead + max(stream, compute, lookups); the
+    accesses add ``lut_access_energy_j`` each."""
+    t = ch.op_overhead_s + max(stream_time_s(ch, nbytes), compute_time_s(ch, flops), lookup_time_s(ch, accesses))
+    energy = op_energy_j(ch, nbytes, flops) + accesses * aqpim_unit_of(ch).lut_access_energy_j
+    return Work(kind, t, nbytes, flops, energy)
+
+
+def lookup_limiter(ch: PimChannelParams, nbytes: float, flops: float, accesses: float) -> str:
+    """Which roof sets ``lookup_op_work``'s time: streaming from the banks, compute, or lookup-SRAM accesses."""
+    roofs = {"bank streaming": stream_time_s(ch, nbytes), "compute": compute_time_s(ch, flops),
+             "lookup SRAM": lookup_time_s(ch, accesses)}
+    return max(roofs, key=roofs.get)
 
 
 # ------------------------------------------------------------------ decode attention on one channel
@@ -559,12 +700,14 @@ def fp16_attention_works(ch: PimChannelParams, tokens: float, units: float, new:
 
 
 def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: float, *, head_dim: int, group: int,
-                       bytes_per_element: float, m: int, k: int, outliers: int, window: int, lut_passes: int,
+                       bytes_per_element: float, m: int, k: int, outliers: int, window: int, lut: PqLookupPlan,
                        softmax: str) -> AttentionWorks:
     """PQ codes in PIM (AQPIM; DESIGN.md's working dataflow). Each coded token stores, per tensor, ``m`` codes of
     ``log2 k`` bits (``code = m x log2(k) / 8`` bytes) and ``outliers`` FP16 key channels; each (unit, layer)
     has K and V codebooks of ``k x d`` FP16 entries (``cb = k x d x FP16_BYTES`` bytes per tensor). With
-    ``d = head_dim``, ``g = group``, ``e = bytes_per_element``, ``p = lut_passes`` (``pq_table_passes``):
+    ``d = head_dim``, ``g = group``, ``e = bytes_per_element``, the lookup plan ``lut`` (``pq_lookup_plan``:
+    ``code_reads``, ``carried``, ``reduced``, ``codebook_reads``) and ``S = SCORE_BYTES``; the lookup-SRAM
+    accesses of an operation bound its time beside streaming and compute (``lookup_op_work``):
 
     before the softmax
       - ``pim.q_in``: ``units x g`` queries of ``d x e`` bytes;
@@ -572,17 +715,22 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
         codebooks (``new x 2 x cb`` bytes), ``QUANTIZE_FLOPS_PER_ELEMENT x k x d`` FLOPs per tensor (distance to
         every centroid); ``aqpim.write_codes``: ``new x 2 x code`` bytes written; ``pim.append``: the new token
         enters the window, ``2 x new x d x e`` bytes;
-      - ``aqpim.table``: the query-centroid tables from the key codebook, ``units x cb`` bytes streamed,
-        ``2 x k x d`` FLOPs per query (``units x g`` queries);
-      - ``aqpim.score``: stream the key codes once per pass plus the FP16 outlier channels,
-        ``tokens x (code x p + outliers x FP16_BYTES)`` bytes; per score ``2 x m`` FLOPs (gather and add m table
-        entries) plus ``2 x outliers`` (their exact dot products), ``tokens x g`` scores;
+      - ``aqpim.table``: the query-centroid tables from the key codebook, ``units x cb x codebook_reads`` bytes
+        streamed, ``2 x k x d`` FLOPs per query (``units x g`` queries), ``units x g x m x k`` entries written;
+      - ``aqpim.score``: stream the key codes ``code_reads`` times plus the FP16 outlier channels, and read and
+        write back the running scores ``carried`` times, ``tokens x (code x code_reads + outliers x FP16_BYTES +
+        2 x g x carried x S)`` bytes; per score ``2 x m`` FLOPs (gather and add m table entries) plus
+        ``2 x outliers`` (their exact dot products), ``tokens x g`` scores; ``tokens x g x m`` entries read;
+      - if ``reduced``: ``aqpim.reduce``: ``tokens x g x reduced x S`` bytes of partial scores over the channel's
+        shared data path (``read_out_work`` timing);
       - ``pim.softmax.<placement>``: over ``(tokens + new x window) x g`` scores (coded and window tokens);
     after the softmax
-      - ``aqpim.value``: stream the value codes once per pass, ``tokens x code x p`` bytes; ``2 x m`` FLOPs per
-        score (scatter-add the weight into m bins);
-      - ``aqpim.bins_x_centroids``: bins times the value codebook, ``units x cb`` bytes, ``2 x k x d`` FLOPs per
-        query;
+      - if ``reduced``: ``aqpim.weights_in``: the weights broadcast back to the pool, as many bytes;
+      - ``aqpim.value``: stream the value codes ``code_reads`` times and the weights again ``carried`` times,
+        ``tokens x (code x code_reads + g x carried x S)`` bytes; ``2 x m`` FLOPs per score (scatter-add the
+        weight into m bins), each a read and a write of a bin: ``2 x tokens x g x m`` accesses;
+      - ``aqpim.bins_x_centroids``: bins times the value codebook, ``units x cb x codebook_reads`` bytes,
+        ``2 x k x d`` FLOPs per query, ``units x g x m x k`` bins read;
       - if ``new`` and ``window``: the FP16 window attended exactly, ``pim.score`` and ``pim.context`` over
         ``new x window`` K and V vectors (``score_work`` / ``context_work``). Its scores are computed after the
         host softmax in this order (the baseline AQPIM model's order, kept so its numbers do not move);
@@ -590,30 +738,58 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
     """
     owner = "pq_attention_works"
     _check_load(owner, tokens, units, new, head_dim, group, bytes_per_element)
-    _whole(owner, 1, m=m, k=k, lut_passes=lut_passes)
+    _whole(owner, 1, m=m, k=k)
     _whole(owner, 0, outliers=outliers, window=window)
     if k & (k - 1):
         raise HardwareError(f"{owner}: k must be a power of two (codes of log2 k bits), got {k}")
+    if not isinstance(lut, PqLookupPlan):
+        raise HardwareError(f"{owner}: lut must be a PqLookupPlan (pq_lookup_plan), got {type(lut).__name__}")
     g, d, e = group, head_dim, bytes_per_element
     codebook_bytes = k * d * FP16_BYTES  # one tensor of one KV head in one layer
     code_bytes = m * (k.bit_length() - 1) / 8  # one tensor of one token in one KV head
+    entries = units * g * m * k  # table entries written (and bins read) per layer
     before = [_queries_in(ch, units, g, d, e)]
     if new:
         before.append(op_work(ch, "aqpim.quantize", new * 2 * codebook_bytes,
                               new * 2 * QUANTIZE_FLOPS_PER_ELEMENT * k * d))
         before.append(write_work(ch, new * 2 * code_bytes, kind="aqpim.write_codes"))
         before.append(append_work(ch, new, d, e))
-    before.append(op_work(ch, "aqpim.table", units * codebook_bytes, units * g * 2.0 * k * d))
-    before.append(op_work(ch, "aqpim.score", tokens * (code_bytes * lut_passes + outliers * FP16_BYTES),
-                          tokens * g * (2.0 * m + 2.0 * outliers)))
+    before.append(lookup_op_work(ch, "aqpim.table", units * codebook_bytes * lut.codebook_reads,
+                                 units * g * 2.0 * k * d, entries))
+    before.append(lookup_op_work(ch, "aqpim.score", tokens * (code_bytes * lut.code_reads + outliers * FP16_BYTES
+                                                              + 2.0 * g * lut.carried * SCORE_BYTES),
+                                 tokens * g * (2.0 * m + 2.0 * outliers), tokens * g * m))
+    shared = tokens * g * lut.reduced * SCORE_BYTES
+    if shared:
+        before.append(read_out_work(ch, shared, kind="aqpim.reduce"))
     before.append(softmax_work(ch, (tokens + new * window) * g, softmax, e))
-    after = [op_work(ch, "aqpim.value", tokens * code_bytes * lut_passes, tokens * g * 2.0 * m),
-             op_work(ch, "aqpim.bins_x_centroids", units * codebook_bytes, units * g * 2.0 * k * d)]
+    after = [broadcast_work(ch, shared, kind="aqpim.weights_in")] if shared else []
+    after += [lookup_op_work(ch, "aqpim.value", tokens * (code_bytes * lut.code_reads + g * lut.carried * SCORE_BYTES),
+                             tokens * g * 2.0 * m, 2.0 * tokens * g * m),
+              lookup_op_work(ch, "aqpim.bins_x_centroids", units * codebook_bytes * lut.codebook_reads,
+                             units * g * 2.0 * k * d, entries)]
     if new and window:
         fp16 = _window(new, window, d, g, e)
         after += [score_work(ch, fp16), context_work(ch, fp16)]
     after.append(_partials_out(ch, units, g, d, e))
     return AttentionWorks(tuple(before), tuple(after))
+
+
+# The AQPIM phases as they appear in traces, breakdowns and ``explain``: each Work kind of ``pq_attention_works``
+# belongs to one of them (``pq_phase_of``).
+PQ_PHASES = ("quantize", "table", "score", "softmax", "scatter", "bins", "window", "out")
+_PQ_PHASE_OF_KIND = {"aqpim.quantize": "quantize", "aqpim.write_codes": "quantize", "pim.append": "quantize",
+                     "pim.q_in": "table", "aqpim.table": "table", "aqpim.score": "score", "aqpim.reduce": "score",
+                     "aqpim.weights_in": "scatter", "aqpim.value": "scatter", "aqpim.bins_x_centroids": "bins",
+                     "pim.score": "window", "pim.context": "window", "pim.out": "out"}
+
+
+def pq_phase_of(kind: str) -> str:
+    """The AQPIM phase of a Work kind of ``pq_attention_works`` (in-memory quantization and the new token,
+    table build, score gather, softmax, bin scatter, bins x centroids, the FP16 window, partial outputs out)."""
+    if kind.startswith("pim.softmax."):
+        return "softmax"
+    return _PQ_PHASE_OF_KIND[kind]
 
 
 def int_attention_works(ch: PimChannelParams, tokens: float, units: float, new: float, *, head_dim: int, group: int,
@@ -684,7 +860,7 @@ def int_attention_works(ch: PimChannelParams, tokens: float, units: float, new: 
 
 # ------------------------------------------------------------------ presets
 
-TOP_KEYS = {"name", "description", "device", "channel"}
+TOP_KEYS = {"name", "description", "device", "channel", "aqpim_unit"}
 
 pim_preset_names = PIM_PRESETS.names
 
@@ -700,7 +876,8 @@ def _timing_from(raw, where: str, origin: str) -> DramTimingParams:
 
 
 def pim_from_table(table: dict, where: str, origin: str = "") -> PimDeviceParams:
-    """Build a device from a table: top-level name and description, a [device] and a [channel] table."""
+    """Build a device from a table: top-level name and description, a [device] and a [channel] table, and
+    optionally an [aqpim_unit] table (the AQPIM lookup hardware beside each unit)."""
     for key in table:
         if key not in TOP_KEYS:
             raise HardwareError(f"{where}: unknown key '{key}'{did_you_mean(key, TOP_KEYS)}; "
@@ -709,6 +886,12 @@ def pim_from_table(table: dict, where: str, origin: str = "") -> PimDeviceParams
         if not isinstance(table.get(section), dict):
             raise HardwareError(f"{where}: missing section [{section}]")
     channel_table = dict(table["channel"])
+    if "lut_bytes" in channel_table:
+        raise HardwareError(f"{where} [channel]: lut_bytes moved to the [aqpim_unit] section (with lut_banks, "
+                            f"lut_clock_hz and lut_access_energy_j)")
+    unit = None
+    if "aqpim_unit" in table:
+        unit = build(AqpimUnitParams, table["aqpim_unit"], f"{where} [aqpim_unit]")
     if "timing" not in channel_table:
         raise HardwareError(f"{where} [channel]: missing required key 'timing' (a DRAM timing preset name, one of "
                             f"{', '.join(dram_timing_preset_names())})")
@@ -717,7 +900,7 @@ def pim_from_table(table: dict, where: str, origin: str = "") -> PimDeviceParams
     sourced = isinstance(raw, dict) and "value" in raw
     timing = _timing_from(raw["value"] if sourced else raw, f"{where} [channel.timing]", origin)
     channel_table["timing"] = {**raw, "value": timing} if sourced else timing
-    channel = build(PimChannelParams, channel_table, f"{where} [channel]")
+    channel = build(PimChannelParams, channel_table, f"{where} [channel]", aqpim_unit=unit)
     return build(PimDeviceParams, table["device"], f"{where} [device]", name=str(table.get("name", Path(where).stem)),
                  description=str(table.get("description", "")), channel=channel, origin=origin)
 
@@ -731,3 +914,9 @@ def load_pim(name_or_path: str) -> PimDeviceParams:
 def with_channel(dev: PimDeviceParams, **changes) -> PimDeviceParams:
     """A copy of ``dev`` whose channel has ``changes`` applied (validated again, sources marked overridden)."""
     return dataclasses.replace(dev, channel=override(dev.channel, **changes))
+
+
+def with_aqpim_unit(dev: PimDeviceParams, **changes) -> PimDeviceParams:
+    """A copy of ``dev`` whose AQPIM unit has ``changes`` applied (validated again, sources marked overridden)."""
+    unit = override(aqpim_unit_of(dev.channel), **changes)
+    return dataclasses.replace(dev, channel=dataclasses.replace(dev.channel, aqpim_unit=unit))

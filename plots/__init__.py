@@ -1,4 +1,5 @@
-"""Figures of saved results: decode-step timelines, latency and energy breakdowns, sweeps and capacity maps.
+"""Figures of saved results: decode-step timelines, latency and energy breakdowns, sweeps, capacity maps and the
+assumption ledger's tornado.
 
 Every figure reads files the simulator wrote (a Result JSON, a list of Results, a sweep's JSONL, a Chrome trace)
 and never runs the simulator: from ``sim`` it imports only ``sim.results`` (the schema, standard library only), so
@@ -12,5 +13,6 @@ from plots.breakdown import plot_breakdown
 from plots.capacity import plot_capacity
 from plots.sweep import plot_sweep
 from plots.timeline import plot_timeline
+from plots.tornado import plot_tornado
 
-__all__ = ["plot_breakdown", "plot_capacity", "plot_sweep", "plot_timeline"]
+__all__ = ["plot_breakdown", "plot_capacity", "plot_sweep", "plot_timeline", "plot_tornado"]

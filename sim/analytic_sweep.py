@@ -209,12 +209,7 @@ class Evaluator:
         check_supported(cfg)
         s = self.setup(cfg)
         system, model, params, topology = s.system, s.model, s.params, s.topology
-        requests = build_requests(cfg, np.random.default_rng(cfg.seed))
-        warnings = []
-        longest = max(r.prompt_tokens + r.output_tokens for r in requests)
-        if longest > model.max_context:
-            warnings.append(f"context up to {longest} tokens exceeds {model.name}'s max_position_embeddings "
-                            f"({model.max_context}); simulated anyway")
+        requests, warnings = build_requests(cfg, np.random.default_rng(cfg.seed))
         max_batch = cfg.effective_max_batch
         budget = system.token_budget(max_batch)
         batcher = ContinuousBatcher(requests, max_batch)
@@ -248,6 +243,10 @@ class Evaluator:
                 busy += c.channel_busy_s
             batcher.advance()
 
+        longest = batcher.max_request_tokens
+        if longest > model.max_context:
+            warnings.append(f"context up to {longest} tokens exceeds {model.name}'s max_position_embeddings "
+                            f"({model.max_context}); simulated anyway")
         if isinstance(system, PimSystem):
             system.power_throttle = throttle
             system.machine.pim.busy_s = busy
@@ -282,7 +281,7 @@ class Evaluator:
             provenance.update(pim=topology.pim.origin, dram_timing=topology.pim.channel.timing.origin)
         out = dict(
             system=cfg.system, model=model.name, hardware=params.name, batch=max_batch,
-            context=max(r.prompt_tokens for r in requests), steps=steps, seed=cfg.seed,
+            context=batcher.max_prompt_tokens, steps=steps, seed=cfg.seed,
             mean_step_latency_s=decode_s / steps if steps else 0.0,
             total_time_s=wall_s, tokens=tokens, tokens_per_s=tokens / wall_s if wall_s > 0 else 0.0,
             busy_tokens_per_s=tokens / decode_s if decode_s > 0 else 0.0,

@@ -18,9 +18,12 @@ from hw_models.machine import DEFAULT_MACHINE
 from sim.errors import ConfigError
 from sim.options import Options, check_value, flag_of, option, specs
 from sim.systems import SYSTEMS
+from workloads.arrivals import ARRIVAL_PROCESSES, MAX_CV, MIN_CV, LengthDist
+from workloads.errors import WorkloadError
 
 DEFAULT_STEPS = 8
 PATH_KEYS = (("trace", None), ("hardware", ".toml"), ("model", ".json"))
+DIST_KEYS = ("prompt_dist", "output_dist")
 
 
 @dataclass(frozen=True)
@@ -34,13 +37,27 @@ class RunConfig(Options):
                           maximum=2**24, limit=2**30)
     steps: int | None = option(None, f"decode steps (fixed batch: default {DEFAULT_STEPS}; with a request list: "
                                      f"a cap)", minimum=1, maximum=10**6, limit=10**9)
-    trace: str | None = option(None, "request trace file, CSV or JSONL: arrival_s, prompt_tokens, output_tokens")
+    trace: str | None = option(None, "request trace file: CSV (arrival_s,prompt_tokens,output_tokens; the Azure LLM "
+                                     "inference trace; BurstGPT) or JSONL (docs/traces.md)")
+    trace_time_scale: float = option(1.0, "trace: multiply every arrival time by this (0.5: twice as fast)",
+                                     minimum=0, maximum=1e6, limit=1e9)
+    trace_max_requests: int | None = option(None, "trace: read only the first N usable rows (file order)",
+                                            minimum=1, maximum=10**7, limit=10**9)
     requests: int | None = option(None, "synthetic request list of this many requests (prompt = --context)",
                                   minimum=1, maximum=10**6, limit=10**8)
     output_tokens: int = option(128, "synthetic requests: tokens each decodes", unit="tokens", minimum=1,
                                 maximum=2**24, limit=2**30)
     arrival_rate_per_s: float = option(0.0, "synthetic requests: Poisson arrivals per second (0: all at t=0)",
                                        unit="1/s", minimum=0, flag="--arrival-rate", maximum=1e6)
+    arrival_process: str = option("poisson", "synthetic requests: inter-arrival times, exponential (poisson) or "
+                                  "gamma with --arrival-cv", choices=ARRIVAL_PROCESSES)
+    arrival_cv: float | None = option(None, "synthetic requests, gamma arrivals: coefficient of variation of the "
+                                      "inter-arrival time (1: as Poisson; above 1: bursty)", minimum=MIN_CV,
+                                      limit=MAX_CV)
+    prompt_dist: str | None = option(None, "synthetic requests: prompt lengths, fixed:N, uniform:LO,HI, "
+                                     "lognormal:MEAN,SIGMA[,MAX] or empirical:TRACE_FILE (default: --context)")
+    output_dist: str | None = option(None, "synthetic requests: output lengths, as --prompt-dist (default: "
+                                     "--output-tokens)")
     max_batch: int | None = option(None, "continuous batching limit (default: --batch)", minimum=1, maximum=4096,
                                    limit=2**20)
     seed: int = option(0, "seed of the run's random generator", minimum=0, limit=2**63 - 1)
@@ -61,7 +78,46 @@ class RunConfig(Options):
             raise ConfigError(f"system '{self.system}' takes {cls.__name__}, got {type(self.options).__name__}")
         if self.trace is not None and self.requests is not None:
             raise ConfigError("give either trace (a file) or requests (a synthetic list), not both")
+        self._check_request_settings()
         self.options.check_run(self)
+
+    def _check_request_settings(self) -> None:
+        """Trace options need a trace, generator options need synthetic requests; both parse here."""
+        if not self.trace_time_scale > 0:
+            raise ConfigError(f"trace_time_scale must be above 0, got {self.trace_time_scale!r}")
+        if self.trace is None:
+            for key, unset in (("trace_time_scale", 1.0), ("trace_max_requests", None)):
+                if getattr(self, key) != unset:
+                    raise ConfigError(f"{key} ({flag_of(key, SHARED[key][3])}) applies only with trace (a file)")
+        if self.requests is None:
+            for key, unset in (("arrival_process", "poisson"), ("arrival_cv", None), ("prompt_dist", None),
+                               ("output_dist", None)):
+                if getattr(self, key) != unset:
+                    raise ConfigError(f"{key} ({flag_of(key, SHARED[key][3])}) applies only to synthetic "
+                                      f"requests (requests, --requests N)")
+            return
+        if self.arrival_process == "gamma":
+            if self.arrival_cv is None:
+                raise ConfigError("arrival_process gamma needs arrival_cv (--arrival-cv), the coefficient of "
+                                  "variation of the inter-arrival time")
+            if self.arrival_rate_per_s == 0:
+                raise ConfigError("arrival_process gamma needs arrival_rate_per_s (--arrival-rate) above 0")
+        elif self.arrival_cv is not None:
+            raise ConfigError("arrival_cv (--arrival-cv) applies only with arrival_process gamma "
+                              "(Poisson inter-arrival times have a coefficient of variation of 1)")
+        self.length_dists()
+
+    def length_dists(self) -> tuple[LengthDist, LengthDist]:
+        """Prompt and output length distributions of synthetic requests (default: fixed --context and
+        --output-tokens)."""
+        out = []
+        for key, fixed in (("prompt_dist", self.context), ("output_dist", self.output_tokens)):
+            text = getattr(self, key)
+            try:
+                out.append(LengthDist("fixed", (fixed,)) if text is None else LengthDist.parse(text, key))
+            except WorkloadError as e:
+                raise ConfigError(str(e)) from None
+        return out[0], out[1]
 
     @property
     def uses_requests(self) -> bool:
@@ -138,6 +194,11 @@ def resolve_paths(settings: dict, base_dir: Path) -> dict:
         v = out.get(key)
         if isinstance(v, str) and (suffix is None or v.endswith(suffix)) and not Path(v).is_absolute():
             out[key] = str((base_dir / v).resolve())
+    for key in DIST_KEYS:  # empirical:PATH names a trace file
+        v = out.get(key)
+        if isinstance(v, str) and v.startswith("empirical:") and v[10:].strip() and \
+                not Path(v[10:].strip()).is_absolute():
+            out[key] = "empirical:" + str((base_dir / v[10:].strip()).resolve())
     return out
 
 

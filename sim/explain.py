@@ -191,6 +191,39 @@ def _verdict(us: list[Usage], step_s: float, links: dict, limits: dict, result: 
     return out
 
 
+def _lookup_lines(result: Result, spans: list, n_steps: int) -> list[str]:
+    """AQPIM's phases and its lookup unit: each phase's share of the PIM device's busy time, what bounds the score
+    gather and the bin scatter, and the PIM time per layer of every lookup dataflow (the system's closed form)."""
+    look = result.details.get("aqpim_lookup")
+    if not look:
+        return []
+    phases: dict[str, float] = {}
+    for s in spans:
+        if s.component == "pim" and not s.detail and s.kind.startswith("aqpim."):
+            phases[s.kind] = phases.get(s.kind, 0.0) + (s.end_s - s.start_s) / n_steps
+    total = sum(phases.values())
+    out = ["", "AQPIM phases and lookup unit:"]
+    if total > 0:
+        out.append("  PIM busy per step by phase: " + ", ".join(
+            f"{k.removeprefix('aqpim.')} {fmt_time(v)} ({100 * v / total:.0f}%)" for k, v in phases.items())
+                   + f"; together {fmt_time(total)}.")
+    out.append(f"  Lookup buffer {look['lut_bytes']:.0f} B per unit ({look['rows_per_buffer']} of the {look['rows']} "
+               f"table rows a (sequence, KV head) needs), {look['lut_banks']} SRAM banks at "
+               f"{look['lut_clock_hz'] / 1e6:.0f} MHz ({look['lut_accesses_per_s'] / 1e9:.2f} G accesses/s per unit).")
+    out.append(f"  Dataflow '{look['dataflow']}': {look['passes']} pass(es); each code byte read {look['code_reads']}x"
+               f"; running scores carried {look['carried']}x; partial scores reduced across banks "
+               f"{look['reduced']}x (pool of {look['pool']} unit(s)).")
+    out.append(f"  On the busiest channel the score gather is bound by {look['score_bound_by']} and the bin scatter "
+               f"by {look['scatter_bound_by']}.")
+    by_flow = look.get("pim_phase_s_per_layer_by_dataflow", {})
+    if by_flow:
+        best = min(by_flow, key=by_flow.get)
+        out.append("  PIM time per layer by dataflow (closed form, busiest channel): " + ", ".join(
+            f"{k} {fmt_time(v)}" for k, v in by_flow.items()) + f"; the fastest is '{best}'"
+                   + ("." if best == look["dataflow"] else f", not the one run ('{look['dataflow']}')."))
+    return out
+
+
 def explain_result(result: Result, spans: list, topology: Topology, model: ModelSpec) -> str:
     """The explanation of ``result``, simulated on ``topology``."""
     steps = sorted({s.step for s in spans})
@@ -218,6 +251,7 @@ def explain_result(result: Result, spans: list, topology: Topology, model: Model
     lines += ["  " + _resource_line(u, step_s, links, limits) for u in us]
     lines += ["", "What limits the step:"]
     lines += ["  " + line for line in _verdict(us, step_s, links, limits, result)] if us else ["  (no spans traced)"]
+    lines += _lookup_lines(result, spans, n)
     energy = result.energy_j
     total = sum(energy.values())
     if total > 0 and result.tokens:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,16 +35,23 @@ from sim.stats import StepStats
 from sim.systems import SYSTEMS
 from sim.systems.base import Capacity, StepBatch, System
 from sim.topology import GPU, HOST_CPU, HOST_DRAM, PIM, Topology
+from workloads.arrivals import generate_requests
 from workloads.models import ModelSpec, load_model
-from workloads.traces import ContinuousBatcher, fixed_requests, load_requests, synthetic_requests
+from workloads.trace_formats import read_trace
+from workloads.traces import ContinuousBatcher, Request, fixed_requests
 
 
-def build_requests(cfg: RunConfig, rng: np.random.Generator):
+def build_requests(cfg: RunConfig, rng: np.random.Generator) -> tuple[Iterable[Request], list[str]]:
+    """The run's requests (a list, or a lazy stream for synthetic requests) and notes for its warnings (rows a
+    trace file skipped)."""
     if cfg.trace is not None:
-        return load_requests(cfg.trace)
+        tf = read_trace(cfg.trace, cfg.trace_time_scale, cfg.trace_max_requests)
+        return tf.requests, tf.notes()
     if cfg.requests is not None:
-        return synthetic_requests(cfg.requests, cfg.context, cfg.output_tokens, cfg.arrival_rate_per_s, rng)
-    return fixed_requests(cfg.batch, cfg.context, cfg.steps or DEFAULT_STEPS)
+        prompt, output = cfg.length_dists()
+        return generate_requests(cfg.requests, cfg.arrival_rate_per_s, prompt, output, rng, cfg.arrival_process,
+                                 cfg.arrival_cv), []
+    return fixed_requests(cfg.batch, cfg.context, cfg.steps or DEFAULT_STEPS), []
 
 
 @dataclass
@@ -125,12 +132,7 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
     system_cls = SYSTEMS[cfg.system]
     devices = system_cls.devices(cfg.options, pim)
     rng = np.random.default_rng(cfg.seed)
-    requests = build_requests(cfg, rng)
-    warnings = []
-    longest = max(r.prompt_tokens + r.output_tokens for r in requests)
-    if longest > model.max_context:
-        warnings.append(f"context up to {longest} tokens exceeds {model.name}'s max_position_embeddings "
-                        f"({model.max_context}); simulated anyway")
+    requests, warnings = build_requests(cfg, rng)
 
     env = simpy.Environment()
     tracer = Tracer(keep_steps=cfg.trace_steps)
@@ -168,8 +170,13 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
     with step_log_writer(step_log) as write_step:
         env.process(driver([f for f in (write_step, on_step) if f is not None]))
         env.run()
-    context = max(r.prompt_tokens for r in requests)
-    first_arrival_s = min(r.arrival_s for r in requests)
+    # Over every request of a list; over the requests read (admitted, and the next) of a lazy stream.
+    longest = batcher.max_request_tokens
+    if longest > model.max_context:
+        warnings.append(f"context up to {longest} tokens exceeds {model.name}'s max_position_embeddings "
+                        f"({model.max_context}); simulated anyway")
+    context = batcher.max_prompt_tokens
+    first_arrival_s = batcher.first_arrival_s
     result = _result(cfg, params, model, system, tracer, topology, env.now - first_arrival_s, log, warnings,
                      context)
     return Run(result, tracer.spans, topology, model)

@@ -135,6 +135,11 @@ def _consistency_cases() -> list[Case]:
              "--requests", "4"),
         case("pq-m not dividing head_dim", "run", "--system", "aqpim", "--pq-m", "7", *SMALL),
         case("pq-k not a power of two", "run", "--system", "aqpim", "--pq-k", "100"),
+        case("lookup buffer smaller than one table row", "run", "--system", "aqpim", "--lut-bytes", "511", *SMALL,
+             match="smaller than one table row (256 centroids x 2 bytes = 512 bytes)"),
+        case("lookup buffer below a row at a larger K", "run", "--system", "aqpim", "--pq-k", "1024", *SMALL,
+             match="smaller than one table row"),
+        case("unknown lookup dataflow", "run", "--system", "aqpim", "--lut-dataflow", "subspaces"),
         case("outliers beyond head_dim", "run", "--system", "aqpim", "--outliers", "128", *SMALL),
         case("near softmax without a near unit", "run", "--system", "pim", "--pim", "upmem", "--softmax", "near",
              *SMALL),
@@ -255,7 +260,15 @@ def _hardware_cases() -> list[Case]:
         pf("fractional ranks", "value = 2, source = \"AT attacc_bank.yaml org", "value = 2.5, source = \"x"),
         pf("units per bank above one", "units_per_bank = { value = 1.0", "units_per_bank = { value = 1.5"),
         pf("negative energy", "value = 4.4e-12", "value = -4.4e-12"),
-        pf("lut bytes zero", "value = 16384", "value = 0"),
+        pf("lut bytes zero", "lut_bytes = { value = 512", "lut_bytes = { value = 0"),
+        pf("lut bytes in the channel section", "[channel]\n", "[channel]\nlut_bytes = 512\n",
+           match="moved to the [aqpim_unit] section"),
+        pf("fractional lookup SRAM banks", "lut_banks = { value = 16", "lut_banks = { value = 1.5"),
+        case("PIM file: lookup buffer smaller than one table row", "run", "--system", "aqpim", "--pim",
+             "{d}/p.toml", *SMALL, files={"p.toml": PIM.replace("lut_bytes = { value = 512", "lut_bytes = { value = 256")},
+             match="smaller than one table row"),
+        case("PIM file without a lookup unit for aqpim", "run", "--system", "aqpim", "--pim", "{d}/p.toml", *SMALL,
+             files={"p.toml": PIM[:PIM.index("[aqpim_unit]")]}, match="no AQPIM lookup unit"),
         pf("placement unknown", 'value = "accelerator"', 'value = "cloud"'),
         case("PIM file: not UTF-8", "run", "--system", "pim", "--pim", "{d}/p.toml", files={"p.toml": b"\xff"}),
     ]
@@ -263,6 +276,8 @@ def _hardware_cases() -> list[Case]:
 
 def _trace_cases() -> list[Case]:
     head = "arrival_s,prompt_tokens,output_tokens\n"
+    azure = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+    burst = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
 
     def tf(id: str, name: str, text, match: str = "") -> Case:
         return case(f"trace: {id}", "run", "--trace", "{d}/" + name, "--steps", "1", files={name: text},
@@ -292,6 +307,54 @@ def _trace_cases() -> list[Case]:
         tf("jsonl text count", "t.jsonl", '{"arrival_s": 0, "prompt_tokens": "ten", "output_tokens": 1}\n'),
         tf("jsonl null", "t.jsonl", '{"arrival_s": null, "prompt_tokens": 1, "output_tokens": 1}\n'),
         case("trace: a folder", "run", "--trace", "{d}/t.csv", files={"t.csv/x": "x"}),
+        tf("azure bad timestamp", "a.csv", azure + "2023-11-16 18:15:46.68,374,44\n18:15:47,1,1\n",
+           match="a.csv:3: TIMESTAMP must be a date and time"),
+        tf("azure impossible date", "a.csv", azure + "2023-02-30 18:15:46,374,44\n", match="a.csv:2"),
+        tf("azure fractional tokens", "a.csv", azure + "2023-11-16 18:15:46,374.5,44\n", match="ContextTokens"),
+        tf("azure short row", "a.csv", azure + "2023-11-16 18:15:46,374\n", match="fewer fields"),
+        tf("burstgpt word timestamp", "b.csv", burst + "soon,ChatGPT,1,1,2,API log\n", match="b.csv:2: Timestamp"),
+        tf("burstgpt nan timestamp", "b.csv", burst + "nan,ChatGPT,1,1,2,API log\n", match="b.csv:2"),
+        tf("burstgpt negative tokens", "b.csv", burst + "5,ChatGPT,-3,1,2,API log\n", match="Request tokens"),
+        tf("burstgpt only failures", "b.csv", burst + "5,ChatGPT,10,0,10,API log\n", match="no requests"),
+        tf("unknown header", "t.csv", "time,in,out\n1,2,3\n", match="BurstGPT"),
+        case("trace: time scale 0", "run", "--trace", "{d}/t.csv", "--trace-time-scale", "0",
+             files={"t.csv": head + "0,10,1\n"}, match="above 0"),
+        case("trace: scaled beyond max arrival", "run", "--trace", "{d}/t.csv", "--trace-time-scale", "1e6",
+             "--allow-large", files={"t.csv": head + "0,10,1\n5000,10,1\n"}, match="scaled arrivals"),
+        case("trace options without a trace", "run", *SMALL, "--trace-max-requests", "3",
+             match="applies only with trace"),
+    ]
+
+
+def _generator_cases() -> list[Case]:
+    def g(id: str, *argv: str, match: str = "", files: dict | None = None) -> Case:
+        return case(f"generator: {id}", "run", "--requests", "3", "--steps", "1", *argv, match=match, files=files)
+
+    return [
+        g("unknown process", "--arrival-process", "gama", match="did you mean"),
+        g("gamma without cv", "--arrival-process", "gamma", "--arrival-rate", "2", match="needs arrival_cv"),
+        g("gamma without rate", "--arrival-process", "gamma", "--arrival-cv", "2", match="arrival_rate_per_s"),
+        g("cv with poisson", "--arrival-cv", "2", match="only with arrival_process gamma"),
+        g("cv zero", "--arrival-process", "gamma", "--arrival-rate", "2", "--arrival-cv", "0"),
+        g("cv huge", "--arrival-process", "gamma", "--arrival-rate", "2", "--arrival-cv", "1e5"),
+        g("unknown distribution", "--prompt-dist", "unifrom:1,5", match="did you mean 'uniform'"),
+        g("uniform reversed", "--prompt-dist", "uniform:9,3", match="LO <= HI"),
+        g("uniform one value", "--output-dist", "uniform:9", match="uniform:LO,HI"),
+        g("fixed without value", "--prompt-dist", "fixed", match="fixed:N"),
+        g("fixed zero", "--prompt-dist", "fixed:0", match="whole numbers from 1"),
+        g("fixed fraction", "--prompt-dist", "fixed:1.5", match="whole numbers"),
+        g("lognormal words", "--prompt-dist", "lognormal:a,b", match="takes numbers"),
+        g("lognormal nan", "--prompt-dist", "lognormal:nan,1", match="finite"),
+        g("lognormal negative sigma", "--prompt-dist", "lognormal:100,-1", match="SIGMA"),
+        g("lognormal max 0", "--prompt-dist", "lognormal:100,1,0", match="whole numbers"),
+        g("empirical without file", "--prompt-dist", "empirical:", match="needs a trace file"),
+        g("empirical missing file", "--prompt-dist", "empirical:{d}/none.csv", match="not found"),
+        g("empirical malformed file", "--output-dist", "empirical:{d}/t.csv", match="t.csv:2",
+          files={"t.csv": "arrival_s,prompt_tokens,output_tokens\n0,ten,1\n"}),
+        case("generator: dist without requests", "run", *SMALL, "--prompt-dist", "uniform:1,5",
+             match="applies only to synthetic requests"),
+        case("generator: dist with a trace", "run", "--trace", "{d}/t.csv", "--output-dist", "fixed:3",
+             files={"t.csv": "arrival_s,prompt_tokens,output_tokens\n0,10,1\n"}, match="synthetic requests"),
     ]
 
 
@@ -362,6 +425,30 @@ def _plot_cases() -> list[Case]:
     ]
 
 
+def _ledger_cases() -> list[Case]:
+    """`assumptions`: every refusal comes before the first simulation."""
+    a = ("assumptions", "--out", "{d}/l")
+    return [
+        case("assumptions unknown hardware", *a, "--hardware", "a100-pcie4", match="unknown hardware preset"),
+        case("assumptions unknown PIM device", *a, "--pim", "attacc", match="attacc"),
+        case("assumptions unknown model", *a, "--model", "llama-9b", match="unknown model preset"),
+        case("assumptions malformed hardware file", *a, "--hardware", "{d}/m.toml", files={"m.toml": "[gpu\n"},
+             match="malformed TOML"),
+        case("assumptions unknown variant", *a, "--variants", "aqpim,pim+limt", match="did you mean 'pim+limit'"),
+        case("assumptions --jobs 0", *a, "--jobs", "0", match="--jobs"),
+        case("assumptions --top 0", *a, "--top", "0", match="--top"),
+        case("assumptions --steps 0", *a, "--steps", "0", match="steps"),
+        case("assumptions nothing fits", *a, "--variants", "gpu", "--context", "1000000", "--steps", "1",
+             match="no compared variant fits"),
+        case("assumptions --out a file", "assumptions", "--out", "{d}/f", files={"f": "x"},
+             match="is a file, not a folder"),
+        case("assumptions --out under a file", "assumptions", "--out", "{d}/f/l", files={"f": "x"},
+             match="is a file, not a folder"),
+        case("plot: tornado of a results list", "plot", "tornado", "{d}/r.json", "--out", "{d}/t.png",
+             files={"r.json": "[]"}, match="not an assumption ledger"),
+    ]
+
+
 def _output_cases() -> list[Case]:
     return [
         case("run --json-out under a file", "run", *SMALL, "--json-out", "{d}/f/x.json", files={"f": "x"},
@@ -411,7 +498,8 @@ def _warning_cases() -> list[Case]:
 
 def cases() -> list[Case]:
     return (_option_cases() + _choice_cases() + _consistency_cases() + _run_file_cases() + _model_cases()
-            + _hardware_cases() + _trace_cases() + _sweep_cases() + _plot_cases() + _output_cases()
+            + _hardware_cases() + _trace_cases() + _generator_cases() + _sweep_cases() + _plot_cases()
+            + _ledger_cases() + _output_cases()
             + _argparse_cases() + _warning_cases())
 
 

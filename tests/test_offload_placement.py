@@ -323,3 +323,23 @@ def test_compare_without_a_fitting_baseline_shows_no_speedups(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "no speedups: no offload variant fits" in out
     assert "x " not in "".join(line for line in out.splitlines() if line.startswith(("offload", "aqpim")))
+
+
+@pytest.mark.parametrize("kernel", CPU_KERNELS)
+def test_cpu_attention_auto_keeps_the_faster_corner(kernel):
+    """LLaMA-2-70B, batch 8, 16K: with FlexGen's slow CPU kernel the KV cache belongs on the GPU (the host share
+    would be attended slowly); with a bandwidth-bound kernel the weights do (they would cross PCIe)."""
+    kw = dict(model="llama-2-70b", batch=8, context=16384, steps=1, trace_steps=0, cpu_attention=True,
+              cpu_kernel=kernel)
+    auto = simulate(make_config(**kw))
+    m = load_model("llama-2-70b")
+    w_first = place(m, 80 * GiB, 8, 8 * 16385, None, None, False, True)
+    kv_first = place(m, 80 * GiB, 8, 8 * 16385, place(m, 80 * GiB, 8, 8 * 16385, None, 0.0, False, True).kv_fraction,
+                     None, False, True)
+    corners = {name: simulate(make_config(**kw, kv_gpu_fraction=repr(p.kv_fraction),
+                                          weights_gpu_fraction=repr(p.weights_fraction)))
+               for name, p in (("weights", w_first), ("kv", kv_first))}
+    best = min(corners, key=lambda k: corners[k].mean_step_latency_s)
+    assert best == ("kv" if kernel == "flexgen" else "weights")
+    assert auto.mean_step_latency_s == pytest.approx(corners[best].mean_step_latency_s, rel=1e-9)
+    assert auto.fits and auto.analytic_exact

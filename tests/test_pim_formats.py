@@ -35,11 +35,6 @@ def old_fp16_works(ch, tok, units, nv, part, *, g, d, e, softmax):
     return full if part is None else (full[:4] if part == 0 else full[4:])
 
 
-def old_lut_passes(ch, lut_bytes, *, g, m, k):
-    """AqpimSystem.lut_passes on the channel AqpimSystem.__init__ made (unit_buffer_bytes = run config lut_bytes)"""
-    return max(1, math.ceil(g * m * k * (OLD_FP16_BYTES + OLD_BIN_BYTES) / lut_bytes))
-
-
 def old_pq_works(ch, tok, units, nv, *, g, d, e, m, k, outliers, window, passes, softmax):
     """AqpimSystem.channel_phases.works"""
     FP16_BYTES = OLD_FP16_BYTES
@@ -99,12 +94,19 @@ def check_fp16(name, softmax, tok, units, nv, g, d, e):
     assert new.after_softmax == old_fp16_works(ch, tok, units, nv, 1, **kw)
 
 
-def check_pq(name, softmax, tok, units, nv, g, d, e, m, k, outliers, window, lut):
+# A lookup unit that never binds: its buffer holds every table row, its accesses are free and instant. With it
+# the lookup plan is one pass and the PQ works reduce to the old composition with one pass.
+UNBOUNDED = pim.AqpimUnitParams(lut_bytes=2.0**40, lut_banks=1, lut_clock_hz=1e300, lut_access_energy_j=0.0)
+
+
+def check_pq(name, softmax, tok, units, nv, g, d, e, m, k, outliers, window, dataflow):
     ch, no_near = channel_for(name, softmax)
-    passes = pim.pq_table_passes(dataclasses.replace(ch, lut_bytes=lut), g, m, k)
-    assert passes == old_lut_passes(ch, lut, g=g, m=m, k=k)
+    ch = dataclasses.replace(ch, aqpim_unit=UNBOUNDED)
+    plan = pim.pq_lookup_plan(ch, g, m, k, dataflow)
+    assert (plan.passes, plan.code_reads, plan.carried, plan.reduced) == (1, 1, 0, 0)
+    passes = 1
     kw = dict(head_dim=d, group=g, bytes_per_element=e, m=m, k=k, outliers=outliers, window=window,
-              lut_passes=passes, softmax=softmax)
+              lut=plan, softmax=softmax)
     if no_near:
         with pytest.raises(HardwareError, match="no near-memory unit"):
             pim.pq_attention_works(ch, tok, units, nv, **kw)
@@ -139,10 +141,10 @@ def pq_geometry(draw):
 @settings(max_examples=300)
 @given(name=presets, softmax=placements, tok=loads, units=few, nv=few, g=st.sampled_from([1, 2, 4, 8]),
        e=st.sampled_from([2, 4]), geometry=pq_geometry(), window=st.sampled_from([0, 1, 4, 132]),
-       lut=st.sampled_from([512, 4096, 16384, 65536, 1 << 20]))
-def test_pq_works_equal_the_old_composition(name, softmax, tok, units, nv, g, e, geometry, window, lut):
+       dataflow=st.sampled_from(pim.PQ_DATAFLOWS))
+def test_pq_works_equal_the_old_composition(name, softmax, tok, units, nv, g, e, geometry, window, dataflow):
     d, m, k, outliers = geometry
-    check_pq(name, softmax, tok, units, nv, g, d, e, m, k, outliers, window, lut)
+    check_pq(name, softmax, tok, units, nv, g, d, e, m, k, outliers, window, dataflow)
 
 
 def test_many_seeded_loads_equal_the_old_compositions():
@@ -158,7 +160,7 @@ def test_many_seeded_loads_equal_the_old_compositions():
         check_fp16(name, softmax, tok, units, nv, g, d, e)
         check_pq(name, softmax, tok, units, nv, g, d, e, m=int(rng.choice([8, 16, 32])),
                  k=int(rng.choice([16, 256])), outliers=int(rng.integers(0, 5)), window=int(rng.choice([0, 132])),
-                 lut=int(rng.choice([4096, 16384, 65536])))
+                 dataflow=str(rng.choice(pim.PQ_DATAFLOWS)))
 
 
 def test_split_is_where_the_softmax_ends():
@@ -166,7 +168,8 @@ def test_split_is_where_the_softmax_ends():
     for works in (pim.fp16_attention_works(ch, 100, 2, 1, head_dim=128, group=4, bytes_per_element=2,
                                            softmax="host"),
                   pim.pq_attention_works(ch, 100, 2, 1, head_dim=128, group=4, bytes_per_element=2, m=16, k=256,
-                                         outliers=2, window=132, lut_passes=1, softmax="host"),
+                                         outliers=2, window=132, lut=pim.pq_lookup_plan(ch, 4, 16, 256),
+                                         softmax="host"),
                   pim.int_attention_works(ch, 100, 2, 1, head_dim=128, group=4, bytes_per_element=2, bits=4,
                                           group_size=32, window=132, softmax="host")):
         assert works.before_softmax[-1].kind == "pim.softmax.host"
@@ -174,27 +177,129 @@ def test_split_is_where_the_softmax_ends():
         assert works.all == works.before_softmax + works.after_softmax
 
 
-# ---- lookup-table passes -----------------------------------------------------------------------------------------
+# ---- the lookup unit and its dataflows ------------------------------------------------------------------------
 
-def test_pq_table_passes_by_hand():
+def unit_channel(lut_bytes, units_per_bank=1.0):
     ch = pim.load_pim("attacc-hbm3").channel
-    assert ch.lut_bytes == 16384
-    # GQA group 4, M=16, K=256: tables and bins 4 x 16 x 256 x (2 + 2) = 65536 bytes: four 16 KiB buffer-fulls.
-    assert pim.pq_table_passes(ch, 4, 16, 256) == 4
-    assert pim.pq_table_passes(ch, 1, 16, 256) == 1  # 16384 bytes fit exactly
-    assert pim.pq_table_passes(ch, 1, 16, 257) == 2
-    assert pim.pq_table_passes(dataclasses.replace(ch, lut_bytes=1 << 20), 8, 32, 256) == 1
-    # the GEMV operand buffer plays no part
-    assert pim.pq_table_passes(dataclasses.replace(ch, unit_buffer_bytes=1), 1, 16, 256) == 1
+    return dataclasses.replace(ch, units_per_bank=units_per_bank,
+                               aqpim_unit=dataclasses.replace(ch.aqpim_unit, lut_bytes=lut_bytes))
+
+
+def plan_tuple(p):
+    return p.passes, p.code_reads, p.carried, p.reduced, p.pool, p.codebook_reads
+
+
+def test_lookup_plans_by_hand():
+    # GQA group 4, M = 16, K = 256: 64 rows of 512 B (32 KiB of tables) per (sequence, KV head); 32 units
+    g, m, k = 4, 16, 256
+    assert pim.load_pim("attacc-hbm3").channel.units == 32
+    for flow in pim.PQ_DATAFLOWS:  # everything fits: one pass, nothing carried or reduced
+        assert plan_tuple(pim.pq_lookup_plan(unit_channel(32768), g, m, k, flow)) == (1, 1, 0, 0, 1, 1)
+    # 16 KiB = 32 rows: two whole heads per pass (repass); 8 sub-spaces x 4 heads per pass (subspace)
+    assert plan_tuple(pim.pq_lookup_plan(unit_channel(16384), g, m, k, "repass")) == (2, 2, 0, 0, 1, 2)
+    assert plan_tuple(pim.pq_lookup_plan(unit_channel(16384), g, m, k, "subspace")) == (2, 1, 1, 0, 1, 1)
+    # bank_split: 2 units pool their buffers (8 sub-spaces each), one pass, each token's 2 partials summed
+    assert plan_tuple(pim.pq_lookup_plan(unit_channel(16384), g, m, k, "bank_split")) == (1, 1, 0, 1, 2, 1)
+    # 2 KiB = 4 rows: repass splits each head over 4 passes (16 in all), carrying its score 3 times
+    assert plan_tuple(pim.pq_lookup_plan(unit_channel(2048), g, m, k, "repass")) == (16, 16, 3, 0, 1, 4)
+    # subspace: one sub-space x 4 heads per pass, every code read once, scores carried 15 times
+    assert plan_tuple(pim.pq_lookup_plan(unit_channel(2048), g, m, k, "subspace")) == (16, 1, 15, 0, 1, 1)
+    # bank_split: 16 units, one sub-space each: one pass, 15 partials per token and head cross the shared path
+    assert plan_tuple(pim.pq_lookup_plan(unit_channel(2048), g, m, k, "bank_split")) == (1, 1, 0, 15, 16, 1)
+    # 512 B = one row, less than the 4 heads: heads in 4 groups, each column read once per group
+    assert plan_tuple(pim.pq_lookup_plan(unit_channel(512), g, m, k, "subspace")) == (64, 4, 15, 0, 1, 4)
+    assert plan_tuple(pim.pq_lookup_plan(unit_channel(512), g, m, k, "repass")) == (64, 64, 15, 0, 1, 4)
+    # bank_split: 4 head groups, 16 units with one sub-space each: 15 partials per token and head
+    assert plan_tuple(pim.pq_lookup_plan(unit_channel(512), g, m, k, "bank_split")) == (4, 4, 0, 15, 16, 4)
+    # 8 units per channel (one per 4 banks): the pool is capped at 8 and makes two passes over sub-space halves
+    assert plan_tuple(pim.pq_lookup_plan(unit_channel(2048, 0.25), g, m, k, "bank_split")) == (2, 2, 0, 15, 8, 1)
+
+
+def test_lookup_buffer_smaller_than_one_row_is_an_error():
+    with pytest.raises(HardwareError, match=r"lookup buffer of 511 bytes per unit is smaller than one table row "
+                                            r"\(256 centroids x 2 bytes = 512 bytes\)"):
+        pim.pq_lookup_plan(unit_channel(511), 4, 16, 256)
+    assert pim.pq_lookup_plan(unit_channel(511), 4, 16, 128).rows_per_buffer == 1
+    with pytest.raises(HardwareError, match="no AQPIM lookup unit"):
+        pim.pq_lookup_plan(dataclasses.replace(unit_channel(512), aqpim_unit=None), 4, 16, 256)
+    with pytest.raises(HardwareError, match="dataflow must be one of"):
+        pim.pq_lookup_plan(unit_channel(512), 4, 16, 256, "subspaces")
     with pytest.raises(HardwareError, match="lut_bytes must be a positive number"):
-        dataclasses.replace(ch, lut_bytes=0)
+        dataclasses.replace(unit_channel(512).aqpim_unit, lut_bytes=0)
     with pytest.raises(HardwareError, match="m must be a whole number >= 1"):
-        pim.pq_table_passes(ch, 1, 0, 256)
+        pim.pq_lookup_plan(unit_channel(512), 1, 0, 256)
+
+
+def test_lookup_sram_throughput_and_energy_by_hand():
+    unit = pim.load_pim("attacc-hbm3").channel.aqpim_unit
+    # 16 banks offered 16 random accesses a cycle serve 16 (1 - (15/16)^16) = 10.30 of them
+    assert unit.accesses_per_cycle == pytest.approx(10.3028, abs=1e-4)
+    assert dataclasses.replace(unit, lut_banks=1).accesses_per_cycle == 1.0
+    ch = unit_channel(512)
+    w = pim.lookup_op_work(ch, "x", 0.0, 0.0, 1e6)
+    assert w.duration_s == pytest.approx(1e6 / (32 * 10.3028e0 * 327e6), rel=1e-4)
+    assert w.energy_j == pytest.approx(1e6 * 2.5e-12)
+    assert pim.lookup_limiter(ch, 0.0, 0.0, 1e6) == "lookup SRAM"
+    assert pim.lookup_limiter(ch, 1e9, 0.0, 1e6) == "bank streaming"
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_every_preset_has_the_assumed_lookup_buffer(name):
-    assert pim.load_pim(name).channel.lut_bytes == 16384
+def test_every_preset_has_a_sourced_lookup_unit(name):
+    unit = pim.load_pim(name).channel.aqpim_unit
+    assert set(unit.sources) == {"lut_bytes", "lut_banks", "lut_clock_hz", "lut_access_energy_j"}
+    assert all(s.rstrip().endswith(")") or "(I)" in s or "(R)" in s or "(V)" in s for s in unit.sources.values())
+    # the default buffer is a real part's: HBM-PIM's 512 B register file per unit, or UPMEM's 64 KB WRAM
+    assert unit.lut_bytes == (65536 if name == "upmem" else 512)
+
+
+# A channel with random lookup hardware and geometry: used by the invariants below.
+@st.composite
+def lookup_cases(draw):
+    ch = pim.load_pim(draw(presets)).channel
+    k = draw(st.sampled_from([16, 64, 256]))
+    lut = draw(st.integers(k * 2, 1 << 17))
+    unit = dataclasses.replace(ch.aqpim_unit, lut_bytes=float(lut), lut_banks=draw(st.integers(1, 32)))
+    ch = dataclasses.replace(ch, aqpim_unit=unit)
+    m = draw(st.sampled_from([4, 8, 16, 32]))
+    return ch, draw(st.sampled_from([1, 2, 4, 8])), m, k
+
+
+@settings(max_examples=100)
+@given(case=lookup_cases(), more=st.integers(1, 1 << 17), tok=st.floats(0, 1e6), units=st.floats(0, 8),
+       nv=st.floats(0, 4), flow=st.sampled_from(pim.PQ_DATAFLOWS))
+def test_a_bigger_lookup_buffer_is_never_slower(case, more, tok, units, nv, flow):
+    """Each dataflow: more buffer means no more passes, code reads, carried scores or reduced partials, and so no
+    longer channel work for any load."""
+    ch, g, m, k = case
+    big = dataclasses.replace(ch, aqpim_unit=dataclasses.replace(ch.aqpim_unit,
+                                                                 lut_bytes=ch.aqpim_unit.lut_bytes + more))
+    small_plan, big_plan = pim.pq_lookup_plan(ch, g, m, k, flow), pim.pq_lookup_plan(big, g, m, k, flow)
+    for f in ("passes", "code_reads", "carried", "reduced", "codebook_reads"):
+        assert getattr(big_plan, f) <= getattr(small_plan, f)
+    kw = dict(head_dim=128, group=g, bytes_per_element=2, m=m, k=k, outliers=0, window=4, softmax="pim")
+    small_t = sum(w.duration_s for w in pim.pq_attention_works(ch, tok, units, nv, lut=small_plan, **kw).all)
+    big_t = sum(w.duration_s for w in pim.pq_attention_works(big, tok, units, nv, lut=big_plan, **kw).all)
+    assert big_t <= small_t * (1 + 1e-12)
+
+
+@settings(max_examples=50)
+@given(case=lookup_cases())
+def test_dataflows_agree_when_the_tables_fit(case):
+    ch, g, m, k = case
+    plans = {f: pim.pq_lookup_plan(ch, g, m, k, f) for f in pim.PQ_DATAFLOWS}
+    if ch.aqpim_unit.lut_bytes >= g * m * k * 2:
+        assert {plan_tuple(p) for p in plans.values()} == {(1, 1, 0, 0, 1, 1)}
+    else:
+        assert all(p.passes > 1 or p.reduced > 0 for p in plans.values())
+
+
+def test_phases_cover_every_pq_work_kind():
+    ch = unit_channel(512)
+    for softmax in ("pim", "host"):
+        w = pim.pq_attention_works(ch, 1000.0, 2.0, 1.0, head_dim=128, group=4, bytes_per_element=2, m=16, k=256,
+                                   outliers=2, window=132, lut=pim.pq_lookup_plan(ch, 4, 16, 256, "bank_split"),
+                                   softmax=softmax)
+        assert {pim.pq_phase_of(x.kind) for x in w.all} == set(pim.PQ_PHASES)
 
 
 # ---- INT-k by hand -------------------------------------------------------------------------------------------------
@@ -295,11 +400,12 @@ def test_int_rejects_bad_values(bad, words):
 
 def test_pq_rejects_bad_values():
     ch = pim.load_pim("attacc-hbm3").channel
-    kw = dict(head_dim=64, group=1, bytes_per_element=2, m=8, outliers=0, window=0, lut_passes=1, softmax="pim")
+    kw = dict(head_dim=64, group=1, bytes_per_element=2, m=8, outliers=0, window=0,
+              lut=pim.pq_lookup_plan(ch, 1, 8, 256), softmax="pim")
     with pytest.raises(HardwareError, match="power of two"):
         pim.pq_attention_works(ch, 1.0, 1.0, 0.0, k=255, **kw)
-    with pytest.raises(HardwareError, match="lut_passes must be a whole number >= 1"):
-        pim.pq_attention_works(ch, 1.0, 1.0, 0.0, k=256, **{**kw, "lut_passes": 0})
+    with pytest.raises(HardwareError, match="lut must be a PqLookupPlan"):
+        pim.pq_attention_works(ch, 1.0, 1.0, 0.0, k=256, **{**kw, "lut": 1})
 
 
 def test_int_quantize_constants_are_the_stated_counts():
@@ -321,8 +427,10 @@ def test_streamed_and_written_bytes_per_token_match_the_storage_formats():
         assert by["int.write_codes"].nbytes == 2 * per_token  # array + interface
         assert by["int.score"].nbytes + by["int.value"].nbytes == pytest.approx(1000 * per_token, rel=1e-15)
     fmt = PqSettings(m=16, k=256, sinks=4, recent=128, outliers=4)
+    ch = dataclasses.replace(ch, aqpim_unit=UNBOUNDED)  # one pass: the codes are read once
     w = pim.pq_attention_works(ch, 1000.0, 1.0, 0.0, m=fmt.m, k=fmt.k, outliers=fmt.outliers,
-                               window=fmt.window_tokens, lut_passes=1, softmax="pim", **geo)
+                               window=fmt.window_tokens, lut=pim.pq_lookup_plan(ch, 4, 16, 256, "repass"),
+                               softmax="pim", **geo)
     by = {x.kind: x for x in w.all}
     assert by["aqpim.score"].nbytes + by["aqpim.value"].nbytes == 1000 * fmt.pim_token_bytes_per_head(model)
     assert by["aqpim.table"].nbytes * 2 * model.n_layers == fmt.pim_unit_fixed_bytes(model)

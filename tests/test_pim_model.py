@@ -155,8 +155,9 @@ def test_append_broadcast_and_table_passes():
     assert pim.append_work(ch, 1, 128).duration_s == pytest.approx(ch.op_overhead_s + 2 * 128 * 2 / 20.95e9)
     assert pim.append_work(ch, 1, 128).energy_j == pytest.approx(512 * (4.4e-12 + 24.32e-12))
     assert pim.broadcast_work(ch, 256).duration_s == pytest.approx(ch.op_overhead_s + 256 / 20.95e9)
-    # M=16, K=256 FP16 tables plus FP16 bins for 4 query heads (64 KiB) in a 4 KiB lookup buffer: 16 passes
-    assert pim.pq_table_passes(dataclasses.replace(ch, lut_bytes=4096), 4, 16, 256) == 16
+    # M=16, K=256 FP16 tables of 4 query heads (32 KiB) in a 4 KiB lookup buffer (8 rows): 8 passes of 2 sub-spaces
+    unit = dataclasses.replace(ch.aqpim_unit, lut_bytes=4096)
+    assert pim.pq_lookup_plan(dataclasses.replace(ch, aqpim_unit=unit), 4, 16, 256).passes == 8
 
 
 @given(name=st.sampled_from(BANK_LEVEL), scale=st.floats(0.01, 100))
@@ -249,13 +250,17 @@ all_bank_activate = true
 unit_flops_per_s = 1e10
 unit_bw_bytes_per_s = 1e10
 unit_buffer_bytes = 256
-lut_bytes = 4096
 near_flops_per_s = 0
 external_bw_bytes_per_s = 2e10
 op_overhead_s = 0
 energy_per_array_byte_j = 0
 energy_per_flop_j = 0
 energy_per_io_byte_j = 0
+[aqpim_unit]
+lut_bytes = 4096
+lut_banks = 4
+lut_clock_hz = 1e9
+lut_access_energy_j = 0
 [channel.timing]
 {timing_lines}
 """
@@ -263,7 +268,7 @@ energy_per_io_byte_j = 0
     path.write_text(text)
     dev = pim.load_pim(str(path))
     assert dev.name == "mine" and dev.channel.timing == t
-    assert (dev.channel.unit_buffer_bytes, dev.channel.lut_bytes) == (256, 4096)
+    assert (dev.channel.unit_buffer_bytes, dev.channel.aqpim_unit.lut_bytes) == (256, 4096)
     named = tmp_path / "named.toml"
     named.write_text(text.split("[channel.timing]")[0].replace('name = "c"', 'name = "c"\ntiming = "hbm3-5200"'))
     assert pim.load_pim(str(named)).channel.timing == t
@@ -279,6 +284,14 @@ energy_per_io_byte_j = 0
     bad_timing.write_text(text.split("[channel.timing]")[0].replace('name = "c"', 'name = "c"\ntiming = "hbm9"'))
     with pytest.raises(HardwareError, match="unknown DRAM timing preset 'hbm9'"):
         pim.load_pim(str(bad_timing))
+    old = tmp_path / "old.toml"  # lut_bytes in [channel], where it used to be
+    old.write_text(text.replace("near_flops_per_s = 0", "near_flops_per_s = 0\nlut_bytes = 4096"))
+    with pytest.raises(HardwareError, match=r"lut_bytes moved to the \[aqpim_unit\] section"):
+        pim.load_pim(str(old))
+    no_unit = tmp_path / "nounit.toml"
+    no_unit.write_text(text.replace("[aqpim_unit]\nlut_bytes = 4096\nlut_banks = 4\nlut_clock_hz = 1e9\n"
+                                    "lut_access_energy_j = 0\n", ""))
+    assert pim.load_pim(str(no_unit)).channel.aqpim_unit is None
 
 
 def test_costs_do_not_grow_with_bytes():

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hw_models import pim as pim_model
 from hw_models.machine import load_machine
 from sim.config import make_config
-from sim.run import simulate
+from sim.run import simulate, simulate_traced
 from sim.systems.pim import place
 from workloads.kvformats import PqSettings
 from workloads.models import ModelSpec, load_model
@@ -36,10 +36,12 @@ options = st.fixed_dictionaries({
     "link_chunks": st.sampled_from([1, 1, 4]),
     "pq_m": st.sampled_from([8, 16]), "pq_k": st.sampled_from([16, 256]),
     "recent": st.sampled_from([0, 32, 128]),
+    "lut_bytes": st.sampled_from([None, 512, 2048, 16384]),
+    "lut_dataflow": st.sampled_from(pim_model.PQ_DATAFLOWS),
 })
 
 
-AQPIM_ONLY = ("pq_m", "pq_k", "recent")
+AQPIM_ONLY = ("pq_m", "pq_k", "recent", "lut_bytes", "lut_dataflow")
 
 
 @given(models, options)
@@ -165,12 +167,17 @@ def test_aqpim_fits_where_pim_spills_and_stores_compressed_kv():
 
 def test_aqpim_per_query_costs_make_a_crossover_in_the_pim_phase():
     """Codes move 16x fewer bytes per token but tables and bins cost the same at any context."""
-    def phase(system, ctx):
-        window = {"recent": 0, "sinks": 0} if system == "aqpim" else {}
+    def phase(system, ctx, **lut):
+        window = {"recent": 0, "sinks": 0, **lut} if system == "aqpim" else {}
         r = simulate(make_config(system=system, model="llama-2-7b", batch=1, context=ctx, steps=1, **window))
         return r.busy_s["pim"]
-    assert phase("aqpim", 256) > phase("pim", 256)
-    assert phase("aqpim", 262144) < phase("pim", 262144) / 4
+    big = {"lut_bytes": 1 << 20}  # the tables fit: one pass over the codes
+    assert phase("aqpim", 256, **big) > phase("pim", 256)
+    # 3.9x: the gather and scatter are bound by the lookup SRAM's accesses (16 banks serve 10.3 random accesses
+    # a cycle), not by the 16x fewer bytes
+    assert phase("aqpim", 262144, **big) < phase("pim", 262144) / 3.5
+    # with the preset's one-row buffer the running scores are carried between 16 passes: still a win at 256K
+    assert phase("pim", 262144) / 3.5 < phase("aqpim", 262144) < phase("pim", 262144)
 
 
 def test_table_bigger_than_lut_costs_extra_passes():
@@ -179,6 +186,29 @@ def test_table_bigger_than_lut_costs_extra_passes():
     big = simulate(make_config(**cfg, lut_bytes=1 << 20))
     assert small.details["lut_passes"] > big.details["lut_passes"] == 1
     assert small.busy_s["pim"] > big.busy_s["pim"]
+    # the default buffer is the preset's (HBM-PIM's 512 B per unit): one table row
+    default = simulate(make_config(**cfg))
+    assert default.details["aqpim_lookup"]["lut_bytes"] == 512 and default.details["aqpim_lookup"]["rows_per_buffer"] == 1
+
+
+@pytest.mark.parametrize("dataflow", pim_model.PQ_DATAFLOWS)
+@pytest.mark.parametrize("softmax", ["pim", "host"])
+def test_aqpim_phases_add_up_to_the_pim_busy_time(dataflow, softmax):
+    """Every AQPIM phase is its own span kind on the PIM device; the phases' durations add up to its busy time, in
+    the traced spans and in the per-kind totals, and each traced channel's phase spans to that channel's busy."""
+    steps = 2
+    r, spans = simulate_traced(make_config(system="aqpim", model="llama-3-8b", batch=4, context=8192, steps=steps,
+                                           trace_steps=steps, lut_dataflow=dataflow, softmax=softmax,
+                                           lut_bytes=2048))
+    kinds = {k: v for k, v in r.busy_by_kind_s.items() if k.startswith("aqpim.")}
+    assert set(kinds) == {f"aqpim.{p}" for p in pim_model.PQ_PHASES}
+    assert sum(kinds.values()) == pytest.approx(r.busy_s["pim"], rel=1e-12)
+    device = [s for s in spans if s.component == "pim"]
+    assert {s.kind for s in device} == set(kinds)
+    assert sum(s.end_s - s.start_s for s in device) == pytest.approx(r.busy_s["pim"], rel=1e-12)
+    lane = [s for s in spans if s.component == "pim.ch0"]
+    busy0 = r.details["pim_channel_busy_s"][0]
+    assert sum(s.end_s - s.start_s for s in lane) == pytest.approx(busy0, rel=1e-9)
 
 
 def test_host_side_dimm_pim_routes_queries_over_pcie():

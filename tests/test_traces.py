@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from workloads.arrivals import synthetic_requests
 from workloads.errors import WorkloadError
-from workloads.traces import ContinuousBatcher, Request, fixed_requests, load_requests, synthetic_requests
+from workloads.trace_formats import load_requests
+from workloads.traces import ContinuousBatcher, Request, fixed_requests
 
 
 def test_fixed_trace_contexts_grow_one_per_step():

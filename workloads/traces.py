@@ -7,14 +7,15 @@ time 0 with ``context`` prompt tokens and ``steps`` output tokens. The batcher a
 simulator asks it for the next batch at each step start), so arrivals interact with step latency as they would
 in a serving system. Cost per step is O(batch), never O(tokens). Prefill is not modelled: an admitted request's
 prompt K/V are taken to be in place.
+
+Requests come from ``workloads.trace_formats`` (files: the project's CSV/JSONL, the Azure LLM inference trace,
+BurstGPT) or ``workloads.arrivals`` (a lazy synthetic stream); the batcher takes a list or such a stream.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -44,21 +45,6 @@ def fixed_requests(batch: int, context: int, steps: int) -> list[Request]:
         if not isinstance(v, int) or v <= 0:
             raise WorkloadError(f"{name} must be a positive integer, got {v!r}")
     return [Request(0.0, context, steps) for _ in range(batch)]
-
-
-def synthetic_requests(n: int, prompt_tokens: int, output_tokens: int, arrival_rate_per_s: float,
-                       rng: np.random.Generator) -> list[Request]:
-    """``n`` requests with Poisson arrivals at ``arrival_rate_per_s`` (0: all at t=0) and fixed lengths."""
-    if n <= 0:
-        raise WorkloadError(f"requests must be a positive integer, got {n}")
-    if arrival_rate_per_s < 0:
-        raise WorkloadError(f"arrival_rate_per_s must be >= 0, got {arrival_rate_per_s}")
-    arrivals = (np.cumsum(rng.exponential(1.0 / arrival_rate_per_s, size=n)) if arrival_rate_per_s > 0
-                else np.zeros(n))
-    reqs = [Request(float(a), prompt_tokens, output_tokens) for a in arrivals]
-    for i, r in enumerate(reqs):
-        r.check(f"synthetic request {i}")
-    return reqs
 
 
 MAX_TOKENS = 2**30          # prompt or output tokens of one request
@@ -99,80 +85,65 @@ def _parse_row(row: dict, where: str) -> Request:
                    _count(row["output_tokens"], "output_tokens", where))
 
 
-def load_requests(path: str | Path) -> list[Request]:
-    """Read requests from CSV (header row with the three columns) or JSONL (one object per line)."""
-    p = Path(path)
-    if not p.exists():
-        raise WorkloadError(f"trace file not found: {p}")
-    if p.suffix.lower() not in (".csv", ".jsonl"):
-        raise WorkloadError(f"{p}: trace files must end in .csv or .jsonl")
-    reqs: list[Request] = []
-    try:
-        with open(p, encoding="utf-8", newline="") as f:
-            if p.suffix.lower() == ".jsonl":
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line, parse_constant=_no_constant)
-                    except json.JSONDecodeError as e:
-                        raise WorkloadError(f"{p}:{lineno}: malformed JSON: {e.msg}") from None
-                    except ValueError as e:
-                        raise WorkloadError(f"{p}:{lineno}: malformed JSON: {e}") from None
-                    if not isinstance(row, dict):
-                        raise WorkloadError(f"{p}:{lineno}: expected a JSON object")
-                    reqs.append(_parse_row(row, f"{p}:{lineno}"))
-                    if len(reqs) > MAX_REQUESTS:
-                        raise WorkloadError(f"{p}: more than {MAX_REQUESTS} requests")
-            else:
-                reader = csv.DictReader(f)
-                missing = [c for c in TRACE_COLUMNS if c not in (reader.fieldnames or [])]
-                if missing:
-                    raise WorkloadError(f"{p}:1: header lacks column(s) {', '.join(missing)}; "
-                                        f"expected {', '.join(TRACE_COLUMNS)}")
-                for row in reader:
-                    where = f"{p}:{reader.line_num}"
-                    if None in row:
-                        raise WorkloadError(f"{where}: more fields than the header's {len(reader.fieldnames)}")
-                    if any(v is None for v in row.values()):
-                        raise WorkloadError(f"{where}: fewer fields than the header's {len(reader.fieldnames)}")
-                    reqs.append(_parse_row(row, where))
-                    if len(reqs) > MAX_REQUESTS:
-                        raise WorkloadError(f"{p}: more than {MAX_REQUESTS} requests")
-    except UnicodeDecodeError:
-        raise WorkloadError(f"{p}: not a text file (not UTF-8)") from None
-    except csv.Error as e:
-        raise WorkloadError(f"{p}: malformed CSV: {e}") from None
-    except OSError as e:
-        raise WorkloadError(f"{p}: cannot read: {e.strerror or e}") from None
-    if not reqs:
-        raise WorkloadError(f"{p}: no requests in the trace")
-    return reqs
-
-
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
 class ContinuousBatcher:
-    """Admits arrived requests up to ``max_batch`` and advances every active sequence by one token per step."""
+    """Admits arrived requests up to ``max_batch`` and advances every active sequence by one token per step.
 
-    def __init__(self, requests: list[Request], max_batch: int):
+    ``requests``: a list (or tuple), sorted here by arrival (stable: file order breaks ties), or any other
+    iterable, read lazily one request ahead, which must then come in arrival order (a generator from
+    ``workloads.arrivals``): memory then does not grow with the number of requests. ``max_prompt_tokens``,
+    ``max_request_tokens`` (prompt + output) and ``first_arrival_s`` describe the requests read so far: all of a
+    list, the admitted ones and the next of a lazy stream."""
+
+    def __init__(self, requests: Iterable[Request], max_batch: int):
         if max_batch <= 0:
             raise WorkloadError(f"max_batch must be positive, got {max_batch}")
-        self._pending = sorted(requests, key=lambda r: r.arrival_s)  # stable: file order breaks ties
-        self._next = 0
         self.max_batch = max_batch
+        self.max_prompt_tokens = 0
+        self.max_request_tokens = 0
+        self.first_arrival_s: float | None = None
+        self.requests_read = 0
+        if isinstance(requests, list | tuple):
+            ordered = sorted(requests, key=lambda r: r.arrival_s)
+            for r in ordered:
+                self._note(r)
+            self._source: Iterator[Request] = iter(ordered)
+            self._lazy = False
+        else:
+            self._source = iter(requests)
+            self._lazy = True
+        self._head: Request | None = None
+        self._pull()
         self._context = np.zeros(0, dtype=np.int64)
         self._left = np.zeros(0, dtype=np.int64)
         self._reserved = np.zeros(0, dtype=np.int64)  # prompt + output tokens: the KV a sequence will reach
 
+    def _note(self, r: Request) -> None:
+        self.requests_read += 1
+        self.max_prompt_tokens = max(self.max_prompt_tokens, r.prompt_tokens)
+        self.max_request_tokens = max(self.max_request_tokens, r.prompt_tokens + r.output_tokens)
+        if self.first_arrival_s is None or r.arrival_s < self.first_arrival_s:
+            self.first_arrival_s = r.arrival_s
+
+    def _pull(self) -> None:
+        """The next request into ``_head`` (None when the source is exhausted)."""
+        prev = self._head
+        self._head = next(self._source, None)
+        if self._lazy and self._head is not None:
+            if prev is not None and self._head.arrival_s < prev.arrival_s:
+                raise WorkloadError(f"request stream out of arrival order: {self._head.arrival_s} s after "
+                                    f"{prev.arrival_s} s")
+            self._note(self._head)
+
     @property
     def done(self) -> bool:
-        return self._next >= len(self._pending) and self._context.size == 0
+        return self._head is None and self._context.size == 0
 
     def next_arrival_s(self) -> float | None:
-        return self._pending[self._next].arrival_s if self._next < len(self._pending) else None
+        return self._head.arrival_s if self._head is not None else None
 
     def admit(self, now_s: float, token_budget: int | None = None) -> None:
         """Admit arrived requests in order while a slot is free.
@@ -184,15 +155,15 @@ class ContinuousBatcher:
         free = self.max_batch - self._context.size
         reserved = int(self._reserved.sum())
         new_ctx, new_left = [], []
-        while free > 0 and self._next < len(self._pending) and self._pending[self._next].arrival_s <= now_s:
-            r = self._pending[self._next]
+        while free > 0 and self._head is not None and self._head.arrival_s <= now_s:
+            r = self._head
             need = r.prompt_tokens + r.output_tokens
             if token_budget is not None and reserved + need > token_budget and (reserved or new_ctx):
                 break
             new_ctx.append(r.prompt_tokens)
             new_left.append(r.output_tokens)
             reserved += need
-            self._next += 1
+            self._pull()
             free -= 1
         if new_ctx:
             self._context = np.concatenate([self._context, np.asarray(new_ctx, dtype=np.int64)])

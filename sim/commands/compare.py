@@ -4,7 +4,8 @@ The comparison starts from a long-context scenario (``SCENARIO``, below ``RunCon
 every flag): 16 sequences of 64K tokens of LLaMA-3.1-8B, a 128 GiB KV cache. There the offload path is bound
 by PCIe, and the cache is larger than a PIM device's memory, so the PIM baseline meets its capacity wall. The
 folder gets ``results.json`` (a list of Results), ``trace.json`` (Chrome trace), ``breakdown.png``,
-``timeline.png`` and ``report.md``; only the default folder name carries a timestamp.
+``timeline.png`` and ``report.md`` (ending with the values of the presets used that are tagged as assumptions,
+``sim.ledger``); only the default folder name carries a timestamp.
 
 The folder is written as a set: every file into a temporary sibling folder, renamed into place at the end, so an
 interrupted run leaves no partial folder (and the next run removes its temporary). An existing folder that is not
@@ -31,6 +32,7 @@ from sim.compare import (
 )
 from sim.config import SHARED, option_owners
 from sim.io import atomic_folder, check_target_folder, write_text_atomic
+from sim.ledger import assumptions_markdown
 from sim.variants import variant_configs
 
 HELP = "run every system variant on one long-context configuration and compare them"
@@ -51,10 +53,7 @@ def add_parser(sub) -> None:
     scenario = ", ".join(f"{k}={v}" for k, v in SCENARIO.items())
     p = sub.add_parser("compare", help=HELP, description=HELP, epilog=EXAMPLE + scenario,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_arguments(p)
-    p.add_argument("--variants", metavar="LIST",
-                   help="comma-separated variant labels to run, e.g. offload,offload+prefetch (default: all "
-                   "available; --system X keeps the variants of system X)")
+    add_variant_arguments(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default results/compare-<timestamp>)")
     p.add_argument("--show-infeasible", action="store_true",
                    help="show the timing and energy of variants that do not fit their memory (marked *); by "
@@ -64,15 +63,29 @@ def add_parser(sub) -> None:
                    "stays)")
 
 
-def run(args) -> int:
+def add_variant_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that choose what is compared: every run setting and system option, and ``--variants``."""
+    add_config_arguments(p)
+    p.add_argument("--variants", metavar="LIST",
+                   help="comma-separated variant labels to run, e.g. offload,offload+prefetch (default: all "
+                   "available; --system X keeps the variants of system X)")
+
+
+def variant_pairs(args, scenario=SCENARIO) -> list:
+    """(label, RunConfig) of every compared variant: ``scenario`` under the user's flags, ``--variants`` and
+    ``--system`` applied."""
     keys = set(SHARED) | set(option_owners())
     given = {k: v for k, v in vars(args).items() if k in keys and v is not None}
     only = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     system = given.pop("system", None)
-    scenario = dict(SCENARIO)
+    scenario = dict(scenario)
     if "trace" in given or "requests" in given:
-        scenario.pop("steps")  # a request list runs to its end unless the user caps it with --steps
-    pairs = variant_configs({**scenario, **given}, only, system=system)
+        scenario.pop("steps", None)  # a request list runs to its end unless the user caps it with --steps
+    return variant_configs({**scenario, **given}, only, system=system)
+
+
+def run(args) -> int:
+    pairs = variant_pairs(args)
     out = Path(args.out) if args.out else Path("results") / time.strftime("compare-%Y%m%d-%H%M%S")
     check_target_folder(out, args.overwrite, FILES.values())  # before the runs: a refusal costs nothing
     runs = run_variants(pairs)
@@ -92,6 +105,7 @@ def run(args) -> int:
         plot_breakdown(tmp / FILES["results"], tmp / FILES["breakdown"])
         plot_timeline(tmp / FILES["trace"], tmp / FILES["timeline"], steps=1,
                       title=f"{scenario_line(runs)}: first decode step")
-        write_text_atomic(tmp / FILES["report"], report_markdown(runs, dict(FILES), args.show_infeasible))
+        write_text_atomic(tmp / FILES["report"], report_markdown(runs, dict(FILES), args.show_infeasible) + "\n"
+                          + assumptions_markdown(pairs))
     print(f"wrote {out}/: " + ", ".join(FILES.values()))
     return 0

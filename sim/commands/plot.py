@@ -1,22 +1,23 @@
 """`aqpim-sim plot`: figures from saved results (never runs the simulator).
 
 Kinds: ``timeline`` (a Chrome trace from ``run --trace-out`` or ``compare``), ``breakdown`` (a Result JSON or a
-list of Results), ``sweep`` and ``capacity`` (a sweep's ``results.jsonl``). The suffix of ``--out`` picks PNG
-or SVG. The figure is written atomically (a temporary file in the same folder, renamed over ``--out``), so an
-interrupted run never leaves half a figure.
+list of Results), ``sweep`` and ``capacity`` (a sweep's ``results.jsonl``), ``tornado`` (the ``ledger.json`` of
+``assumptions``). The suffix of ``--out`` picks PNG or SVG. The figure is written atomically (a temporary file
+in the same folder, renamed over ``--out``), so an interrupted run never leaves half a figure.
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "draw a figure from saved results: timeline, breakdown, sweep or capacity"
+HELP = "draw a figure from saved results: timeline, breakdown, sweep, capacity or tornado"
 EXAMPLE = """examples:
   aqpim-sim run --batch 1 --context 2048 --prefetch --trace-out trace.json
   aqpim-sim plot timeline trace.json --out timeline.png --steps 2
   aqpim-sim plot breakdown results/compare-1/results.json --out breakdown.svg
   aqpim-sim plot sweep results/context/results.jsonl --x context --metric speedup --out speedup.png
-  aqpim-sim plot capacity results/capacity/results.jsonl --x context --y batch --out capacity.png"""
+  aqpim-sim plot capacity results/capacity/results.jsonl --x context --y batch --out capacity.png
+  aqpim-sim plot tornado results/ledger/ledger.json --out tornado.svg --top 10"""
 
 
 def add_parser(sub) -> None:
@@ -53,6 +54,9 @@ def add_parser(sub) -> None:
     c.add_argument("--by", help="factor whose levels compete (default: variant or system)")
     c.add_argument("--metric", default="tokens_per_s", help="what 'wins' means (default tokens_per_s, higher is "
                    "better; *_s and *_j metrics: lower is better)")
+    t = kind("tornado", "the assumption ledger: each assumption's swing of the headline ratios",
+             "the ledger.json of aqpim-sim assumptions")
+    t.add_argument("--top", type=int, default=15, help="assumptions drawn, largest swing first (default 15)")
 
 
 def run(args) -> int:
@@ -66,6 +70,8 @@ def run(args) -> int:
     elif args.kind == "sweep":
         out = plots.plot_sweep(args.input, args.out, x=args.x, metric=args.metric, by=args.by,
                                baseline=args.baseline, logy=args.logy, title=args.title)
+    elif args.kind == "tornado":
+        out = plots.plot_tornado(args.input, args.out, top=args.top, title=args.title)
     else:
         out = plots.plot_capacity(args.input, args.out, x=args.x, y=args.y, by=args.by, metric=args.metric,
                                   title=args.title)

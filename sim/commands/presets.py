@@ -138,8 +138,9 @@ def _block(params, header: str, prefix: str, parent_origin: str, lines: list[str
         lines.append(f"  {f.name} = {format_value(v, unit_of(f.name))}  source: {src or '(not given)'}")
     for name, block in nested:
         src = (sources or {}).get(name, "")
-        _block(block, f"[{prefix}{name}]  {block.name}" + (f"  source: {src}" if src else ""), f"{prefix}{name}.",
-               origin, lines)
+        label = getattr(block, "name", "")
+        _block(block, f"[{prefix}{name}]" + (f"  {label}" if label else "") + (f"  source: {src}" if src else ""),
+               f"{prefix}{name}.", origin, lines)
 
 
 def format_value(v, unit: str) -> str:

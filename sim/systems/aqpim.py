@@ -12,10 +12,16 @@ changes is what each channel stores and does (the paper's own dataflow is not pu
   M table entries gathered by its codes; softmax statistics are kept per channel; softmax weights are
   scatter-added into M x K bins per query head, and the bins times the value centroids give the partial output;
   the FP16 window is attended exactly; partial outputs and statistics return to the GPU for the merge.
-* a table plus its bins must sit in a PIM unit's lookup buffer (``lut_bytes``, an assumption: the AQPIM
-  hardware is not public). Banks are split among the units a channel holds, so a unit serves one (sequence, KV
-  head) at a time and needs the tables and bins of its ``gqa_group`` query heads; when they do not fit, the codes
-  are streamed once per buffer-full (``pq_table_passes``).
+* the lookup hardware beside each PIM unit is the PIM preset's ``[aqpim_unit]`` (``hw_models.pim.AqpimUnitParams``:
+  buffer bytes, SRAM banks and clock, energy per access, each sourced from a real PIM part or tagged). A unit
+  serves one (sequence, KV head) at a time and needs the table rows (score phase) or bin rows (value phase) of its
+  ``gqa_group`` query heads, M x K FP16 entries per head; when they do not fit its buffer, the ``lut_dataflow``
+  option says how it copes (``hw_models.pim.pq_lookup_plan``: sub-space passes with running scores carried,
+  repeated passes over all codes, or tables split across the banks of a channel with partial scores reduced),
+  and the lookup SRAM's accesses bound each phase's time beside streaming and compute;
+* each phase (in-memory quantization with the new token, table build, score gather, softmax, bin scatter, bins x
+  centroids, the FP16 window, partial outputs out) is its own span kind, ``aqpim.<phase>``, in traces and
+  breakdowns (``hw_models.pim.PQ_PHASES``); a channel runs them back to back in one hold.
 
 Per-query work (tables, bins x centroids) does not depend on context while per-token work streams 2M code bytes
 instead of 4 x head_dim: below some context AQPIM does not pay off. Codebook training (k-means on the prefill
@@ -26,6 +32,8 @@ Result details, not in decode steps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from hw_models import gpu as gpu_model
 from hw_models import pim as pim_model
@@ -45,8 +53,13 @@ class AqpimOptions(PimDeviceOptions):
     sinks: int = option(4, "first tokens kept in FP16", unit="tokens", minimum=0, maximum=2**24, limit=2**30)
     recent: int = option(128, "last tokens kept in FP16", unit="tokens", minimum=0, maximum=2**24, limit=2**30)
     outliers: int = option(0, "key channels per head kept in FP16", minimum=0, limit=2**16)
-    lut_bytes: int | None = option(None, "lookup-table buffer per PIM unit (default: the PIM device preset's)",
-                                   unit="bytes", minimum=1, maximum=2**30, limit=2**40)
+    lut_bytes: int | None = option(None, "lookup-table buffer per PIM unit, for studies (default: the PIM device "
+                                   "preset's [aqpim_unit] lut_bytes)", unit="bytes", minimum=1, maximum=2**30,
+                                   limit=2**40)
+    lut_dataflow: str = option("subspace", "how tables larger than the lookup buffer are used: passes over "
+                               "sub-spaces with running scores carried, repeated passes over all codes, or tables "
+                               "split across a channel's banks with partial scores reduced",
+                               choices=pim_model.PQ_DATAFLOWS)
     kmeans_iters: int = option(10, "k-means iterations of codebook training at prefill", minimum=1, maximum=1000,
                                limit=10**6)
 
@@ -81,19 +94,33 @@ class AqpimSystem(PimSystem):
         devices = super().devices(options, pim)
         if options.lut_bytes is None:
             return devices
-        return Devices(pim_model.with_channel(devices.pim, lut_bytes=float(options.lut_bytes)),
+        return Devices(pim_model.with_aqpim_unit(devices.pim, lut_bytes=float(options.lut_bytes)),
                        devices.pim_trace_lanes)
+
+    def __init__(self, machine, model, options: AqpimOptions):
+        super().__init__(machine, model, options)
+        self.lut = self.lookup_plan(options.lut_dataflow)
+
+    def lookup_plan(self, dataflow: str) -> pim_model.PqLookupPlan:
+        """How a unit of this device scores codes with its lookup buffer (an error if it holds no table row)."""
+        return pim_model.pq_lookup_plan(self.dev.channel, self.model.gqa_group, self.pq.m, self.pq.k, dataflow)
 
     # ---- per-channel work ----------------------------------------------------------------------------------------
     @property
     def lut_passes(self) -> int:
-        """Times the codes are streamed: the tables and bins of a unit's query heads fill its lookup buffer."""
-        return pim_model.pq_table_passes(self.dev.channel, self.model.gqa_group, self.pq.m, self.pq.k)
+        """Passes over the codes (``PqLookupPlan.passes``)."""
+        return self.lut.passes
 
-    def format_works(self) -> tuple:
+    def format_works(self, lut: pim_model.PqLookupPlan | None = None) -> tuple:
         pq = self.pq
         return pim_model.pq_attention_works, {"m": pq.m, "k": pq.k, "outliers": pq.outliers, "window": self.window,
-                                              "lut_passes": self.lut_passes}
+                                              "lut": self.lut if lut is None else lut}
+
+    part_order = tuple(f"aqpim.{phase}" for phase in pim_model.PQ_PHASES)
+
+    @staticmethod
+    def part_of(kind: str) -> str:
+        return f"aqpim.{pim_model.pq_phase_of(kind)}"
 
     # ---- prefill-time costs and capacity -------------------------------------------------------------------------
     def prefill_codebook_s(self, prompt_tokens: int) -> float:
@@ -109,5 +136,47 @@ class AqpimSystem(PimSystem):
     def capacity(self, kv_bytes: float, peak: StepBatch) -> Capacity:
         cap = super().capacity(kv_bytes, peak)
         details = dict(cap.details, pq=self.pq.name, lut_passes=self.lut_passes,
-                       prefill_codebook_s_per_request=self.prefill_codebook_s(int(peak.max_context)))
+                       prefill_codebook_s_per_request=self.prefill_codebook_s(int(peak.max_context)),
+                       aqpim_lookup=self.lookup_details(peak))
         return Capacity(cap.kv_location, cap.kv_bytes, cap.fits, cap.reasons, details)
+
+    # ---- what bounds the lookup phases (details and explain) -----------------------------------------------------
+    def lookup_details(self, peak: StepBatch) -> dict:
+        """At the peak step: the lookup unit, the chosen dataflow's plan, which roof bounds the score gather and
+        the bin scatter on the busiest channel, and the closed-form PIM time per layer of every dataflow."""
+        unit, ch = self.dev.channel.aqpim_unit, self.dev.channel
+        placement = self.placement(peak)
+        tokens, present, new = placement.loads(1.0 - self.spill_fraction(peak, placement))
+        busiest = int(np.argmax(tokens)) if tokens.size else 0
+        t = float(tokens[busiest]) if tokens.size else 0.0
+        g, m = self.model.gqa_group, self.pq.m
+        code = m * (self.pq.k.bit_length() - 1) / 8
+        lut = self.lut
+        score = (t * (code * lut.code_reads + self.pq.outliers * pim_model.FP16_BYTES
+                      + 2.0 * g * lut.carried * pim_model.SCORE_BYTES), t * g * (2.0 * m + 2.0 * self.pq.outliers),
+                 t * g * m)
+        value = (t * (code * lut.code_reads + g * lut.carried * pim_model.SCORE_BYTES), t * g * 2.0 * m,
+                 2.0 * t * g * m)
+        per_layer = {}
+        for flow in pim_model.PQ_DATAFLOWS:
+            try:
+                plan = self.lookup_plan(flow)
+            except ValueError:
+                continue
+            phases = self.channel_phases_with(tokens, present, new, plan)
+            per_layer[flow] = sum(ph.makespan_s for ph in phases)
+        return {"dataflow": lut.dataflow, "lut_bytes": unit.lut_bytes, "lut_banks": unit.lut_banks,
+                "lut_clock_hz": unit.lut_clock_hz, "lut_accesses_per_s": unit.accesses_per_s,
+                "rows": lut.rows, "rows_per_buffer": lut.rows_per_buffer, "pool": lut.pool, "passes": lut.passes,
+                "code_reads": lut.code_reads, "carried": lut.carried, "reduced": lut.reduced,
+                "score_bound_by": pim_model.lookup_limiter(ch, *score) if t else "-",
+                "scatter_bound_by": pim_model.lookup_limiter(ch, *value) if t else "-",
+                "pim_phase_s_per_layer_by_dataflow": per_layer}
+
+    def channel_phases_with(self, tokens, present, new, lut: pim_model.PqLookupPlan):
+        """``channel_phases`` under another lookup plan (for comparing dataflows)."""
+        saved, self.lut = self.lut, lut
+        try:
+            return self.channel_phases(tokens, present, new)
+        finally:
+            self.lut = saved

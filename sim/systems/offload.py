@@ -6,7 +6,8 @@ by layer, into a buffer; ``kv_gpu_fraction`` of every sequence's tokens, in ever
 is attended there, while the rest crosses PCIe each step (or, with ``cpu_attention``, is attended on the host
 CPU where it lives). The new token's K/V follow the same split: the host share goes device-to-host. ``auto``
 (the default of both) is the most that fits: the weights first, all of them if they fit beside the working
-buffers, then the KV cache in what is left. The KV share at ``auto`` is computed per step from that step's cache,
+buffers, then the KV cache in what is left; with ``cpu_attention`` the KV-first corner is also evaluated and the
+faster of the two (by the closed form) is kept. The KV share at ``auto`` is computed per step from that step's cache,
 so it falls as contexts grow (``place`` gives the formulas).
 
 Per layer, on one GPU stream (sync schedule): the layer's streamed weights host-to-device; QKV projection; the
@@ -353,8 +354,21 @@ class OffloadSystem(System):
         self.weights_fraction = options.weights_fraction
 
     def plan(self, batch: StepBatch) -> OffloadCosts:
-        return offload_costs(self.machine.params, self.model, batch, self.kv_fraction, self.weights_fraction,
-                             self.prefetch, self.cpu_attention, self.options.cpu_kernel)
+        costs = self._costs(batch, self.kv_fraction, self.weights_fraction)
+        if self.cpu_attention and self.kv_fraction is None and self.weights_fraction is None:
+            # Weights first or KV first? With cpu_attention a host KV byte costs CPU time and a host weight byte
+            # PCIe time, so the better corner depends on the CPU kernel: keep the faster by the closed form.
+            kv_first = place(self.model, self.machine.params.gpu.mem_capacity_bytes, batch.n_seqs,
+                             batch.kv_tokens + batch.n_seqs, None, 0.0, False, True).kv_fraction
+            if kv_first > costs.placement.kv_fraction:
+                other = self._costs(batch, kv_first, None)
+                if other.placement.fits_gpu and self.estimate(other).latency_s < self.estimate(costs).latency_s:
+                    return other
+        return costs
+
+    def _costs(self, batch: StepBatch, kv: float | None, weights: float | None) -> OffloadCosts:
+        return offload_costs(self.machine.params, self.model, batch, kv, weights, self.prefetch, self.cpu_attention,
+                             self.options.cpu_kernel)
 
     def estimate(self, plan: OffloadCosts) -> Estimate:
         return offload_estimate(plan, self.machine.topology, self.model.n_layers, self.prefetch)

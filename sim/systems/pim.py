@@ -113,9 +113,28 @@ def place(policy: str, model: ModelSpec, kept: np.ndarray, n_channels: int) -> P
 
 
 @dataclass(frozen=True)
+class PhasePart:
+    """A named part of a phase (an AQPIM phase such as the score gather): per channel of the phase, its seconds
+    and the bytes, FLOPs and joules behind them. A channel runs a phase's parts back to back; traces, breakdowns
+    and ``explain`` show each part as its own span kind."""
+
+    kind: str
+    durations_s: np.ndarray
+    nbytes: np.ndarray
+    flops: np.ndarray
+    energy_j: np.ndarray
+
+    def scaled(self, share: np.ndarray, channels: np.ndarray) -> PhasePart:
+        """This part's piece in a link chunk: each channel's share of it, on the chunk's channels."""
+        return PhasePart(self.kind, (self.durations_s * share)[channels], (self.nbytes * share)[channels],
+                         (self.flops * share)[channels], (self.energy_j * share)[channels])
+
+
+@dataclass(frozen=True)
 class Phase:
     """One command to the channel bank: per-channel seconds plus whole-phase totals (and the per-channel bytes,
-    FLOPs and joules behind them, which link pipelining splits)."""
+    FLOPs and joules behind them, which link pipelining splits). ``parts``, when given, cut every channel's
+    seconds into named parts that add up to them."""
 
     kind: str
     durations_s: np.ndarray
@@ -125,11 +144,11 @@ class Phase:
     throttle: float = 1.0  # largest stretch of a channel's work by the PIM power cap (1: the cap did not bind)
     per_channel: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     channels: np.ndarray | None = field(default=None, repr=False)  # None: all; else the channels it runs on
+    parts: tuple[PhasePart, ...] = field(default=(), repr=False)
 
     @property
     def makespan_s(self) -> float:
         return float(self.durations_s.max()) if self.durations_s.size else 0.0
-
 
 
 @dataclass(frozen=True)
@@ -159,15 +178,19 @@ class PimPlan:
     chunks: tuple[LinkChunk, ...] = ()  # the PIM path pipelined over the link (empty: not pipelined)
 
 
-def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChannelParams | None = None) -> Phase:
+def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChannelParams | None = None,
+               part_of=None, part_order: tuple[str, ...] = ()) -> Phase:
     """Evaluate ``works_of(*row) -> tuple[Work]`` once per distinct row of per-channel loads.
 
     Loads are rounded to 1e-3 (of a token, a unit, a vector) first, so that equal stripes that differ only by
     floating-point noise share one evaluation. With ``channel``, its power limit applies: a channel whose mean
     dynamic power over the phase would exceed the cap has its work stretched to run at the cap
-    (``hw_models.pim.power_throttle``); both the simulation and the closed form read the stretched durations."""
+    (``hw_models.pim.power_throttle``); both the simulation and the closed form read the stretched durations.
+    ``part_of`` (a Work kind -> a part's span kind) groups the works into ``Phase.parts``, in ``part_order``
+    (then in order of first appearance); every part is stretched like the whole."""
     uniq, inv = np.unique(np.round(rows, 3), axis=0, return_inverse=True)
     dur, nbytes, flops, energy = (np.zeros(len(uniq)) for _ in range(4))
+    part_rows: dict[str, np.ndarray] = {}  # part -> (distinct row, [seconds, bytes, FLOPs, joules])
     throttle = 1.0
     for i, row in enumerate(uniq):
         works = works_of(*row) if row.any() else ()
@@ -175,14 +198,22 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
         nbytes[i] = sum(w.nbytes for w in works)
         flops[i] = sum(w.flops for w in works)
         energy[i] = sum(w.energy_j for w in works)
+        f = 1.0
         if channel is not None:
             f = pim_model.power_throttle(channel, energy[i], dur[i])
             dur[i] *= f
             throttle = max(throttle, f)
+        if part_of is not None:
+            for w in works:
+                acc = part_rows.setdefault(part_of(w.kind), np.zeros((len(uniq), 4)))
+                acc[i] += (w.duration_s * f, w.nbytes, w.flops, w.energy_j)
     inv = inv.ravel()
     counts = np.bincount(inv, minlength=len(uniq))
+    rank = {name: i for i, name in enumerate(part_order)}
+    names = sorted(part_rows, key=lambda name: rank.get(name, len(rank)))  # stable: unknown parts keep their order
+    parts = tuple(PhasePart(name, *(part_rows[name][inv, j] for j in range(4))) for name in names)
     return Phase(kind, dur[inv], float(nbytes @ counts), float(flops @ counts), float(energy @ counts),
-                 throttle, (nbytes[inv], flops[inv], energy[inv]))
+                 throttle, (nbytes[inv], flops[inv], energy[inv]), parts=parts)
 
 
 def pipelined_path_s(down, up, chunks: tuple[LinkChunk, ...], n_channels: int) -> float:
@@ -345,10 +376,16 @@ class PimSystem(System):
 
         rows = np.column_stack([tokens, present, new])
         kind = f"{self.name}.attention"
+        parts = dict(part_of=self.part_of, part_order=self.part_order)
         if self.options.softmax == "host":
-            return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax, ch),
-                    bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax, ch))
-        return (bank_phase(kind, rows, lambda t, u, v: works(t, u, v).all, ch),)
+            return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax, ch, **parts),
+                    bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax, ch, **parts))
+        return (bank_phase(kind, rows, lambda t, u, v: works(t, u, v).all, ch, **parts),)
+
+    # The span kind of each channel Work kind when a channel's phase is drawn in parts (None: one span per phase),
+    # and the order the parts are drawn in.
+    part_of = None
+    part_order: tuple[str, ...] = ()
 
     def down_bytes(self, batch: StepBatch, spilling: bool) -> float:
         m = self.model
@@ -430,7 +467,8 @@ class PimSystem(System):
         for part, sh, pr in zip(parts, share, present, strict=True):
             channels = np.nonzero(sh > 0)[0]
             ph = Phase(phase.kind, (phase.durations_s * sh)[channels], float(nbytes @ sh), float(flops @ sh),
-                       float(energy @ sh), phase.throttle, None, channels)
+                       float(energy @ sh), phase.throttle, None, channels,
+                       tuple(p.scaled(sh, channels) for p in phase.parts))
             down = (q_bytes + kv_bytes) * part.size / units.size
             chunks.append(LinkChunk(down, ph, self.up_bytes(pr)))
         return tuple(chunks)
@@ -511,7 +549,7 @@ class PimSystem(System):
             return
         yield m.transfer(GPU, PIM, plan.down_bytes, "q_kv_down")
         for i, ph in enumerate(plan.phases):
-            yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j)
+            yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j, parts=ph.parts)
             if i + 1 < len(plan.phases):
                 yield m.transfer(PIM, GPU, plan.mid_up_bytes, "scores_up")
                 yield m.gpu.run(plan.mid_gpu)
@@ -530,7 +568,8 @@ class PimSystem(System):
         def chunk(i, c: LinkChunk):
             yield downs[i]
             ph = c.phase
-            yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j, channels=ph.channels)
+            yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j, channels=ph.channels,
+                            parts=ph.parts)
             first = ups_issued[0] == 0
             ups_issued[0] += 1
             yield m.transfer(PIM, GPU, c.up_bytes, "partials_up", setup=first)
