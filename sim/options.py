@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass, field
@@ -48,7 +49,15 @@ def option(default, help: str, *, unit: str = "", choices: tuple = (), minimum: 
 
 
 def specs(cls) -> dict[str, tuple[type, bool, object, OptionSpec]]:
-    """name -> (base type, may be None, default, spec) for every option field of a dataclass, in order."""
+    """name -> (base type, may be None, default, spec) for every option field of a dataclass, in order.
+
+    Computed once per class (``typing.get_type_hints`` costs about a millisecond, and building one sweep point
+    asks for a dozen); each call returns its own copy of the mapping."""
+    return dict(_specs(cls))
+
+
+@functools.cache
+def _specs(cls) -> dict[str, tuple[type, bool, object, OptionSpec]]:
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):

@@ -682,6 +682,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, jobs: int | None = 1, executor:
     with FolderLock(out) as lock:
         for name in (RESULTS_JSONL, RESULTS_CSV, MANIFEST):
             remove_stale(out, name, only_dead=False)  # a killed run's temporaries; the lock is ours
+        _refuse_analytic_folder(out)
         done_keys, repaired = repair_and_scan(jsonl)
         mine = {pt.key for pt in sweep.points}
         todo = [pt for pt in sweep.points if pt.key not in done_keys]
@@ -713,6 +714,17 @@ def run_sweep(sweep: Sweep, out_dir: str | Path, jobs: int | None = 1, executor:
     return SweepSummary(len(sweep.points), len(sweep.points) - len(todo), len(todo), failed,
                         len(done_keys - mine), repaired, time.monotonic() - t_start, used, ordering.duplicates,
                         ordering.rewritten)
+
+
+def _refuse_analytic_folder(out: Path) -> None:
+    """A folder written by ``--analytic`` (its manifest says so) is never resumed by the simulation: its keys
+    would count as done."""
+    manifest = {}
+    with contextlib.suppress(OSError, ValueError):
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    if isinstance(manifest, dict) and manifest.get("method") == "analytic":
+        raise ConfigError(f"{out}: holds an --analytic sweep; simulated results go to another --out "
+                              f"(or add --analytic to resume it)")
 
 
 def _run_points(todo: list[Point], fd: int, pool, jobs: int, bar: Progress | None, done: int) -> int:

@@ -383,6 +383,14 @@ def _sweep_cases() -> list[Case]:
         sf("nested list value", base + "[factors]\ncontext = [[1, 2]]\n"),
         sf("--jobs 0", base, "", "--jobs", "0"),
         case("sweep: missing file", "sweep", "{d}/none.toml"),
+        case("sweep --analytic: a trace file", "sweep", "{d}/s.toml", "--out", "{d}/o", "--analytic",
+             files={"s.toml": base + 'trace = "t.csv"\n', "t.csv": "arrival_s,prompt_tokens,output_tokens\n0,8,2\n"},
+             match="trace file"),
+        sf("--analytic: Poisson arrivals", base + "requests = 4\narrival_rate_per_s = 2.0\n", "Poisson arrivals",
+           "--analytic"),
+        sf("--check-sample without --analytic", base, "applies only with --analytic", "--check-sample", "2"),
+        sf("--check-sample negative", base, "--check-sample", "--analytic", "--check-sample", "-1"),
+        sf("--analytic on dask", base, "local processes", "--analytic", "--executor", "dask"),
     ]
 
 

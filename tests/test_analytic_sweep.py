@@ -1,0 +1,156 @@
+"""The closed-form sweep (`sweep --analytic`, sim.analytic_sweep) against the simulation it stands in for."""
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.analytic_sweep import (
+    Evaluator,
+    compare_result,
+    estimate_point,
+    run_analytic_sweep,
+    unsupported_reason,
+)
+from sim.cli import main
+from sim.config import make_config
+from sim.errors import ConfigError
+from sim.results import RESULTS_CSV, RESULTS_JSONL
+from sim.run import simulate
+from sim.sweep import load_sweep, run_sweep
+
+TINY = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 512, "num_attention_heads": 8,
+        "num_key_value_heads": 2, "intermediate_size": 1024, "vocab_size": 1000, "max_position_embeddings": 65536,
+        "torch_dtype": "float16"}
+
+VARIANTS = [
+    {"system": "gpu"},
+    {"system": "offload"},
+    {"system": "offload", "kv_gpu_fraction": "0"},
+    {"system": "offload", "prefetch": True, "kv_gpu_fraction": "0"},
+    {"system": "offload", "cpu_attention": True, "kv_gpu_fraction": "0.5"},
+    {"system": "pim"},
+    {"system": "pim", "channels": 4, "capacity_policy": "limit"},
+    {"system": "pim", "channels": 4},
+    {"system": "pim", "sub_batches": 2},
+    {"system": "pim", "link_chunks": 3},
+    {"system": "pim", "softmax": "host", "kv_format": "int4"},
+    {"system": "aqpim"},
+    {"system": "aqpim", "channels": 8, "pim": "ddr5-dimm-pim"},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return Evaluator()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(variant=st.sampled_from(VARIANTS), batch=st.integers(1, 6), context=st.integers(1, 3000),
+       steps=st.integers(1, 3), max_batch=st.one_of(st.none(), st.integers(2, 6)))
+def test_closed_form_equals_simulation(tiny, evaluator, variant, batch, context, steps, max_batch):
+    """Exact points equal the simulation to 1e-9 in every timed field, energy and link bytes; bound points never
+    exceed it; capacity and the schedule-independent totals are exact at both."""
+    if variant.get("sub_batches", 1) > (max_batch or batch):
+        max_batch = None
+        batch = max(batch, variant["sub_batches"])
+    cfg = make_config(model=tiny, batch=batch, context=context, steps=steps, max_batch=max_batch, **variant)
+    sim = simulate(cfg).to_dict()
+    ana = evaluator.point_dict(cfg)
+    cmp = compare_result(ana, sim)
+    assert cmp["ok"], (cmp, variant)
+    assert ana["fits"] == sim["fits"] and ana["fit_reasons"] == sim["fit_reasons"]
+    assert ana["kv_location"] == sim["kv_location"] and ana["warnings"] == sim["warnings"]
+    assert ana["analytic_exact"] == sim["analytic_exact"]
+    assert ana["config"] == sim["config"]
+    if ana["analytic_exact"]:
+        assert ana["energy_j"].keys() == sim["energy_j"].keys()
+    else:
+        assert sim["mean_step_latency_s"] >= ana["mean_step_latency_s"] * (1 - 1e-12)
+        assert sim["step_latency_max_s"] >= ana["step_latency_max_s"] * (1 - 1e-12)
+        assert ana["energy_j"] == {}  # static energy needs the wall time: omitted at a bound
+        assert ana["energy_dynamic_per_token_j"] == pytest.approx(sim["energy_dynamic_per_token_j"], rel=1e-9)
+    assert ana.keys() == sim.keys()
+    for k, v in sim["details"].items():
+        if isinstance(v, float):
+            assert ana["details"][k] == pytest.approx(v, rel=1e-9, abs=1e-300), k
+        else:
+            assert ana["details"][k] == pytest.approx(v, rel=1e-9) if isinstance(v, list) else ana["details"][k] == v
+
+
+def test_sliding_window_model(evaluator):
+    """Contexts beyond the window attend the window: the memo keys on attended tokens and the longest context."""
+    for system in ("gpu", "pim"):
+        cfg = make_config(model="mistral-7b", system=system, batch=2, context=5000, steps=2)
+        assert compare_result(evaluator.point_dict(cfg), simulate(cfg).to_dict())["ok"]
+
+
+def test_estimate_point_is_a_result_marked_analytic(tiny):
+    r = estimate_point(make_config(model=tiny, system="pim", batch=2, context=100, steps=2))
+    assert r.details["method"] == "analytic" and "breakdown_s" in r.details["analytic_omitted"]
+    assert r.analytic_exact and r.steps == 2 and r.tokens == 4
+
+
+@pytest.mark.parametrize("settings_, reason", [
+    ({"requests": 3, "arrival_rate_per_s": 2.0}, "Poisson arrivals"),
+    ({"requests": 3}, None),
+])
+def test_what_needs_the_engine_is_refused(settings_, reason):
+    cfg = make_config(**settings_)
+    got = unsupported_reason(cfg)
+    assert (got is None) if reason is None else (reason in got)
+    if reason:
+        with pytest.raises(ConfigError, match="--analytic cannot evaluate"):
+            estimate_point(cfg)
+
+
+def _sweep_file(tmp_path, tiny) -> str:
+    text = (f'[base]\nmodel = "{tiny}"\nsteps = 2\ncontext = 256\n[factors]\n'
+            'system = ["gpu", "offload", "pim", "aqpim"]\nbatch = [1, 3]\n')
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_analytic_sweep_equals_simulated_sweep(tmp_path, tiny):
+    sweep = load_sweep(_sweep_file(tmp_path, tiny))
+    run_sweep(sweep, tmp_path / "sim", jobs=1, quiet=True)
+    s = run_analytic_sweep(sweep, tmp_path / "ana", jobs=1, chunk=3)
+    assert (s.total, s.ran, s.failed) == (8, 8, 0)
+    simulated = [json.loads(line) for line in (tmp_path / "sim" / RESULTS_JSONL).read_text().splitlines()]
+    analytic = [json.loads(line) for line in (tmp_path / "ana" / RESULTS_JSONL).read_text().splitlines()]
+    assert [r["key"] for r in simulated] == [r["key"] for r in analytic]
+    for a, b in zip(analytic, simulated, strict=True):
+        assert a["method"] == "analytic" and a["factors"] == b["factors"]
+        assert compare_result(a["result"], b["result"])["ok"]
+    header = (tmp_path / "ana" / RESULTS_CSV).read_text().splitlines()[0].split(",")
+    assert "details.method" in header and "analytic_exact" in header
+
+
+def test_cli_end_to_end_resume_and_check(tmp_path, tiny, capsys):
+    f, out = _sweep_file(tmp_path, tiny), tmp_path / "o"
+    assert main(["sweep", f, "--analytic", "--out", str(out), "--jobs", "1", "--check-sample", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "ran 8" in text and "check: 3 points re-simulated" in text and "passed" in text
+    check = json.loads((out / "analytic_check.json").read_text())
+    assert check["ok"] and check["sampled"] == 3 and check["max_rel_error_exact"] <= 1e-9
+    first = (out / RESULTS_JSONL).read_bytes()
+    # a torn last line is cut off and that point evaluated again; the file ends the same bytes
+    (out / RESULTS_JSONL).write_bytes(first[:-40])
+    assert main(["sweep", f, "--analytic", "--out", str(out), "--jobs", "1"]) == 0
+    assert "ran 1, 7 already done" in capsys.readouterr().out
+    assert (out / RESULTS_JSONL).read_bytes() == first
+    # the same sweep in two processes gives the same bytes
+    assert main(["sweep", f, "--analytic", "--out", str(tmp_path / "o2"), "--jobs", "2", "--force-jobs"]) == 0
+    assert (tmp_path / "o2" / RESULTS_JSONL).read_bytes() == first
+    # a simulated sweep does not resume an analytic folder
+    assert main(["sweep", f, "--out", str(out), "--jobs", "1"]) == 2
+    assert "holds an --analytic sweep" in capsys.readouterr().err
