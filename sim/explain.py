@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from sim.config import DEFAULT_STEPS, RunConfig, from_mapping
 from sim.errors import INPUT_ERRORS
-from sim.report import fmt_time
+from sim.report import fmt_bytes, fmt_time
 from sim.results import Result
 from sim.run import run_simulation, simulate
 from sim.systems import SYSTEMS
@@ -29,13 +29,8 @@ MOSTLY_SHARE = 0.6   # ... this share or more: the step is mostly its work
 
 
 def gb(nbytes: float) -> str:
-    if nbytes >= 1e9:
-        return f"{nbytes / 1e9:.2f} GB"
-    if nbytes >= 1e6:
-        return f"{nbytes / 1e6:.2f} MB"
-    if nbytes >= 1e3:
-        return f"{nbytes / 1e3:.1f} kB"
-    return f"{nbytes:.0f} B"
+    """Sizes in binary units (GiB, MiB, KiB) as everywhere else; rates stay in GB/s, as links are specified."""
+    return fmt_bytes(nbytes)
 
 
 def rate(bytes_per_s: float) -> str:
@@ -290,9 +285,17 @@ def explain_result(result: Result, spans: list, topology: Topology, model: Model
              f"context {result.context}", ""]
     lines.append("What is stored:")
     lines.append(f"  Weights: {gb(model.weight_bytes)} in GPU memory, read once per step.")
-    lines.append(f"  KV cache: {gb(model.kv_bytes_per_token)} per token (2 x {model.n_layers} layers x "
-                 f"{model.n_kv_heads} KV heads x {model.head_dim} x {model.bytes_per_element} bytes); "
-                 f"{gb(result.kv_bytes)} at the largest step, in {result.kv_location or 'unknown'}.")
+    parts = result.details.get("kv_bytes_per_token_by_part")
+    if parts:  # a compressed format: what a token really costs, part by part
+        per_token = sum(parts.values())
+        lines.append(f"  KV cache: {gb(per_token)} per token as {result.details.get('kv_format', 'compressed')} ("
+                     + ", ".join(f"{k} {gb(v)}" for k, v in parts.items() if v > 0)
+                     + f"; FP16 would be {gb(model.kv_bytes_per_token)}); {gb(result.kv_bytes)} at the largest "
+                     f"step, in {result.kv_location or 'unknown'}.")
+    else:
+        lines.append(f"  KV cache: {gb(model.kv_bytes_per_token)} per token (2 x {model.n_layers} layers x "
+                     f"{model.n_kv_heads} KV heads x {model.head_dim} x {model.bytes_per_element} bytes); "
+                     f"{gb(result.kv_bytes)} at the largest step, in {result.kv_location or 'unknown'}.")
     fits = "It fits." if result.fits else "It does NOT fit: " + "; ".join(result.fit_reasons) + "."
     lines.append(f"  {fits}")
     lines += ["", f"One decode step takes {fmt_time(step_s)} (mean of {n} traced step{'s' if n > 1 else ''}; "
