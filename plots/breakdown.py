@@ -28,6 +28,9 @@ def component_group(name: str) -> str:
     return f"{m.group(1)} channels" if m else name
 
 
+LOG_SPAN = 30.0  # largest over smallest bar total above which a panel's axis is logarithmic
+
+
 def plot_breakdown(results_path: str | Path, out: str | Path, title: str | None = None) -> Path:
     """Stacked bars of step latency and energy per token for every Result in a file."""
     labelled = load_results(results_path)
@@ -63,7 +66,13 @@ def plot_breakdown(results_path: str | Path, out: str | Path, title: str | None 
                   (ax_e, groups, energy_parts, energy_colours, "energy per generated token (J)",
                    "energy per token by component", "{:#.3g}"))
         for ax, rows, keys, colours, xlabel, heading, fmt in panels:
-            left = [0.0] * n
+            totals = [sum(row.get(k, 0.0) for k in keys) for row in rows]
+            positive = [t for t in totals if t > 0]
+            # A 5 s offload bar beside 10 ms PIM bars hides the PIM bars on a linear axis: go logarithmic when
+            # the totals span more than LOG_SPAN (the shares panel still shows each bar's composition).
+            log = bool(fmt) and len(positive) > 1 and max(positive) / min(positive) > LOG_SPAN
+            floor = min(positive) / 10 if log else 0.0
+            left = [floor] * n
             for k in keys:
                 widths = [row.get(k, 0.0) for row in rows]
                 bars = ax.barh(range(n), widths, left=left, color=colours.get(k, "#888888"), height=0.6,
@@ -74,9 +83,14 @@ def plot_breakdown(results_path: str | Path, out: str | Path, title: str | None 
                         bar.set_hatch(hatch)
                 left = [a + b for a, b in zip(left, widths, strict=True)]
             if fmt:
-                for i, total in enumerate(left):
-                    ax.text(total, i, " " + fmt.format(total), va="center", ha="left", fontsize=8)
-                ax.set_xlim(0, max(left) * 1.2 if max(left) > 0 else 1)
+                for i, total in enumerate(totals):
+                    ax.text(left[i], i, " " + fmt.format(total), va="center", ha="left", fontsize=8)
+                if log:
+                    ax.set_xscale("log")
+                    ax.set_xlim(floor, max(left) * 4)
+                    xlabel += ", log scale"
+                else:
+                    ax.set_xlim(0, max(left) * 1.2 if max(left) > 0 else 1)
             else:
                 ax.set_xlim(0, 100)
             ax.set_yticks(range(n), labels if ax is ax_t else [""] * n)
