@@ -22,6 +22,7 @@ from workloads.arrivals import ARRIVAL_PROCESSES, MAX_CV, MIN_CV, LengthDist
 from workloads.errors import WorkloadError
 
 DEFAULT_STEPS = 8
+PREFILL_MODES = ("none", "first", "chunked")
 PATH_KEYS = (("trace", None), ("hardware", ".toml"), ("model", ".json"))
 DIST_KEYS = ("prompt_dist", "output_dist")
 
@@ -60,6 +61,16 @@ class RunConfig(Options):
                                      "--output-tokens)")
     max_batch: int | None = option(None, "continuous batching limit (default: --batch)", minimum=1, maximum=4096,
                                    limit=2**20)
+    prefill: str = option("none", "prefill in the timeline: none (prompt K/V taken to be in place), first (waiting "
+                          "prompts prefilled whole before decoding resumes) or chunked (each step carries up to "
+                          "--prefill-chunk-tokens prompt tokens beside its decode batch)", choices=PREFILL_MODES)
+    prefill_chunk_tokens: int = option(512, "chunked prefill: prompt tokens per step (Sarathi-Serve, vLLM "
+                                       "max_num_batched_tokens)", unit="tokens", minimum=1, maximum=2**20,
+                                       limit=2**30)
+    slo_ttft_s: float | None = option(None, "time-to-first-token SLO for attainment and goodput", unit="s",
+                                      flag="--slo-ttft", minimum=0, maximum=1e6)
+    slo_tpot_s: float | None = option(None, "time-per-output-token SLO for attainment and goodput", unit="s",
+                                      flag="--slo-tpot", minimum=0, maximum=1e6)
     seed: int = option(0, "seed of the run's random generator", minimum=0, limit=2**63 - 1)
     trace_steps: int = option(4, "decode steps whose spans are kept for traces and timelines", minimum=0,
                               maximum=1000, limit=10**6)
@@ -79,6 +90,7 @@ class RunConfig(Options):
         if self.trace is not None and self.requests is not None:
             raise ConfigError("give either trace (a file) or requests (a synthetic list), not both")
         self._check_request_settings()
+        self._check_serving_settings()
         self.options.check_run(self)
 
     def _check_request_settings(self) -> None:
@@ -106,6 +118,14 @@ class RunConfig(Options):
             raise ConfigError("arrival_cv (--arrival-cv) applies only with arrival_process gamma "
                               "(Poisson inter-arrival times have a coefficient of variation of 1)")
         self.length_dists()
+
+    def _check_serving_settings(self) -> None:
+        if self.prefill != "chunked" and self.prefill_chunk_tokens != SHARED["prefill_chunk_tokens"][2]:
+            raise ConfigError("prefill_chunk_tokens (--prefill-chunk-tokens) applies only with prefill chunked")
+        for key in ("slo_ttft_s", "slo_tpot_s"):
+            v = getattr(self, key)
+            if v is not None and not v > 0:
+                raise ConfigError(f"{key} ({flag_of(key, SHARED[key][3])}) must be above 0 seconds, got {v!r}")
 
     def length_dists(self) -> tuple[LengthDist, LengthDist]:
         """Prompt and output length distributions of synthetic requests (default: fixed --context and

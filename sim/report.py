@@ -31,6 +31,26 @@ def table(rows: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
+def request_rows(r: Result) -> list[tuple[str, str]]:
+    """Request-level metrics (docs/metrics.md, "Requests"), when requests finished."""
+    if not r.requests_completed:
+        return []
+    slo = r.config.get("slo_ttft_s"), r.config.get("slo_tpot_s")
+    rows = [("requests finished", f"{r.requests_completed} ({r.request_output_tokens} output tokens, "
+                                  f"{r.request_tokens_per_s:.2f} tokens/s over the wall clock)")]
+    for name, label in (("queue", "queueing delay"), ("ttft", "TTFT"), ("tpot", "TPOT"), ("e2e", "end-to-end")):
+        rows.append((f"{label} p50/p90/p99", " / ".join(fmt_time(getattr(r, f"{name}_p{q}_s")) for q in (50, 90, 99))))
+    if r.prefill_steps:
+        rows.append(("prefill", f"{r.prefill_tokens} prompt tokens in {r.prefill_steps} steps, "
+                                f"{fmt_time(r.prefill_time_s)} (closed form {fmt_time(r.prefill_analytic_time_s)})"))
+    if any(v is not None for v in slo):
+        what = " and ".join(f"{k} <= {fmt_time(v)}" for k, v in zip(("TTFT", "TPOT"), slo, strict=True)
+                            if v is not None)
+        rows.append(("SLO attainment", f"{100 * r.slo_attainment:.1f} % of requests ({what}); goodput "
+                                       f"{r.goodput_tokens_per_s:.2f} tokens/s"))
+    return rows
+
+
 def summary(r: Result) -> str:
     head = f"{r.system} | {r.model} | {r.hardware} | batch {r.batch} | context {r.context} | {r.steps} steps"
     rows = [
@@ -47,6 +67,7 @@ def summary(r: Result) -> str:
         ("energy per token", fmt_energy_split(r)),
         ("mean power", f"{r.mean_power_w:.1f} W (idle power of every device plus its work, over the whole run)"),
     ]
+    rows.extend(request_rows(r))
     if "admitted_batch" in r.details:
         rows.append(("admitted batch", f"{r.details['admitted_batch']} of {r.batch} sequences at once (capacity_policy "
                      f"limit: the rest wait until their whole KV fits; budget {r.details['admission_token_budget']} "

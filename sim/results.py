@@ -12,6 +12,10 @@ aggregates (``sim.stats``), and the per-step rows go, on request, to a step log:
 ``STEP_LOG_COLUMNS``, one line per step, read back by ``read_step_log``. ``Result.from_dict`` reads schema-1 files
 too (they carried per-step lists): the aggregates are derived from those lists, the lists themselves are dropped.
 
+Schema 4 adds request-level metrics (TTFT, TPOT, end-to-end latency, queueing delay, SLO attainment, goodput)
+and the prefill steps' totals; files of schemas 1 to 3 read with those at zero (they had no prefill and no
+request records). Per-request records go, on request, to a request log (``sim.serving``), never into the Result.
+
 A Result's JSON is written with sorted keys and Python's shortest round-trip float repr, so the same run gives the
 same bytes. Nothing time-of-day or host-specific goes in. A file that cannot be read or has the wrong shape raises
 ``ResultsError``: one line naming the file and what is wrong.
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-RESULT_SCHEMA_VERSION = 3
+RESULT_SCHEMA_VERSION = 4
 
 # Schema 1 kept these per-step lists in the Result; schema 2 keeps streamed aggregates and, on request, a step log.
 SCHEMA1_STEP_LISTS = ("step_latency_s", "step_batch", "step_kv_tokens", "analytic_step_latency_s")
@@ -93,6 +97,35 @@ class Result:
     energy_static_per_token_j: float = 0.0
     energy_dynamic_per_token_j: float = 0.0
     mean_power_w: float = 0.0
+    # Requests and prefill (schema 4; docs/metrics.md, "Requests"). Defaults (zeros) for files of schema 1 to 3,
+    # which had no request-level metrics.
+    requests_completed: int = 0
+    request_output_tokens: int = 0
+    request_tokens_per_s: float = 0.0
+    slo_attainment: float = 0.0
+    goodput_tokens_per_s: float = 0.0
+    queue_mean_s: float = 0.0
+    queue_p50_s: float = 0.0
+    queue_p90_s: float = 0.0
+    queue_p99_s: float = 0.0
+    ttft_mean_s: float = 0.0
+    ttft_p50_s: float = 0.0
+    ttft_p90_s: float = 0.0
+    ttft_p99_s: float = 0.0
+    tpot_mean_s: float = 0.0
+    tpot_p50_s: float = 0.0
+    tpot_p90_s: float = 0.0
+    tpot_p99_s: float = 0.0
+    e2e_mean_s: float = 0.0
+    e2e_p50_s: float = 0.0
+    e2e_p90_s: float = 0.0
+    e2e_p99_s: float = 0.0
+    prefill_steps: int = 0
+    prefill_tokens: int = 0
+    prefill_time_s: float = 0.0
+    prefill_analytic_time_s: float = 0.0
+    prefill_analytic_exact: bool = True
+    prefill_analytic_max_rel_undershoot: float = 0.0
     schema_version: int = RESULT_SCHEMA_VERSION
 
     def to_dict(self) -> dict:

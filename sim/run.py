@@ -31,7 +31,8 @@ from sim.engine import Span, Tracer
 from sim.io import open_atomic
 from sim.machine import Machine
 from sim.results import STEP_LOG_COLUMNS, Result, StepRow
-from sim.stats import StepStats
+from sim.serving import prefill_driver, request_fields, request_log_writer
+from sim.stats import RequestStats, StepStats
 from sim.systems import SYSTEMS
 from sim.systems.base import Capacity, StepBatch, System
 from sim.topology import GPU, HOST_CPU, HOST_DRAM, PIM, Topology
@@ -105,28 +106,37 @@ class Run:
 
 def simulate(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
              pim: PimDeviceParams | None = None, step_log: str | Path | None = None,
-             on_step: Callable[[StepRow], None] | None = None) -> Result:
-    """Run one simulation and return its Result; ``step_log``, ``on_step``: as ``run_simulation``."""
-    return run_simulation(cfg, params, model, pim, step_log=step_log, on_step=on_step).result
+             on_step: Callable[[StepRow], None] | None = None, request_log: str | Path | None = None,
+             on_request: Callable | None = None) -> Result:
+    """Run one simulation and return its Result; ``step_log``, ``on_step``, ``request_log``, ``on_request``: as
+    ``run_simulation``."""
+    return run_simulation(cfg, params, model, pim, step_log=step_log, on_step=on_step, request_log=request_log,
+                          on_request=on_request).result
 
 
 def simulate_traced(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
                     pim: PimDeviceParams | None = None, step_log: str | Path | None = None,
-                    on_step: Callable[[StepRow], None] | None = None) -> tuple[Result, list[Span]]:
+                    on_step: Callable[[StepRow], None] | None = None, request_log: str | Path | None = None,
+                    on_request: Callable | None = None) -> tuple[Result, list[Span]]:
     """Run one simulation; also return the spans of the first ``cfg.trace_steps`` steps. ``step_log``,
-    ``on_step``: as ``run_simulation``."""
-    run = run_simulation(cfg, params, model, pim, step_log=step_log, on_step=on_step)
+    ``on_step``, ``request_log``, ``on_request``: as ``run_simulation``."""
+    run = run_simulation(cfg, params, model, pim, step_log=step_log, on_step=on_step, request_log=request_log,
+                         on_request=on_request)
     return run.result, run.spans
 
 
 def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
                    pim: PimDeviceParams | None = None, step_log: str | Path | None = None,
-                   on_step: Callable[[StepRow], None] | None = None) -> Run:
+                   on_step: Callable[[StepRow], None] | None = None, request_log: str | Path | None = None,
+                   on_request: Callable | None = None) -> Run:
     """Simulate ``cfg``. ``params``, ``model`` and ``pim`` replace what the configuration names (for studies
     that vary parameters no preset has). ``step_log``: a CSV file that receives one line per decode step
     (``sim.results.STEP_LOG_COLUMNS``; read it back with ``sim.results.read_step_log``), written as the run goes
     and in place only when the run ends. ``on_step``: called with each step's ``StepRow`` as the step ends.
-    Without either, no per-step record is kept."""
+    Without either, no per-step record is kept. ``request_log``: a CSV or JSONL file (by its extension) that
+    receives each finished request's record (``sim.serving``), written the same way; ``on_request``: called with
+    each ``workloads.traces.RequestRecord``. With ``cfg.prefill`` other than none, prompts are prefilled in the
+    timeline (``sim.serving.prefill_driver``)."""
     model = model or load_model(cfg.model)
     params = params or load_machine(cfg.hardware)
     system_cls = SYSTEMS[cfg.system]
@@ -140,7 +150,15 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
     machine = Machine(env, topology, tracer, pim_trace_lanes=devices.pim_trace_lanes)
     system = system_cls(machine, model, cfg.options)
     token_budget = system.token_budget(cfg.effective_max_batch)
-    batcher = ContinuousBatcher(requests, cfg.effective_max_batch)
+    reqs = RequestStats(cfg.slo_ttft_s, cfg.slo_tpot_s)
+    request_sinks = [reqs.add] + ([on_request] if on_request is not None else [])
+
+    def on_finish(record):
+        for sink in request_sinks:
+            sink(record)
+
+    batcher = ContinuousBatcher(requests, cfg.effective_max_batch, prefill=cfg.prefill != "none",
+                                on_finish=on_finish)
     step_cap = cfg.steps if cfg.uses_requests else None
     log = RunLog(trace_steps=cfg.trace_steps)
 
@@ -164,11 +182,17 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
                 row = StepRow(step, float(t0), latency, analytic, bool(est.exact), batch.n_seqs, batch.kv_tokens)
                 for sink in sinks:
                     sink(row)
-            batcher.advance()
+            batcher.advance(env.now)
             step += 1
 
-    with step_log_writer(step_log) as write_step:
-        env.process(driver([f for f in (write_step, on_step) if f is not None]))
+    with step_log_writer(step_log) as write_step, request_log_writer(request_log) as write_request:
+        if write_request is not None:
+            request_sinks.append(write_request)
+        sinks = [f for f in (write_step, on_step) if f is not None]
+        if cfg.prefill == "none":
+            env.process(driver(sinks))
+        else:
+            env.process(prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs, sinks, token_budget))
         env.run()
     # Over every request of a list; over the requests read (admitted, and the next) of a lazy stream.
     longest = batcher.max_request_tokens
@@ -178,7 +202,7 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
     context = batcher.max_prompt_tokens
     first_arrival_s = batcher.first_arrival_s
     result = _result(cfg, params, model, system, tracer, topology, env.now - first_arrival_s, log, warnings,
-                     context)
+                     context, reqs)
     return Run(result, tracer.spans, topology, model)
 
 
@@ -227,7 +251,8 @@ def _power_cap_warning(details: dict) -> list[str]:
 
 
 def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: System, tracer: Tracer,
-            topology: Topology, wall_s: float, log: RunLog, warnings: list[str], context: int) -> Result:
+            topology: Topology, wall_s: float, log: RunLog, warnings: list[str], context: int,
+            reqs: RequestStats) -> Result:
     """``wall_s``: from the first request's arrival to the last token."""
     st = log.stats
     tokens = st.tokens
@@ -271,7 +296,7 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
         step_latency_min_s=st.latency_min_s if st.steps else 0.0, step_latency_max_s=st.latency_max_s,
         peak_batch=st.peak_batch, peak_kv_tokens=log.peak.kv_tokens if log.peak else 0,
         analytic_max_rel_gap=st.max_rel_gap, analytic_max_rel_undershoot=st.max_rel_undershoot,
-        traced_step_latency_s=list(log.traced_latency_s)))
+        traced_step_latency_s=list(log.traced_latency_s), **request_fields(reqs, wall_s)))
 
 
 def _admission(details: dict, token_budget: int | None, peak_batch: int) -> dict:

@@ -146,3 +146,63 @@ class StepStats:
             self.max_rel_gap = max(self.max_rel_gap, abs(latency_s - analytic_s) / analytic_s)
             self.max_rel_undershoot = max(self.max_rel_undershoot, (analytic_s - latency_s) / analytic_s)
         self.ttnt.add(latency_s, n_seqs)
+
+
+class RequestStats:
+    """Running aggregates of a run's finished requests (docs/metrics.md, "Requests"): counts and output tokens,
+    percentiles of queueing delay, TTFT, TPOT and end-to-end latency (``WeightedQuantiles``, each request weight
+    1; TPOT only for requests of two or more output tokens), SLO attainment and goodput tokens; and the prefill
+    steps (count, tokens, time, closed-form sum, largest shortfall of the simulation below it). ``add`` takes a
+    ``workloads.traces.RequestRecord``."""
+
+    def __init__(self, slo_ttft_s: float | None = None, slo_tpot_s: float | None = None,
+                 rel_error: float = REL_ERROR, exact_limit: int = EXACT_STEPS):
+        self.slo_ttft_s, self.slo_tpot_s = slo_ttft_s, slo_tpot_s
+        self.requests = 0
+        self.output_tokens = 0
+        self.met_slo = 0
+        self.goodput_tokens = 0
+        self.first_arrival_s = math.inf
+        self.last_finish_s = 0.0
+        self.sums = {"queue": 0.0, "ttft": 0.0, "tpot": 0.0, "e2e": 0.0}
+        self.tpot_requests = 0
+        self.q = {name: WeightedQuantiles(rel_error, exact_limit) for name in self.sums}
+        self.prefill_steps = 0
+        self.prefill_tokens = 0
+        self.prefill_s = 0.0
+        self.prefill_analytic_s = 0.0
+        self.prefill_exact = True
+        self.prefill_max_rel_undershoot = 0.0
+
+    def add(self, r) -> None:
+        self.requests += 1
+        self.output_tokens += r.output_tokens
+        self.first_arrival_s = min(self.first_arrival_s, r.arrival_s)
+        self.last_finish_s = max(self.last_finish_s, r.finish_s)
+        values = {"queue": r.queue_s, "ttft": r.ttft_s, "e2e": r.e2e_s, "tpot": r.tpot_s}
+        for name, v in values.items():
+            if v is None:
+                continue
+            v = max(0.0, v)  # a difference of equal times may round below 0
+            self.sums[name] += v
+            self.q[name].add(v)
+        if r.tpot_s is not None:
+            self.tpot_requests += 1
+        ok = ((self.slo_ttft_s is None or r.ttft_s <= self.slo_ttft_s)
+              and (self.slo_tpot_s is None or r.tpot_s is None or r.tpot_s <= self.slo_tpot_s))
+        if ok:
+            self.met_slo += 1
+            self.goodput_tokens += r.output_tokens
+
+    def add_prefill(self, tokens: int, latency_s: float, analytic_s: float, exact: bool) -> None:
+        self.prefill_steps += 1
+        self.prefill_tokens += tokens
+        self.prefill_s += latency_s
+        self.prefill_analytic_s += analytic_s
+        self.prefill_exact = self.prefill_exact and exact
+        if analytic_s > 0:
+            self.prefill_max_rel_undershoot = max(self.prefill_max_rel_undershoot, (analytic_s - latency_s) / analytic_s)
+
+    def mean(self, name: str) -> float:
+        n = self.tpot_requests if name == "tpot" else self.requests
+        return self.sums[name] / n if n else 0.0

@@ -100,9 +100,17 @@ class Sweep:
     hints: dict
 
 
+# Shared settings added after sweeps were first keyed: left out of the key at their defaults, so the points of
+# an existing sweep keep their keys (and a resumed sweep does not run them again).
+KEY_OMITTED_AT_DEFAULT = {"prefill": "none", "prefill_chunk_tokens": 512, "slo_ttft_s": None, "slo_tpot_s": None}
+
+
 def config_key(cfg: RunConfig) -> str:
-    """sha256 of the canonical JSON of the full resolved configuration."""
-    text = json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """sha256 of the canonical JSON of the full resolved configuration (``KEY_OMITTED_AT_DEFAULT`` left out at
+    their defaults)."""
+    d = {k: v for k, v in cfg.to_dict().items()
+         if not (k in KEY_OMITTED_AT_DEFAULT and v == KEY_OMITTED_AT_DEFAULT[k])}
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

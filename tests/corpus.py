@@ -496,9 +496,27 @@ def _warning_cases() -> list[Case]:
     ]
 
 
+def _serving_cases() -> list[Case]:
+    def s(id: str, *argv: str, match: str = "") -> Case:
+        return case(f"serving: {id}", "run", "--requests", "2", "--steps", "1", "--context", "1024", *argv,
+                    match=match)
+
+    return [
+        s("negative ttft slo", "--slo-ttft", "-0.2", match="at least 0"),
+        s("zero tpot slo", "--slo-tpot", "0", match="above 0"),
+        s("nan ttft slo", "--slo-ttft", "nan"),
+        s("chunk budget 0", "--prefill", "chunked", "--prefill-chunk-tokens", "0", match="positive"),
+        s("chunk budget without chunked", "--prefill", "first", "--prefill-chunk-tokens", "64",
+          match="only with prefill chunked"),
+        s("unknown prefill mode", "--prefill", "chunk", match="prefill"),
+        s("request log without format", "--request-log", "{d}/requests.txt", match=".csv or .jsonl"),
+    ]
+
+
 def cases() -> list[Case]:
     return (_option_cases() + _choice_cases() + _consistency_cases() + _run_file_cases() + _model_cases()
-            + _hardware_cases() + _trace_cases() + _generator_cases() + _sweep_cases() + _plot_cases()
+            + _hardware_cases() + _trace_cases() + _generator_cases() + _serving_cases() + _sweep_cases()
+            + _plot_cases()
             + _ledger_cases() + _output_cases()
             + _argparse_cases() + _warning_cases())
 

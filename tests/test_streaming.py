@@ -386,7 +386,7 @@ def test_schema1_result_loads_with_aggregates_from_its_lists():
     # its configuration still runs, now as schema 3 (the numbers have moved with the models since: the golden set
     # tracks those; test_step_log_holds_exactly_the_old_per_step_lists checks the aggregates against the lists)
     new = simulate(from_mapping(old["config"]))
-    assert new.schema_version == RESULT_SCHEMA_VERSION == 3 and new.tokens == r.tokens
+    assert new.schema_version == RESULT_SCHEMA_VERSION == 4 and new.tokens == r.tokens
     assert Result.from_json(new.to_json()) == new
 
 

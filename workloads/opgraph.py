@@ -126,3 +126,52 @@ def head_op(model: ModelSpec, n_seqs: int) -> Op:
               weight_bytes=model.vocab_size * model.hidden_size * e,
               act_bytes=n_seqs * (model.hidden_size + model.vocab_size) * e,
               parallel=Parallelism(gemm_shapes=((n_seqs, model.vocab_size, model.hidden_size),), bytes_per_element=e))
+
+
+# ---- prefill ------------------------------------------------------------------------------------------------------
+# FlashAttention-2's forward kernel runs one thread block per (query tile, sequence, query head); its query tile.
+PREFILL_Q_TILE = 128
+PREFILL_OPS = ("qkv_proj", "attention", "o_proj", "ffn")
+
+
+def prefill_attention_pairs(past: int, new: int) -> float:
+    """(query, key) pairs a causal prefill of ``new`` tokens after ``past`` prefilled ones scores: query i (0-based)
+    attends ``past + i + 1`` keys, so new x past + new (new + 1) / 2."""
+    return new * past + new * (new + 1) / 2
+
+
+def prefill_layer_ops(model: ModelSpec, chunks) -> dict[str, Op]:
+    """One layer's prefill operators for ``chunks`` (each with ``past`` and ``new`` prompt tokens, as
+    ``workloads.traces.PrefillChunk``): the weight GEMMs over all T new tokens at once (shapes (T, n, k):
+    compute-bound for long prompts), a fused causal attention per sequence (scores, softmax and context in one
+    FlashAttention-style kernel: it reads the sequence's K/V once and never writes the scores), and ``kv_store``:
+    the new tokens' K/V (kind kv_write, no FLOPs), which a system moves to where it keeps the cache."""
+    m = model
+    e = m.bytes_per_element
+    t = sum(c.new for c in chunks)
+    assert t > 0, "a prefill needs prompt tokens"
+    pairs = sum(prefill_attention_pairs(c.past, c.new) for c in chunks)
+    kv_read = sum(c.past + c.new for c in chunks) * m.kv_bytes_per_token_per_layer
+    tiles = sum(-(-c.new // PREFILL_Q_TILE) for c in chunks)
+    x_bytes, q_bytes = t * m.hidden_size * e, t * m.q_dim * e
+    new_kv = t * m.kv_bytes_per_token_per_layer
+    h, f = m.hidden_size, m.ffn_size
+    n_ffn = 3 if m.ffn_gated else 2
+
+    def gemms(*shapes):
+        return Parallelism(gemm_shapes=tuple((t, n, k) for n, k in shapes), bytes_per_element=e)
+
+    ffn_shapes = ((f, h),) * (n_ffn - 1) + ((h, f),)
+    ops = [
+        Op("qkv_proj", "gemm", 2.0 * t * h * (m.q_dim + 2 * m.kv_dim), weight_bytes=h * (m.q_dim + 2 * m.kv_dim) * e,
+           act_bytes=x_bytes + q_bytes + new_kv, parallel=gemms((m.q_dim + 2 * m.kv_dim, h))),
+        Op("attention", "attention", (4.0 * m.head_dim + SOFTMAX_FLOPS_PER_SCORE) * pairs * m.n_heads,
+           kv_bytes=kv_read, act_bytes=2 * q_bytes,
+           parallel=Parallelism(items=tiles * m.n_heads, head_dim=m.head_dim, bytes_per_element=e)),
+        Op("o_proj", "gemm", 2.0 * t * m.q_dim * h, weight_bytes=m.q_dim * h * e, act_bytes=q_bytes + x_bytes,
+           parallel=gemms((h, m.q_dim))),
+        Op("ffn", "gemm", 2.0 * t * n_ffn * h * f, weight_bytes=n_ffn * h * f * e, act_bytes=2 * x_bytes + t * f * e,
+           parallel=gemms(*ffn_shapes)),
+        Op("kv_store", "kv_write", 0.0, kv_bytes=new_kv),
+    ]
+    return {op.name: op for op in ops}

@@ -5,8 +5,14 @@ tokens) joins the batch when it has arrived and a slot is free, decodes one toke
 output tokens. A fixed "batch x context x steps" workload is the special case of ``batch`` requests arriving at
 time 0 with ``context`` prompt tokens and ``steps`` output tokens. The batcher advances in simulated time (the
 simulator asks it for the next batch at each step start), so arrivals interact with step latency as they would
-in a serving system. Cost per step is O(batch), never O(tokens). Prefill is not modelled: an admitted request's
-prompt K/V are taken to be in place.
+in a serving system. Cost per step is O(batch), never O(tokens).
+
+Without prefill (``prefill=False``) an admitted request's prompt K/V are taken to be in place and it decodes from
+its first step; its first output token comes at the end of that step. With prefill, an admitted request first
+has ``pending`` prompt tokens to prefill (``prefill_chunks`` hands them out, whole or by a token budget); the step
+that prefills its last prompt tokens also yields its first output token (as vLLM and Sarathi-Serve count it), and
+it decodes its other ``output_tokens - 1`` tokens in later steps. Each finished request becomes a
+``RequestRecord`` (arrival, start of its first step, first token, finish), handed to ``on_finish``.
 
 Requests come from ``workloads.trace_formats`` (files: the project's CSV/JSONL, the Azure LLM inference trace,
 BurstGPT) or ``workloads.arrivals`` (a lazy synthetic stream); the batcher takes a list or such a stream.
@@ -14,8 +20,9 @@ BurstGPT) or ``workloads.arrivals`` (a lazy synthetic stream); the batcher takes
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -85,6 +92,56 @@ def _parse_row(row: dict, where: str) -> Request:
                    _count(row["output_tokens"], "output_tokens", where))
 
 
+class RequestRecord(NamedTuple):
+    """One finished request (seconds of simulated time; docs/metrics.md, "Requests"). ``start_s``: the start of
+    the first step that worked on it (its prefill, or without prefill its first decode step)."""
+
+    request: int
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    start_s: float
+    first_token_s: float
+    finish_s: float
+
+    @property
+    def queue_s(self) -> float:
+        return self.start_s - self.arrival_s
+
+    @property
+    def ttft_s(self) -> float:
+        return self.first_token_s - self.arrival_s
+
+    @property
+    def e2e_s(self) -> float:
+        return self.finish_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean time between output tokens after the first; None for a one-token request."""
+        if self.output_tokens < 2:
+            return None
+        return (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
+
+
+REQUEST_LOG_COLUMNS = RequestRecord._fields + ("queue_s", "ttft_s", "tpot_s", "e2e_s")
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillChunk:
+    """Prompt tokens of one active sequence prefilled in a step: ``past`` already prefilled, ``new`` now, of a
+    ``prompt`` of that many tokens (``past + new == prompt``: the chunk completes the prompt)."""
+
+    index: int
+    past: int
+    new: int
+    prompt: int
+
+    @property
+    def completes(self) -> bool:
+        return self.past + self.new == self.prompt
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
@@ -98,7 +155,8 @@ class ContinuousBatcher:
     ``max_request_tokens`` (prompt + output) and ``first_arrival_s`` describe the requests read so far: all of a
     list, the admitted ones and the next of a lazy stream."""
 
-    def __init__(self, requests: Iterable[Request], max_batch: int):
+    def __init__(self, requests: Iterable[Request], max_batch: int, prefill: bool = False,
+                 on_finish: Callable[[RequestRecord], None] | None = None):
         if max_batch <= 0:
             raise WorkloadError(f"max_batch must be positive, got {max_batch}")
         self.max_batch = max_batch
@@ -120,6 +178,18 @@ class ContinuousBatcher:
         self._context = np.zeros(0, dtype=np.int64)
         self._left = np.zeros(0, dtype=np.int64)
         self._reserved = np.zeros(0, dtype=np.int64)  # prompt + output tokens: the KV a sequence will reach
+        # Per active sequence, for request records: id, arrival, output tokens, start, first token (nan: not yet),
+        # prompt tokens still to prefill, and whether it decodes in the current step.
+        self.prefill = prefill
+        self.on_finish = on_finish
+        self.admitted = 0
+        self._id = np.zeros(0, dtype=np.int64)
+        self._arrival = np.zeros(0)
+        self._output = np.zeros(0, dtype=np.int64)
+        self._start = np.zeros(0)
+        self._first = np.zeros(0)
+        self._pending = np.zeros(0, dtype=np.int64)
+        self._decoding = np.zeros(0, dtype=bool)
 
     def _note(self, r: Request) -> None:
         self.requests_read += 1
@@ -154,7 +224,7 @@ class ContinuousBatcher:
         """
         free = self.max_batch - self._context.size
         reserved = int(self._reserved.sum())
-        new_ctx, new_left = [], []
+        new_ctx, new_left, new_arrival = [], [], []
         while free > 0 and self._head is not None and self._head.arrival_s <= now_s:
             r = self._head
             need = r.prompt_tokens + r.output_tokens
@@ -162,6 +232,7 @@ class ContinuousBatcher:
                 break
             new_ctx.append(r.prompt_tokens)
             new_left.append(r.output_tokens)
+            new_arrival.append(r.arrival_s)
             reserved += need
             self._pull()
             free -= 1
@@ -170,16 +241,85 @@ class ContinuousBatcher:
             self._left = np.concatenate([self._left, np.asarray(new_left, dtype=np.int64)])
             self._reserved = np.concatenate([self._reserved, np.asarray(new_ctx, dtype=np.int64)
                                              + np.asarray(new_left, dtype=np.int64)])
+            n = len(new_ctx)
+            self._id = np.concatenate([self._id, np.arange(self.admitted, self.admitted + n, dtype=np.int64)])
+            self.admitted += n
+            self._arrival = np.concatenate([self._arrival, np.asarray(new_arrival, dtype=float)])
+            self._output = np.concatenate([self._output, np.asarray(new_left, dtype=np.int64)])
+            # without prefill, a request admitted now decodes in the step that starts now
+            self._start = np.concatenate([self._start, np.full(n, np.nan if self.prefill else now_s)])
+            self._first = np.concatenate([self._first, np.full(n, np.nan)])
+            self._pending = np.concatenate([self._pending, np.asarray(new_ctx, dtype=np.int64) if self.prefill
+                                            else np.zeros(n, dtype=np.int64)])
+            self._decoding = np.concatenate([self._decoding, np.zeros(n, dtype=bool)])
 
     def contexts(self) -> np.ndarray:
         """Context length (tokens of KV attended) of each active sequence at this step."""
         return self._context.copy()
 
-    def advance(self) -> int:
-        """Finish one decode step: every active sequence gains a token; finished ones leave. Returns how many left."""
+    def advance(self, now_s: float = 0.0) -> int:
+        """Finish one decode step at ``now_s`` (without prefill): every active sequence gains a token; finished
+        ones leave. Returns how many left."""
         self._context += 1
         self._left -= 1
+        self._first = np.where(np.isnan(self._first), now_s, self._first)
+        return self._retire(now_s)
+
+    def _retire(self, now_s: float) -> int:
         keep = self._left > 0
         finished = int((~keep).sum())
-        self._context, self._left, self._reserved = self._context[keep], self._left[keep], self._reserved[keep]
+        if finished and self.on_finish is not None:
+            for k in np.flatnonzero(~keep):
+                self.on_finish(RequestRecord(int(self._id[k]), float(self._arrival[k]),
+                                             int(self._reserved[k] - self._output[k]), int(self._output[k]),
+                                             float(self._start[k]), float(self._first[k]), float(now_s)))
+        if finished:
+            self._context, self._left, self._reserved = self._context[keep], self._left[keep], self._reserved[keep]
+            self._id, self._arrival, self._output = self._id[keep], self._arrival[keep], self._output[keep]
+            self._start, self._first = self._start[keep], self._first[keep]
+            self._pending, self._decoding = self._pending[keep], self._decoding[keep]
         return finished
+
+    # ---- with prefill ------------------------------------------------------------------------------------------
+    def prefill_chunks(self, token_budget: int | None) -> list[PrefillChunk]:
+        """The prompt tokens to prefill in the next step, in admission order: every pending prompt whole
+        (``token_budget`` None), or up to ``token_budget`` tokens, the last sequence's chunk cut to fit."""
+        out = []
+        left = token_budget
+        for k in np.flatnonzero(self._pending > 0):
+            pending = int(self._pending[k])
+            new = pending if left is None else min(pending, left)
+            if new <= 0:
+                break
+            prompt = int(self._context[k])
+            out.append(PrefillChunk(int(k), prompt - pending, new, prompt))
+            if left is not None:
+                left -= new
+        return out
+
+    def decode_contexts(self, decode: bool = True) -> np.ndarray:
+        """Contexts of the sequences whose prompt is prefilled (they decode in the step about to start; the step
+        is the one ``end_step`` finishes); ``decode=False``: none decode in it (a prefill-first step)."""
+        self._decoding = (self._pending == 0) & ~np.isnan(self._first) & decode
+        return self._context[self._decoding]
+
+    def begin_step(self, now_s: float, chunks: list[PrefillChunk]) -> None:
+        """A step starts at ``now_s`` with ``chunks``: the first step of a sequence is its start."""
+        for c in chunks:
+            if np.isnan(self._start[c.index]):
+                self._start[c.index] = now_s
+
+    def end_step(self, now_s: float, chunks: list[PrefillChunk]) -> int:
+        """Finish a step at ``now_s``: the sequences that decoded in it (``decode_contexts``) gain a token; the
+        chunks are prefilled, and a completed prompt gives its first token. Finished requests leave; returns how
+        many."""
+        d = self._decoding
+        self._context[d] += 1
+        self._left[d] -= 1
+        for c in chunks:
+            self._pending[c.index] -= c.new
+            if self._pending[c.index] == 0:
+                self._first[c.index] = now_s
+                self._left[c.index] -= 1
+        self._decoding = np.zeros(self._context.size, dtype=bool)
+        return self._retire(now_s)

@@ -10,6 +10,7 @@ from sim.io import check_output_file, write_text_atomic
 from sim.options import add_arguments, specs
 from sim.report import summary
 from sim.run import simulate_traced
+from sim.serving import request_log_format
 from sim.systems import SYSTEMS
 
 HELP = "simulate one configuration and print a summary"
@@ -55,14 +56,20 @@ def add_parser(sub) -> None:
     p.add_argument("--step-log", metavar="FILE",
                    help="write one CSV line per decode step to FILE as the run goes (step, start_s, latency_s, "
                         "analytic_s, exact, n_seqs, kv_tokens; docs/metrics.md)")
+    p.add_argument("--request-log", metavar="FILE",
+                   help="write one record per finished request to FILE (.csv or .jsonl) as the run goes: arrival, "
+                        "start, first token, finish, queueing delay, TTFT, TPOT, end-to-end latency "
+                        "(docs/metrics.md, \"Requests\")")
 
 
 def run(args) -> int:
     cfg = config_from_args(args)
-    for out in (args.json_out, args.trace_out, args.step_log):
+    if args.request_log:
+        request_log_format(args.request_log)
+    for out in (args.json_out, args.trace_out, args.step_log, args.request_log):
         if out:
             check_output_file(out)
-    result, spans = simulate_traced(cfg, step_log=args.step_log)
+    result, spans = simulate_traced(cfg, step_log=args.step_log, request_log=args.request_log)
     print(summary(result))
     if args.json_out:
         write_text_atomic(args.json_out, result.to_json())

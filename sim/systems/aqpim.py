@@ -25,8 +25,15 @@ changes is what each channel stores and does (the paper's own dataflow is not pu
 
 Per-query work (tables, bins x centroids) does not depend on context while per-token work streams 2M code bytes
 instead of 4 x head_dim: below some context AQPIM does not pay off. Codebook training (k-means on the prefill
-K/V, on the GPU) and the codebooks' transfer into PIM happen once per request at prefill: reported in the
-Result details, not in decode steps.
+K/V) and the codebooks' transfer into PIM happen once per request at prefill. Without prefill in the timeline
+(run setting ``prefill = "none"``) they are reported in the Result details only
+(``prefill_codebook_s_per_request``); with it they are work in the timeline (``prefill_plan``): on the GPU, in
+the step that completes the prompt, each layer's k-means iterations (``kmeans_iters`` passes of distances to the
+K centroids of every sub-space, GEMM-like, compute-bound) and the quantization (one more assignment pass) run
+after the layer's prefill kernels, then the layer's codes, codebooks and FP16 window cross the device link into
+PIM while the next layer computes. The GPU was chosen over PIM for training because k-means over the whole
+prompt is dense compute that the GPU does at hundreds of TFLOP/s; PIM's near-bank units are sized for streaming.
+Earlier chunks of a chunked prompt wait in GPU memory until the prompt completes (k-means needs all its tokens).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from hw_models import gpu as gpu_model
 from hw_models import pim as pim_model
 from sim.errors import ConfigError
 from sim.options import option
-from sim.systems.base import Capacity, Devices, StepBatch
+from sim.systems.base import PREFILL, Capacity, Devices, PrefillPlan, StepBatch
 from sim.systems.pim import PimDeviceOptions, PimSystem
 from sim.topology import GPU, PIM
 from workloads.errors import WorkloadError
@@ -133,6 +140,33 @@ class AqpimSystem(PimSystem):
                  * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded * pq.k * m.head_dim)
         train = gpu_model.kernel_time_s(self.machine.params.gpu, flops, 2 * coded * m.kv_bytes_per_token)
         return train + self.machine.topology.route(GPU, PIM).time_s(m.n_kv_heads * pq.pim_unit_fixed_bytes(m))
+
+    def prefill_works(self, coded_tokens: int) -> tuple:
+        """Per layer, on the GPU: k-means training (``kmeans_iters`` assignment passes) and the quantization
+        (one more) of ``coded_tokens`` tokens' K and V in every KV head: ``QUANTIZE_FLOPS_PER_ELEMENT`` per
+        element and centroid; each pass reads the tokens' K/V once."""
+        m, pq, g = self.model, self.pq, self.machine.params.gpu
+        pass_flops = 2 * m.n_kv_heads * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded_tokens * pq.k * m.head_dim
+        pass_bytes = coded_tokens * m.kv_bytes_per_token_per_layer
+        if coded_tokens <= 0:
+            return ()
+        return (gpu_model.kernel(g, f"{PREFILL}.kmeans", self.options.kmeans_iters * pass_flops,
+                                 self.options.kmeans_iters * pass_bytes),
+                gpu_model.kernel(g, f"{PREFILL}.quantize", pass_flops, pass_bytes + coded_tokens * m.n_kv_heads
+                                 * pq.pim_token_bytes_per_head(m)))
+
+    def prefill_plan(self, chunks, resident: StepBatch) -> PrefillPlan:
+        """GPU prefill; for the prompts the step completes, k-means and quantization per layer on the GPU, then
+        per layer their codes, codebooks and exact window over the device link into PIM (module docstring)."""
+        base = super().prefill_plan(chunks, resident)
+        m, pq = self.model, self.pq
+        done = [c for c in chunks if c.completes]
+        coded = sum(max(0, c.prompt - self.window) for c in done)
+        exact = sum(min(c.prompt, self.window) for c in done)
+        stored = (coded * self.pim_bytes_per_token() + len(done) * m.n_kv_heads * pq.pim_unit_fixed_bytes(m)
+                  + exact * m.kv_bytes_per_token)
+        return PrefillPlan(base.layer + self.prefill_works(coded), base.head, base.tokens,
+                           store_bytes=stored / m.n_layers, store_src=GPU, store_dst=PIM)
 
     def capacity(self, kv_bytes: float, peak: StepBatch) -> Capacity:
         cap = super().capacity(kv_bytes, peak)

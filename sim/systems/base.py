@@ -11,7 +11,13 @@ everything about it:
 * ``step(plan)``: the discrete-event step, a SimPy process generator on a ``Machine``;
 * ``estimate(plan)``: the closed-form twin, exact for a single chain, else a lower bound;
 * ``capacity(kv_bytes, peak)`` and ``token_budget(max_batch)``: where the KV cache lives, whether it fits, and
-  how many KV tokens admission may allow.
+  how many KV tokens admission may allow;
+* prefill (run setting ``prefill`` = first or chunked; docs/design-notes.md, "Prefill"): ``prefill_plan(chunks,
+  resident)`` the prompt chunks' work, ``prefill(plan)`` its process and ``prefill_estimate(plan)`` its closed
+  form. The base class runs every layer's prefill kernels on the GPU (``workloads.opgraph.prefill_layer_ops``)
+  and sends the new K/V of each layer, as the layer ends, to where the system keeps them (``PrefillPlan``:
+  bytes and route per layer; none here, where the cache is in GPU memory). A system changes what goes where by
+  overriding ``prefill_plan``.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from typing import ClassVar
 
 import numpy as np
 
+from hw_models import gpu as gpu_model
 from hw_models.component import Work
 from hw_models.pim import PimDeviceParams
 from sim.options import NoOptions, Options
 from workloads.models import ModelSpec
+from workloads.opgraph import PREFILL_OPS, head_op, prefill_layer_ops
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,47 @@ class Devices:
     pim_trace_lanes: int = 0  # PIM channels drawn one per lane in traces
 
 
+PREFILL = "prefill"  # span kinds of prefill work start with this ("prefill.attention", "prefill.kv_store")
+
+
+@dataclass(frozen=True)
+class PrefillPlan:
+    """One prefill step's work, the same in every layer: optional weight bytes to fetch before the layer
+    (``fetch_bytes`` from ``fetch_src``, synchronously), the layer's GPU kernels, then ``store_bytes`` of K/V
+    (or codes) sent from ``store_src`` to ``store_dst`` without waiting, while the next layer computes; after the
+    last layer the LM head for the sequences whose prompt completes. The step ends when the GPU is done and every
+    store has landed."""
+
+    layer: tuple[Work, ...]
+    head: tuple[Work, ...]
+    tokens: int
+    store_bytes: float = 0.0
+    store_src: str = "gpu"
+    store_dst: str = "gpu"
+    fetch_bytes: float = 0.0
+    fetch_src: str = "gpu"
+
+
+def prefill_gpu_works(gpu, model: ModelSpec, chunks) -> tuple[tuple[Work, ...], tuple[Work, ...]]:
+    """(per-layer kernels, LM-head kernel) of prefilling ``chunks`` on the GPU; span kinds ``prefill.<op>``."""
+    ops = prefill_layer_ops(model, chunks)
+    layer = tuple(gpu_model.op_kernel(gpu, f"{PREFILL}.{name}", ops[name]) for name in PREFILL_OPS)
+    done = sum(1 for c in chunks if c.completes)
+    head = (gpu_model.op_kernel(gpu, f"{PREFILL}.lm_head", head_op(model, done)),) if done else ()
+    return layer, head
+
+
+def prefill_pipeline_s(n_layers: int, compute_s: float, store_s: float, head_s: float) -> float:
+    """Closed form of a ``PrefillPlan`` alone on the machine: L layers of ``compute_s`` on the GPU, each followed
+    by a store of ``store_s`` on one link (a FIFO queue: store k starts when layer k ends and store k-1 has
+    landed), then the head (``head_s``) after the last layer. Store k lands at c + x + (k - 1) max(c, x); the GPU
+    ends at L c + h."""
+    gpu_end = n_layers * compute_s + head_s
+    if store_s <= 0:
+        return gpu_end
+    return max(gpu_end, compute_s + store_s + (n_layers - 1) * max(compute_s, store_s))
+
+
 class System:
     """Base class; see the module docstring for what a subclass declares and implements."""
 
@@ -110,6 +159,40 @@ class System:
 
     def token_budget(self, max_batch: int) -> int | None:
         return None
+
+    # ---- prefill ---------------------------------------------------------------------------------------------
+    def prefill_plan(self, chunks, resident: StepBatch) -> PrefillPlan:
+        """The work of prefilling ``chunks`` (``workloads.traces.PrefillChunk``); ``resident``: every active
+        sequence at the context it will have, for systems whose placement depends on the whole batch. Here: the
+        K/V stay in GPU memory."""
+        layer, head = prefill_gpu_works(self.machine.params.gpu, self.model, chunks)
+        return PrefillPlan(layer, head, sum(c.new for c in chunks))
+
+    def prefill(self, plan: PrefillPlan):
+        """Process: the prefill step of ``plan`` (see ``PrefillPlan``)."""
+        m = self.machine
+        stores = []
+        for _ in range(self.model.n_layers):
+            if plan.fetch_bytes > 0:
+                yield m.transfer(plan.fetch_src, "gpu", plan.fetch_bytes, f"{PREFILL}.weight_fetch")
+            yield m.gpu.run(plan.layer)
+            if plan.store_bytes > 0:
+                stores.append(m.transfer(plan.store_src, plan.store_dst, plan.store_bytes, f"{PREFILL}.kv_store"))
+        if plan.head:
+            yield m.gpu.run(plan.head)
+        if stores:
+            yield m.env.all_of(stores)
+
+    def prefill_estimate(self, plan: PrefillPlan) -> Estimate:
+        """``prefill_pipeline_s``: exact alone on the machine when the weight fetches and the stores use
+        different link resources (or one of them is absent), else a lower bound."""
+        topo = self.machine.topology
+        fetch = topo.route(plan.fetch_src, "gpu") if plan.fetch_bytes > 0 else None
+        store = topo.route(plan.store_src, plan.store_dst) if plan.store_bytes > 0 else None
+        compute = total_s(plan.layer) + (fetch.time_s(plan.fetch_bytes) if fetch else 0.0)
+        x = store.time_s(plan.store_bytes) if store else 0.0
+        shared = bool(fetch and store and set(fetch.resources) & set(store.resources))
+        return Estimate(prefill_pipeline_s(self.model.n_layers, compute, x, total_s(plan.head)), exact=not shared)
 
 
 def total_s(works: tuple[Work, ...]) -> float:

@@ -39,7 +39,7 @@ from hw_models.machine import MachineParams
 from hw_models.params import override
 from sim.errors import ConfigError
 from sim.options import Options, option
-from sim.systems.base import Capacity, Estimate, StepBatch, System, gib, total_s
+from sim.systems.base import Capacity, Estimate, PrefillPlan, StepBatch, System, gib, total_s
 from sim.topology import GPU, HOST_DRAM, Topology
 from workloads.models import ModelSpec
 from workloads.opgraph import head_op, layer_ops
@@ -380,6 +380,23 @@ class OffloadSystem(System):
             yield from self._step_prefetch(c)
         else:
             yield from self._step_sync(c)
+
+    # ---- prefill ---------------------------------------------------------------------------------------------
+    def prefill_plan(self, chunks, resident: StepBatch) -> PrefillPlan:
+        """The GPU prefills; per layer the host share (1 - kv_gpu_fraction, the placement of the ``resident``
+        batch) of the new K/V goes to host DRAM over PCIe device-to-host, and the streamed share of the layer's
+        weights comes first host-to-device, as in a decode step."""
+        base = super().prefill_plan(chunks, resident)
+        pl = self.plan(resident).placement
+        new_kv = sum(c.new for c in chunks) * self.model.kv_bytes_per_token_per_layer
+        return PrefillPlan(base.layer, base.head, base.tokens, store_bytes=(1.0 - pl.kv_fraction) * new_kv,
+                           store_src=GPU, store_dst=HOST_DRAM,
+                           fetch_bytes=(1.0 - pl.weights_fraction) * self.model.layer_weight_bytes,
+                           fetch_src=HOST_DRAM)
+
+    def prefill(self, plan: PrefillPlan):
+        self._dram_energy(self.model.n_layers * (plan.store_bytes + plan.fetch_bytes))
+        yield from super().prefill(plan)
 
     def _dram_energy(self, nbytes: float) -> None:
         self.machine.tracer.add_energy(HOST_DRAM, nbytes * self.machine.params.host_dram.energy_per_byte_j)

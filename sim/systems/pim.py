@@ -44,7 +44,18 @@ from hw_models.component import Work
 from hw_models.params import override
 from sim.errors import ConfigError
 from sim.options import Options, option
-from sim.systems.base import Capacity, Devices, Estimate, StepBatch, System, excess, gib, share, total_s
+from sim.systems.base import (
+    Capacity,
+    Devices,
+    Estimate,
+    PrefillPlan,
+    StepBatch,
+    System,
+    excess,
+    gib,
+    share,
+    total_s,
+)
 from sim.topology import GPU, HOST_DRAM, PIM
 from workloads.errors import WorkloadError
 from workloads.kvformats import KvFormat, accuracy_entry, parse_format
@@ -325,6 +336,17 @@ class PimSystem(System):
             if options.channels is not None:
                 pim = override(pim, channels=options.channels)
         return Devices(pim=pim, pim_trace_lanes=options.trace_channels)
+
+    # ---- prefill ---------------------------------------------------------------------------------------------
+    def prefill_plan(self, chunks, resident: StepBatch) -> PrefillPlan:
+        """The GPU prefills; per layer the chunks' new K/V (in the KV format's stored size) go over the device
+        link into PIM. Writing them into the channels is not timed (the channels' internal bandwidth is many times
+        the link's); the spill policy's host share is not modelled at prefill (docs/design-notes.md, "Prefill")."""
+        base = super().prefill_plan(chunks, resident)
+        tokens = sum(c.new for c in chunks)
+        return PrefillPlan(base.layer, base.head, base.tokens,
+                           store_bytes=tokens * self.pim_bytes_per_token() / self.model.n_layers,
+                           store_src=GPU, store_dst=PIM)
 
     # ---- storage ---------------------------------------------------------------------------------------------
     def pim_bytes_per_token(self) -> float:
