@@ -67,6 +67,8 @@ def unsupported_reason(cfg: RunConfig) -> str | None:
         return "a trace file's arrivals make admission depend on simulated time"
     if cfg.requests is not None and cfg.arrival_rate_per_s > 0:
         return "Poisson arrivals (arrival_rate_per_s > 0) make admission depend on simulated time"
+    if cfg.prefill != "none":
+        return f"prefill = {cfg.prefill!r} is simulated in the timeline, and its closed form is not folded here"
     return None
 
 

@@ -102,6 +102,7 @@ def test_estimate_point_is_a_result_marked_analytic(tiny):
 @pytest.mark.parametrize("settings_, reason", [
     ({"requests": 3, "arrival_rate_per_s": 2.0}, "Poisson arrivals"),
     ({"requests": 3}, None),
+    ({"prefill": "first", "batch": 2, "context": 1024}, "prefill = 'first' is simulated in the timeline"),
 ])
 def test_what_needs_the_engine_is_refused(settings_, reason):
     cfg = make_config(**settings_)
