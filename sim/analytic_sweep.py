@@ -46,7 +46,8 @@ from sim.errors import ConfigError
 from sim.options import specs
 from sim.results import RESULT_SCHEMA_VERSION, Result
 from sim.run import _admission, _capacity, _non_finite, _power_cap_warning, build_requests, static_power_w
-from sim.stats import StepStats
+from sim.serving import request_fields
+from sim.stats import RequestStats, StepStats
 from sim.systems import SYSTEMS
 from sim.systems.aqpim import AqpimSystem
 from sim.systems.base import StepBatch, System
@@ -214,7 +215,9 @@ class Evaluator:
         requests, warnings = build_requests(cfg, np.random.default_rng(cfg.seed))
         max_batch = cfg.effective_max_batch
         budget = system.token_budget(max_batch)
-        batcher = ContinuousBatcher(requests, max_batch)
+        reqs = RequestStats(cfg.slo_ttft_s, cfg.slo_tpot_s)  # request metrics, as the run folds them
+        batcher = ContinuousBatcher(requests, max_batch, on_finish=reqs.add)
+        now = 0.0
         step_cap = cfg.steps if cfg.uses_requests else None
         stats = StepStats()
         traced: list[float] = []
@@ -224,7 +227,7 @@ class Evaluator:
         link_bytes: dict = {}
         busy = np.zeros(topology.pim.channels) if topology.pim is not None else None
         while not batcher.done and (step_cap is None or stats.steps < step_cap):
-            batcher.admit(0.0, budget)
+            batcher.admit(now, budget)
             contexts = batcher.contexts()
             batch = StepBatch.from_contexts(model, contexts)
             c = self.step(s, batch)
@@ -243,7 +246,8 @@ class Evaluator:
                     link_bytes[k] = link_bytes.get(k, 0.0) + v
             if busy is not None and c.channel_busy_s is not None:
                 busy += c.channel_busy_s
-            batcher.advance()
+            now += c.latency_s
+            batcher.advance(now)
 
         longest = batcher.max_request_tokens
         if longest > model.max_context:
@@ -298,7 +302,8 @@ class Evaluator:
             ttnt_mean_s=stats.token_latency_sum_s / tokens if tokens else 0.0,
             step_latency_min_s=stats.latency_min_s if steps else 0.0, step_latency_max_s=stats.latency_max_s,
             peak_batch=stats.peak_batch, peak_kv_tokens=peak.kv_tokens if peak else 0,
-            analytic_max_rel_gap=0.0, analytic_max_rel_undershoot=0.0, traced_step_latency_s=traced)
+            analytic_max_rel_gap=0.0, analytic_max_rel_undershoot=0.0, traced_step_latency_s=traced,
+            **request_fields(reqs, wall_s))
         bad = _non_finite(out, "result")
         if bad:
             raise RuntimeError(f"bug: non-finite values in {', '.join(bad[:5])} (config {out['config']})")
@@ -611,8 +616,10 @@ def _take(it, n: int) -> list:
 # Fields compared by ``check_points``: latency and throughput (bounds at bound points), then the ones that are
 # exact whatever the schedule.
 TIMED_FIELDS = ("mean_step_latency_s", "total_time_s", "step_latency_min_s", "step_latency_max_s", "ttnt_p50_s",
-                "ttnt_p90_s", "ttnt_p99_s", "ttnt_mean_s", "tokens_per_s")
-EXACT_FIELDS = ("tokens", "steps", "peak_batch", "peak_kv_tokens", "kv_bytes")
+                "ttnt_p90_s", "ttnt_p99_s", "ttnt_mean_s", "tokens_per_s", "ttft_mean_s", "ttft_p99_s", "tpot_mean_s",
+                "tpot_p99_s", "e2e_mean_s", "e2e_p99_s", "request_tokens_per_s", "goodput_tokens_per_s")
+EXACT_FIELDS = ("tokens", "steps", "peak_batch", "peak_kv_tokens", "kv_bytes", "requests_completed",
+                "request_output_tokens")
 
 
 def compare_result(analytic: dict, simulated: dict) -> dict:
