@@ -29,7 +29,7 @@ from hw_models import pim as pim_presets
 from hw_models.loading import did_you_mean, read_toml
 from sim.analytic_sweep import Evaluator, estimate_point
 from sim.config import SHARED, RunConfig, from_mapping
-from sim.errors import ConfigError
+from sim.errors import INPUT_ERRORS, ConfigError
 from sim.explain import explain_result
 from sim.options import check_value, flag_of, specs
 from sim.results import Result, config_labels
@@ -545,12 +545,12 @@ def sweep(raw: dict, ws: Workspace, engine: Engine) -> dict:
         for label in state.variants:
             try:
                 (_, cfg), = prepare(state, ws, {key: x}, [label]).configs
-            except ConfigError as e:
+                r = engine.estimate(cfg)
+            except INPUT_ERRORS as e:
                 series[label].append(None)
                 fits[label].append(False)
-                notes.setdefault(label, str(e))
+                notes.setdefault(label, ws.clean(f"{key} = {x:g}: {e}"))
                 continue
-            r = engine.estimate(cfg)
             series[label].append(r.mean_step_latency_s)
             fits[label].append(r.fits)
             if r.fits and (best is None or r.mean_step_latency_s < best[1]):
