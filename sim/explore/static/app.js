@@ -342,7 +342,7 @@ function barChart(svg, items, { log = false, fmt = fmtTime } = {}) {
   items.forEach((it, i) => {
     const y = top + i * rowH;
     el("text", { x: left - 6, y: y + 15, "text-anchor": "end" }, svg, it.label);
-    el("rect", { x: left, y: y + 3, width: Math.max(1, x(it.value) - left), height: rowH - 6, fill: it.color, opacity: it.fits === false ? 0.35 : 1 }, svg)
+    el("rect", { x: left, y: y + 3, width: Math.max(1, x(it.value) - left), height: rowH - 6, fill: it.color, opacity: it.fits === false ? 0.35 : 1, "data-label": it.label, "data-value": String(it.value) }, svg)
       .append(el("title", {}, null, `${it.label}: ${fmt(it.value)}`));
     el("text", { x: x(it.value) + 4, y: y + 15, class: "value" }, svg, fmt(it.value) + (it.fits === false ? " (does not fit)" : ""));
   });
