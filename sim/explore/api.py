@@ -435,9 +435,9 @@ def estimate(raw: dict, ws: Workspace, engine: Engine) -> dict:
                      "exact": r.analytic_exact, "tokens_per_s": r.tokens_per_s, "fits": r.fits,
                      "fit_reasons": r.fit_reasons, "energy_per_token_j": _energy(r),
                      "energy_dynamic_per_token_j": r.energy_dynamic_per_token_j, "kv_bytes": r.kv_bytes,
-                     "kv_location": r.kv_location, "peak_batch": r.peak_batch, "capacity": _capacity_row(r),
-                     "accuracy": accuracy_of(r), "warnings": [ws.clean(w) for w in r.warnings],
-                     "command": command, "toml": toml})
+                     "kv_location": r.kv_location, "peak_batch": r.peak_batch, "batch": r.batch,
+                     "capacity": _capacity_row(r), "accuracy": accuracy_of(r),
+                     "warnings": [ws.clean(w) for w in r.warnings], "command": command, "toml": toml})
     return {"rows": rows, "files": prep.files, "winner": _winner(rows, "step_latency_s")}
 
 

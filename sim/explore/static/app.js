@@ -385,7 +385,7 @@ function stackedChart(svg, items, { fmt = fmtTime, log = false } = {}) {
 
 function drawEstimate(est) {
   const thead = $("#estimate thead"), tbody = $("#estimate tbody");
-  thead.innerHTML = "<tr><th>variant</th><th>step latency</th><th>tokens/s</th><th>fits</th><th>energy/token</th><th>KV cache</th><th>where</th></tr>";
+  thead.innerHTML = "<tr><th>variant</th><th>step latency</th><th>tokens/s</th><th>fits</th><th>admitted</th><th>energy/token</th><th>KV cache</th><th>where</th></tr>";
   tbody.innerHTML = "";
   const notes = [];
   for (const r of est.rows) {
@@ -397,6 +397,7 @@ function drawEstimate(est) {
       [fmtTime(r.step_latency_s) + (r.exact ? "" : " ≥"), "lat", r.step_latency_s],
       [fmtNum(r.tokens_per_s, 1), "tps", r.tokens_per_s],
       [r.fits ? "yes" : "no", "fits", r.fits],
+      [`${r.peak_batch} of ${r.batch}`, "admitted", r.peak_batch],
       [r.energy_per_token_j === null ? "–" : fmtNum(r.energy_per_token_j, 3) + " J", "energy", r.energy_per_token_j],
       [fmtBytes(r.kv_bytes), "kv", r.kv_bytes],
       [r.kv_location, "where", r.kv_location],
