@@ -10,13 +10,18 @@ everything about it:
 * ``plan(batch)``: the step's work from the pure cost functions, computed once and used by both views;
 * ``step(plan)``: the discrete-event step, a SimPy process generator on a ``Machine``;
 * ``estimate(plan)``: the closed-form twin, exact for a single chain, else a lower bound;
+* ``plan_key(batch)`` and ``plan_cache_size``: what of the batch the plan reads (plans and closed forms are cached
+  on it, ``sim.fastpath``), and how many plans to keep;
+* ``segments(plan)`` (optional): the step as runs of identical layers, each starting and ending with every resource
+  idle, so that all but the first run of each are replayed (``sim.fastpath``); None (the default): the step is
+  always simulated in full;
 * ``capacity(kv_bytes, peak)`` and ``token_budget(max_batch)``: where the KV cache lives, whether it fits, and
   how many KV tokens admission may allow.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Generator, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -94,8 +99,23 @@ class System:
         """The devices to build the machine with; ``pim`` replaces the PIM device the options name."""
         return Devices()
 
+    # Plans (and their closed forms and replayed segments) kept by ``sim.fastpath.Stepper``, least recently used out.
+    plan_cache_size: ClassVar[int] = 256
+
+    def plan_key(self, batch: StepBatch) -> Hashable:
+        """What of ``batch`` the plan reads: plans and closed forms are cached on it. The default is all of it
+        (every sequence's attended tokens and the longest context); a system whose plan reads less says so."""
+        kept = None if batch.kept is None else batch.kept.tobytes()
+        return batch.n_seqs, batch.kv_tokens, batch.max_context, kept
+
     def plan(self, batch: StepBatch):
         raise NotImplementedError
+
+    def segments(self, plan) -> tuple[tuple[Callable[[], Generator], int], ...] | None:
+        """The step as (generator function, count) pairs run in order, each run ``count`` times in a row; every run
+        must start and end with every resource idle and nothing else in flight, and ``step`` must do exactly this.
+        None: not such a chain (overlapping layers, concurrent sub-batches); the step is always simulated in full."""
+        return None
 
     def step(self, plan):
         raise NotImplementedError

@@ -494,15 +494,29 @@ class PimSystem(System):
         yield env.all_of([env.process(self._layers(plan)) for plan in step.plans])
         yield self.machine.gpu.run(step.head)
 
+    def segments(self, step: PimStepPlan):
+        """One (sub-)batch: every layer the same chain (forks to the PIM path, the spill path and the link chunks
+        joined before the merge), then the LM head: replayable. Sub-batches overlap each other: None."""
+        if len(step.plans) != 1:
+            return None
+        plan = step.plans[0]
+        return (lambda: self._layer(plan), self.model.n_layers), (lambda: self._head(step), 1)
+
+    def _head(self, step: PimStepPlan):
+        yield self.machine.gpu.run(step.head)
+
     def _layers(self, plan: PimPlan):
-        m, env = self.machine, self.machine.env
         for _ in range(self.model.n_layers):
-            yield m.gpu.run(plan.pre)
-            paths = [env.process(self._pim_path(plan))]
-            if plan.spill_fetch_bytes > 0:
-                paths.append(env.process(self._spill_path(plan)))
-            yield env.all_of(paths)
-            yield m.gpu.run(plan.merge_post)
+            yield from self._layer(plan)
+
+    def _layer(self, plan: PimPlan):
+        m, env = self.machine, self.machine.env
+        yield m.gpu.run(plan.pre)
+        paths = [env.process(self._pim_path(plan))]
+        if plan.spill_fetch_bytes > 0:
+            paths.append(env.process(self._spill_path(plan)))
+        yield env.all_of(paths)
+        yield m.gpu.run(plan.merge_post)
 
     def _pim_path(self, plan: PimPlan):
         m = self.machine
