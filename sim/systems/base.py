@@ -130,6 +130,36 @@ class System:
         return None
 
 
+class SeqsCache(dict):
+    """Values that depend on the batch size alone (weight GEMM kernels, the LM head), kept per batch size: at most
+    one entry per size up to the largest batch, so it never grows with steps."""
+
+    def get_or(self, n_seqs: int, make):
+        v = self.get(n_seqs)
+        if v is None:
+            v = self[n_seqs] = make(n_seqs)
+        return v
+
+
+class GrowingMemo(dict):
+    """A memo that grows only as it pays: it holds ``start`` entries, plus one per hit so far, up to ``limit``
+    (oldest out). Values that never recur (the loads of a fixed batch, whose contexts only grow) keep it small."""
+
+    def __init__(self, start: int = 64, limit: int = 4096):
+        super().__init__()
+        self.start, self.limit, self.hits = start, limit, 0
+
+    def get_or(self, key, make):
+        v = self.get(key)
+        if v is not None:
+            self.hits += 1
+            return v
+        v = self[key] = make()
+        while len(self) > min(self.limit, self.start + self.hits):
+            del self[next(iter(self))]
+        return v
+
+
 def total_s(works: tuple[Work, ...]) -> float:
     return sum(w.duration_s for w in works)
 

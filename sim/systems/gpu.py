@@ -9,7 +9,7 @@ KV cache must fit GPU memory; when they do not, the run is still timed and repor
 from __future__ import annotations
 
 from hw_models import gpu as gpu_model
-from sim.systems.base import Capacity, Estimate, StepBatch, System, gib, total_s
+from sim.systems.base import Capacity, Estimate, SeqsCache, StepBatch, System, gib, total_s
 from workloads.models import ModelSpec
 from workloads.opgraph import head_op, layer_ops
 
@@ -22,17 +22,6 @@ def gpu_costs(params, model: ModelSpec, batch: StepBatch):
     ops = layer_ops(model, batch.n_seqs, batch.kv_tokens)
     layer = tuple(gpu_model.op_kernel(params.gpu, name, ops[name]) for name in LAYER_OPS)
     return layer, (gpu_model.op_kernel(params.gpu, "lm_head", head_op(model, batch.n_seqs)),)
-
-
-class SeqsCache(dict):
-    """Values that depend on the batch size alone (weight GEMM kernels, the LM head), kept per batch size: at most
-    one entry per size up to the largest batch, so it never grows with steps."""
-
-    def get_or(self, n_seqs: int, make):
-        v = self.get(n_seqs)
-        if v is None:
-            v = self[n_seqs] = make(n_seqs)
-        return v
 
 
 class GpuSystem(System):

@@ -44,7 +44,19 @@ from hw_models.component import Work
 from hw_models.params import override
 from sim.errors import ConfigError
 from sim.options import Options, option
-from sim.systems.base import Capacity, Devices, Estimate, StepBatch, System, excess, gib, share, total_s
+from sim.systems.base import (
+    Capacity,
+    Devices,
+    Estimate,
+    GrowingMemo,
+    SeqsCache,
+    StepBatch,
+    System,
+    excess,
+    gib,
+    share,
+    total_s,
+)
 from sim.topology import GPU, HOST_DRAM, PIM
 from workloads.errors import WorkloadError
 from workloads.kvformats import KvFormat, accuracy_entry, parse_format
@@ -52,6 +64,7 @@ from workloads.models import ModelSpec
 from workloads.opgraph import head_op, layer_ops
 
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
+FIXED_OPS = ("qkv_proj", "o_proj", "ffn")  # read no KV: the same kernels for every step of a batch size
 
 
 @dataclass(frozen=True)
@@ -159,8 +172,12 @@ class PimPlan:
     chunks: tuple[LinkChunk, ...] = ()  # the PIM path pipelined over the link (empty: not pipelined)
 
 
-def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChannelParams | None = None) -> Phase:
+def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChannelParams | None = None,
+               memo: dict | None = None) -> Phase:
     """Evaluate ``works_of(*row) -> tuple[Work]`` once per distinct row of per-channel loads.
+
+    ``memo`` (a ``GrowingMemo``): the row's sums kept by (``kind``, rounded row) across steps, for a caller whose
+    ``works_of`` is the same function of the row for a given ``kind``.
 
     Loads are rounded to 1e-3 (of a token, a unit, a vector) first, so that equal stripes that differ only by
     floating-point noise share one evaluation. With ``channel``, its power limit applies: a channel whose mean
@@ -169,16 +186,21 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
     uniq, inv = np.unique(np.round(rows, 3), axis=0, return_inverse=True)
     dur, nbytes, flops, energy = (np.zeros(len(uniq)) for _ in range(4))
     throttle = 1.0
-    for i, row in enumerate(uniq):
+
+    def sums(row):
         works = works_of(*row) if row.any() else ()
-        dur[i] = sum(w.duration_s for w in works)
-        nbytes[i] = sum(w.nbytes for w in works)
-        flops[i] = sum(w.flops for w in works)
-        energy[i] = sum(w.energy_j for w in works)
-        if channel is not None:
-            f = pim_model.power_throttle(channel, energy[i], dur[i])
-            dur[i] *= f
-            throttle = max(throttle, f)
+        d = sum(w.duration_s for w in works)
+        e = sum(w.energy_j for w in works)
+        f = pim_model.power_throttle(channel, e, d) if channel is not None else 1.0
+        return d * f if channel is not None else d, sum(w.nbytes for w in works), sum(w.flops for w in works), e, f
+
+    for i, row in enumerate(uniq):
+        if memo is None:
+            d, b, fl, e, f = sums(row)
+        else:
+            d, b, fl, e, f = memo.get_or((kind, *row.tolist()), lambda row=row: sums(row))
+        dur[i], nbytes[i], flops[i], energy[i] = d, b, fl, e
+        throttle = max(throttle, f)
     inv = inv.ravel()
     counts = np.bincount(inv, minlength=len(uniq))
     return Phase(kind, dur[inv], float(nbytes @ counts), float(flops @ counts), float(energy @ counts),
@@ -281,6 +303,8 @@ class PimSystem(System):
         # codes its new tokens in PIM (into the exact window whose room is reserved per sequence, if it has one).
         self.new_tokens_spill = self.fmt.kind == "fp16"
         self.power_throttle = 1.0  # largest stretch of channel work by the power cap over the run's steps
+        self._row_memo = GrowingMemo()  # a channel's work per distinct (rounded) load, across steps
+        self._fixed = SeqsCache()       # GPU kernels that read no KV, per batch size
 
     def kv_format(self) -> KvFormat:
         return self.options.fmt
@@ -345,10 +369,11 @@ class PimSystem(System):
 
         rows = np.column_stack([tokens, present, new])
         kind = f"{self.name}.attention"
+        memo = self._row_memo
         if self.options.softmax == "host":
-            return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax, ch),
-                    bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax, ch))
-        return (bank_phase(kind, rows, lambda t, u, v: works(t, u, v).all, ch),)
+            return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax, ch, memo),
+                    bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax, ch, memo))
+        return (bank_phase(kind, rows, lambda t, u, v: works(t, u, v).all, ch, memo),)
 
     def down_bytes(self, batch: StepBatch, spilling: bool) -> float:
         m = self.model
@@ -398,10 +423,11 @@ class PimSystem(System):
         if opts.link_chunks > 1 and len(phases) == 1:  # a host softmax splits the path: not pipelined
             q_bytes = batch.n_seqs * m.q_dim * e
             chunks = self.link_chunks(placement, units, phases[0], spill, new_to_host, q_bytes, down - q_bytes)
+        qkv, o_proj, ffn = self._fixed.get_or(batch.n_seqs, lambda _: tuple(kernel(n, ops[n]) for n in FIXED_OPS))
         return PimPlan(
-            pre=(kernel("qkv_proj", ops["qkv_proj"]),), down_bytes=down,
+            pre=(qkv,), down_bytes=down,
             phases=phases, mid_up_bytes=mid_up, mid_gpu=mid_gpu, mid_down_bytes=mid_down, up_bytes=up,
-            merge_post=merge + (kernel("o_proj", ops["o_proj"]), kernel("ffn", ops["ffn"])),
+            merge_post=merge + (o_proj, ffn),
             spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn, chunks=chunks)
 
     def link_chunks(self, placement: Placement, units: np.ndarray | None, phase: Phase, spill: float,
@@ -447,8 +473,9 @@ class PimSystem(System):
                                                   + np.arange(self.model.n_kv_heads)[None, :]).ravel()
             plans.append(self.layer_plan(sub, placement, units, spill))
         self.power_throttle = max([self.power_throttle] + [ph.throttle for p in plans for ph in p.phases])
-        h = head_op(self.model, batch.n_seqs)
-        return PimStepPlan(tuple(plans), (gpu_model.op_kernel(self.machine.params.gpu, "lm_head", h),))
+        head = self._fixed.get_or(("head", batch.n_seqs), lambda key: (gpu_model.op_kernel(
+            self.machine.params.gpu, "lm_head", head_op(self.model, key[1])),))
+        return PimStepPlan(tuple(plans), head)
 
     # ---- closed form ---------------------------------------------------------------------------------------------
     def estimate(self, step: PimStepPlan) -> Estimate:
