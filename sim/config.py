@@ -16,6 +16,7 @@ from pathlib import Path
 from hw_models.loading import did_you_mean, read_toml
 from hw_models.machine import DEFAULT_MACHINE
 from sim.errors import ConfigError
+from sim.fastpath import DETAILS
 from sim.options import Options, check_value, flag_of, option, specs
 from sim.systems import SYSTEMS
 from workloads.arrivals import ARRIVAL_PROCESSES, MAX_CV, MIN_CV, LengthDist
@@ -74,6 +75,9 @@ class RunConfig(Options):
     seed: int = option(0, "seed of the run's random generator", minimum=0, limit=2**63 - 1)
     trace_steps: int = option(4, "decode steps whose spans are kept for traces and timelines", minimum=0,
                               maximum=1000, limit=10**6)
+    detail: str = option("auto", "auto: steps after the traced ones replay their identical layers from the first "
+                         "(exact; overlapping schedules always run in full); full: simulate every layer of every "
+                         "step with events", choices=DETAILS)
     allow_large: bool = option(False, "accept values above their sanity bounds (huge batches, contexts, step counts, "
                                "...), up to hard limits")
     options: Options | None = None  # the system's own options; None: its defaults

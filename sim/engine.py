@@ -17,6 +17,13 @@ Energy has two parts (docs/metrics.md, "Energy"). *Dynamic* energy is what the w
 at their energies), recorded with each span or, for parts that do no timed work of their own (DRAM behind a DMA),
 with ``add_energy``. *Static* energy is a device's idle power for as long as it is powered, the whole simulated run:
 ``set_static_power`` declares it, ``energy_static_j(duration_s)`` multiplies it out.
+
+Replay (``sim.fastpath``): a stretch of simulation that starts and ends with nothing busy changes the tracer by a
+``TracerDelta`` (``mark`` before, ``delta_since`` after: per-component and per-kind totals, energy of parts without
+timed work, and the three occupancy totals). ``replay(delta, times, start_s)`` adds that change ``times``
+times, as if the stretch had been simulated again back to back from ``start_s`` on: nothing is open before
+or after it, so its occupancy adds to the totals whatever the time it happens at. Spans are never replayed: steps
+whose spans are kept are simulated in full.
 """
 
 from __future__ import annotations
@@ -93,6 +100,17 @@ class Occupancy:
         if lk > c and lk > m:
             self.exposed_link_s += lk - (c if c > m else m)
 
+    def replay(self, start_s: float, compute_s: float, comm_s: float, link_s: float) -> None:
+        """Intervals from ``start_s`` on that add these amounts to the three totals, with nothing open at
+        ``start_s`` and nothing of theirs open when the next interval arrives (a stretch replayed by
+        ``Tracer.replay``). Their amounts go to the totals at once; the state then says that nothing is busy from
+        ``start_s`` on, which is true of every interval that can come after them."""
+        self._advance(start_s)
+        self.compute_s += compute_s
+        self.exposed_comm_s += comm_s
+        self.exposed_link_s += link_s
+        self.ends_s = [start_s, start_s, start_s]
+
     def _window(self, width_s: float) -> tuple[float, float, float]:
         """(compute, exposed comm, exposed link) in [now, now + width)."""
         now = self.now_s
@@ -105,6 +123,27 @@ class Occupancy:
             return 0.0, 0.0, 0.0
         c, m, lk = self._window(float("inf"))
         return self.compute_s + c, self.exposed_comm_s + m, self.exposed_link_s + lk
+
+
+@dataclass(frozen=True, slots=True)
+class TracerMark:
+    """The tracer's totals at one moment (``Tracer.mark``)."""
+
+    totals: dict
+    kind_busy_s: dict
+    energy_only_j: dict
+    occupancy: tuple[float, float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class TracerDelta:
+    """What a stretch of simulation added to the tracer (``Tracer.delta_since``): per component (busy, bytes, FLOP,
+    energy, count), per kind busy time, energy of parts without timed work, and the occupancy totals."""
+
+    totals: tuple[tuple[str, tuple[float, float, float, float, int]], ...]
+    kind_busy_s: tuple[tuple[str, float], ...]
+    energy_only_j: tuple[tuple[str, float], ...]
+    occupancy: tuple[float, float, float]
 
 
 class Tracer:
@@ -163,6 +202,39 @@ class Tracer:
     def set_static_power(self, component: str, power_w: float) -> None:
         """``component`` draws ``power_w`` for the whole run, busy or not (its idle power)."""
         self.static_power_w[component] = self.static_power_w.get(component, 0.0) + power_w
+
+    # --- replay (sim.fastpath) ---------------------------------------------------------------------------------------
+    def mark(self) -> TracerMark:
+        return TracerMark({c: tuple(t) for c, t in self.totals.items()}, dict(self.kind_busy_s),
+                          dict(self.energy_only_j), self.occupancy.totals())
+
+    def delta_since(self, mark: TracerMark) -> TracerDelta:
+        """What was added since ``mark`` (components, kinds and parts whose totals did not change are left out)."""
+        zero = (0.0, 0.0, 0.0, 0.0, 0)
+        totals = tuple((c, tuple(a - b for a, b in zip(t, mark.totals.get(c, zero), strict=True)))
+                       for c, t in self.totals.items() if tuple(t) != mark.totals.get(c, zero))
+        kinds = tuple((k, v - mark.kind_busy_s.get(k, 0.0)) for k, v in self.kind_busy_s.items()
+                      if v != mark.kind_busy_s.get(k, 0.0))
+        energy = tuple((c, v - mark.energy_only_j.get(c, 0.0)) for c, v in self.energy_only_j.items()
+                       if v != mark.energy_only_j.get(c, 0.0))
+        occ = tuple(a - b for a, b in zip(self.occupancy.totals(), mark.occupancy, strict=True))
+        return TracerDelta(totals, kinds, energy, occ)
+
+    def replay(self, delta: TracerDelta, times: int, start_s: float) -> None:
+        """Add ``delta`` ``times`` times: the stretch it was measured on, repeated back to back from ``start_s``
+        (see the module docstring)."""
+        for c, d in delta.totals:
+            t = self.totals[c]
+            for i in range(5):
+                t[i] += times * d[i]
+        kinds = self.kind_busy_s
+        for k, v in delta.kind_busy_s:
+            kinds[k] = kinds.get(k, 0.0) + times * v
+        energy = self.energy_only_j
+        for c, v in delta.energy_only_j:
+            energy[c] = energy.get(c, 0.0) + times * v
+        c, m, lk = delta.occupancy
+        self.occupancy.replay(start_s, times * c, times * m, times * lk)
 
     # --- summaries ------------------------------------------------------------------------------------------------
     def busy_s(self) -> dict[str, float]:

@@ -1,8 +1,9 @@
 """One simulation: a RunConfig in, a Result out.
 
 The driver process admits requests, forms each step's batch, asks the system for the step's plan (the pure cost
-functions, evaluated once), runs the system's step process on it, and records the step's latency next to the
-plan's closed-form estimate. The simulation's event count grows with steps x layers (x channels for PIM
+functions, evaluated once per distinct batch: ``sim.fastpath.Stepper``), runs the system's step on it (in full, or
+its identical layers replayed from the first: ``detail``), and records the step's latency next to the plan's
+closed-form estimate. The simulation's event count grows with steps x layers (x channels for PIM
 systems), not with context length or bytes.
 
 Memory does not grow with steps: each finished step is folded into streamed aggregates (``sim.stats.StepStats``),
@@ -28,6 +29,7 @@ from hw_models.machine import MachineParams, load_machine
 from hw_models.pim import PimDeviceParams
 from sim.config import DEFAULT_STEPS, RunConfig
 from sim.engine import Span, Tracer
+from sim.fastpath import Stepper
 from sim.io import open_atomic
 from sim.machine import Machine
 from sim.results import STEP_LOG_COLUMNS, Result, StepRow
@@ -161,6 +163,7 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
                                 on_finish=on_finish)
     step_cap = cfg.steps if cfg.uses_requests else None
     log = RunLog(trace_steps=cfg.trace_steps)
+    stepper = Stepper(system, machine, cfg.detail)
 
     def driver(sinks):
         step = 0
@@ -171,11 +174,11 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
                 yield env.timeout(batcher.next_arrival_s() - env.now)
                 continue
             batch = StepBatch.from_contexts(model, contexts)
-            plan = system.plan(batch)
+            entry = stepper.entry(batch)  # the plan and its closed form, once per distinct batch
             tracer.step = step
             t0 = env.now
-            yield env.process(system.step(plan))
-            est = system.estimate(plan)
+            yield from stepper.run(entry)
+            est = entry.estimate
             latency, analytic = float(env.now - t0), float(est.latency_s)
             log.add(batch, latency, analytic, est.exact)
             if sinks:

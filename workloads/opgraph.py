@@ -4,7 +4,8 @@ Nodes carry an ``Op`` (FLOP, bytes of weights, of KV and of activations it reads
 bytes that flow between operators (``nbytes``), which become transfers when a system places the two ends on
 different devices. ``kv_fetch`` and ``kv_append`` are the data-movement nodes of the KV cache: reading the
 batch's K/V from wherever it lives, and storing the new token's K/V there. Everything is a closed-form function of
-the batch size and the total number of KV tokens in the batch, so it is built once per step, never per token.
+the batch size and the total number of KV tokens in the batch, so it is built once per step, never per token;
+``layer_ops`` builds the operators without the graph (a decode step needs them in order, not the graph).
 
 Each operator also says how it divides into independent work (``Parallelism``), which a GPU turns into thread
 blocks and occupancy (``hw_models.gpu.op_shape``): decode attention and softmax are one GEMV-like product per
@@ -56,8 +57,17 @@ class Op:
         return self.weight_bytes + self.kv_bytes + self.act_bytes
 
 
-def layer_graph(model: ModelSpec, n_seqs: int, kv_tokens: int) -> nx.DiGraph:
-    """Operator DAG of one layer for ``n_seqs`` sequences attending ``kv_tokens`` KV tokens in total."""
+# The layer's data flow (the same for every batch; ``_layer`` gives each edge its bytes) and the graph's
+# lexicographical topological order of operators, the order ``layer_ops`` lists them in.
+EDGES = (("qkv_proj", "attn_score"), ("qkv_proj", "kv_append"), ("kv_fetch", "attn_score"),
+         ("kv_fetch", "attn_context"), ("attn_score", "softmax"), ("softmax", "attn_context"),
+         ("attn_context", "o_proj"), ("o_proj", "ffn"))
+OP_ORDER = tuple(nx.lexicographical_topological_sort(nx.DiGraph(EDGES)))
+
+
+def _layer(model: ModelSpec, n_seqs: int, kv_tokens: int) -> tuple[list[Op], list[tuple[str, str, float]]]:
+    """The layer's operators and its (source, target, bytes) edges for ``n_seqs`` sequences attending
+    ``kv_tokens`` KV tokens in total."""
     m, b, t = model, n_seqs, kv_tokens
     e = m.bytes_per_element
     x_bytes = b * m.hidden_size * e          # layer input/output activations
@@ -94,29 +104,30 @@ def layer_graph(model: ModelSpec, n_seqs: int, kv_tokens: int) -> nx.DiGraph:
         Op("ffn", "gemm", 2.0 * b * n_ffn * h * f,
            weight_bytes=n_ffn * h * f * e, act_bytes=2 * x_bytes + b * f * e, parallel=gemms(*ffn_shapes)),
     ]
+    edge_nbytes = (q_bytes, new_kv_bytes, kv_bytes / 2, kv_bytes / 2, score_bytes, score_bytes, q_bytes, x_bytes)
+    return ops, [(u, v, nbytes) for (u, v), nbytes in zip(EDGES, edge_nbytes, strict=True)]
+
+
+def layer_graph(model: ModelSpec, n_seqs: int, kv_tokens: int) -> nx.DiGraph:
+    """Operator DAG of one layer for ``n_seqs`` sequences attending ``kv_tokens`` KV tokens in total."""
+    ops, edges = _layer(model, n_seqs, kv_tokens)
     g = nx.DiGraph()
     for op in ops:
         g.add_node(op.name, op=op)
-    g.add_edge("qkv_proj", "attn_score", nbytes=q_bytes)
-    g.add_edge("qkv_proj", "kv_append", nbytes=new_kv_bytes)
-    g.add_edge("kv_fetch", "attn_score", nbytes=kv_bytes / 2)
-    g.add_edge("kv_fetch", "attn_context", nbytes=kv_bytes / 2)
-    g.add_edge("attn_score", "softmax", nbytes=score_bytes)
-    g.add_edge("softmax", "attn_context", nbytes=score_bytes)
-    g.add_edge("attn_context", "o_proj", nbytes=q_bytes)
-    g.add_edge("o_proj", "ffn", nbytes=x_bytes)
+    for u, v, nbytes in edges:
+        g.add_edge(u, v, nbytes=nbytes)
     return g
 
 
 def layer_ops(model: ModelSpec, n_seqs: int, kv_tokens: int) -> dict[str, Op]:
-    """The layer's operators by name, in a topological order of the graph."""
-    g = layer_graph(model, n_seqs, kv_tokens)
-    return {name: g.nodes[name]["op"] for name in nx.lexicographical_topological_sort(g)}
+    """The layer's operators by name, in a topological order of the graph (``layer_graph``: the same operators,
+    built here without the graph, which a decode step does not need)."""
+    by_name = {op.name: op for op in _layer(model, n_seqs, kv_tokens)[0]}
+    return {name: by_name[name] for name in OP_ORDER}
 
 
 def edge_bytes(model: ModelSpec, n_seqs: int, kv_tokens: int) -> dict[tuple[str, str], float]:
-    g = layer_graph(model, n_seqs, kv_tokens)
-    return {(u, v): d["nbytes"] for u, v, d in g.edges(data=True)}
+    return {(u, v): nbytes for u, v, nbytes in _layer(model, n_seqs, kv_tokens)[1]}
 
 
 def head_op(model: ModelSpec, n_seqs: int) -> Op:

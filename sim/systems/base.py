@@ -10,6 +10,11 @@ everything about it:
 * ``plan(batch)``: the step's work from the pure cost functions, computed once and used by both views;
 * ``step(plan)``: the discrete-event step, a SimPy process generator on a ``Machine``;
 * ``estimate(plan)``: the closed-form twin, exact for a single chain, else a lower bound;
+* ``plan_key(batch)`` and ``plan_cache_size``: what of the batch the plan reads (plans and closed forms are cached
+  on it, ``sim.fastpath``), and how many plans to keep;
+* ``segments(plan)`` (optional): the step as runs of identical layers, each starting and ending with every resource
+  idle, so that all but the first run of each are replayed (``sim.fastpath``); None (the default): the step is
+  always simulated in full;
 * ``capacity(kv_bytes, peak)`` and ``token_budget(max_batch)``: where the KV cache lives, whether it fits, and
   how many KV tokens admission may allow;
 * prefill (run setting ``prefill`` = first or chunked; docs/design-notes.md, "Prefill"): ``prefill_plan(chunks,
@@ -22,7 +27,7 @@ everything about it:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Generator, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -145,8 +150,23 @@ class System:
         """The devices to build the machine with; ``pim`` replaces the PIM device the options name."""
         return Devices()
 
+    # Plans (and their closed forms and replayed segments) kept by ``sim.fastpath.Stepper``, least recently used out.
+    plan_cache_size: ClassVar[int] = 256
+
+    def plan_key(self, batch: StepBatch) -> Hashable:
+        """What of ``batch`` the plan reads: plans and closed forms are cached on it. The default is all of it
+        (every sequence's attended tokens and the longest context); a system whose plan reads less says so."""
+        kept = None if batch.kept is None else batch.kept.tobytes()
+        return batch.n_seqs, batch.kv_tokens, batch.max_context, kept
+
     def plan(self, batch: StepBatch):
         raise NotImplementedError
+
+    def segments(self, plan) -> tuple[tuple[Callable[[], Generator], int], ...] | None:
+        """The step as (generator function, count) pairs run in order, each run ``count`` times in a row; every run
+        must start and end with every resource idle and nothing else in flight, and ``step`` must do exactly this.
+        None: not such a chain (overlapping layers, concurrent sub-batches); the step is always simulated in full."""
+        return None
 
     def step(self, plan):
         raise NotImplementedError
@@ -193,6 +213,36 @@ class System:
         x = store.time_s(plan.store_bytes) if store else 0.0
         shared = bool(fetch and store and set(fetch.resources) & set(store.resources))
         return Estimate(prefill_pipeline_s(self.model.n_layers, compute, x, total_s(plan.head)), exact=not shared)
+
+
+class SeqsCache(dict):
+    """Values that depend on the batch size alone (weight GEMM kernels, the LM head), kept per batch size: at most
+    one entry per size up to the largest batch, so it never grows with steps."""
+
+    def get_or(self, n_seqs: int, make):
+        v = self.get(n_seqs)
+        if v is None:
+            v = self[n_seqs] = make(n_seqs)
+        return v
+
+
+class GrowingMemo(dict):
+    """A memo that grows only as it pays: it holds ``start`` entries, plus one per hit so far, up to ``limit``
+    (oldest out). Values that never recur (the loads of a fixed batch, whose contexts only grow) keep it small."""
+
+    def __init__(self, start: int = 64, limit: int = 4096):
+        super().__init__()
+        self.start, self.limit, self.hits = start, limit, 0
+
+    def get_or(self, key, make):
+        v = self.get(key)
+        if v is not None:
+            self.hits += 1
+            return v
+        v = self[key] = make()
+        while len(self) > min(self.limit, self.start + self.hits):
+            del self[next(iter(self))]
+        return v
 
 
 def total_s(works: tuple[Work, ...]) -> float:

@@ -9,11 +9,12 @@ KV cache must fit GPU memory; when they do not, the run is still timed and repor
 from __future__ import annotations
 
 from hw_models import gpu as gpu_model
-from sim.systems.base import Capacity, Estimate, StepBatch, System, gib, total_s
+from sim.systems.base import Capacity, Estimate, SeqsCache, StepBatch, System, gib, total_s
 from workloads.models import ModelSpec
 from workloads.opgraph import head_op, layer_ops
 
 LAYER_OPS = ("qkv_proj", "attn_score", "softmax", "attn_context", "o_proj", "ffn")
+ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
 
 
 def gpu_costs(params, model: ModelSpec, batch: StepBatch):
@@ -27,19 +28,52 @@ class GpuSystem(System):
     """KV cache in GPU memory: the reference when everything fits."""
 
     name = "gpu"
+    plan_cache_size = 8192  # a plan is 7 kernels: the cache stays a few MB
+
+    def __init__(self, machine, model: ModelSpec, options):
+        super().__init__(machine, model, options)
+        self._fixed = SeqsCache()
+
+    def plan_key(self, batch: StepBatch):
+        return batch.n_seqs, batch.kv_tokens
+
+    def _fixed_kernels(self, n_seqs: int):
+        """The kernels that read no KV (projections, FFN, LM head), which do not change while the batch size
+        does not: the same numbers as ``gpu_costs``."""
+        g = self.machine.params.gpu
+        ops = layer_ops(self.model, n_seqs, 0)
+        return ({name: gpu_model.op_kernel(g, name, ops[name]) for name in LAYER_OPS if name not in ATTENTION_OPS},
+                (gpu_model.op_kernel(g, "lm_head", head_op(self.model, n_seqs)),))
 
     def plan(self, batch: StepBatch):
-        return gpu_costs(self.machine.params, self.model, batch)
+        """``gpu_costs``, with the kernels that read no KV computed once per batch size."""
+        fixed, head = self._fixed.get_or(batch.n_seqs, self._fixed_kernels)
+        ops = layer_ops(self.model, batch.n_seqs, batch.kv_tokens)
+        g = self.machine.params.gpu
+        layer = tuple(fixed[name] if name in fixed else gpu_model.op_kernel(g, name, ops[name])
+                      for name in LAYER_OPS)
+        return layer, head
 
     def estimate(self, plan) -> Estimate:
         layer, head = plan
         return Estimate(self.model.n_layers * total_s(layer) + total_s(head), exact=True)
 
-    def step(self, plan):
+    def segments(self, plan):
         layer, head = plan
-        for _ in range(self.model.n_layers):
-            yield self.machine.gpu.run(layer)
-        yield self.machine.gpu.run(head)
+        gpu = self.machine.gpu
+
+        def one_layer():
+            yield gpu.run(layer)
+
+        def lm_head():
+            yield gpu.run(head)
+
+        return (one_layer, self.model.n_layers), (lm_head, 1)
+
+    def step(self, plan):
+        for segment, count in self.segments(plan):
+            for _ in range(count):
+                yield from segment()
 
     def capacity(self, kv_bytes: float, peak: StepBatch) -> Capacity:
         g, m = self.machine.params.gpu, self.model

@@ -347,6 +347,7 @@ class OffloadSystem(System):
     baseline = True
     what_ifs = ({"prefetch": True}, {"cpu_attention": True, "cpu_kernel": "bandwidth"},
                 {"kv_gpu_fraction": "auto", "weights_gpu_fraction": "auto"})
+    plan_cache_size = 8192  # a plan is a dozen kernels and numbers: the cache stays a few MB
 
     def __init__(self, machine, model: ModelSpec, options: OffloadOptions):
         super().__init__(machine, model, options)
@@ -354,6 +355,9 @@ class OffloadSystem(System):
         self.cpu_attention = options.cpu_attention
         self.kv_fraction = options.kv_fraction
         self.weights_fraction = options.weights_fraction
+
+    def plan_key(self, batch: StepBatch):
+        return batch.n_seqs, batch.kv_tokens
 
     def plan(self, batch: StepBatch) -> OffloadCosts:
         costs = self._costs(batch, self.kv_fraction, self.weights_fraction)
@@ -408,26 +412,40 @@ class OffloadSystem(System):
         self._dram_energy(c.dram_read_bytes)
         yield m.transfer(HOST_DRAM, GPU, c.out_fetch_bytes, "attn_out")
 
+    def segments(self, c: OffloadCosts):
+        """Without prefetch every layer is the same chain (a fork to the host CPU joined before the merge), then the
+        LM head: replayable. With prefetch layers overlap: None."""
+        if self.prefetch:
+            return None
+        return (lambda: self._layer_sync(c), self.model.n_layers), (lambda: self._head_sync(c), 1)
+
     def _step_sync(self, c: OffloadCosts):
+        for segment, count in self.segments(c):
+            for _ in range(count):
+                yield from segment()
+
+    def _layer_sync(self, c: OffloadCosts):
         m, env = self.machine, self.machine.env
-        for _ in range(self.model.n_layers):
-            if c.weight_fetch_bytes > 0:
-                yield m.transfer(HOST_DRAM, GPU, c.weight_fetch_bytes, "weight_fetch")
-            yield m.gpu.run(c.pre)
-            if c.cpu_attn:
-                paths = [env.process(self._host_attention(c))]
-                if c.attn:
-                    paths.append(m.gpu.run(c.attn))
-                yield env.all_of(paths)
-                if c.merge:
-                    yield m.gpu.run(c.merge)
-            else:
-                if c.kv_fetch_bytes > 0:
-                    yield m.transfer(HOST_DRAM, GPU, c.kv_fetch_bytes, "kv_fetch")
-                yield m.gpu.run(c.attn)
-                if c.store_bytes > 0:
-                    yield m.transfer(GPU, HOST_DRAM, c.store_bytes, "kv_append")
-            yield m.gpu.run(c.post)
+        if c.weight_fetch_bytes > 0:
+            yield m.transfer(HOST_DRAM, GPU, c.weight_fetch_bytes, "weight_fetch")
+        yield m.gpu.run(c.pre)
+        if c.cpu_attn:
+            paths = [env.process(self._host_attention(c))]
+            if c.attn:
+                paths.append(m.gpu.run(c.attn))
+            yield env.all_of(paths)
+            if c.merge:
+                yield m.gpu.run(c.merge)
+        else:
+            if c.kv_fetch_bytes > 0:
+                yield m.transfer(HOST_DRAM, GPU, c.kv_fetch_bytes, "kv_fetch")
+            yield m.gpu.run(c.attn)
+            if c.store_bytes > 0:
+                yield m.transfer(GPU, HOST_DRAM, c.store_bytes, "kv_append")
+        yield m.gpu.run(c.post)
+
+    def _head_sync(self, c: OffloadCosts):
+        m = self.machine
         if c.head_fetch_bytes > 0:
             yield m.transfer(HOST_DRAM, GPU, c.head_fetch_bytes, "weight_fetch")
         yield m.gpu.run(c.head)

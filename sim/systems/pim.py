@@ -48,7 +48,9 @@ from sim.systems.base import (
     Capacity,
     Devices,
     Estimate,
+    GrowingMemo,
     PrefillPlan,
+    SeqsCache,
     StepBatch,
     System,
     excess,
@@ -63,6 +65,7 @@ from workloads.models import ModelSpec
 from workloads.opgraph import head_op, layer_ops
 
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
+FIXED_OPS = ("qkv_proj", "o_proj", "ffn")  # read no KV: the same kernels for every step of a batch size
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,11 @@ class PimPlan:
 
 
 def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChannelParams | None = None,
-               part_of=None, part_order: tuple[str, ...] = ()) -> Phase:
+               part_of=None, part_order: tuple[str, ...] = (), memo: dict | None = None) -> Phase:
     """Evaluate ``works_of(*row) -> tuple[Work]`` once per distinct row of per-channel loads.
+
+    ``memo`` (a ``GrowingMemo``): the row's sums kept by (``kind``, rounded row) across steps, for a caller whose
+    ``works_of`` is the same function of the row for a given ``kind``.
 
     Loads are rounded to 1e-3 (of a token, a unit, a vector) first, so that equal stripes that differ only by
     floating-point noise share one evaluation. With ``channel``, its power limit applies: a channel whose mean
@@ -203,21 +209,30 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
     dur, nbytes, flops, energy = (np.zeros(len(uniq)) for _ in range(4))
     part_rows: dict[str, np.ndarray] = {}  # part -> (distinct row, [seconds, bytes, FLOPs, joules])
     throttle = 1.0
-    for i, row in enumerate(uniq):
+
+    def sums(row):
         works = works_of(*row) if row.any() else ()
-        dur[i] = sum(w.duration_s for w in works)
-        nbytes[i] = sum(w.nbytes for w in works)
-        flops[i] = sum(w.flops for w in works)
-        energy[i] = sum(w.energy_j for w in works)
-        f = 1.0
-        if channel is not None:
-            f = pim_model.power_throttle(channel, energy[i], dur[i])
-            dur[i] *= f
-            throttle = max(throttle, f)
+        d = sum(w.duration_s for w in works)
+        e = sum(w.energy_j for w in works)
+        f = pim_model.power_throttle(channel, e, d) if channel is not None else 1.0
+        parts: dict[str, tuple] = {}
         if part_of is not None:
             for w in works:
-                acc = part_rows.setdefault(part_of(w.kind), np.zeros((len(uniq), 4)))
-                acc[i] += (w.duration_s * f, w.nbytes, w.flops, w.energy_j)
+                acc = parts.get(part_of(w.kind), (0.0, 0.0, 0.0, 0.0))
+                parts[part_of(w.kind)] = (acc[0] + w.duration_s * f, acc[1] + w.nbytes, acc[2] + w.flops,
+                                          acc[3] + w.energy_j)
+        return d * f if channel is not None else d, sum(w.nbytes for w in works), sum(w.flops for w in works), e, f, \
+            parts
+
+    for i, row in enumerate(uniq):
+        if memo is None:
+            d, b, fl, e, f, parts = sums(row)
+        else:
+            d, b, fl, e, f, parts = memo.get_or((kind, *row.tolist()), lambda row=row: sums(row))
+        dur[i], nbytes[i], flops[i], energy[i] = d, b, fl, e
+        throttle = max(throttle, f)
+        for name, vals in parts.items():
+            part_rows.setdefault(name, np.zeros((len(uniq), 4)))[i] += vals
     inv = inv.ravel()
     counts = np.bincount(inv, minlength=len(uniq))
     rank = {name: i for i, name in enumerate(part_order)}
@@ -325,6 +340,8 @@ class PimSystem(System):
         # codes its new tokens in PIM (into the exact window whose room is reserved per sequence, if it has one).
         self.new_tokens_spill = self.fmt.kind == "fp16"
         self.power_throttle = 1.0  # largest stretch of channel work by the power cap over the run's steps
+        self._row_memo = GrowingMemo()  # a channel's work per distinct (rounded) load, across steps
+        self._fixed = SeqsCache()       # GPU kernels that read no KV, per batch size
 
     def kv_format(self) -> KvFormat:
         return self.options.fmt
@@ -400,7 +417,7 @@ class PimSystem(System):
 
         rows = np.column_stack([tokens, present, new])
         kind = f"{self.name}.attention"
-        parts = dict(part_of=self.part_of, part_order=self.part_order)
+        parts = dict(part_of=self.part_of, part_order=self.part_order, memo=self._row_memo)
         if self.options.softmax == "host":
             return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax, ch, **parts),
                     bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax, ch, **parts))
@@ -459,10 +476,11 @@ class PimSystem(System):
         if opts.link_chunks > 1 and len(phases) == 1:  # a host softmax splits the path: not pipelined
             q_bytes = batch.n_seqs * m.q_dim * e
             chunks = self.link_chunks(placement, units, phases[0], spill, new_to_host, q_bytes, down - q_bytes)
+        qkv, o_proj, ffn = self._fixed.get_or(batch.n_seqs, lambda _: tuple(kernel(n, ops[n]) for n in FIXED_OPS))
         return PimPlan(
-            pre=(kernel("qkv_proj", ops["qkv_proj"]),), down_bytes=down,
+            pre=(qkv,), down_bytes=down,
             phases=phases, mid_up_bytes=mid_up, mid_gpu=mid_gpu, mid_down_bytes=mid_down, up_bytes=up,
-            merge_post=merge + (kernel("o_proj", ops["o_proj"]), kernel("ffn", ops["ffn"])),
+            merge_post=merge + (o_proj, ffn),
             spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn, chunks=chunks)
 
     def link_chunks(self, placement: Placement, units: np.ndarray | None, phase: Phase, spill: float,
@@ -509,8 +527,9 @@ class PimSystem(System):
                                                   + np.arange(self.model.n_kv_heads)[None, :]).ravel()
             plans.append(self.layer_plan(sub, placement, units, spill))
         self.power_throttle = max([self.power_throttle] + [ph.throttle for p in plans for ph in p.phases])
-        h = head_op(self.model, batch.n_seqs)
-        return PimStepPlan(tuple(plans), (gpu_model.op_kernel(self.machine.params.gpu, "lm_head", h),))
+        head = self._fixed.get_or(("head", batch.n_seqs), lambda key: (gpu_model.op_kernel(
+            self.machine.params.gpu, "lm_head", head_op(self.model, key[1])),))
+        return PimStepPlan(tuple(plans), head)
 
     # ---- closed form ---------------------------------------------------------------------------------------------
     def estimate(self, step: PimStepPlan) -> Estimate:
@@ -556,15 +575,29 @@ class PimSystem(System):
         yield env.all_of([env.process(self._layers(plan)) for plan in step.plans])
         yield self.machine.gpu.run(step.head)
 
+    def segments(self, step: PimStepPlan):
+        """One (sub-)batch: every layer the same chain (forks to the PIM path, the spill path and the link chunks
+        joined before the merge), then the LM head: replayable. Sub-batches overlap each other: None."""
+        if len(step.plans) != 1:
+            return None
+        plan = step.plans[0]
+        return (lambda: self._layer(plan), self.model.n_layers), (lambda: self._head(step), 1)
+
+    def _head(self, step: PimStepPlan):
+        yield self.machine.gpu.run(step.head)
+
     def _layers(self, plan: PimPlan):
-        m, env = self.machine, self.machine.env
         for _ in range(self.model.n_layers):
-            yield m.gpu.run(plan.pre)
-            paths = [env.process(self._pim_path(plan))]
-            if plan.spill_fetch_bytes > 0:
-                paths.append(env.process(self._spill_path(plan)))
-            yield env.all_of(paths)
-            yield m.gpu.run(plan.merge_post)
+            yield from self._layer(plan)
+
+    def _layer(self, plan: PimPlan):
+        m, env = self.machine, self.machine.env
+        yield m.gpu.run(plan.pre)
+        paths = [env.process(self._pim_path(plan))]
+        if plan.spill_fetch_bytes > 0:
+            paths.append(env.process(self._spill_path(plan)))
+        yield env.all_of(paths)
+        yield m.gpu.run(plan.merge_post)
 
     def _pim_path(self, plan: PimPlan):
         m = self.machine

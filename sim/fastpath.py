@@ -1,0 +1,155 @@
+"""The step-level path: work computed once per distinct batch, and steps replayed from one simulated layer.
+
+Two things repeat in a long run, and ``Stepper`` does each once:
+
+1. **Plans and closed forms.** A system's plan (the pure cost functions) and its closed form are functions of the
+   step's batch alone. ``Stepper.entry`` memoizes both on ``System.plan_key(batch)`` (every field of the batch the
+   plan reads) in a bounded cache, least recently used out (``System.plan_cache_size`` entries). Contexts grow by a
+   token per step, so a key recurs when the same batch size meets the same total of KV tokens (``gpu``,
+   ``offload``) or the same per-sequence contexts (the PIM systems, whose placement reads every sequence). Parts
+   that do not depend on contexts at all (weight GEMMs, the LM head) are cached per batch size by the systems.
+   The cache starts at ``MIN_ENTRIES`` and grows by one entry per hit up to ``plan_cache_size``, so a run whose
+   batches never recur does not fill it with plans it will not see again.
+2. **Identical layers.** ``System.segments(plan)`` describes a step as segments, each a generator function run
+   ``count`` times in a row, where every run starts and ends with every resource idle and nothing else in flight
+   (one process, no prefetch across layers, no concurrent sub-batches), so that every run of a segment does the
+   same thing shifted in time. The first run is simulated with events; what it added to the tracer (a
+   ``sim.engine.TracerDelta``: busy time, bytes, FLOP and energy per component and per kind, energy of parts
+   without timed work, the merged compute / exposed-comm / exposed-link time) and to the PIM channels' busy
+   times, and its duration, are kept with the plan's cache entry. The other runs are that change multiplied, and
+   the clock advances over them in one timeout. A step whose plan is cached with its segments' changes therefore
+   costs one timeout, whatever its layers and channels.
+
+Exactness: a replayed run is the simulated run's own numbers, so a replayed step equals the layer-level simulation
+up to the rounding of the sums. One more rounding matters: the simulation records a duration as end - start on the
+clock, which rounds it to the grid of the clock's binade (a microsecond at a clock of minutes keeps only ~8
+digits). A run's change is therefore replayed only within the binade it was measured in; a segment whose runs
+would cross into the next binade is simulated run by run (once per doubling of the clock), and a cached change
+measured in an earlier binade is measured again. So a replayed step rounds as the layer-level one does (``tests/test_fastpath.py`` checks every output to 1e-9 relative against
+``detail = "full"`` with hypothesis). A system whose step is not such a chain (offload with ``prefetch``, PIM
+with ``sub_batches`` > 1) returns no segments and is always simulated in full, as are the traced steps (the first
+``trace_steps``, whose spans are kept) and every step with ``detail = "full"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.engine import TracerDelta
+from sim.systems.base import Estimate, StepBatch, System
+
+DETAILS = ("auto", "full")
+# The plan cache grows only as it pays: it starts this small and may keep one more entry per hit, up to the
+# system's ``plan_cache_size``. A run whose batches never recur (a fixed batch, whose contexts only grow) keeps
+# this many plans; a serving run whose batch shapes recur grows it to the bound. Either way it is bounded.
+MIN_ENTRIES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDelta:
+    """What one run of a segment did: its duration, its tracer change and the PIM channels' added busy time."""
+
+    duration_s: float
+    tracer: TracerDelta
+    channel_busy_s: np.ndarray | None
+    binade: int | None  # the clock's binade through the run (None: it crossed one; not replayed)
+
+
+@dataclass(slots=True)
+class StepEntry:
+    """A cached step: the plan, its closed form, its segments (None: simulate in full) and their deltas."""
+
+    plan: object
+    estimate: Estimate
+    segments: tuple[tuple[Callable[[], Generator], int], ...] | None
+    deltas: list[SegmentDelta | None] = field(default_factory=list)
+
+
+class Stepper:
+    """Runs a system's steps for the driver (``sim.run``): plans from the cache, steps in full or replayed."""
+
+    def __init__(self, system: System, machine, detail: str = "auto"):
+        if detail not in DETAILS:
+            raise ValueError(f"detail must be one of {DETAILS}, got {detail!r}")
+        self.system = system
+        self.machine = machine
+        self.env = machine.env
+        self.tracer = machine.tracer
+        self.full = detail == "full"
+        self.cache: OrderedDict = OrderedDict()
+        self.hits = self.misses = 0
+
+    @property
+    def size(self) -> int:
+        """Entries the cache may hold: ``MIN_ENTRIES``, plus one per hit so far, up to ``plan_cache_size``."""
+        return min(self.system.plan_cache_size, MIN_ENTRIES + self.hits)
+
+    def entry(self, batch: StepBatch) -> StepEntry:
+        """The step's plan and closed form, computed once per distinct ``plan_key``."""
+        key = self.system.plan_key(batch)
+        e = self.cache.get(key)
+        if e is not None:
+            self.cache.move_to_end(key)
+            self.hits += 1
+            return e
+        self.misses += 1
+        plan = self.system.plan(batch)
+        segments = None if self.full else self.system.segments(plan)
+        e = StepEntry(plan, self.system.estimate(plan), segments, [None] * len(segments or ()))
+        size = self.size
+        if size > 0:
+            self.cache[key] = e
+            while len(self.cache) > size:
+                self.cache.popitem(last=False)
+        return e
+
+    def run(self, e: StepEntry):
+        """Generator for the driver process to ``yield from``: one step, in full or replayed (module docstring)."""
+        env = self.env
+        if e.segments is None or self.tracer.keeping:
+            yield env.process(self.system.step(e.plan))
+            return
+        bank = self.machine.pim
+        t = env.now  # the step's clock, replayed runs included
+        for i, (segment, count) in enumerate(e.segments):
+            d = e.deltas[i]
+            if d is None or d.binade != binade(t):
+                if t > env.now:
+                    yield env.timeout(t - env.now)
+                mark = self.tracer.mark()
+                busy = bank.busy_s.copy() if bank is not None else None
+                t0 = env.now
+                yield env.process(segment())
+                t = env.now
+                same = binade(t0) == binade(t)
+                d = SegmentDelta(t - t0, self.tracer.delta_since(mark),
+                                 bank.busy_s - busy if bank is not None else None, binade(t0) if same else None)
+                if same:
+                    e.deltas[i] = d
+                count -= 1
+            if count <= 0:
+                continue
+            if binade(t + count * d.duration_s) != d.binade:  # the runs would reach a coarser clock: simulate them
+                if t > env.now:
+                    yield env.timeout(t - env.now)
+                for _ in range(count):
+                    yield env.process(segment())
+                t = env.now
+                continue
+            # nothing is open now and nothing else runs until the step ends: the runs' totals go in at once
+            self.tracer.replay(d.tracer, count, env.now)
+            if d.channel_busy_s is not None:
+                bank.busy_s += count * d.channel_busy_s
+            t += count * d.duration_s
+        if t > env.now:
+            yield env.timeout(t - env.now)
+
+
+def binade(t_s: float) -> int:
+    """The exponent of ``t_s``: every clock value of one binade is rounded to the same grid."""
+    return math.frexp(t_s)[1]

@@ -1,0 +1,174 @@
+"""The step-level path (``sim.fastpath``) against full detail: a replayed step equals the layer-level simulation.
+
+Every number of the Result and every step's latency must agree to 1e-9 relative between ``detail = "auto"`` and
+``detail = "full"``, on random configurations of every system: single chains (replayed), and overlapping schedules
+(offload prefetch, PIM sub-batches), which fall back to full detail. Quantities that are differences of nearly
+equal numbers (the idle share of a step, the closed form's relative gap) are rounding noise at ~1e-14 in both
+modes; they are compared with an absolute tolerance on their own scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import simpy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.config import make_config
+from sim.engine import Occupancy
+from sim.errors import INPUT_ERRORS
+from sim.fastpath import Stepper
+from sim.run import simulate
+from workloads.models import ModelSpec, load_model
+
+TINY = ModelSpec(name="tiny", family="llama", n_layers=12, hidden_size=256, n_heads=4, n_kv_heads=2, head_dim=64,
+                 ffn_size=512, vocab_size=1000, max_context=1 << 20)
+DEEP = ModelSpec(name="deep", family="llama", n_layers=32, hidden_size=256, n_heads=4, n_kv_heads=2, head_dim=64,
+                 ffn_size=512, vocab_size=1000, max_context=1 << 20)
+NOISE = {"analytic_max_rel_gap", "analytic_max_rel_undershoot"}  # ratios of rounding noise, ~1e-14
+
+
+def close(a, b, path="") -> list[str]:
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        return [d for k in a for d in close(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in close(x, y, f"{path}[{i}]")]
+    if isinstance(a, bool) or not isinstance(a, int | float):
+        return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+    abs_tol = 1e-12 if path.lstrip(".") in NOISE else 1e-300
+    if path.endswith("breakdown_s.idle"):
+        abs_tol = 1e-12
+    return [] if math.isclose(a, b, rel_tol=1e-9, abs_tol=abs_tol) else [f"{path}: {a!r} != {b!r}"]
+
+
+def both(model=TINY, **settings_):
+    out = {}
+    for detail in ("full", "auto"):
+        rows = []
+        r = simulate(make_config(**settings_, detail=detail), model=model, on_step=rows.append).to_dict()
+        r["config"].pop("detail")
+        out[detail] = (r, [(x.step, x.start_s, x.latency_s, x.analytic_s, x.exact, x.n_seqs) for x in rows])
+    return out["full"], out["auto"]
+
+
+SYSTEMS = st.sampled_from([
+    {"system": "gpu"},
+    {"system": "offload"},
+    {"system": "offload", "kv_gpu_fraction": "0"},
+    {"system": "offload", "kv_gpu_fraction": "0.5", "weights_gpu_fraction": "0.5"},
+    {"system": "offload", "cpu_attention": True, "kv_gpu_fraction": "0.3"},
+    {"system": "offload", "prefetch": True, "kv_gpu_fraction": "0"},
+    {"system": "pim", "channels": 16},
+    {"system": "pim", "channels": 16, "softmax": "host"},
+    {"system": "pim", "channels": 16, "link_chunks": 3},
+    {"system": "pim", "channels": 16, "sub_batches": 2},
+    {"system": "pim", "channels": 8, "pim": "attacc-hbm3", "kv_format": "int4", "placement": "head"},
+    {"system": "aqpim", "channels": 16},
+])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(system=SYSTEMS, batch=st.integers(1, 6), context=st.integers(1, 5000), steps=st.integers(1, 12),
+       trace_steps=st.integers(0, 3), requests=st.none() | st.integers(1, 12), rate=st.sampled_from([0.0, 50.0]))
+def test_replayed_steps_equal_full_detail(system, batch, context, steps, trace_steps, requests, rate):
+    workload = dict(batch=batch, context=context, steps=steps, trace_steps=trace_steps)
+    if requests is not None:
+        workload.update(requests=requests, output_tokens=steps, arrival_rate_per_s=rate, max_batch=batch)
+        workload.pop("steps")
+    try:
+        full, auto = both(**system, **workload)
+    except INPUT_ERRORS as e:  # refused configurations (a sub-batch without a sequence) are refused in both modes
+        with pytest.raises(type(e)):
+            both(**system, **workload)
+        return
+    assert close(full[1], auto[1]) == []
+    assert close(full[0], auto[0]) == []
+
+
+@pytest.mark.parametrize("system", [{"system": "pim", "capacity_policy": "spill", "batch": 64, "context": 131072},
+                                    {"system": "offload", "batch": 16, "context": 65536, "kv_gpu_fraction": "0"}])
+def test_long_clock_and_spill(system):
+    """A spilling PIM step lasts seconds while its link holds last microseconds: durations recorded at a clock of
+    minutes are rounded to its binade's grid, and the replay rounds them the same way."""
+    full, auto = both(model=load_model("llama-2-7b"), **system, steps=6, trace_steps=0)
+    assert close(full[1], auto[1]) == []
+    assert close(full[0], auto[0]) == []
+
+
+def events(monkeypatch, **settings_) -> int:
+    count = [0]
+    original = simpy.Environment.schedule
+
+    def schedule(self, event, priority=1, delay=0):
+        count[0] += 1
+        return original(self, event, priority, delay)
+
+    monkeypatch.setattr(simpy.Environment, "schedule", schedule)
+    simulate(make_config(**settings_), model=DEEP)
+    monkeypatch.setattr(simpy.Environment, "schedule", original)
+    return count[0]
+
+
+@pytest.mark.parametrize("options, replayed", [
+    ({"system": "gpu"}, True), ({"system": "offload", "kv_gpu_fraction": "0"}, True),
+    ({"system": "pim", "channels": 8}, True), ({"system": "aqpim", "channels": 8}, True),
+    ({"system": "offload", "prefetch": True, "kv_gpu_fraction": "0"}, False),
+    ({"system": "pim", "channels": 8, "sub_batches": 2}, False)])
+def test_events_per_step(monkeypatch, options, replayed):
+    """Untraced steps of a chain simulate one layer and the head (a fixed batch: its plan never recurs), or nothing
+    but one timeout once their plan is cached (requests whose batches recur); overlapping schedules keep every
+    event."""
+    fixed = dict(batch=2, context=64, steps=40, trace_steps=0, **options)
+    full, auto = events(monkeypatch, **fixed, detail="full"), events(monkeypatch, **fixed, detail="auto")
+    assert (auto < 0.3 * full) if replayed else (auto == full), (auto, full)
+    # the marginal cost of 200 more steps whose plans recur (batches of 4 identical requests, all at t=0)
+    short, long = (dict(requests=n, max_batch=4, context=64, output_tokens=5, trace_steps=0, **options)
+                   for n in (40, 200))
+    full = events(monkeypatch, **long, detail="full") - events(monkeypatch, **short, detail="full")
+    auto = events(monkeypatch, **long, detail="auto") - events(monkeypatch, **short, detail="auto")
+    assert (auto < 0.05 * full) if replayed else (auto == full), (auto, full)
+
+
+def test_occupancy_replay_adds_totals_and_closes():
+    o = Occupancy()
+    o.add(0, 0.0, 1.0)
+    o.add(1, 0.5, 2.0)
+    o.replay(2.0, 3.0, 0.5, 0.25)
+    assert o.totals() == (4.0, 1.5, 0.25)
+    o.add(0, 2.5, 3.0)  # starts after the replayed stretch: adds its own half second
+    assert o.totals() == (4.5, 1.5, 0.25)
+
+
+def test_cache_is_bounded_and_grows_only_with_hits():
+    from sim.fastpath import MIN_ENTRIES  # noqa: PLC0415
+
+    class FakeSystem:
+        plan_cache_size = 100
+
+        def plan_key(self, batch):
+            return batch
+
+        def plan(self, batch):
+            return batch
+
+        def segments(self, plan):
+            return None
+
+        def estimate(self, plan):
+            return plan
+
+    class FakeMachine:
+        env = tracer = pim = None
+
+    s = Stepper(FakeSystem(), FakeMachine())
+    for k in range(1000):
+        s.entry(k)
+    assert len(s.cache) == MIN_ENTRIES and s.hits == 0
+    for _ in range(3):
+        for k in range(1000 - MIN_ENTRIES, 1000):
+            s.entry(k)
+    assert len(s.cache) <= 100
