@@ -202,7 +202,10 @@ class PqSettings(_PimView):
     m: sub-spaces per head (head_dim % m == 0); k: centroids per sub-space (a power of two, codes of log2 k bits);
     sinks / recent: first and last tokens kept exact (FP16); outliers: key channels per head kept in FP16;
     scale_keys: divide key channels by their RMS before clustering; refresh: tokens between codebook refreshes
-    during decoding (0 = codebooks fixed after the prefill).
+    during decoding (0 = codebooks fixed after the prefill); key_k: centroids per key sub-space when keys get a
+    different codebook size than values (0 = k; a power of two); pre_rope: keys coded before RoPE, with RoPE
+    applied through a complex query table (``workloads.pq.rope_pq_scores``; head_dim / m must be even).
+    What each option costs inside PIM: ``pim_costs`` (``PqPimCosts``).
     """
 
     m: int
@@ -212,6 +215,8 @@ class PqSettings(_PimView):
     outliers: int = 0
     scale_keys: bool = False
     refresh: int = 0
+    key_k: int = 0
+    pre_rope: bool = False
     kind = "pq"
 
     def __post_init__(self):
@@ -221,8 +226,14 @@ class PqSettings(_PimView):
             raise WorkloadError(f"pq format: k must be a power of two (codes of log2 k bits), got {self.k}")
         for f in ("sinks", "recent", "outliers", "refresh"):
             _check_int("pq format", f, getattr(self, f), 0)
-        if not isinstance(self.scale_keys, bool):
-            raise WorkloadError(f"pq format: scale_keys must be true or false, got {self.scale_keys!r}")
+        if self.key_k != 0:
+            _check_int("pq format", "key_k", self.key_k, 2, 65536)
+            if self.key_k & (self.key_k - 1):
+                raise WorkloadError(f"pq format: key_k must be a power of two (codes of log2 key_k bits), "
+                                    f"got {self.key_k}")
+        for f in ("scale_keys", "pre_rope"):
+            if not isinstance(getattr(self, f), bool):
+                raise WorkloadError(f"pq format: {f} must be true or false, got {getattr(self, f)!r}")
 
     @property
     def name(self) -> str:
@@ -230,13 +241,28 @@ class PqSettings(_PimView):
 
     @property
     def code_bits(self) -> int:
-        """Bits of one code (one sub-vector of one token)."""
+        """Bits of one value code (one sub-vector of one token)."""
         return int(self.k).bit_length() - 1
 
     @property
+    def keys_k(self) -> int:
+        """Centroids per key sub-space (``key_k``, or ``k`` when 0)."""
+        return self.key_k or self.k
+
+    @property
+    def key_code_bits(self) -> int:
+        """Bits of one key code."""
+        return int(self.keys_k).bit_length() - 1
+
+    @property
     def code_bits_per_token(self) -> int:
-        """Code bits of one tensor (K or V) of one token in one KV head: ``m x log2 k``."""
+        """Code bits of one value vector of one token in one KV head: ``m x log2 k``."""
         return self.m * self.code_bits
+
+    @property
+    def key_code_bits_per_token(self) -> int:
+        """Code bits of one key vector of one token in one KV head: ``m x log2 key_k``."""
+        return self.m * self.key_code_bits
 
     @property
     def outlier_bytes_per_token(self) -> int:
@@ -249,8 +275,17 @@ class PqSettings(_PimView):
         return self.outliers * FP16_BYTES
 
     def codebook_bytes(self, model: ModelSpec) -> int:
-        """Centroids of one tensor of one KV head in one layer: k centroids x m sub-spaces x head_dim/m FP16."""
+        """Centroids of the value tensor of one KV head in one layer: k centroids x m sub-spaces x head_dim/m FP16
+        (the key codebook too unless ``key_k`` is set: ``key_codebook_bytes``)."""
         return self.k * model.head_dim * FP16_BYTES
+
+    def key_codebook_bytes(self, model: ModelSpec) -> int:
+        """Centroids of the key tensor of one KV head in one layer: key_k x head_dim FP16."""
+        return self.keys_k * model.head_dim * FP16_BYTES
+
+    def codebooks_bytes(self, model: ModelSpec) -> int:
+        """K and V codebooks of one KV head in one layer."""
+        return self.key_codebook_bytes(model) + self.codebook_bytes(model)
 
     def key_scale_bytes(self, model: ModelSpec) -> int:
         """Per-channel key scales of one KV head in one layer (``scale_keys``), FP16."""
@@ -264,34 +299,38 @@ class PqSettings(_PimView):
         if self.outliers >= model.head_dim:
             raise WorkloadError(f"pq format {self.name}: outliers ({self.outliers}) must be fewer than head_dim "
                                 f"({model.head_dim})")
+        if self.pre_rope and (model.head_dim // self.m) % 2:
+            raise WorkloadError(f"pq format {self.name}: pre_rope needs sub-vectors of whole RoPE pairs, an even "
+                                f"head_dim/m; head_dim {model.head_dim} / m={self.m} is odd")
 
     def code_bits_per_element(self, model: ModelSpec) -> float:
+        """Code bits per K/V element of a coded token, keys and values averaged."""
         self.check(model)
-        return self.m * self.code_bits / model.head_dim
+        return (self.key_code_bits_per_token + self.code_bits_per_token) / (2 * model.head_dim)
 
     def kv_bytes(self, model: ModelSpec, context: int) -> KvBytes:
         """Codes packed per tensor (``ceil`` over the context); codebooks, key scales and outlier indices once."""
         self.check(model)
         exact, coded = _split(model, context, self.sinks, self.recent)
         s = _streams(model)
-        per_tensor_codes = math.ceil(coded * self.code_bits_per_token / 8)
-        return KvBytes(codes=2 * s * per_tensor_codes,
+        codes = math.ceil(coded * self.key_code_bits_per_token / 8) + math.ceil(coded * self.code_bits_per_token / 8)
+        return KvBytes(codes=s * codes,
                        fp16_tokens=s * exact * _exact_bytes_per_token_head(model, FP16_BYTES),
                        outliers=s * (coded * self.outlier_bytes_per_token + self.outlier_index_bytes),
-                       codebooks=s * (2 * self.codebook_bytes(model) + self.key_scale_bytes(model)))
+                       codebooks=s * (self.codebooks_bytes(model) + self.key_scale_bytes(model)))
 
     def pim_token_bytes_per_head(self, model: ModelSpec) -> float:
         """K and V codes of one coded token in one KV head and layer (bit-packed, no ``ceil``), plus its FP16
         outlier key channels."""
         self.check(model)
-        return 2 * self.code_bits_per_token / 8 + self.outlier_bytes_per_token
+        return (self.key_code_bits_per_token + self.code_bits_per_token) / 8 + self.outlier_bytes_per_token
 
     def pim_unit_fixed_bytes(self, model: ModelSpec) -> float:
         """K and V codebooks of one (sequence, KV head) over all layers: one copy (a system holding a unit's
         tokens on several channels keeps a copy in each). The outlier indices and ``scale_keys`` scales that
         ``kv_bytes`` counts are not placed in PIM by this count (a few bytes per KV head and layer)."""
         self.check(model)
-        return model.n_layers * 2 * self.codebook_bytes(model)
+        return model.n_layers * self.codebooks_bytes(model)
 
 
 KvFormat = Fp16Settings | IntSettings | PqSettings
