@@ -11,8 +11,9 @@ the same input gives the same bytes.
 
 from plots.breakdown import plot_breakdown
 from plots.capacity import plot_capacity
+from plots.compression import plot_compression
 from plots.sweep import plot_sweep
 from plots.timeline import plot_timeline
 from plots.tornado import plot_tornado
 
-__all__ = ["plot_breakdown", "plot_capacity", "plot_sweep", "plot_timeline", "plot_tornado"]
+__all__ = ["plot_breakdown", "plot_capacity", "plot_compression", "plot_sweep", "plot_timeline", "plot_tornado"]

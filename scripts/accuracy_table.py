@@ -4,7 +4,8 @@
 
 Runs the protocol of ``aqpim-sim accuracy`` (``workloads.accuracy.evaluate`` with its default ``EvalConfig``: the
 last 128 positions are the decode queries, codebooks trained on the prefill before them, 20 k-means iterations,
-seed 0) on the SmolLM2-135M capture shipped in ``workloads/data`` (real K/V, head_dim 64) and on the command's synthetic Gaussian data,
+seed 0) on the SmolLM2-135M captures shipped in ``workloads/data`` (real K/V, head_dim 64: the layers the fixes were
+tuned on, data "real", and held-out layers, data "real-heldout") and on the command's synthetic Gaussian data,
 for the formats below. Each entry stores the format's canonical text, its geometry (PQ: sub-vector dimension
 head_dim/m and K; INT-k: bits and group; the data's head_dim), its other options, the metrics, the data it was
 measured on and the command that regenerates it. ``workloads.kvformats.accuracy_entry`` matches a simulated format
@@ -43,23 +44,47 @@ from workloads.kvformats import (  # noqa: E402
 )
 
 WINDOW = "sinks=4,recent=128"
+# The accuracy fixes (docs/accuracy.md): each alone and the combinations that tuning on the fixture's layers kept.
+FIXES = ("", "outliers=4", "scale_keys=true", "pre_rope=true", "pre_rope=true,outliers=4", "key_k=1024",
+         "pre_rope=true,key_k=1024", "pre_rope=true,outliers=4,key_k=1024")
+
+
+def _with_fixes(base: str) -> tuple[str, ...]:
+    return (base, *(f"{base},{WINDOW}" + (f",{fix}" if fix else "") for fix in FIXES))
+
+
 FORMATS = (
     "fp16",
     "int:bits=8", f"int:bits=8,{WINDOW}",
     "int:bits=4", f"int:bits=4,{WINDOW}",
     "int:bits=2", f"int:bits=2,{WINDOW}",
-    # K=256 at sub-vector dims 4 (m=16 on head_dim 64) and 8 (m=8): LLaMA's head_dim 128 with m=32 / m=16
-    "pq:m=16,k=256", f"pq:m=16,k=256,{WINDOW}", f"pq:m=16,k=256,{WINDOW},outliers=4",
-    "pq:m=8,k=256", f"pq:m=8,k=256,{WINDOW}", f"pq:m=8,k=256,{WINDOW},outliers=4",
+    # K=256 at sub-vector dims 4 (m=16 on head_dim 64) and 8 (m=8): LLaMA's head_dim 128 with m=32 / m=16,
+    # with every fix
+    *_with_fixes("pq:m=16,k=256"),
+    *_with_fixes("pq:m=8,k=256"),
     # K=16 at sub-vector dims 2 (m=32) and 4 (m=16)
     "pq:m=32,k=16", f"pq:m=32,k=16,{WINDOW}",
     "pq:m=16,k=16", f"pq:m=16,k=16,{WINDOW}",
 )
+# Perplexity (--ppl) is measured for these only (about 100 s each on one core): FP16, the 2- and 1-bit baselines
+# and the fixes that the tuned layers favour.
+PPL_FORMATS = (
+    "fp16", f"int:bits=2,{WINDOW}",
+    f"pq:m=16,k=256,{WINDOW}", f"pq:m=16,k=256,{WINDOW},outliers=4", f"pq:m=16,k=256,{WINDOW},pre_rope=true",
+    f"pq:m=16,k=256,{WINDOW},pre_rope=true,outliers=4",
+    f"pq:m=8,k=256,{WINDOW}", f"pq:m=8,k=256,{WINDOW},outliers=4", f"pq:m=8,k=256,{WINDOW},pre_rope=true,outliers=4",
+    f"pq:m=8,k=256,{WINDOW},pre_rope=true,key_k=1024", f"pq:m=8,k=256,{WINDOW},pre_rope=true,outliers=4,key_k=1024",
+)
+# Real data: the fixture's layers (3, 15, 27) are where the fixes were chosen ("real"); the held-out capture's layers
+# (1, 6, 11, 16, 21, 26: every fifth from 1, none of the tuned ones; same text and tokens) were never looked at while
+# choosing ("real-heldout").
+HELDOUT_FIXTURE = FIXTURE.with_name("smollm2_gpl3_2k_heldout.npz")
 METRICS = ("out_cos_mean", "out_cos_min", "key_rel_err", "value_rel_err", "score_rmse", "topk_overlap",
            "bits_per_element", "code_bits_per_element", "codebook_bits_per_element", "compression", "heldout_frac",
            "ppl", "ppl_fp16")
 DIGITS = 6  # decimals kept in the file (the metrics are averages over a few thousand queries)
 FIXTURE_IN_PACKAGE = f"workloads/data/{FIXTURE.name}"  # an entry's data file, wherever the package is installed
+HELDOUT_IN_PACKAGE = f"workloads/data/{HELDOUT_FIXTURE.name}"
 
 
 def geometry(fmt: KvFormat, head_dim: int) -> dict:
@@ -103,16 +128,46 @@ def table_rows(acts: Activations, formats: list[KvFormat], cfg: EvalConfig, data
     return entries
 
 
+def markdown(doc: dict) -> str:
+    """The real-data PQ/INT rows of a table file as markdown: tuned layers next to held-out layers, with the
+    geometry the simulator's head_dim-128 models take them for and perplexity when measured."""
+    by = {(e["format"], e["data"]["kind"]): e for e in doc["entries"]}
+    lines = ["| format (head_dim 64) | on head_dim 128 | d_sub | K (keys) | code b/el | all b/el (2K) | tuned: cos mean "
+             "| tuned: worst | held-out: cos mean | held-out: worst | ppl |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in doc["entries"]:
+        if e["data"]["kind"] != "real":
+            continue
+        fmt, g, m = parse_format(e["format"]), e["geometry"], e["metrics"]
+        h = by.get((e["format"], "real-heldout"), {}).get("metrics", {})
+        if isinstance(fmt, PqSettings):
+            on128 = f"`{parse_format(e['format'].replace(f'm={fmt.m},', f'm={2 * fmt.m},', 1)).name}`"
+            dsub, kk = str(g["sub_dim"]), f"{fmt.k}" + (f" ({fmt.key_k})" if fmt.key_k else "")
+        else:
+            on128, dsub, kk = "same", "-", "-"
+        cell = lambda d, k, f: "-" if d.get(k) is None else format(d[k], f)  # noqa: E731
+        lines.append(f"| `{e['format']}` | {on128} | {dsub} | {kk} | {m['code_bits_per_element']:.3f} | "
+                     f"{m['bits_per_element']:.2f} | {m['out_cos_mean']:.4f} | {m['out_cos_min']:.4f} | "
+                     f"{cell(h, 'out_cos_mean', '.4f')} | {cell(h, 'out_cos_min', '.4f')} | {cell(m, 'ppl', '.3f')} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", choices=("real", "synthetic", "both"), default="both",
-                   help="the fixture's captured K/V, the synthetic Gaussian set, or both (default: both)")
+                   help="the captured K/V (tuned and held-out layers), the synthetic Gaussian set, or both "
+                        "(default: both)")
     p.add_argument("--ppl", action="store_true", help="also perplexity on real data (needs the 'real' extra)")
     p.add_argument("--ppl-scored", type=int, default=512, metavar="N",
                    help="perplexity over the last N tokens, codebooks trained on the tokens before (default: 512)")
     p.add_argument("--out", type=Path, default=ACCURACY_TABLE, help=f"output file (default: {ACCURACY_TABLE})")
+    p.add_argument("--show", action="store_true",
+                   help="print the table file (--out) as markdown, tuned next to held-out layers, and exit")
     args = p.parse_args(argv)
+    if args.show:
+        print(markdown(json.loads(args.out.read_text(encoding="utf-8"))))
+        return 0
     if os.environ.get("OMP_NUM_THREADS") != "1":
         print("note: set OMP_NUM_THREADS=1 (k-means on 2 cores is many times slower with two threads)",
               file=sys.stderr)
@@ -125,10 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         acts = load_activations(FIXTURE)
         ppl = None
         if args.ppl:
-            ppl = measure_perplexity(formats, acts.source, acts.n_tokens, acts.n_tokens - args.ppl_scored, cfg,
+            ppl = measure_perplexity([parse_format(t) for t in PPL_FORMATS], acts.source, acts.n_tokens,
+                                     acts.n_tokens - args.ppl_scored, cfg,
                                      log=lambda s: print(s, file=sys.stderr, flush=True))
         entries += table_rows(acts, formats, cfg, "real", command, FIXTURE_IN_PACKAGE, ppl)
         print(f"real data done after {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        entries += table_rows(load_activations(HELDOUT_FIXTURE), formats, cfg, "real-heldout", command,
+                              HELDOUT_IN_PACKAGE)
+        print(f"held-out layers done after {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     if args.data in ("synthetic", "both"):
         acts = synthetic_data(cfg.seed, SYNTHETIC_CONTEXT, cfg.n_queries)
         entries += table_rows(acts, formats, cfg, "synthetic", command)

@@ -23,6 +23,7 @@ from workloads.kvformats import (
     AccuracyEntry,
     accuracy_entry,
     accuracy_key,
+    accuracy_summary,
     load_accuracy_table,
     parse_format,
 )
@@ -61,6 +62,35 @@ def test_unmeasured_geometry_or_options_give_none():
     assert lookup(f"pq:m=16,k=256,{WINDOW},refresh=1024", 128) is None
     assert lookup("int:bits=3", 128) is None
     assert lookup("int:bits=2,group=64", 128) is None
+
+
+def test_every_fix_is_part_of_the_key_and_carries_over_by_sub_vector_dim():
+    for fix in script.FIXES:
+        if not fix:
+            continue
+        for m128, m64 in ((16, 8), (32, 16)):
+            e = lookup(f"pq:m={m128},k=256,{WINDOW},{fix}", 128)
+            assert e is not None and e.settings == parse_format(f"pq:m={m64},k=256,{WINDOW},{fix}"), fix
+    assert lookup(f"pq:m=16,k=256,{WINDOW},pre_rope=true,key_k=512", 128) is None  # never measured
+    assert "key K 1024" in lookup(f"pq:m=16,k=256,{WINDOW},key_k=1024", 128).geometry
+
+
+def test_held_out_layers_are_measured_for_every_real_format_on_other_layers():
+    tuned = {raw["format"]: raw for raw in DOC["entries"] if raw["data"]["kind"] == "real"}
+    held = {raw["format"]: raw for raw in DOC["entries"] if raw["data"]["kind"] == "real-heldout"}
+    assert held.keys() == tuned.keys()
+    for name, raw in held.items():
+        assert not set(raw["data"]["layers"]) & set(tuned[name]["data"]["layers"])
+        assert raw["data"]["file"] == "workloads/data/smollm2_gpl3_2k_heldout.npz"
+
+
+def test_summary_gives_tuned_and_held_out_layers_or_says_none_was_measured():
+    s = accuracy_summary(parse_format(f"pq:m=16,k=256,{WINDOW},pre_rope=true"), 128)
+    assert re.fullmatch(r"tuned layers cos \d\.\d{3} mean / -?\d\.\d{2} worst; held-out layers cos \d\.\d{3} mean / "
+                        r"-?\d\.\d{2} worst \(SmolLM2-135M-Instruct K/V, d_sub 8, K 256, measured as "
+                        r"pq:m=8,k=256,sinks=4,recent=128,pre_rope=true\)", s), s
+    none = accuracy_summary(parse_format("pq:m=16,k=64"), 128)
+    assert none.startswith("not measured at this geometry and options (d_sub 8, K 64")
 
 
 def test_int_matches_by_bits_group_and_window_fp16_exactly():
@@ -140,13 +170,14 @@ def test_the_file_is_valid_json_with_finite_numbers_only():
 
 def test_the_script_measures_the_formats_the_table_must_have():
     real = {raw["format"] for raw in DOC["entries"] if raw["data"]["kind"] == "real"}
-    assert real == set(script.FORMATS)
+    assert real == {parse_format(t).name for t in script.FORMATS}
     for text in ("fp16", "int:bits=8", "int:bits=4", "int:bits=2", "pq:m=16,k=256", "pq:m=8,k=256",
                  "pq:m=32,k=16", "pq:m=16,k=16"):
         assert text in real
         if text != "fp16":
             assert f"{text},{WINDOW}" in real
     assert f"pq:m=16,k=256,{WINDOW},outliers=4" in real and f"pq:m=8,k=256,{WINDOW},outliers=4" in real
+    assert {parse_format(t).name for t in script.PPL_FORMATS} <= real
 
 
 def test_the_table_ships_with_the_package():

@@ -124,3 +124,45 @@ def test_shape_mismatch_is_caught():
     cb = pq.train_codebook(x + np.arange(10)[:, None], 2, 2, np.random.default_rng(0), iters=1)
     with pytest.raises(AssertionError):
         pq.score_table(cb, np.zeros((1, 6)))
+
+
+# --- keys coded before RoPE, RoPE applied through the complex query table -------------------------------------------
+@given(st.sampled_from([1, 2, 4]), st.sampled_from([2, 4]), st.integers(1, 30), st.integers(0, 3), st.booleans(),
+       st.sampled_from([0.0, 10000.0, 100.0]), st.integers(0, 2**31 - 1))
+def test_rope_table_scores_equal_queries_against_rotated_decoded_keys(m, dsub, n, outliers, scale, theta, seed):
+    d = m * dsub
+    rng, K, _, q, _ = _data(seed, n, 2, 2, d)
+    pos = rng.integers(0, 5000, n)  # any positions, not only 0..n-1
+    cb = pq.train_codebook(K, m, 4, rng, iters=3, outliers=min(outliers, d - 1), scale_channels=scale,
+                           order=pq.rope_pair_order(d, m))
+    kc = pq.CodedTensor.of(cb, K)
+    rows = pq.gqa_rows(q)
+    np.testing.assert_allclose(pq.rope_pq_scores(rows, kc, pos, theta), rows @ pq.rope(kc.decoded(), pos, theta).T,
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_rope_matches_the_capture_convention_and_inverts():
+    from workloads.activations import apply_rope
+
+    x = np.random.default_rng(4).standard_normal((20, 16))
+    pos = np.arange(100, 120)
+    np.testing.assert_allclose(pq.rope(x, pos, 10000.0), apply_rope(x, pos, 10000.0), atol=1e-12)
+    np.testing.assert_allclose(pq.rope(pq.rope(x, pos, 5e5), pos, 5e5, inverse=True), x, atol=1e-12)
+
+
+def test_rope_pair_order_keeps_each_pair_in_one_sub_vector():
+    order = pq.rope_pair_order(16, 2).reshape(2, 8)
+    for sub in order:
+        assert sorted(set(sub % 8)) == sorted(sub[:4]) and set(sub[4:]) == set(sub[:4] + 8)
+    with pytest.raises(ValueError, match="even"):
+        pq.rope_pair_order(12, 4)  # 3-dim sub-vectors cannot hold whole pairs
+
+
+def test_channel_order_does_not_change_what_attention_on_codes_computes():
+    rng, K, V, q, mask = _data(7, 60, 2, 3, 8)
+    order = rng.permutation(8)
+    kc = pq.CodedTensor.of(pq.train_codebook(K, 2, 4, rng, iters=3, order=order), K)
+    vc = pq.CodedTensor.of(pq.train_codebook(V, 2, 4, rng, iters=3, order=order), V)
+    rows = pq.gqa_rows(q)
+    dense = pq.exact_partial(rows, kc.decoded(), vc.decoded(), mask)
+    np.testing.assert_allclose(pq.pq_partial(rows, kc, vc, mask).out, dense.out, rtol=1e-9, atol=1e-9)

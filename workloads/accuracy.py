@@ -144,7 +144,10 @@ def evaluate(acts: Activations, formats: Sequence[KvFormat], cfg: EvalConfig = E
             q = pq.gqa_rows(acts.q[li, -nq:, h * g:(h + 1) * g].astype(np.float64)) * D ** -0.5  # (G, D)
             ref = pq.exact_partial(q, K, V, causal)
             s_ref = q @ K.T  # (G, N)
-            books: dict = {}  # codebooks shared by formats that differ only in sinks/recent window
+            books: dict = {"theta": acts.rope_theta}  # codebooks shared by formats that differ only in the window
+            if any(getattr(f, "pre_rope", False) for f in formats):
+                books["k_pre"] = (acts.k_pre[li, :, h].astype(np.float64) if acts.k_pre is not None
+                                  else pq.rope(K, np.arange(N), acts.rope_theta, inverse=True))
             for fi, fmt in enumerate(formats):
                 acc = accs[(li, fi)]
                 sinks, recent = getattr(fmt, "sinks", 0), getattr(fmt, "recent", 0)
@@ -199,26 +202,34 @@ def _coded(fmt, q, K, V, rows_pos, coded_m, exact_m, prefill, cfg, lh, books):
     for end in np.unique(ends):
         sel = ends == end
         kc, vc = _pq_streams(fmt, K, V, int(end), cfg, lh, books)
-        s = pq.pq_scores(q[sel], kc)
+        if fmt.pre_rope:
+            s = pq.rope_pq_scores(q[sel], kc, np.arange(N), books["theta"])
+        else:
+            s = pq.pq_scores(q[sel], kc)
         part = pq.pq_partial(q[sel], kc, vc, coded_m[sel], scores=s)
         ex = pq.Partial(out=exact.out[sel], lse=exact.lse[sel])
         out[sel] = pq.merge(ex, part).out
         s_hat[sel] = s
         if sel[-1]:
             k_hat, v_hat = kc.decoded(), vc.decoded()
+            if fmt.pre_rope:
+                k_hat = pq.rope(k_hat, np.arange(N), books["theta"])
     return out, s_hat, k_hat, v_hat, ends
 
 
 def _pq_streams(fmt: PqSettings, K, V, end: int, cfg: EvalConfig, lh, books) -> tuple:
     """Keys and values of one head coded with codebooks trained on tokens [sinks, end) (cached per call)."""
     li, h = lh
-    kkey = ("k", fmt.m, fmt.k, fmt.sinks, fmt.outliers, fmt.scale_keys, end)
+    kk = fmt.keys_k
+    kkey = ("k", fmt.m, kk, fmt.sinks, fmt.outliers, fmt.scale_keys, fmt.pre_rope, end)
     vkey = ("v", fmt.m, fmt.k, fmt.sinks, end)
     if kkey not in books:
-        cb = pq.train_codebook(K[fmt.sinks:end], fmt.m, fmt.k, _rng(cfg.seed, li, h, 0, fmt.m, fmt.k, end),
+        keys = books["k_pre"] if fmt.pre_rope else K
+        order = pq.rope_pair_order(K.shape[1], fmt.m) if fmt.pre_rope else None
+        cb = pq.train_codebook(keys[fmt.sinks:end], fmt.m, kk, _rng(cfg.seed, li, h, 0, fmt.m, kk, end),
                                iters=cfg.iters, outliers=fmt.outliers, scale_channels=fmt.scale_keys,
-                               seeding=KEY_SEEDING)
-        books[kkey] = pq.CodedTensor.of(cb, K)
+                               seeding=KEY_SEEDING, order=order)
+        books[kkey] = pq.CodedTensor.of(cb, keys)
     if vkey not in books:
         cb = pq.train_codebook(V[fmt.sinks:end], fmt.m, fmt.k, _rng(cfg.seed, li, h, 1, fmt.m, fmt.k, end),
                                iters=cfg.iters, seeding=VALUE_SEEDING)
@@ -258,8 +269,9 @@ def _row(acts: Activations, fmt: KvFormat, accs: list[_Acc], data: str, prefill:
 
 
 # --- perplexity (optional "real" extra) -------------------------------------------------------------------------------
-def view_fn_for(fmt: KvFormat, prefill: int, cfg: EvalConfig):
-    """The K/V a format stores, decoded, for ``workloads.perplexity.coded_hook``; codebooks fit on [sinks, prefill)."""
+def view_fn_for(fmt: KvFormat, prefill: int, cfg: EvalConfig, theta: float = 0.0):
+    """The K/V a format stores, decoded, for ``workloads.perplexity.coded_hook``; codebooks fit on [sinks, prefill).
+    ``theta``: the model's RoPE base (pre-RoPE key coding undoes RoPE on the hooked keys, codes, and redoes it)."""
     if isinstance(fmt, PqSettings) and fmt.refresh:
         raise WorkloadError(f"{fmt.name}: perplexity with codebook refresh is not implemented (fixed codebooks only)")
 
@@ -269,13 +281,18 @@ def view_fn_for(fmt: KvFormat, prefill: int, cfg: EvalConfig):
         if isinstance(fmt, IntSettings):
             return (kivi_keys(k, fmt.bits, fmt.group).astype(np.float32),
                     kivi_values(v, fmt.bits, fmt.group).astype(np.float32))
-        kcb = pq.train_codebook(k[fmt.sinks:prefill], fmt.m, fmt.k, _rng(cfg.seed, layer, head, 0, fmt.m, fmt.k),
+        kk, pos = fmt.keys_k, np.arange(len(k))
+        keys = pq.rope(k, pos, theta, inverse=True) if fmt.pre_rope else k
+        kcb = pq.train_codebook(keys[fmt.sinks:prefill], fmt.m, kk, _rng(cfg.seed, layer, head, 0, fmt.m, kk),
                                 iters=cfg.iters, outliers=fmt.outliers, scale_channels=fmt.scale_keys,
-                                seeding=KEY_SEEDING)
+                                seeding=KEY_SEEDING,
+                                order=pq.rope_pair_order(k.shape[1], fmt.m) if fmt.pre_rope else None)
         vcb = pq.train_codebook(v[fmt.sinks:prefill], fmt.m, fmt.k, _rng(cfg.seed, layer, head, 1, fmt.m, fmt.k),
                                 iters=cfg.iters, seeding=VALUE_SEEDING)
-        return (pq.CodedTensor.of(kcb, k).decoded().astype(np.float32),
-                pq.CodedTensor.of(vcb, v).decoded().astype(np.float32))
+        k_hat = pq.CodedTensor.of(kcb, keys).decoded()
+        if fmt.pre_rope:
+            k_hat = pq.rope(k_hat, pos, theta)
+        return k_hat.astype(np.float32), pq.CodedTensor.of(vcb, v).decoded().astype(np.float32)
 
     return view
 
@@ -295,7 +312,8 @@ def measure_perplexity(formats: Sequence[KvFormat], text: str, n_tokens: int, pr
     result = {}
     for fmt in formats:
         sinks, recent = getattr(fmt, "sinks", 0), getattr(fmt, "recent", 0)
-        hook = px.coded_hook(view_fn_for(fmt, prefill, cfg), prefill, sinks, recent)
+        hook = px.coded_hook(view_fn_for(fmt, prefill, cfg, float(lm.hf_config["rope_theta"])), prefill, sinks,
+                             recent)
         result[fmt.name] = (px.perplexity(lm, ids, prefill, hook), base)
         log(f"perplexity {fmt.name}: {result[fmt.name][0]:.3f}")
     return result

@@ -202,7 +202,10 @@ class PqSettings(_PimView):
     m: sub-spaces per head (head_dim % m == 0); k: centroids per sub-space (a power of two, codes of log2 k bits);
     sinks / recent: first and last tokens kept exact (FP16); outliers: key channels per head kept in FP16;
     scale_keys: divide key channels by their RMS before clustering; refresh: tokens between codebook refreshes
-    during decoding (0 = codebooks fixed after the prefill).
+    during decoding (0 = codebooks fixed after the prefill); key_k: centroids per key sub-space when keys get a
+    different codebook size than values (0 = k; a power of two); pre_rope: keys coded before RoPE, with RoPE
+    applied through a complex query table (``workloads.pq.rope_pq_scores``; head_dim / m must be even).
+    What each option costs inside PIM: ``pim_costs`` (``PqPimCosts``).
     """
 
     m: int
@@ -212,6 +215,8 @@ class PqSettings(_PimView):
     outliers: int = 0
     scale_keys: bool = False
     refresh: int = 0
+    key_k: int = 0
+    pre_rope: bool = False
     kind = "pq"
 
     def __post_init__(self):
@@ -221,8 +226,14 @@ class PqSettings(_PimView):
             raise WorkloadError(f"pq format: k must be a power of two (codes of log2 k bits), got {self.k}")
         for f in ("sinks", "recent", "outliers", "refresh"):
             _check_int("pq format", f, getattr(self, f), 0)
-        if not isinstance(self.scale_keys, bool):
-            raise WorkloadError(f"pq format: scale_keys must be true or false, got {self.scale_keys!r}")
+        if self.key_k != 0:
+            _check_int("pq format", "key_k", self.key_k, 2, 65536)
+            if self.key_k & (self.key_k - 1):
+                raise WorkloadError(f"pq format: key_k must be a power of two (codes of log2 key_k bits), "
+                                    f"got {self.key_k}")
+        for f in ("scale_keys", "pre_rope"):
+            if not isinstance(getattr(self, f), bool):
+                raise WorkloadError(f"pq format: {f} must be true or false, got {getattr(self, f)!r}")
 
     @property
     def name(self) -> str:
@@ -230,13 +241,28 @@ class PqSettings(_PimView):
 
     @property
     def code_bits(self) -> int:
-        """Bits of one code (one sub-vector of one token)."""
+        """Bits of one value code (one sub-vector of one token)."""
         return int(self.k).bit_length() - 1
 
     @property
+    def keys_k(self) -> int:
+        """Centroids per key sub-space (``key_k``, or ``k`` when 0)."""
+        return self.key_k or self.k
+
+    @property
+    def key_code_bits(self) -> int:
+        """Bits of one key code."""
+        return int(self.keys_k).bit_length() - 1
+
+    @property
     def code_bits_per_token(self) -> int:
-        """Code bits of one tensor (K or V) of one token in one KV head: ``m x log2 k``."""
+        """Code bits of one value vector of one token in one KV head: ``m x log2 k``."""
         return self.m * self.code_bits
+
+    @property
+    def key_code_bits_per_token(self) -> int:
+        """Code bits of one key vector of one token in one KV head: ``m x log2 key_k``."""
+        return self.m * self.key_code_bits
 
     @property
     def outlier_bytes_per_token(self) -> int:
@@ -249,8 +275,17 @@ class PqSettings(_PimView):
         return self.outliers * FP16_BYTES
 
     def codebook_bytes(self, model: ModelSpec) -> int:
-        """Centroids of one tensor of one KV head in one layer: k centroids x m sub-spaces x head_dim/m FP16."""
+        """Centroids of the value tensor of one KV head in one layer: k centroids x m sub-spaces x head_dim/m FP16
+        (the key codebook too unless ``key_k`` is set: ``key_codebook_bytes``)."""
         return self.k * model.head_dim * FP16_BYTES
+
+    def key_codebook_bytes(self, model: ModelSpec) -> int:
+        """Centroids of the key tensor of one KV head in one layer: key_k x head_dim FP16."""
+        return self.keys_k * model.head_dim * FP16_BYTES
+
+    def codebooks_bytes(self, model: ModelSpec) -> int:
+        """K and V codebooks of one KV head in one layer."""
+        return self.key_codebook_bytes(model) + self.codebook_bytes(model)
 
     def key_scale_bytes(self, model: ModelSpec) -> int:
         """Per-channel key scales of one KV head in one layer (``scale_keys``), FP16."""
@@ -264,35 +299,110 @@ class PqSettings(_PimView):
         if self.outliers >= model.head_dim:
             raise WorkloadError(f"pq format {self.name}: outliers ({self.outliers}) must be fewer than head_dim "
                                 f"({model.head_dim})")
+        if self.pre_rope and (model.head_dim // self.m) % 2:
+            raise WorkloadError(f"pq format {self.name}: pre_rope needs sub-vectors of whole RoPE pairs, an even "
+                                f"head_dim/m; head_dim {model.head_dim} / m={self.m} is odd")
 
     def code_bits_per_element(self, model: ModelSpec) -> float:
+        """Code bits per K/V element of a coded token, keys and values averaged."""
         self.check(model)
-        return self.m * self.code_bits / model.head_dim
+        return (self.key_code_bits_per_token + self.code_bits_per_token) / (2 * model.head_dim)
 
     def kv_bytes(self, model: ModelSpec, context: int) -> KvBytes:
         """Codes packed per tensor (``ceil`` over the context); codebooks, key scales and outlier indices once."""
         self.check(model)
         exact, coded = _split(model, context, self.sinks, self.recent)
         s = _streams(model)
-        per_tensor_codes = math.ceil(coded * self.code_bits_per_token / 8)
-        return KvBytes(codes=2 * s * per_tensor_codes,
+        codes = math.ceil(coded * self.key_code_bits_per_token / 8) + math.ceil(coded * self.code_bits_per_token / 8)
+        return KvBytes(codes=s * codes,
                        fp16_tokens=s * exact * _exact_bytes_per_token_head(model, FP16_BYTES),
                        outliers=s * (coded * self.outlier_bytes_per_token + self.outlier_index_bytes),
-                       codebooks=s * (2 * self.codebook_bytes(model) + self.key_scale_bytes(model)))
+                       codebooks=s * (self.codebooks_bytes(model) + self.key_scale_bytes(model)))
 
     def pim_token_bytes_per_head(self, model: ModelSpec) -> float:
         """K and V codes of one coded token in one KV head and layer (bit-packed, no ``ceil``), plus its FP16
         outlier key channels."""
         self.check(model)
-        return 2 * self.code_bits_per_token / 8 + self.outlier_bytes_per_token
+        return (self.key_code_bits_per_token + self.code_bits_per_token) / 8 + self.outlier_bytes_per_token
+
+    def pim_costs(self, model: ModelSpec) -> PqPimCosts:
+        """Bytes, table sizes and FLOPs of this format inside PIM, per unit and layer (``PqPimCosts``)."""
+        self.check(model)
+        d, m, kk, k = model.head_dim, self.m, self.keys_k, self.k
+        scale_flops = d if self.scale_keys else 0
+        if self.pre_rope:
+            entries, table_flops, reads = kk * d, 3.0 * kk * d, d
+            score_flops, rope_flops = 2.0 * d + 6.0 * self.outliers, 3.0 * d
+        else:
+            entries, table_flops, reads = m * kk, 2.0 * kk * d, m
+            score_flops, rope_flops = 2.0 * m + 2.0 * self.outliers, 0.0
+        return PqPimCosts(
+            key_code_bytes_per_token=self.key_code_bits_per_token / 8,
+            value_code_bytes_per_token=self.code_bits_per_token / 8,
+            outlier_bytes_per_token=self.outlier_bytes_per_token,
+            codebook_bytes=self.codebooks_bytes(model) + self.key_scale_bytes(model),
+            table_entries_per_query=entries, bin_entries_per_query=m * k,
+            table_bytes_streamed_per_query=self.key_codebook_bytes(model) + self.key_scale_bytes(model),
+            table_flops_per_query=table_flops + scale_flops, table_reads_per_token_per_query=reads,
+            score_flops_per_token_per_query=score_flops, rope_flops_per_token=rope_flops,
+            value_flops_per_token_per_query=2.0 * m, bins_x_centroids_flops_per_query=2.0 * k * d,
+            quantize_elements_per_new_token=(kk + k) * d, quantize_bytes_per_new_token=self.codebooks_bytes(model),
+            refresh_every_tokens=self.refresh, refresh_train_elements_per_token=(kk + k) * d)
 
     def pim_unit_fixed_bytes(self, model: ModelSpec) -> float:
         """K and V codebooks of one (sequence, KV head) over all layers: one copy (a system holding a unit's
         tokens on several channels keeps a copy in each). The outlier indices and ``scale_keys`` scales that
         ``kv_bytes`` counts are not placed in PIM by this count (a few bytes per KV head and layer)."""
         self.check(model)
-        return model.n_layers * 2 * self.codebook_bytes(model)
+        return model.n_layers * self.codebooks_bytes(model)
 
+
+@dataclass(frozen=True)
+class PqPimCosts:
+    """What one PQ format costs inside PIM, per (sequence, KV head, layer) "unit", as data for the timing model
+    (``PqSettings.pim_costs``). Counts, not times: the timing model turns bytes and FLOPs into time with its channel
+    parameters. "per query" = per query head of the unit's GQA group; "per token" = per coded token the unit holds;
+    table and bin entries are FP16 values held in the unit's lookup buffer (``lut_bytes``).
+
+    What each option changes against plain PQ (m sub-spaces, k centroids, post-RoPE keys):
+    - ``key_k``: key codes of log2 key_k bits, a key codebook of key_k x head_dim, key tables of m x key_k
+      entries, key_k x head_dim FP16 streamed and 2 key_k head_dim FLOPs per query to build them, key_k x head_dim
+      distance elements per quantized token;
+    - ``pre_rope``: the key table holds complex entries per RoPE pair: key_k x head_dim FP16 values per query
+      (head_dim / m times more), built with 3 key_k head_dim FLOPs (a complex product per pair); each token reads
+      head_dim table values instead of m and spends 2 head_dim FLOPs (rotate each gathered pair by its position
+      and add) instead of 2m; the rotation factors e^{j p theta_i} of the token's position (head_dim / 2 pairs)
+      cost 3 head_dim FLOPs per token per unit, shared by the group's query heads (a complex multiply-step from the
+      previous position; nothing stored); outlier channels cost 6 FLOPs each instead of 2 (rotated);
+    - ``outliers``: outliers x 2 bytes per token streamed with the key codes, their exact dot products;
+    - ``scale_keys``: head_dim FP16 scales per unit, head_dim FLOPs per query (q times the scales, folded into the
+      table); no per-token cost;
+    - ``refresh``: every ``refresh`` decoded tokens the unit's codebooks are re-fit (on the GPU, as at prefill:
+      ``refresh_train_elements`` distance elements per k-means iteration) and sent again
+      (``codebook_bytes`` per copy). The accuracy protocol re-codes the tokens already coded from their FP16
+      values, which the format does not keep: a deployable refresh codes only later tokens with the new codebooks.
+    """
+
+    key_code_bytes_per_token: float  # m log2(key_k) / 8
+    value_code_bytes_per_token: float  # m log2(k) / 8
+    outlier_bytes_per_token: float  # FP16 key channels of a coded token
+    codebook_bytes: float  # K and V centroids (+ key scales) per unit, one copy
+    table_entries_per_query: float  # key score table: m x key_k (post-RoPE) or key_k x head_dim (pre-RoPE)
+    bin_entries_per_query: float  # value bins: m x k
+    table_bytes_streamed_per_query: float  # the key codebook read to build a table
+    table_flops_per_query: float  # 2 key_k head_dim (post-RoPE), 3 key_k head_dim (pre-RoPE) (+ head_dim scales)
+    table_reads_per_token_per_query: float  # m (post-RoPE) or head_dim (pre-RoPE)
+    score_flops_per_token_per_query: float  # 2m (post) or 2 head_dim (pre), + 2 (post) or 6 (pre) per outlier
+    rope_flops_per_token: float  # 3 head_dim when pre_rope (per unit, shared by the group's query heads), else 0
+    value_flops_per_token_per_query: float  # 2m: scatter-add the weight into m bins
+    bins_x_centroids_flops_per_query: float  # 2 k head_dim
+    quantize_elements_per_new_token: float  # (key_k + k) x head_dim distance elements (x the model's FLOPs/element)
+    quantize_bytes_per_new_token: float  # both codebooks streamed to code the token leaving the window
+    refresh_every_tokens: int  # 0 = never
+    refresh_train_elements_per_token: float  # (key_k + k) x head_dim per training token per k-means iteration
+
+
+KvFormat = Fp16Settings | IntSettings | PqSettings
 
 KvFormat = Fp16Settings | IntSettings | PqSettings
 FORMATS = MappingProxyType({"fp16": Fp16Settings, "int": IntSettings, "pq": PqSettings})
@@ -373,6 +483,71 @@ def compression(model: ModelSpec, fmt: KvFormat, context: int) -> float:
     return Fp16Settings().kv_bytes(model, context).total / kv_bytes(model, fmt, context).total
 
 
+# --- compression as the context grows ------------------------------------------------------------------------------
+# A PQ sequence pays fixed bytes (its codebooks, per layer and KV head) and an FP16 window (sinks + recent tokens)
+# before its codes: at short context the "1 bit" format stores several bits per element. These functions give the
+# whole-sequence count (``kv_bytes``, the same as ``compression``) at any context and the context where a format
+# reaches a share of its ratio: the *nominal* ratio is what its code bits promise (16 / code bits per element), the
+# *asymptotic* one what it reaches at infinite context (codes plus the per-token outlier channels; below the
+# nominal one when it keeps outliers). A sliding-window model stops growing at its window.
+
+FP16_BITS = 8.0 * FP16_BYTES
+BITS_PARTS = ("codes", "fp16_tokens", "outliers", "codebooks", "scales")
+CURVE_CONTEXTS = tuple(2 ** i for i in range(10, 21))  # 1K .. 1M tokens
+
+
+def bits_per_element_by_part(model: ModelSpec, fmt: KvFormat, context: int) -> dict[str, float]:
+    """Stored bits per K/V element at ``context``, by part (``BITS_PARTS``) and ``total``."""
+    n = model.kv_tokens(context)
+    elements = 2 * _streams(model) * n * model.head_dim
+    parts = kv_bytes(model, fmt, context)
+    out = {p: 8.0 * getattr(parts, p) / elements for p in BITS_PARTS}
+    out["total"] = 8.0 * parts.total / elements
+    return out
+
+
+def asymptotic_bits_per_element(model: ModelSpec, fmt: KvFormat) -> float:
+    """Bits per element as the context grows without bound (a coded token's bytes; FP16 for fp16); a sliding-window
+    model's value at its window."""
+    if model.sliding_window is not None:
+        return bits_per_element(model, fmt, model.sliding_window)
+    if isinstance(fmt, Fp16Settings):
+        return FP16_BITS
+    return 8.0 * fmt.pim_token_bytes_per_head(model) / (2 * model.head_dim)
+
+
+def context_for_ratio(model: ModelSpec, fmt: KvFormat, target_ratio: float, limit: int = 2**40) -> int | None:
+    """The smallest context whose compression (FP16 bytes / stored bytes) is at least ``target_ratio``; None when
+    no context up to ``limit`` reaches it. Bisection: the ratio grows with the context once the exact window is
+    full (up to a byte of code packing, see the property test)."""
+    if compression(model, fmt, limit) < target_ratio:
+        return None
+    lo, hi = 0, limit  # compression(lo) < target (or lo = 0), compression(hi) >= target
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if compression(model, fmt, mid) >= target_ratio:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def compression_by_context(model: ModelSpec, fmt: KvFormat, contexts: Sequence[int] = CURVE_CONTEXTS,
+                           share: float = 0.9) -> dict:
+    """Bits per element against context (total and by part) and where the format reaches ``share`` of its nominal
+    and asymptotic ratios: the Result ``details`` entry ``bits_per_element_by_context`` and the figure's data."""
+    nominal_bits = code_bits_per_element(model, fmt)
+    asym_bits = asymptotic_bits_per_element(model, fmt)
+    by_part = [bits_per_element_by_part(model, fmt, c) for c in contexts]
+    return {"format": fmt.name, "contexts": [int(c) for c in contexts],
+            "bits_per_element": [b["total"] for b in by_part],
+            "bits_per_element_by_part": {p: [b[p] for b in by_part] for p in BITS_PARTS},
+            "nominal_bits_per_element": nominal_bits, "nominal_ratio": FP16_BITS / nominal_bits,
+            "asymptotic_bits_per_element": asym_bits, "asymptotic_ratio": FP16_BITS / asym_bits, "share": share,
+            "context_for_share_of_nominal": context_for_ratio(model, fmt, share * FP16_BITS / nominal_bits),
+            "context_for_share_of_asymptotic": context_for_ratio(model, fmt, share * FP16_BITS / asym_bits)}
+
+
 # =====================================================================================================================
 # --- measured accuracy, looked up by geometry (workloads/presets/accuracy.json, scripts/accuracy_table.py) ---------
 # =====================================================================================================================
@@ -417,10 +592,11 @@ class AccuracyEntry:
 
     @property
     def geometry(self) -> str:
-        """What the entry carries over by: ``d_sub 8, K 256``, ``INT2 group 32`` or ``exact``."""
+        """What the entry carries over by: ``d_sub 8, K 256`` (``K 256, key K 1024`` with a larger key codebook),
+        ``INT2 group 32`` or ``exact``."""
         fmt = self.settings
         if isinstance(fmt, PqSettings):
-            return f"d_sub {self.head_dim // fmt.m}, K {fmt.k}"
+            return f"d_sub {self.head_dim // fmt.m}, K {fmt.k}" + (f", key K {fmt.key_k}" if fmt.key_k else "")
         if isinstance(fmt, IntSettings):
             return f"INT{fmt.bits} group {fmt.group}"
         return "exact"
@@ -469,6 +645,27 @@ def load_accuracy_table(path: Path = ACCURACY_TABLE) -> tuple[AccuracyEntry, ...
     if not isinstance(doc, dict) or doc.get("version") != ACCURACY_TABLE_VERSION:
         raise WorkloadError(f"accuracy table {path}: expected version {ACCURACY_TABLE_VERSION}")
     return tuple(_entry_from_json(raw, str(path)) for raw in doc.get("entries", []))
+
+
+HELDOUT_DATA = "real-heldout"  # entries measured on layers the fixes were not chosen on
+
+
+def accuracy_summary(fmt: KvFormat, head_dim: int, entries: Sequence[AccuracyEntry] | None = None) -> str:
+    """One line for run and compare: the measured accuracy of ``fmt`` on heads of ``head_dim`` dims on the tuned
+    layers and on the held-out ones, or that none was measured at this geometry and with these options."""
+    tuned = accuracy_entry(fmt, head_dim, "real", entries)
+    held = accuracy_entry(fmt, head_dim, HELDOUT_DATA, entries)
+    if tuned is None and held is None:
+        geo = (f"d_sub {head_dim // fmt.m}, K {fmt.k}" if isinstance(fmt, PqSettings) and head_dim % fmt.m == 0
+               else fmt.name)
+        return f"not measured at this geometry and options ({geo}; table {ACCURACY_TABLE.name})"
+    parts = []
+    if tuned is not None:
+        parts.append(f"tuned layers cos {tuned.out_cos_mean:.3f} mean / {tuned.out_cos_min:.2f} worst")
+    if held is not None:
+        parts.append(f"held-out layers cos {held.out_cos_mean:.3f} mean / {held.out_cos_min:.2f} worst")
+    e = tuned or held
+    return f"{'; '.join(parts)} ({e.model} K/V, {e.geometry}, measured as {e.format})"
 
 
 def accuracy_entry(fmt: KvFormat, head_dim: int, data: str = "real",

@@ -12,8 +12,17 @@ Attention on codes never decodes the cache (this is what AQPIM runs inside PIM):
 Both are exact rewrites of ordinary attention over the decoded K/V (``tests/test_pq.py`` checks that property).
 
 Accuracy options live here as data on the ``Codebook``: outlier channels (kept exact, zeroed inside the PQ part so
-the M sub-spaces still tile all D dims) and a per-channel scale applied before clustering. Sink and recent-window
-tokens are exact attention parts merged with the PQ part through softmax statistics (``merge``).
+the M sub-spaces still tile all D dims), a per-channel scale applied before clustering and a channel order (which
+channels each sub-vector holds). Sink and recent-window tokens are exact attention parts merged with the PQ part
+through softmax statistics (``merge``).
+
+Pre-RoPE keys (``rope_pq_scores``): keys may be coded *before* RoPE (their channels keep one distribution at every
+position, so codebooks trained on the prefill fit later tokens too) while queries stay post-RoPE. RoPE rotates the
+channel pairs (i, i + D/2) by angle p theta_i, so with sub-vectors that hold whole pairs (``rope_pair_order``) the
+score is sum over sub-spaces m and pairs t of Re(A[m, code_m, t] e^{j p theta_t}) with the complex query table
+A[m, c, t] = conj(q_t) C_m[c]_t: the table has K x D/M complex entries per sub-space instead of K reals, and each
+token rotates the D/2 complex entries it gathers by its position (the rotation factors depend on the position only,
+shared by every head and layer). Exactly equal to ordinary attention over RoPE(decoded pre-RoPE keys).
 
 Shapes: N tokens, D head dim, M sub-spaces, K centroids, G query rows (query heads of a GQA group x positions).
 
@@ -100,15 +109,19 @@ def _assign(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Codebook:
     """PQ codebook of one tensor (K or V) of one KV head in one layer, with its accuracy options."""
 
-    centroids: np.ndarray  # (M, K, D/M) float32, in the scaled space
+    centroids: np.ndarray  # (M, K, D/M) float32, in the scaled space, channels in ``order``
     scale: np.ndarray  # (D,) positive: vectors are divided by it before clustering (ones = no scaling)
     outliers: np.ndarray  # (n_out,) int channel indices kept exact outside the PQ part (empty = none)
+    order: np.ndarray | None = None  # (D,) channel permutation: sub-vector m holds order[m*D/M:(m+1)*D/M]
 
     def __post_init__(self):
         M, K, dsub = self.centroids.shape
         assert self.scale.shape == (M * dsub,), (self.scale.shape, self.centroids.shape)
         assert np.all(self.scale > 0), "channel scales must be positive"
         assert self.outliers.ndim == 1 and np.all((self.outliers >= 0) & (self.outliers < M * dsub))
+        if self.order is None:
+            object.__setattr__(self, "order", np.arange(M * dsub))
+        assert np.array_equal(np.sort(self.order), np.arange(M * dsub)), "order must be a permutation of channels"
 
     @property
     def m(self) -> int:
@@ -134,7 +147,14 @@ class Codebook:
         if self.outliers.size:
             y = y.copy()
             y[:, self.outliers] = 0.0
+        y = y[:, self.order]
         return np.ascontiguousarray(y.reshape(N, self.m, D // self.m).transpose(1, 0, 2), dtype=np.float32)
+
+    def _from_order(self, y: np.ndarray) -> np.ndarray:
+        """(..., D) in the sub-vector channel order -> (..., D) in the model's channel order."""
+        out = np.empty_like(y)
+        out[..., self.order] = y
+        return out
 
 
 def top_rms_channels(x: np.ndarray, n: int) -> np.ndarray:
@@ -145,20 +165,31 @@ def top_rms_channels(x: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.argsort(-rms, kind="stable")[:n])
 
 
+def rope_pair_order(dim: int, m: int) -> np.ndarray:
+    """Channel order whose M sub-vectors each hold whole RoPE pairs (i, i + dim/2), Hugging Face's rotate_half
+    convention: sub-vector s holds pairs s*P .. (s+1)*P - 1 (P = dim/(2m)), first their channels i, then i + dim/2."""
+    if dim % m or (dim // m) % 2:
+        raise ValueError(f"RoPE-pair sub-vectors need an even sub-vector dimension, got head dim {dim}, M={m}")
+    per, half = dim // m // 2, dim // 2
+    return np.concatenate([np.r_[np.arange(s * per, (s + 1) * per), half + np.arange(s * per, (s + 1) * per)]
+                           for s in range(m)])
+
+
 def train_codebook(x: np.ndarray, m: int, k: int, rng: np.random.Generator, *, iters: int = 20,
                    outliers: int = 0, scale_channels: bool = False, init: Codebook | None = None,
-                   seeding: str = "kmeans++") -> Codebook:
+                   seeding: str = "kmeans++", order: np.ndarray | None = None) -> Codebook:
     """Fit a codebook to training vectors x (N, D): the prefill's keys or values of one head.
 
     ``outliers``: the top channels by RMS are taken out of the PQ part (kept exact). ``scale_channels``: divide
     each channel by its RMS before clustering so that k-means does not spend its centroids on the largest channels.
     ``init``: the previous codebook, to refresh it with a warm start (its outliers and scales are kept).
     ``seeding``: "kmeans++" or "random" (k distinct training points); see ``workloads.accuracy`` for which wins where.
+    ``order``: which channels each sub-vector holds (default: consecutive; ``rope_pair_order`` for pre-RoPE keys).
     """
     N, D = x.shape
     assert D % m == 0, f"head dim {D} not divisible by M={m}"
     if init is not None:
-        scale, out = init.scale, init.outliers
+        scale, out, order = init.scale, init.outliers, init.order
     else:
         out = top_rms_channels(x, outliers)
         if scale_channels:
@@ -168,9 +199,9 @@ def train_codebook(x: np.ndarray, m: int, k: int, rng: np.random.Generator, *, i
         else:
             scale = np.ones(D)
     proto = Codebook(centroids=np.zeros((m, k, D // m), np.float32), scale=np.asarray(scale, np.float64),
-                     outliers=np.asarray(out, np.int64))
+                     outliers=np.asarray(out, np.int64), order=None if order is None else np.asarray(order, np.int64))
     c = kmeans(proto._to_pq_space(x), k, rng, iters, init=None if init is None else init.centroids, seeding=seeding)
-    return Codebook(centroids=c, scale=proto.scale, outliers=proto.outliers)
+    return Codebook(centroids=c, scale=proto.scale, outliers=proto.outliers, order=proto.order)
 
 
 def encode(cb: Codebook, x: np.ndarray) -> np.ndarray:
@@ -184,7 +215,7 @@ def decode(cb: Codebook, codes: np.ndarray, exact: np.ndarray | None = None) -> 
     N, M = codes.shape
     assert M == cb.m, (M, cb.m)
     sub = cb.centroids[np.arange(M)[None, :], codes.astype(np.int64)]  # (N, M, D/M)
-    y = sub.reshape(N, cb.dim).astype(np.float64) * cb.scale
+    y = cb._from_order(sub.reshape(N, cb.dim).astype(np.float64)) * cb.scale
     if cb.outliers.size:
         y[:, cb.outliers] = 0.0 if exact is None else exact
     return y
@@ -199,7 +230,7 @@ def score_table(cb: Codebook, q: np.ndarray) -> np.ndarray:
     if cb.outliers.size:
         qs = qs.copy()
         qs[:, cb.outliers] = 0.0  # the outlier channels are added exactly elsewhere
-    qm = qs.reshape(G, cb.m, D // cb.m).transpose(1, 0, 2)  # (M, G, D/M)
+    qm = qs[:, cb.order].reshape(G, cb.m, D // cb.m).transpose(1, 0, 2)  # (M, G, D/M)
     t = np.matmul(qm, cb.centroids.transpose(0, 2, 1).astype(qm.dtype))  # (M, G, K)
     return t.transpose(1, 0, 2)
 
@@ -238,7 +269,7 @@ def output_from_bins(cb: Codebook, bins: np.ndarray) -> np.ndarray:
     G, M, K = bins.shape
     assert (M, K) == (cb.m, cb.k), (bins.shape, cb.centroids.shape)
     out = np.matmul(bins.transpose(1, 0, 2), cb.centroids.astype(bins.dtype))  # (M, G, D/M)
-    return out.transpose(1, 0, 2).reshape(G, cb.dim) * cb.scale
+    return cb._from_order(out.transpose(1, 0, 2).reshape(G, cb.dim)) * cb.scale
 
 
 @dataclass(frozen=True, eq=False)
@@ -308,6 +339,63 @@ def pq_scores(q: np.ndarray, kc: CodedTensor) -> np.ndarray:
     s = scores_from_codes(score_table(kc.cb, q), kc.codes)
     if kc.cb.outliers.size:
         s = s + q[:, kc.cb.outliers] @ kc.exact.T
+    return s
+
+
+def rope_score_table(cb: Codebook, q: np.ndarray) -> np.ndarray:
+    """Complex query table of pre-RoPE key codes: A[g, m, c, t] = conj(q~_t) C~_m[c]_t over the P = D/(2M) RoPE
+    pairs t of sub-space m (x~ = x_i + j x_{i+D/2}); needs ``rope_pair_order``. (G, D) -> (G, M, K, P) complex.
+    Outlier channels are zero in the centroids, so q is used whole (RoPE mixes an outlier with its partner)."""
+    G, D = q.shape
+    M, K, dsub = cb.centroids.shape
+    per = dsub // 2
+    assert np.array_equal(cb.order, rope_pair_order(D, M)), "pre-RoPE tables need RoPE-pair sub-vectors"
+    qo = q[:, cb.order].reshape(G, M, dsub)
+    c = cb.centroids.astype(np.float64) * cb.scale[cb.order].reshape(M, 1, dsub)
+    qc = qo[..., :per] + 1j * qo[..., per:]  # (G, M, P)
+    cc = c[..., :per] + 1j * c[..., per:]  # (M, K, P)
+    return np.conj(qc)[:, :, None, :] * cc[None]
+
+
+def rope_rotations(positions: np.ndarray, dim: int, m: int, theta: float) -> np.ndarray:
+    """e^{j p theta_i} for every token position p and RoPE pair i, laid out as the table's (M, P): (N, M, P).
+    theta 0 means no RoPE (synthetic data): all ones."""
+    order = rope_pair_order(dim, m).reshape(m, -1)[:, : dim // m // 2]  # pair index i per (m, t)
+    if theta <= 0:
+        return np.ones((len(positions), *order.shape), dtype=np.complex128)
+    inv_freq = float(theta) ** (-2.0 * order / dim)
+    return np.exp(1j * np.asarray(positions, np.float64)[:, None, None] * inv_freq[None])
+
+
+def rope(x: np.ndarray, positions: np.ndarray, theta: float, inverse: bool = False) -> np.ndarray:
+    """RoPE (rotate_half convention) of x (N, D) at ``positions``; theta 0 = identity. float64."""
+    if theta <= 0:
+        return np.asarray(x, np.float64)
+    N, D = x.shape
+    half = D // 2
+    inv_freq = float(theta) ** (-np.arange(0, D, 2, dtype=np.float64) / D)
+    ang = np.asarray(positions, np.float64)[:, None] * inv_freq[None]
+    cos, sin = np.cos(ang), np.sin(ang) * (-1.0 if inverse else 1.0)
+    a, b = np.asarray(x[:, :half], np.float64), np.asarray(x[:, half:], np.float64)
+    return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=1)
+
+
+def rope_pq_scores(q: np.ndarray, kc: CodedTensor, positions: np.ndarray, theta: float) -> np.ndarray:
+    """Scores of post-RoPE queries (G, D) on keys coded before RoPE, at token ``positions`` (N,): per token, the
+    M x P complex table entries its codes select, each rotated by its position, real parts summed; plus the exact
+    outlier channels rotated. Equal to q @ RoPE(decoded).T. -> (G, N)."""
+    G, D = q.shape
+    cb = kc.cb
+    table = rope_score_table(cb, q)  # (G, M, K, P)
+    rot = rope_rotations(positions, D, cb.m, theta)  # (N, M, P)
+    s = np.zeros((G, kc.codes.shape[0]))
+    for m in range(cb.m):
+        t = table[:, m, kc.codes[:, m]]  # (G, N, P)
+        s += (t.real * rot[None, :, m].real - t.imag * rot[None, :, m].imag).sum(-1)
+    if cb.outliers.size:
+        ex = np.zeros((kc.codes.shape[0], D))
+        ex[:, cb.outliers] = kc.exact
+        s += q @ rope(ex, positions, theta).T
     return s
 
 

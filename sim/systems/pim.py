@@ -60,7 +60,7 @@ from sim.systems.base import (
 )
 from sim.topology import GPU, HOST_DRAM, PIM
 from workloads.errors import WorkloadError
-from workloads.kvformats import KvFormat, accuracy_entry, parse_format
+from workloads.kvformats import KvFormat, accuracy_summary, compression_by_context, parse_format
 from workloads.models import ModelSpec
 from workloads.opgraph import head_op, layer_ops
 
@@ -685,10 +685,10 @@ class PimSystem(System):
         parts = self.fmt.kv_bytes(self.model, ctx)
         fp16 = self.model.kv_bytes_per_token * self.model.kv_tokens(ctx)
         by_part = {k: getattr(parts, k) for k in ("codes", "fp16_tokens", "outliers", "codebooks", "scales")}
-        entry = accuracy_entry(self.fmt, self.model.head_dim)
         return {"code_bits_per_element": self.fmt.code_bits_per_element(self.model),
                 "kv_bytes_per_sequence_by_part": by_part,
                 "kv_bytes_per_token_by_part": {k: v / ctx for k, v in by_part.items()},
                 "compression": fp16 / parts.total,
                 "kv_bytes_fp16": (peak.kv_tokens + peak.n_seqs) * self.model.kv_bytes_per_token,
-                "accuracy": entry.summary() if entry else "not measured at this geometry"}
+                "bits_per_element_by_context": compression_by_context(self.model, self.fmt),
+                "accuracy": accuracy_summary(self.fmt, self.model.head_dim)}
