@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ import pytest
 from sim.explore.server import make_server
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "docs" / "img"
+# The docs' screenshots are retaken with EXPLORE_SCREENSHOTS=docs/img; otherwise they go to a temporary folder, so
+# a test run never rewrites tracked files.
+SHOTS = Path(os.environ.get("EXPLORE_SCREENSHOTS") or tempfile.mkdtemp(prefix="explore-shots-"))
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium",
                              shutil.which("chromium-browser")) if p and Path(p).exists()), None)
 DRIVER = next((p for p in (os.environ.get("CHROMEDRIVER"), shutil.which("chromedriver"), "/usr/bin/chromedriver")
