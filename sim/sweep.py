@@ -102,7 +102,10 @@ class Sweep:
 
 # Shared settings added after sweeps were first keyed: left out of the key at their defaults, so the points of
 # an existing sweep keep their keys (and a resumed sweep does not run them again).
-KEY_OMITTED_AT_DEFAULT = {"prefill": "none", "prefill_chunk_tokens": 512, "slo_ttft_s": None, "slo_tpot_s": None}
+KEY_OMITTED_AT_DEFAULT = {"prefill": "none", "prefill_chunk_tokens": 512, "slo_ttft_s": None, "slo_tpot_s": None,
+                          "trace_time_scale": 1.0, "trace_max_requests": None, "arrival_process": "poisson",
+                          "arrival_cv": None, "prompt_dist": None, "output_dist": None, "detail": "auto",
+                          "cpu_kernel": "flexgen"}
 
 
 def config_key(cfg: RunConfig) -> str:

@@ -472,3 +472,15 @@ def test_progress_bar_reports_done_rate_and_time_left():
     bar.update(5)
     line = stream[-1]
     assert line.startswith("\r") and "5/10 points" in line and "6.0 points/min" in line and "left 0:50" in line
+
+
+def test_settings_added_later_leave_the_key_at_their_defaults():
+    """A setting added after sweeps were first keyed is left out of the key at its default (so an older sweep's
+    points keep their keys), and only there: the omitted value must be the declared default."""
+    from sim.config import make_config
+    from sim.sweep import KEY_OMITTED_AT_DEFAULT, config_key
+
+    flat = {**make_config().to_dict(), **make_config(system="offload").to_dict()}
+    assert all(flat[k] == v for k, v in KEY_OMITTED_AT_DEFAULT.items())
+    base = make_config(system="offload", cpu_attention=True)
+    assert config_key(base) != config_key(make_config(system="offload", cpu_attention=True, cpu_kernel="bandwidth"))
