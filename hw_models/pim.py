@@ -701,7 +701,8 @@ def fp16_attention_works(ch: PimChannelParams, tokens: float, units: float, new:
 
 def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: float, *, head_dim: int, group: int,
                        bytes_per_element: float, m: int, k: int, outliers: int, window: int, lut: PqLookupPlan,
-                       softmax: str) -> AttentionWorks:
+                       softmax: str, key_k: int = 0, pre_rope: bool = False,
+                       lut_key: PqLookupPlan | None = None) -> AttentionWorks:
     """PQ codes in PIM (AQPIM; DESIGN.md's working dataflow). Each coded token stores, per tensor, ``m`` codes of
     ``log2 k`` bits (``code = m x log2(k) / 8`` bytes) and ``outliers`` FP16 key channels; each (unit, layer)
     has K and V codebooks of ``k x d`` FP16 entries (``cb = k x d x FP16_BYTES`` bytes per tensor). With
@@ -735,6 +736,13 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
         ``new x window`` K and V vectors (``score_work`` / ``context_work``). Its scores are computed after the
         host softmax in this order (the baseline AQPIM model's order, kept so its numbers do not move);
       - ``pim.out``: ``units x g`` partial outputs plus softmax statistics.
+
+    Key-side fixes (``workloads.kvformats.PqPimCosts`` lists them): ``key_k`` (a key codebook of ``kk = key_k``
+    centroids: key codes of ``m x log2 kk / 8`` bytes, a ``kk x d`` key codebook streamed to build the tables and to
+    quantize, ``m x kk`` table entries per query) and ``pre_rope`` (keys coded before RoPE: the table holds
+    ``kk x d`` values per query, built with ``3 x kk x d`` FLOPs; a score reads ``d`` entries with ``2 d`` FLOPs,
+    outliers 6 FLOPs each, and each token's rotation costs ``3 d`` FLOPs per unit). The key phases then use
+    ``lut_key``, the lookup plan of the key table (``d`` rows of ``kk`` entries per query with ``pre_rope``).
     """
     owner = "pq_attention_works"
     _check_load(owner, tokens, units, new, head_dim, group, bytes_per_element)
@@ -754,16 +762,40 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
                               new * 2 * QUANTIZE_FLOPS_PER_ELEMENT * k * d))
         before.append(write_work(ch, new * 2 * code_bytes, kind="aqpim.write_codes"))
         before.append(append_work(ch, new, d, e))
-    before.append(lookup_op_work(ch, "aqpim.table", units * codebook_bytes * lut.codebook_reads,
-                                 units * g * 2.0 * k * d, entries))
-    before.append(lookup_op_work(ch, "aqpim.score", tokens * (code_bytes * lut.code_reads + outliers * FP16_BYTES
-                                                              + 2.0 * g * lut.carried * SCORE_BYTES),
-                                 tokens * g * (2.0 * m + 2.0 * outliers), tokens * g * m))
-    shared = tokens * g * lut.reduced * SCORE_BYTES
+    if key_k or pre_rope:
+        if not isinstance(lut_key, PqLookupPlan):
+            raise HardwareError(f"{owner}: key_k or pre_rope needs lut_key, the key table's lookup plan")
+        if key_k and key_k & (key_k - 1):
+            raise HardwareError(f"{owner}: key_k must be a power of two, got {key_k}")
+        kk = key_k or k
+        key_cb = kk * d * FP16_BYTES
+        key_code = m * (kk.bit_length() - 1) / 8
+        if new:  # the quantize work above streamed two k-codebooks: replace it by the key and value codebooks
+            before[1] = op_work(ch, "aqpim.quantize", new * (key_cb + codebook_bytes),
+                                new * QUANTIZE_FLOPS_PER_ELEMENT * (kk + k) * d)
+            before[2] = write_work(ch, new * (key_code + code_bytes), kind="aqpim.write_codes")
+        reads, table_flops = (d, 3.0) if pre_rope else (m, 2.0)
+        score_flops = 2.0 * reads + (6.0 if pre_rope else 2.0) * outliers
+        before.append(lookup_op_work(ch, "aqpim.table", units * key_cb * lut_key.codebook_reads,
+                                     units * g * table_flops * kk * d, units * g * (kk * d if pre_rope else m * kk)))
+        before.append(lookup_op_work(ch, "aqpim.score", tokens * (key_code * lut_key.code_reads
+                                                                  + outliers * FP16_BYTES
+                                                                  + 2.0 * g * lut_key.carried * SCORE_BYTES),
+                                     tokens * (g * score_flops + (3.0 * d if pre_rope else 0.0)), tokens * g * reads))
+        shared = tokens * g * lut_key.reduced * SCORE_BYTES
+    else:
+        before.append(lookup_op_work(ch, "aqpim.table", units * codebook_bytes * lut.codebook_reads,
+                                     units * g * 2.0 * k * d, entries))
+        before.append(lookup_op_work(ch, "aqpim.score", tokens * (code_bytes * lut.code_reads
+                                                                  + outliers * FP16_BYTES
+                                                                  + 2.0 * g * lut.carried * SCORE_BYTES),
+                                     tokens * g * (2.0 * m + 2.0 * outliers), tokens * g * m))
+        shared = tokens * g * lut.reduced * SCORE_BYTES
     if shared:
         before.append(read_out_work(ch, shared, kind="aqpim.reduce"))
     before.append(softmax_work(ch, (tokens + new * window) * g, softmax, e))
-    after = [broadcast_work(ch, shared, kind="aqpim.weights_in")] if shared else []
+    weights_back = tokens * g * lut.reduced * SCORE_BYTES  # the value pool's partial-weight copies (= shared
+    after = [broadcast_work(ch, weights_back, kind="aqpim.weights_in")] if weights_back else []  # w/o key fixes)
     after += [lookup_op_work(ch, "aqpim.value", tokens * (code_bytes * lut.code_reads + g * lut.carried * SCORE_BYTES),
                              tokens * g * 2.0 * m, 2.0 * tokens * g * m),
               lookup_op_work(ch, "aqpim.bins_x_centroids", units * codebook_bytes * lut.codebook_reads,

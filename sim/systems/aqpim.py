@@ -44,6 +44,7 @@ import numpy as np
 
 from hw_models import gpu as gpu_model
 from hw_models import pim as pim_model
+from hw_models.errors import HardwareError
 from sim.errors import ConfigError
 from sim.options import option
 from sim.systems.base import PREFILL, Capacity, Devices, PrefillPlan, StepBatch
@@ -69,10 +70,15 @@ class AqpimOptions(PimDeviceOptions):
                                choices=pim_model.PQ_DATAFLOWS)
     kmeans_iters: int = option(10, "k-means iterations of codebook training at prefill", minimum=1, maximum=1000,
                                limit=10**6)
+    key_k: int = option(0, "centroids per key sub-space when keys get a larger codebook than values (0: pq_k; a "
+                        "power of two); accuracy fix, charged in the timing model", minimum=0, limit=65536)
+    pre_rope: bool = option(False, "code keys before RoPE and apply RoPE through a complex query table (accuracy "
+                            "fix; larger tables, more lookups per score)")
 
     @property
     def pq(self) -> PqSettings:
-        return PqSettings(m=self.pq_m, k=self.pq_k, sinks=self.sinks, recent=self.recent, outliers=self.outliers)
+        return PqSettings(m=self.pq_m, k=self.pq_k, sinks=self.sinks, recent=self.recent, outliers=self.outliers,
+                          key_k=self.key_k, pre_rope=self.pre_rope)
 
     def check(self) -> None:
         try:
@@ -119,10 +125,25 @@ class AqpimSystem(PimSystem):
         """Passes over the codes (``PqLookupPlan.passes``)."""
         return self.lut.passes
 
+    def key_lookup_plan(self, dataflow: str) -> pim_model.PqLookupPlan | None:
+        """The key table's lookup plan when a fix makes it differ from the value bins' (``key_k``: rows of key_k
+        entries; ``pre_rope``: head_dim rows per query head instead of m); None when the two are the same."""
+        pq = self.pq
+        if not pq.key_k and not pq.pre_rope:
+            return None
+        rows = self.model.head_dim if pq.pre_rope else pq.m
+        try:
+            return pim_model.pq_lookup_plan(self.dev.channel, self.model.gqa_group, rows, pq.keys_k, dataflow)
+        except HardwareError as e:  # name the fix that made the key table's rows too large
+            raise HardwareError(f"{e} (key_k = {pq.keys_k})") from None
+
     def format_works(self, lut: pim_model.PqLookupPlan | None = None) -> tuple:
         pq = self.pq
-        return pim_model.pq_attention_works, {"m": pq.m, "k": pq.k, "outliers": pq.outliers, "window": self.window,
-                                              "lut": self.lut if lut is None else lut}
+        lut = self.lut if lut is None else lut
+        extra = {"m": pq.m, "k": pq.k, "outliers": pq.outliers, "window": self.window, "lut": lut}
+        if pq.key_k or pq.pre_rope:
+            extra.update(key_k=pq.key_k, pre_rope=pq.pre_rope, lut_key=self.key_lookup_plan(lut.dataflow))
+        return pim_model.pq_attention_works, extra
 
     part_order = tuple(f"aqpim.{phase}" for phase in pim_model.PQ_PHASES)
 
