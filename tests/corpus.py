@@ -136,6 +136,7 @@ def _consistency_cases() -> list[Case]:
         case("pq-m not dividing head_dim", "run", "--system", "aqpim", "--pq-m", "7", *SMALL,
              match="not divisible by m=7"),
         case("pq-k not a power of two", "run", "--system", "aqpim", "--pq-k", "100", match="power of two"),
+        case("compare without a traced step", "compare", "--trace-steps", "0", *SMALL, match="--trace-steps must be"),
         case("compare pq-m not dividing head_dim", "compare", "--pq-m", "12", *SMALL, match="not divisible by m=12"),
         case("compare pq-k not a power of two", "compare", "--pq-k", "384", *SMALL, match="power of two"),
         case("lookup buffer smaller than one table row", "run", "--system", "aqpim", "--lut-bytes", "511", *SMALL,

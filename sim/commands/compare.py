@@ -31,6 +31,7 @@ from sim.compare import (
     scenario_line,
 )
 from sim.config import SHARED, option_owners
+from sim.errors import ConfigError
 from sim.io import atomic_folder, check_target_folder, write_text_atomic
 from sim.ledger import assumptions_markdown
 from sim.variants import variant_configs
@@ -86,6 +87,8 @@ def variant_pairs(args, scenario=SCENARIO) -> list:
 
 def run(args) -> int:
     pairs = variant_pairs(args)
+    if any(cfg.trace_steps < 1 for _, cfg in pairs):  # before the runs: the timeline figure needs a traced step
+        raise ConfigError("compare draws the timeline of the first decode step: --trace-steps must be at least 1")
     out = Path(args.out) if args.out else Path("results") / time.strftime("compare-%Y%m%d-%H%M%S")
     check_target_folder(out, args.overwrite, FILES.values())  # before the runs: a refusal costs nothing
     runs = run_variants(pairs)
