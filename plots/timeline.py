@@ -149,6 +149,17 @@ def _draw_density(ax, y: float, lane: Lane, t0: float, t1: float, scale: float, 
     ax.add_patch(Rectangle((0, y - 0.4), (t1 - t0) * scale, 0.8, fill=False, edgecolor="#999999", linewidth=0.5))
 
 
+SHARED_AXIS_SPAN = 4.0  # panels share one time axis when their runs' lengths are within this factor
+
+
+def shares_time_axis(spans_s: list[float]) -> bool:
+    """Whether the panels of one timeline figure share a time axis: several runs of comparable length (within
+    ``SHARED_AXIS_SPAN``), so their bars compare at a glance; a 3 s offload step beside a 15 ms PIM step would
+    leave the PIM panel empty, so those keep their own axes."""
+    positive = [s for s in spans_s if s > 0]
+    return len(positive) > 1 and max(positive) / min(positive) <= SHARED_AXIS_SPAN
+
+
 def plot_timeline(trace_path: str | Path, out: str | Path, steps: int | None = None,
                   max_channel_lanes: int = 8, title: str | None = None) -> Path:
     """Gantt chart of the first ``steps`` decode steps of a Chrome trace (all traced steps when None)."""
@@ -168,12 +179,14 @@ def plot_timeline(trace_path: str | Path, out: str | Path, steps: int | None = N
         raise ResultsError(f"{trace_path}: the trace holds no spans (was it written with --trace-steps 0?)")
     colours = kind_colours(k for r in runs for lane in r.lanes for _, _, k in lane.events)
     heights = [0.9 + 0.42 * len(r.lanes) for r in runs]
+    spans = [r.end_s - min(r.step_starts.values()) for r in runs]
+    common = shares_time_axis(spans)
     with rc():
         fig = new_figure(11.0, sum(heights) + 0.9)
         axes = fig.subplots(len(runs), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
         for ax, run in zip(axes, runs, strict=True):
             t0 = min(run.step_starts.values())
-            unit, scale = time_unit(run.end_s - t0)
+            unit, scale = time_unit(max(spans) if common else run.end_s - t0)
             for y, lane in enumerate(run.lanes):
                 if lane.members > 1:
                     _draw_density(ax, y, lane, t0, run.end_s, scale, colours)
@@ -192,8 +205,9 @@ def plot_timeline(trace_path: str | Path, out: str | Path, steps: int | None = N
             ax.axvline((run.end_s - t0) * scale, color="black", linestyle=":", linewidth=0.8)
             ax.set_yticks(range(len(run.lanes)), [lane.label for lane in run.lanes])
             ax.set_ylim(len(run.lanes) - 0.5, -0.5)
-            ax.set_xlim(0, (run.end_s - t0) * scale * 1.01)
-            ax.set_xlabel(f"time since the first shown step started ({unit})")
+            ax.set_xlim(0, (max(spans) if common else run.end_s - t0) * scale * 1.01)
+            ax.set_xlabel(f"time since the first shown step started ({unit}"
+                          + ("; the same axis in every panel)" if common else ")"))
             ax.set_title(run.label, loc="left", fontweight="bold", pad=12)
             ax.grid(axis="x", color="#dddddd", linewidth=0.5)
             ax.set_axisbelow(True)

@@ -205,3 +205,12 @@ def test_plot_cli_reads_sweep_files(grid_sweep, tmp_path, capsys):
     assert main(["plot", "breakdown", str(grid_sweep), "--out", str(tmp_path / "b.png")]) == 0
     assert main(["plot", "sweep", str(grid_sweep), "--x", "contxt", "--out", str(tmp_path / "e.png")]) == 2
     assert "'contxt'" in capsys.readouterr().err
+
+
+def test_timeline_panels_share_their_axis_only_when_runs_compare():
+    from plots.timeline import shares_time_axis
+
+    assert shares_time_axis([0.015, 0.017, 0.012])       # pim, aqpim, pim+limit steps: one axis
+    assert not shares_time_axis([2.99, 0.015])            # a 3 s offload step beside a 15 ms PIM step: their own
+    assert not shares_time_axis([0.015])                  # one panel: nothing to share
+    assert not shares_time_axis([0.0, 0.0])
