@@ -40,6 +40,7 @@ def case(id: str, *argv: str, files: dict | None = None, expect: str = "error", 
 
 
 SMALL = ("--steps", "1", "--batch", "1", "--context", "1024", "--trace-steps", "0")
+SMALL_COMPARE = ("--steps", "1", "--batch", "1", "--context", "1024", "--trace-steps", "1")  # compare draws a step
 LLAMA = ('{"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8, '
          '"num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 128256, '
          '"max_position_embeddings": 131072}')
@@ -137,8 +138,8 @@ def _consistency_cases() -> list[Case]:
              match="not divisible by m=7"),
         case("pq-k not a power of two", "run", "--system", "aqpim", "--pq-k", "100", match="power of two"),
         case("compare without a traced step", "compare", "--trace-steps", "0", *SMALL, match="--trace-steps must be"),
-        case("compare pq-m not dividing head_dim", "compare", "--pq-m", "12", *SMALL, match="not divisible by m=12"),
-        case("compare pq-k not a power of two", "compare", "--pq-k", "384", *SMALL, match="power of two"),
+        case("compare pq-m not dividing head_dim", "compare", "--pq-m", "12", *SMALL_COMPARE, match="not divisible by m=12"),
+        case("compare pq-k not a power of two", "compare", "--pq-k", "384", *SMALL_COMPARE, match="power of two"),
         case("lookup buffer smaller than one table row", "run", "--system", "aqpim", "--lut-bytes", "511", *SMALL,
              match="smaller than one table row (256 centroids x 2 bytes = 512 bytes)"),
         case("lookup buffer below a row at a larger K", "run", "--system", "aqpim", "--pq-k", "1024", *SMALL,
@@ -460,9 +461,10 @@ def _output_cases() -> list[Case]:
         case("run --json-out a folder", "run", *SMALL, "--json-out", "{d}/sub", files={"sub/x": "x"},
              match="it is a folder"),
         case("run --trace-out under a file", "run", *SMALL, "--trace-out", "{d}/f/t.json", files={"f": "x"}),
-        case("compare --out a file", "compare", *SMALL, "--variants", "gpu", "--out", "{d}/f", files={"f": "x"}),
-        case("compare --out under a file", "compare", *SMALL, "--variants", "gpu", "--out", "{d}/f/c",
-             files={"f": "x"}),
+        case("compare --out a file", "compare", *SMALL_COMPARE, "--variants", "gpu", "--out", "{d}/f", files={"f": "x"},
+             match="it is a file, not a folder"),
+        case("compare --out under a file", "compare", *SMALL_COMPARE, "--variants", "gpu", "--out", "{d}/f/c",
+             files={"f": "x"}, match="is a file, not a folder"),
         case("sweep --out a file", "sweep", "{d}/s.toml", "--out", "{d}/f",
              files={"f": "x", "s.toml": "[base]\nbatch = 1\nsteps = 1\ncontext = 1024\n"}),
         case("accuracy --json-out under a file", "accuracy", "--settings", "fp16", "--data", "synthetic",
