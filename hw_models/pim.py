@@ -755,47 +755,38 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
     g, d, e = group, head_dim, bytes_per_element
     codebook_bytes = k * d * FP16_BYTES  # one tensor of one KV head in one layer
     code_bytes = m * (k.bit_length() - 1) / 8  # one tensor of one token in one KV head
-    entries = units * g * m * k  # table entries written (and bins read) per layer
-    before = [_queries_in(ch, units, g, d, e)]
-    if new:
-        before.append(op_work(ch, "aqpim.quantize", new * 2 * codebook_bytes,
-                              new * 2 * QUANTIZE_FLOPS_PER_ELEMENT * k * d))
-        before.append(write_work(ch, new * 2 * code_bytes, kind="aqpim.write_codes"))
-        before.append(append_work(ch, new, d, e))
+    entries = units * g * m * k  # bins read per layer (and table entries written without a key fix)
+    # The key side: plain PQ unless a fix gives keys their own codebook size or pre-RoPE tables.
     if key_k or pre_rope:
         if not isinstance(lut_key, PqLookupPlan):
             raise HardwareError(f"{owner}: key_k or pre_rope needs lut_key, the key table's lookup plan")
         if key_k and key_k & (key_k - 1):
             raise HardwareError(f"{owner}: key_k must be a power of two, got {key_k}")
-        kk = key_k or k
-        key_cb = kk * d * FP16_BYTES
-        key_code = m * (kk.bit_length() - 1) / 8
-        if new:  # the quantize work above streamed two k-codebooks: replace it by the key and value codebooks
-            before[1] = op_work(ch, "aqpim.quantize", new * (key_cb + codebook_bytes),
-                                new * QUANTIZE_FLOPS_PER_ELEMENT * (kk + k) * d)
-            before[2] = write_work(ch, new * (key_code + code_bytes), kind="aqpim.write_codes")
-        reads, table_flops = (d, 3.0) if pre_rope else (m, 2.0)
-        score_flops = 2.0 * reads + (6.0 if pre_rope else 2.0) * outliers
-        before.append(lookup_op_work(ch, "aqpim.table", units * key_cb * lut_key.codebook_reads,
-                                     units * g * table_flops * kk * d, units * g * (kk * d if pre_rope else m * kk)))
-        before.append(lookup_op_work(ch, "aqpim.score", tokens * (key_code * lut_key.code_reads
-                                                                  + outliers * FP16_BYTES
-                                                                  + 2.0 * g * lut_key.carried * SCORE_BYTES),
-                                     tokens * (g * score_flops + (3.0 * d if pre_rope else 0.0)), tokens * g * reads))
-        shared = tokens * g * lut_key.reduced * SCORE_BYTES
     else:
-        before.append(lookup_op_work(ch, "aqpim.table", units * codebook_bytes * lut.codebook_reads,
-                                     units * g * 2.0 * k * d, entries))
-        before.append(lookup_op_work(ch, "aqpim.score", tokens * (code_bytes * lut.code_reads
-                                                                  + outliers * FP16_BYTES
-                                                                  + 2.0 * g * lut.carried * SCORE_BYTES),
-                                     tokens * g * (2.0 * m + 2.0 * outliers), tokens * g * m))
-        shared = tokens * g * lut.reduced * SCORE_BYTES
+        lut_key = lut
+    kk = key_k or k
+    key_cb = kk * d * FP16_BYTES
+    key_code = m * (kk.bit_length() - 1) / 8
+    reads, table_flops, outlier_flops = (d, 3.0, 6.0) if pre_rope else (m, 2.0, 2.0)
+    table_entries = units * g * (kk * d if pre_rope else m * kk)
+    before = [_queries_in(ch, units, g, d, e)]
+    if new:
+        before.append(op_work(ch, "aqpim.quantize", new * (key_cb + codebook_bytes),
+                              new * QUANTIZE_FLOPS_PER_ELEMENT * (kk + k) * d))
+        before.append(write_work(ch, new * (key_code + code_bytes), kind="aqpim.write_codes"))
+        before.append(append_work(ch, new, d, e))
+    before.append(lookup_op_work(ch, "aqpim.table", units * key_cb * lut_key.codebook_reads,
+                                 units * g * table_flops * kk * d, table_entries))
+    before.append(lookup_op_work(ch, "aqpim.score", tokens * (key_code * lut_key.code_reads + outliers * FP16_BYTES
+                                                              + 2.0 * g * lut_key.carried * SCORE_BYTES),
+                                 tokens * g * (2.0 * reads + outlier_flops * outliers)
+                                 + (tokens * 3.0 * d if pre_rope else 0.0), tokens * g * reads))
+    shared = tokens * g * lut_key.reduced * SCORE_BYTES
     if shared:
         before.append(read_out_work(ch, shared, kind="aqpim.reduce"))
     before.append(softmax_work(ch, (tokens + new * window) * g, softmax, e))
-    weights_back = tokens * g * lut.reduced * SCORE_BYTES  # the value pool's partial-weight copies (= shared
-    after = [broadcast_work(ch, weights_back, kind="aqpim.weights_in")] if weights_back else []  # w/o key fixes)
+    weights_back = tokens * g * lut.reduced * SCORE_BYTES  # the value pool's weight copies (= shared without a fix)
+    after = [broadcast_work(ch, weights_back, kind="aqpim.weights_in")] if weights_back else []
     after += [lookup_op_work(ch, "aqpim.value", tokens * (code_bytes * lut.code_reads + g * lut.carried * SCORE_BYTES),
                              tokens * g * 2.0 * m, 2.0 * tokens * g * m),
               lookup_op_work(ch, "aqpim.bins_x_centroids", units * codebook_bytes * lut.codebook_reads,
