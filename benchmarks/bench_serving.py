@@ -31,22 +31,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-CHILD = r"""
-import contextlib, io, json, resource, sys, time
-root, argv = sys.argv[1], json.loads(sys.argv[2])
-sys.path.insert(0, root)
-import sim.cli
-assert sim.cli.__file__.startswith(root), (sim.cli.__file__, root)
-r0 = resource.getrusage(resource.RUSAGE_SELF)
-t = time.perf_counter()
-with contextlib.redirect_stdout(io.StringIO()) as out:
-    code = sim.cli.main(argv)
-wall = time.perf_counter() - t
-r1 = resource.getrusage(resource.RUSAGE_SELF)
-cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
-print(json.dumps({"code": code, "wall_s": wall, "cpu_s": cpu, "import_rss_kib": r0.ru_maxrss,
-                  "peak_rss_kib": r1.ru_maxrss, "out": out.getvalue()}))
-"""
+# The child process that runs one command and reports its times and peak RSS: the memory benchmark's own.
+from bench_memory import CHILD  # noqa: E402  (run as a script: benchmarks/ is on sys.path)
 
 CASES = {
     "7b": ["--model", "llama-2-7b"],
