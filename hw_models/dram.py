@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hw_models.errors import HardwareError
 from hw_models.loading import PresetDir, origin_of, read_toml
-from hw_models.params import build, check_power, non_negative, positive
+from hw_models.params import build, check_power, fraction, non_negative, positive
 
 # ---------------------------------------------------------------------------------------------------------------
 # DRAM timing: one channel's organisation and timing, and closed-form streaming times.
@@ -496,12 +496,16 @@ class HostDramParams:
     # limit at full bandwidth. 0: not modelled.
     idle_power_w: float = 0.0
     max_power_w: float = 0.0
+    # The share of every channel's bandwidth one GPU's traffic gets when several GPUs use the host at once (tensor
+    # parallelism: 1 / ranks; set by ``MachineParams.rank_view``, never by a preset).
+    share: float = 1.0
     sources: dict = field(default_factory=dict, compare=False, repr=False)
     dram: DramTimingParams = field(init=False, compare=False, repr=False)
 
     def __post_init__(self):
         owner = f"host_dram '{self.name}'"
         check_power(owner, self.idle_power_w, self.max_power_w)
+        fraction(owner, share=self.share)
         for name in ("channels", "subchannels_per_channel", "ranks_per_channel", "interleave_bytes",
                      "read_queue_lines", "kv_block_tokens"):
             v = getattr(self, name)
@@ -562,13 +566,13 @@ def host_read_bw_bytes_per_s(host: HostDramParams, pattern: AccessPattern) -> fl
     This is the rate the offload system's KV DMA (``paged_kv_pattern(host, ..., heads=kv_heads)``) and CPU
     attention (``paged_kv_pattern(host, ..., heads=1)``) read at; ``SEQUENTIAL`` gives the streaming rate.
     """
-    return host.subchannels * pattern_bw_bytes_per_s(host.dram, channel_pattern(host, pattern))
+    return host.share * host.subchannels * pattern_bw_bytes_per_s(host.dram, channel_pattern(host, pattern))
 
 
 def host_read_time_s(host: HostDramParams, pattern: AccessPattern, nbytes: float) -> float:
     """Time to read ``nbytes`` in ``pattern`` spread evenly over the channels, first-access latency included."""
     _check_bytes(nbytes)
-    return pattern_read_time_s(host.dram, channel_pattern(host, pattern), nbytes / host.subchannels)
+    return pattern_read_time_s(host.dram, channel_pattern(host, pattern), nbytes / (host.subchannels * host.share))
 
 
 def paged_kv_pattern(host: HostDramParams, head_dim: int, bytes_per_element: float, heads: int = 1) -> RandomAccess:

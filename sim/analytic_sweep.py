@@ -45,7 +45,16 @@ from sim.config import RunConfig
 from sim.errors import ConfigError
 from sim.options import specs
 from sim.results import RESULT_SCHEMA_VERSION, Result
-from sim.run import _admission, _capacity, _non_finite, _power_cap_warning, build_requests, static_power_w
+from sim.run import (
+    _admission,
+    _capacity,
+    _non_finite,
+    _parallel_details,
+    _power_cap_warning,
+    build_requests,
+    parallel_view,
+    static_power_w,
+)
 from sim.serving import request_fields
 from sim.stats import RequestStats, StepStats
 from sim.systems import SYSTEMS
@@ -147,15 +156,16 @@ class Evaluator:
         self.option_defaults: dict = {}
 
     def setup(self, cfg: RunConfig) -> _Setup:
-        key = (cfg.system, cfg.model, cfg.hardware, cfg.options)
+        key = (cfg.system, cfg.model, cfg.hardware, cfg.tp, cfg.options)
         s = self.setups.get(key)
         if s is None:
             model = self.models.get(cfg.model) or self.models.setdefault(cfg.model, load_model(cfg.model))
             params = self.machines.get(cfg.hardware) or self.machines.setdefault(cfg.hardware,
                                                                                   load_machine(cfg.hardware))
+            params, model = parallel_view(cfg, params, model)
             cls = SYSTEMS[cfg.system]
             devices = cls.devices(cfg.options)
-            tkey = (cfg.hardware, devices.pim)
+            tkey = (cfg.hardware, cfg.tp, devices.pim)
             topology = self.topologies.get(tkey) or self.topologies.setdefault(tkey, Topology(params, devices.pim))
             system = cls(PlanMachine(topology), model, cfg.options)
             s = self.setups[key] = _Setup(system, model, params, topology)
@@ -266,10 +276,10 @@ class Evaluator:
         exact = stats.analytic_exact
         omitted = list(OMITTED)
         if energy is not None and exact:
-            energy_fields = _energy_fields(energy, static_power_w(topology), wall_s, tokens)
+            energy_fields = _energy_fields(energy, static_power_w(topology), wall_s, tokens, params.tp)
         else:  # static energy needs the wall time, which a bound only bounds; dynamic energy does not
             omitted.append("energy" if energy is None else "energy_static")
-            dynamic = dict(sorted(energy.items())) if energy is not None else {}
+            dynamic = {k: params.tp * v for k, v in sorted(energy.items())} if energy is not None else {}
             energy_fields = {"energy_j": {}, "energy_per_token_j": 0.0, "energy_static_j": {},
                              "energy_dynamic_j": dynamic, "energy_static_per_token_j": 0.0,
                              "energy_dynamic_per_token_j": sum(dynamic.values()) / tokens if tokens else 0.0,
@@ -280,7 +290,8 @@ class Evaluator:
         else:
             omitted.append("bytes_by_link")
             links = {}
-        details = _admission(dict(cap.details) if cap else {}, budget, stats.peak_batch)
+        details = _parallel_details(_admission(dict(cap.details) if cap else {}, budget, stats.peak_batch),
+                                    params, model, cap)
         details.update(method="analytic", analytic_omitted=",".join(omitted))
         provenance = {"model": model.origin, "hardware": params.origin}
         if topology.pim is not None:
@@ -294,7 +305,7 @@ class Evaluator:
             ttnt_p50_s=stats.ttnt.percentile(50), ttnt_p90_s=stats.ttnt.percentile(90),
             ttnt_p99_s=stats.ttnt.percentile(99),
             busy_s={}, busy_by_kind_s={}, breakdown_s={}, comm_share=0.0, bytes_by_link=links, **energy_fields,
-            kv_bytes=cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "",
+            kv_bytes=params.tp * cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "",
             fits=bool(cap and cap.fits), fit_reasons=list(cap.reasons) if cap else ["no decode step ran"],
             analytic_mean_step_latency_s=decode_s / steps if steps else 0.0, analytic_exact=exact,
             warnings=warnings, config=self.config_dict(cfg), details=details,
@@ -316,9 +327,10 @@ def estimate_point(cfg: RunConfig, evaluator: Evaluator | None = None) -> Result
     return (evaluator or Evaluator()).point(cfg)
 
 
-def _energy_fields(dynamic: dict, static_w: dict, wall_s: float, tokens: int) -> dict:
-    """As ``sim.run._energy``: static (idle power x wall time) and dynamic energy per component, their sum."""
-    dynamic = dict(sorted(dynamic.items()))
+def _energy_fields(dynamic: dict, static_w: dict, wall_s: float, tokens: int, ranks: int = 1) -> dict:
+    """As ``sim.run._energy``: static (idle power x wall time) and dynamic energy per component (one GPU's times
+    the ``ranks`` of tensor parallelism), their sum."""
+    dynamic = {c: ranks * j for c, j in sorted(dynamic.items())}
     static = {c: w * wall_s for c, w in sorted(static_w.items())}
     total = {c: static.get(c, 0.0) + dynamic.get(c, 0.0) for c in sorted(set(dynamic) | set(static))}
 

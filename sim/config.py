@@ -33,6 +33,9 @@ class RunConfig(Options):
     system: str = option("offload", "which system to simulate")
     model: str = option("llama-3.1-8b", "model preset name or path to a Hugging Face config.json")
     hardware: str = option(DEFAULT_MACHINE, "machine preset name or path to a .toml file")
+    tp: int = option(1, "tensor parallelism: GPUs that split every layer's heads and FFN columns (all-reduce after "
+                     "attention and after the FFN); the machine must have that many GPUs", minimum=1, maximum=64,
+                     limit=1024)
     # Workload: a fixed batch x context x steps, or a request list (trace file or synthetic) batched continuously.
     batch: int = option(16, "sequences decoded together", minimum=1, maximum=4096, limit=2**20)
     context: int = option(32768, "KV tokens per sequence at the first step", unit="tokens", minimum=1,

@@ -26,9 +26,11 @@ import numpy as np
 import simpy
 
 from hw_models.machine import MachineParams, load_machine
+from hw_models.machine import preset_names as machine_preset_names
 from hw_models.pim import PimDeviceParams
 from sim.config import DEFAULT_STEPS, RunConfig
 from sim.engine import Span, Tracer
+from sim.errors import ConfigError
 from sim.fastpath import Stepper
 from sim.io import open_atomic
 from sim.machine import Machine
@@ -141,6 +143,7 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
     timeline (``sim.serving.prefill_driver``)."""
     model = model or load_model(cfg.model)
     params = params or load_machine(cfg.hardware)
+    params, model = parallel_view(cfg, params, model)
     system_cls = SYSTEMS[cfg.system]
     devices = system_cls.devices(cfg.options, pim)
     rng = np.random.default_rng(cfg.seed)
@@ -209,6 +212,30 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
     return Run(result, tracer.spans, topology, model)
 
 
+def parallel_view(cfg: RunConfig, params: MachineParams, model: ModelSpec) -> tuple[MachineParams, ModelSpec]:
+    """Under tensor parallelism (``cfg.tp`` > 1), what one GPU sees: the machine's rank view and the model's shard
+    (``MachineParams.rank_view``, ``ModelSpec.shard``); every GPU does the same, so one is simulated and the
+    totals (energy, capacity) count all of them."""
+    if cfg.tp == 1:
+        return params, model
+    if params.gpus < cfg.tp:
+        raise ConfigError(f"tp {cfg.tp} needs {cfg.tp} GPUs; machine '{params.name}' has {params.gpus} "
+                          f"GPU{'s' if params.gpus > 1 else ''} (multi-GPU presets: "
+                          f"{', '.join(multi_gpu_presets()) or 'none'})")
+    return params.rank_view(cfg.tp), model.shard(cfg.tp)
+
+
+def multi_gpu_presets() -> list[str]:
+    out = []
+    for name in machine_preset_names():
+        try:
+            if load_machine(name).gpus > 1:
+                out.append(name)
+        except Exception:  # noqa: BLE001 - a broken preset is reported where it is used, not here
+            continue
+    return out
+
+
 def _capacity(system: System, model: ModelSpec, peak: StepBatch | None) -> Capacity | None:
     if peak is None:
         return None
@@ -221,10 +248,13 @@ def static_power_w(topology: Topology) -> dict[str, float]:
     host CPU socket, host DRAM, the PCIe link (half per direction: each direction is its own lane pairs) and,
     when the system has one, the PIM device (channels x a channel's idle power)."""
     p = topology.params
-    out = {GPU: p.gpu.idle_power_w, HOST_CPU: p.cpu.idle_power_w, HOST_DRAM: p.host_dram.idle_power_w,
-           "pcie.h2d": p.pcie.idle_power_w / 2, "pcie.d2h": p.pcie.idle_power_w / 2}
+    n = p.tp  # tensor parallelism: that many GPUs, each with its link and PIM device; one host
+    out = {GPU: n * p.gpu.idle_power_w, HOST_CPU: p.cpu.idle_power_w, HOST_DRAM: p.host_dram.idle_power_w,
+           "pcie.h2d": n * p.pcie.idle_power_w / 2, "pcie.d2h": n * p.pcie.idle_power_w / 2}
     if topology.pim is not None:
-        out[PIM] = topology.pim.channels * topology.pim.channel.idle_power_w
+        out[PIM] = n * topology.pim.channels * topology.pim.channel.idle_power_w
+    if n > 1 and p.interconnect is not None and p.interconnect.idle_power_w:
+        out["interconnect"] = p.interconnect.idle_power_w
     return out
 
 
@@ -233,8 +263,11 @@ def _energy(tracer: Tracer, topology: Topology, end_s: float, tokens: int) -> di
     component, their sum per component, and the totals per generated token."""
     for component, watts in static_power_w(topology).items():
         tracer.set_static_power(component, watts)
-    static, dynamic = tracer.energy_static_j(end_s), tracer.energy_dynamic_j()
-    total = tracer.energy_j(end_s)
+    # One GPU is simulated under tensor parallelism; all of them (and their share of the host) do the same work.
+    ranks = topology.params.tp
+    static = tracer.energy_static_j(end_s)
+    dynamic = {c: ranks * j for c, j in tracer.energy_dynamic_j().items()}
+    total = {c: static.get(c, 0.0) + dynamic.get(c, 0.0) for c in sorted(set(dynamic) | set(static))}
 
     def per_token(joules: dict) -> float:
         return sum(joules.values()) / tokens if tokens else 0.0
@@ -261,8 +294,10 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
     tokens = st.tokens
     decode_s = st.latency_sum_s
     cap = _capacity(system, model, log.peak)
+    ranks = params.tp
     if cap and not cap.fits:
-        warnings.append("does not fit: " + "; ".join(cap.reasons))
+        where = f" (each of {ranks} GPUs, tensor parallel)" if ranks > 1 else ""
+        warnings.append(f"does not fit{where}: " + "; ".join(cap.reasons))
     compute_s = tracer.compute_busy_s()
     exposed_comm_s = tracer.exposed_comm_s()
     exposed_link_s = tracer.exposed_link_s()
@@ -287,12 +322,13 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
                      "idle": max(0.0, decode_s - compute_s - exposed_comm_s - exposed_link_s)},
         comm_share=exposed_comm_s / decode_s if decode_s > 0 else 0.0,
         bytes_by_link=links, **energy,
-        kv_bytes=cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "", fits=bool(cap and cap.fits),
+        kv_bytes=ranks * cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "", fits=bool(cap and cap.fits),
         fit_reasons=list(cap.reasons) if cap else ["no decode step ran"],
         analytic_mean_step_latency_s=st.analytic_sum_s / st.steps if st.steps else 0.0,
         analytic_exact=st.analytic_exact, warnings=warnings, config=cfg.to_dict(),
-        details=_admission(dict(cap.details) if cap else {}, system.token_budget(cfg.effective_max_batch),
-                           st.peak_batch),
+        details=_parallel_details(_admission(dict(cap.details) if cap else {},
+                                             system.token_budget(cfg.effective_max_batch), st.peak_batch),
+                                  params, model, cap),
         option_defaults=type(cfg.options).defaults(),
         provenance=provenance,
         ttnt_mean_s=st.token_latency_sum_s / tokens if tokens else 0.0,
@@ -300,6 +336,14 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
         peak_batch=st.peak_batch, peak_kv_tokens=log.peak.kv_tokens if log.peak else 0,
         analytic_max_rel_gap=st.max_rel_gap, analytic_max_rel_undershoot=st.max_rel_undershoot,
         traced_step_latency_s=list(log.traced_latency_s), **request_fields(reqs, wall_s)))
+
+
+def _parallel_details(details: dict, params: MachineParams, model: ModelSpec, cap: Capacity | None) -> dict:
+    """Under tensor parallelism: the GPUs, the shard each holds, and its KV bytes."""
+    if params.tp > 1:
+        details.update(tp=params.tp, gpu_shard=model.name, shard_weight_bytes=float(model.weight_bytes),
+                       kv_bytes_per_gpu=cap.kv_bytes if cap else 0.0)
+    return details
 
 
 def _admission(details: dict, token_budget: int | None, peak_batch: int) -> dict:

@@ -11,8 +11,25 @@ def test_graph_is_a_dag_and_flops_match_model_formula(name):
     g = layer_graph(m, 1, 1000)
     assert nx.is_directed_acyclic_graph(g)
     ops = layer_ops(m, 1, 1000)
-    matmul = sum(op.flops for k, op in ops.items() if k != "softmax")
+    matmul = sum(op.flops for op in ops.values() if op.kind in ("gemm", "attention") and op.name != "softmax")
     assert matmul == pytest.approx(m.flops_per_token_per_layer(1000))
+    assert set(g.nodes) == set(ops)
+
+
+@pytest.mark.parametrize("name", ["llama-2-7b", "opt-30b"])
+def test_elementwise_operators_of_the_whole_layer(name):
+    """Norms (residual add fused), rotary embedding (rotary families only) and the FFN activation, by hand."""
+    m = load_model(name)
+    b, h, e = 4, m.hidden_size, m.bytes_per_element
+    ops = layer_ops(m, b, 1000)
+    for norm in ("attn_norm", "ffn_norm"):
+        assert ops[norm].flops == 5.0 * b * h
+        assert ops[norm].act_bytes == 4 * b * h * e
+    rotated = b * (m.q_dim + m.kv_dim) if m.family == "llama" else 0
+    assert ops["rope"].flops == 3.0 * rotated and ops["rope"].act_bytes == 2 * rotated * e
+    n_in = 2 if m.ffn_gated else 1
+    assert ops["act"].act_bytes == (n_in + 1) * b * m.ffn_size * e
+    assert ops["act"].flops == (5.0 if m.ffn_gated else 1.0) * b * m.ffn_size
 
 
 def test_kv_bytes_scale_with_tokens_and_weights_do_not():

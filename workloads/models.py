@@ -100,6 +100,26 @@ class ModelSpec:
     def weight_bytes(self) -> int:
         return self.n_layers * self.layer_weight_bytes + self.embedding_bytes
 
+    def shard(self, tp: int) -> ModelSpec:
+        """One GPU's share of the model under ``tp``-way tensor parallelism (Megatron-LM's split, as vLLM runs
+        it): its query heads and KV heads (each KV head on ``tp / n_kv_heads`` GPUs when there are fewer KV heads
+        than GPUs, as vLLM replicates them), its columns of the FFN and its rows of the vocabulary (padded up);
+        the hidden size, layers and norms are every GPU's."""
+        if tp == 1:
+            return self
+        name = f"'{self.name}'"
+        if self.n_heads % tp:
+            raise WorkloadError(f"tensor parallelism {tp} does not divide the {self.n_heads} attention heads of "
+                                f"{name}; use a divisor of {self.n_heads}")
+        if self.n_kv_heads % tp and tp % self.n_kv_heads:
+            raise WorkloadError(f"tensor parallelism {tp} neither divides nor is a multiple of the "
+                                f"{self.n_kv_heads} KV heads of {name}")
+        if self.ffn_size % tp:
+            raise WorkloadError(f"tensor parallelism {tp} does not divide the FFN size {self.ffn_size} of {name}")
+        return dataclasses.replace(self, name=f"{self.name}/tp{tp}", n_heads=self.n_heads // tp,
+                                   n_kv_heads=max(1, self.n_kv_heads // tp), ffn_size=self.ffn_size // tp,
+                                   vocab_size=-(-self.vocab_size // tp))
+
     def flops_per_token_per_layer(self, context: int) -> float:
         """Decode FLOPs of one token in one layer: 2 per weight (GEMV) plus attention over the kept context."""
         t = self.kv_tokens(context)

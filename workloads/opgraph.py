@@ -23,6 +23,15 @@ from workloads.models import ModelSpec
 
 # Softmax per score: running max, subtract, exp, accumulate, normalise (hw_models.pim counts it the same way).
 SOFTMAX_FLOPS_PER_SCORE = 5.0
+# The element-wise operators of a decoder layer, as vLLM fuses them (vllm/model_executor/layers/layernorm.py
+# fused_add_rms_norm; rotary_embedding.py; activation.py silu_and_mul): per hidden element a residual add and a
+# norm (square, sum, scale, weight) = 5 FLOP; per rotated element 3 FLOP (two products and a sum per pair, over
+# two elements); per gated FFN element SiLU(gate) x up = 5 FLOP (exp, add, divide, two products), 1 for
+# OPT's ReLU.
+NORM_FLOPS_PER_ELEMENT = 5.0
+ROPE_FLOPS_PER_ELEMENT = 3.0
+ACT_FLOPS_PER_ELEMENT = {True: 5.0, False: 1.0}
+ROTARY_FAMILIES = ("llama", "mistral", "qwen2")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +67,17 @@ class Op:
 
 
 # The layer's data flow (the same for every batch; ``_layer`` gives each edge its bytes) and the graph's
-# lexicographical topological order of operators, the order ``layer_ops`` lists them in.
-EDGES = (("qkv_proj", "attn_score"), ("qkv_proj", "kv_append"), ("kv_fetch", "attn_score"),
-         ("kv_fetch", "attn_context"), ("attn_score", "softmax"), ("softmax", "attn_context"),
-         ("attn_context", "o_proj"), ("o_proj", "ffn"))
+# lexicographical topological order of operators, the order ``layer_ops`` lists them in. The residual adds are
+# fused into the norms (vLLM's fused_add_rms_norm): ``attn_norm`` adds the previous layer's FFN output.
+EDGES = (("attn_norm", "qkv_proj"), ("qkv_proj", "rope"), ("rope", "attn_score"), ("rope", "kv_append"),
+         ("kv_fetch", "attn_score"), ("kv_fetch", "attn_context"), ("attn_score", "softmax"),
+         ("softmax", "attn_context"), ("attn_context", "o_proj"), ("o_proj", "ffn_norm"), ("ffn_norm", "ffn"),
+         ("ffn", "act"))
 OP_ORDER = tuple(nx.lexicographical_topological_sort(nx.DiGraph(EDGES)))
+# What every system runs on the GPU before attention and after it, in stream order. ``ffn`` is the FFN's weight
+# GEMMs as one kernel; its activation (``act``) is a kernel of its own, listed after them.
+DENSE_PRE = ("attn_norm", "qkv_proj", "rope")
+DENSE_POST = ("o_proj", "ffn_norm", "ffn", "act")
 
 
 def _layer(model: ModelSpec, n_seqs: int, kv_tokens: int) -> tuple[list[Op], list[tuple[str, str, float]]]:
@@ -87,10 +102,15 @@ def _layer(model: ModelSpec, n_seqs: int, kv_tokens: int) -> tuple[list[Op], lis
                            combine=combine, head_dim=m.head_dim, bytes_per_element=e)
 
     ffn_shapes = ((f, h),) * (n_ffn - 1) + ((h, f),)  # up (and gate), then down
+    rows = Parallelism(items=b, bytes_per_element=e)  # element-wise kernels: one thread block per token
+    rotated = b * (m.q_dim + m.kv_dim) if m.family in ROTARY_FAMILIES else 0  # query and key elements
+    act_in = (n_ffn - 1) * b * f  # gate and up (gated), or the up projection's output
     ops = [
+        norm_op("attn_norm", m, b),
         Op("qkv_proj", "gemm", 2.0 * b * h * (m.q_dim + 2 * m.kv_dim),
            weight_bytes=h * (m.q_dim + 2 * m.kv_dim) * e, act_bytes=x_bytes + q_bytes + new_kv_bytes,
            parallel=gemms((m.q_dim + 2 * m.kv_dim, h))),
+        Op("rope", "elementwise", ROPE_FLOPS_PER_ELEMENT * rotated, act_bytes=2.0 * rotated * e, parallel=rows),
         Op("kv_fetch", "kv_read", 0.0, kv_bytes=kv_bytes),
         Op("kv_append", "kv_write", 0.0, kv_bytes=new_kv_bytes),
         Op("attn_score", "attention", 2.0 * t * m.n_heads * m.head_dim,
@@ -101,11 +121,24 @@ def _layer(model: ModelSpec, n_seqs: int, kv_tokens: int) -> tuple[list[Op], lis
            kv_bytes=kv_bytes / 2, act_bytes=score_bytes + q_bytes, parallel=attention(combine=True)),
         Op("o_proj", "gemm", 2.0 * b * m.q_dim * h,
            weight_bytes=m.q_dim * h * e, act_bytes=q_bytes + x_bytes, parallel=gemms((h, m.q_dim))),
+        norm_op("ffn_norm", m, b),
         Op("ffn", "gemm", 2.0 * b * n_ffn * h * f,
            weight_bytes=n_ffn * h * f * e, act_bytes=2 * x_bytes + b * f * e, parallel=gemms(*ffn_shapes)),
+        Op("act", "elementwise", ACT_FLOPS_PER_ELEMENT[m.ffn_gated] * b * f, act_bytes=(act_in + b * f) * e,
+           parallel=rows),
     ]
-    edge_nbytes = (q_bytes, new_kv_bytes, kv_bytes / 2, kv_bytes / 2, score_bytes, score_bytes, q_bytes, x_bytes)
+    edge_nbytes = (x_bytes, q_bytes + new_kv_bytes, q_bytes, new_kv_bytes, kv_bytes / 2, kv_bytes / 2,
+                   score_bytes, score_bytes, q_bytes, x_bytes, x_bytes, act_in * e)
     return ops, [(u, v, nbytes) for (u, v), nbytes in zip(EDGES, edge_nbytes, strict=True)]
+
+
+def norm_op(name: str, model: ModelSpec, n_rows: int) -> Op:
+    """A residual add fused with the layer's RMSNorm (LayerNorm for OPT) over ``n_rows`` tokens: it reads the
+    input and the residual and writes both (4 x rows x hidden elements), and reads the norm's weight."""
+    h, e = model.hidden_size, model.bytes_per_element
+    weights = (1 if model.family in ROTARY_FAMILIES else 2) * h * e  # LayerNorm has a bias too
+    return Op(name, "elementwise", NORM_FLOPS_PER_ELEMENT * n_rows * h, weight_bytes=weights,
+              act_bytes=4.0 * n_rows * h * e, parallel=Parallelism(items=n_rows, bytes_per_element=e))
 
 
 def layer_graph(model: ModelSpec, n_seqs: int, kv_tokens: int) -> nx.DiGraph:
@@ -128,6 +161,11 @@ def layer_ops(model: ModelSpec, n_seqs: int, kv_tokens: int) -> dict[str, Op]:
 
 def edge_bytes(model: ModelSpec, n_seqs: int, kv_tokens: int) -> dict[tuple[str, str], float]:
     return {(u, v): nbytes for u, v, nbytes in _layer(model, n_seqs, kv_tokens)[1]}
+
+
+def final_norm_op(model: ModelSpec, n_seqs: int) -> Op:
+    """Once per step after the last layer, before the LM head: the last residual add and the final norm."""
+    return norm_op("final_norm", model, n_seqs)
 
 
 def head_op(model: ModelSpec, n_seqs: int) -> Op:

@@ -34,11 +34,20 @@ from typing import ClassVar
 import numpy as np
 
 from hw_models import gpu as gpu_model
+from hw_models import interconnect as ic_model
 from hw_models.component import Work
 from hw_models.pim import PimDeviceParams
 from sim.options import NoOptions, Options
 from workloads.models import ModelSpec
-from workloads.opgraph import PREFILL_OPS, head_op, prefill_layer_ops
+from workloads.opgraph import (
+    DENSE_POST,
+    DENSE_PRE,
+    PREFILL_OPS,
+    final_norm_op,
+    head_op,
+    layer_ops,
+    prefill_layer_ops,
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,47 @@ class Devices:
 
     pim: PimDeviceParams | None = None
     pim_trace_lanes: int = 0  # PIM channels drawn one per lane in traces
+
+
+@dataclass(frozen=True)
+class DenseWorks:
+    """The GPU kernels of one decode step that read no KV, which every system runs the same way and which depend on
+    the batch size alone: per layer ``pre`` (norm, QKV projection, rotary embedding) before attention and ``post``
+    (output projection, norm, FFN, activation) after it, each projection's partial sums all-reduced over the
+    tensor-parallel GPUs; once per step ``head`` (final norm, LM head, and under tensor parallelism the logits
+    gathered from the GPUs' vocabulary shares)."""
+
+    pre: tuple[Work, ...]
+    post: tuple[Work, ...]
+    head: tuple[Work, ...]
+
+
+def collective_work(params, kind: str, nbytes: float, gather: bool = False) -> Work:
+    """A collective over the ``params.tp`` GPUs of a rank view as a kernel on the GPU's stream: an all-reduce of
+    ``nbytes`` (``gather``: an all-gather, half the ring's traffic); its bytes cost the interconnect's energy. The
+    reduction's additions (one per element per hop) are not counted as FLOPs: they are hidden in the transfers."""
+    ic, tp = params.interconnect, params.tp
+    moved = ic_model.ring_bytes(nbytes, tp) / (2.0 if gather else 1.0)
+    time_s = ic.allreduce_alpha_s + moved / ic.allreduce_bus_bw_bytes_per_s
+    return Work(kind, time_s, moved, 0.0, moved * ic.energy_per_byte_j)
+
+
+def dense_works(params, model: ModelSpec, n_seqs: int) -> DenseWorks:
+    """``DenseWorks`` for ``n_seqs`` sequences on a machine (a rank view under tensor parallelism) and ``model``
+    (the rank's shard)."""
+    g = params.gpu
+    ops = layer_ops(model, n_seqs, 0)
+    pre = tuple(gpu_model.op_kernel(g, name, ops[name]) for name in DENSE_PRE)
+    post = [gpu_model.op_kernel(g, name, ops[name]) for name in DENSE_POST]
+    head = [gpu_model.op_kernel(g, "final_norm", final_norm_op(model, n_seqs)),
+            gpu_model.op_kernel(g, "lm_head", head_op(model, n_seqs))]
+    if params.tp > 1:
+        x_bytes = n_seqs * model.hidden_size * model.bytes_per_element
+        post.insert(DENSE_POST.index("o_proj") + 1, collective_work(params, "allreduce", x_bytes))
+        post.append(collective_work(params, "allreduce", x_bytes))
+        logits = n_seqs * model.vocab_size * params.tp * model.bytes_per_element
+        head.append(collective_work(params, "logits_gather", logits, gather=True))
+    return DenseWorks(pre, tuple(post), tuple(head))
 
 
 PREFILL = "prefill"  # span kinds of prefill work start with this ("prefill.attention", "prefill.kv_store")

@@ -9,19 +9,19 @@ KV cache must fit GPU memory; when they do not, the run is still timed and repor
 from __future__ import annotations
 
 from hw_models import gpu as gpu_model
-from sim.systems.base import Capacity, Estimate, SeqsCache, StepBatch, System, gib, total_s
+from sim.systems.base import Capacity, Estimate, SeqsCache, StepBatch, System, dense_works, gib, total_s
 from workloads.models import ModelSpec
-from workloads.opgraph import head_op, layer_ops
+from workloads.opgraph import layer_ops
 
-LAYER_OPS = ("qkv_proj", "attn_score", "softmax", "attn_context", "o_proj", "ffn")
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
 
 
 def gpu_costs(params, model: ModelSpec, batch: StepBatch):
-    """(per-layer kernels, LM-head kernel) of one step."""
+    """(per-layer kernels, once-per-step kernels) of one step."""
     ops = layer_ops(model, batch.n_seqs, batch.kv_tokens)
-    layer = tuple(gpu_model.op_kernel(params.gpu, name, ops[name]) for name in LAYER_OPS)
-    return layer, (gpu_model.op_kernel(params.gpu, "lm_head", head_op(model, batch.n_seqs)),)
+    dense = dense_works(params, model, batch.n_seqs)
+    attention = tuple(gpu_model.op_kernel(params.gpu, name, ops[name]) for name in ATTENTION_OPS)
+    return dense.pre + attention + dense.post, dense.head
 
 
 class GpuSystem(System):
@@ -37,22 +37,13 @@ class GpuSystem(System):
     def plan_key(self, batch: StepBatch):
         return batch.n_seqs, batch.kv_tokens
 
-    def _fixed_kernels(self, n_seqs: int):
-        """The kernels that read no KV (projections, FFN, LM head), which do not change while the batch size
-        does not: the same numbers as ``gpu_costs``."""
-        g = self.machine.params.gpu
-        ops = layer_ops(self.model, n_seqs, 0)
-        return ({name: gpu_model.op_kernel(g, name, ops[name]) for name in LAYER_OPS if name not in ATTENTION_OPS},
-                (gpu_model.op_kernel(g, "lm_head", head_op(self.model, n_seqs)),))
-
     def plan(self, batch: StepBatch):
         """``gpu_costs``, with the kernels that read no KV computed once per batch size."""
-        fixed, head = self._fixed.get_or(batch.n_seqs, self._fixed_kernels)
+        dense = self._fixed.get_or(batch.n_seqs, lambda n: dense_works(self.machine.params, self.model, n))
         ops = layer_ops(self.model, batch.n_seqs, batch.kv_tokens)
         g = self.machine.params.gpu
-        layer = tuple(fixed[name] if name in fixed else gpu_model.op_kernel(g, name, ops[name])
-                      for name in LAYER_OPS)
-        return layer, head
+        attention = tuple(gpu_model.op_kernel(g, name, ops[name]) for name in ATTENTION_OPS)
+        return dense.pre + attention + dense.post, dense.head
 
     def estimate(self, plan) -> Estimate:
         layer, head = plan

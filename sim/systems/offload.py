@@ -39,10 +39,10 @@ from hw_models.machine import MachineParams
 from hw_models.params import override
 from sim.errors import ConfigError
 from sim.options import Options, option
-from sim.systems.base import Capacity, Estimate, PrefillPlan, StepBatch, System, gib, total_s
+from sim.systems.base import Capacity, Estimate, PrefillPlan, StepBatch, System, dense_works, gib, total_s
 from sim.topology import GPU, HOST_DRAM, Topology
 from workloads.models import ModelSpec
-from workloads.opgraph import head_op, layer_ops
+from workloads.opgraph import layer_ops
 
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
 AUTO = "auto"
@@ -250,10 +250,9 @@ def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, kv:
         attn = tuple(on_gpu(name) for name in ATTENTION_OPS)
         kv_fetch = (1.0 - f) * ops["kv_fetch"].kv_bytes
         store = (1.0 - f) * new_kv
-    head = head_op(m, batch.n_seqs)
+    dense = dense_works(params, m, batch.n_seqs)
     return OffloadCosts(
-        pre=(on_gpu("qkv_proj"),), attn=attn, post=(on_gpu("o_proj"), on_gpu("ffn")),
-        head=(gpu_model.op_kernel(g, "lm_head", head),), cpu_attn=cpu_attn, merge=merge,
+        pre=dense.pre, attn=attn, post=dense.post, head=dense.head, cpu_attn=cpu_attn, merge=merge,
         weight_fetch_bytes=(1.0 - w) * m.layer_weight_bytes, head_fetch_bytes=(1.0 - w) * head_weight_bytes(m),
         kv_fetch_bytes=kv_fetch, store_bytes=store, out_fetch_bytes=out_fetch, dram_read_bytes=dram_read,
         placement=pl)

@@ -53,6 +53,7 @@ from sim.systems.base import (
     SeqsCache,
     StepBatch,
     System,
+    dense_works,
     excess,
     gib,
     share,
@@ -62,10 +63,9 @@ from sim.topology import GPU, HOST_DRAM, PIM
 from workloads.errors import WorkloadError
 from workloads.kvformats import KvFormat, accuracy_summary, compression_by_context, parse_format
 from workloads.models import ModelSpec
-from workloads.opgraph import head_op, layer_ops
+from workloads.opgraph import layer_ops
 
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
-FIXED_OPS = ("qkv_proj", "o_proj", "ffn")  # read no KV: the same kernels for every step of a batch size
 
 
 @dataclass(frozen=True)
@@ -476,11 +476,11 @@ class PimSystem(System):
         if opts.link_chunks > 1 and len(phases) == 1:  # a host softmax splits the path: not pipelined
             q_bytes = batch.n_seqs * m.q_dim * e
             chunks = self.link_chunks(placement, units, phases[0], spill, new_to_host, q_bytes, down - q_bytes)
-        qkv, o_proj, ffn = self._fixed.get_or(batch.n_seqs, lambda _: tuple(kernel(n, ops[n]) for n in FIXED_OPS))
+        dense = self._fixed.get_or(batch.n_seqs, lambda n: dense_works(p, m, n))
         return PimPlan(
-            pre=(qkv,), down_bytes=down,
+            pre=dense.pre, down_bytes=down,
             phases=phases, mid_up_bytes=mid_up, mid_gpu=mid_gpu, mid_down_bytes=mid_down, up_bytes=up,
-            merge_post=merge + (o_proj, ffn),
+            merge_post=merge + dense.post,
             spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn, chunks=chunks)
 
     def link_chunks(self, placement: Placement, units: np.ndarray | None, phase: Phase, spill: float,
@@ -527,8 +527,7 @@ class PimSystem(System):
                                                   + np.arange(self.model.n_kv_heads)[None, :]).ravel()
             plans.append(self.layer_plan(sub, placement, units, spill))
         self.power_throttle = max([self.power_throttle] + [ph.throttle for p in plans for ph in p.phases])
-        head = self._fixed.get_or(("head", batch.n_seqs), lambda key: (gpu_model.op_kernel(
-            self.machine.params.gpu, "lm_head", head_op(self.model, key[1])),))
+        head = self._fixed.get_or(batch.n_seqs, lambda n: dense_works(self.machine.params, self.model, n)).head
         return PimStepPlan(tuple(plans), head)
 
     # ---- closed form ---------------------------------------------------------------------------------------------

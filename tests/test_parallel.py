@@ -1,0 +1,112 @@
+"""Tensor parallelism: the shard, the rank view, the collectives, both timing views, energy and bad input."""
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hw_models.interconnect import allreduce_time_s, ring_bytes
+from hw_models.machine import load_machine
+from sim.cli import main
+from sim.config import make_config
+from sim.run import simulate
+from sim.systems.base import dense_works
+from workloads.models import ModelSpec, load_model
+
+
+def test_shard_splits_heads_ffn_and_vocabulary():
+    m = load_model("llama-3.1-70b")
+    s = m.shard(8)
+    assert (s.n_heads, s.n_kv_heads, s.ffn_size, s.hidden_size) == (8, 1, 3584, 8192)
+    assert s.vocab_size == 128256 // 8
+    # a GQA model with fewer KV heads than GPUs: each KV head replicated (vLLM)
+    q = dataclasses.replace(load_model("llama-3.1-8b"), n_kv_heads=4, n_heads=32)
+    assert q.shard(8).n_kv_heads == 1 and q.shard(8).n_heads == 4
+    # every weight but the norms is split
+    assert s.layer_weight_bytes * 8 == pytest.approx(m.layer_weight_bytes, rel=1e-12)
+
+
+def test_rank_view_shares_the_host_and_the_pcie_switch():
+    p = load_machine("dgx-a100")
+    v = p.rank_view(4)
+    assert v.tp == 4 and v.gpu == p.gpu
+    assert v.cpu.peak_flops_per_s == p.cpu.peak_flops_per_s / 4
+    assert v.host_dram.share == 0.25
+    assert v.pcie.h2d_bw_bytes_per_s == p.pcie.h2d_bw_bytes_per_s / p.pcie_switch_gpus
+    assert p.rank_view(1) is p
+
+
+def test_collectives_per_layer_by_hand():
+    """Two all-reduces of the layer's activations per layer, ring model: alpha + 2 (N-1)/N x S / B."""
+    p = load_machine("dgx-a100").rank_view(8)
+    m = load_model("llama-3.1-70b").shard(8)
+    d = dense_works(p, m, 16)
+    ar = [w for w in d.post if w.kind == "allreduce"]
+    assert [w.kind for w in d.post] == ["o_proj", "allreduce", "ffn_norm", "ffn", "act", "allreduce"]
+    x = 16 * 8192 * 2
+    ic = p.interconnect
+    assert all(w.duration_s == pytest.approx(ic.allreduce_alpha_s + 2 * 7 / 8 * x / ic.allreduce_bus_bw_bytes_per_s)
+               for w in ar)
+    assert ar[0].duration_s == pytest.approx(allreduce_time_s(ic, x, 8))
+    assert ring_bytes(x, 8) == ar[0].nbytes
+    assert [w.kind for w in d.head] == ["final_norm", "lm_head", "logits_gather"]
+    assert not [w for w in dense_works(load_machine("dgx-a100"), load_model("llama-3.1-70b"), 16).post
+                if w.kind == "allreduce"]
+
+
+def tiny(layers, kv_heads, group, head_dim):
+    return ModelSpec(name="tiny", family="llama", n_layers=layers, hidden_size=kv_heads * group * head_dim,
+                     n_heads=kv_heads * group, n_kv_heads=kv_heads, head_dim=head_dim, ffn_size=8 * head_dim,
+                     vocab_size=1024, max_context=1 << 20)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sampled_from([1, 2, 4, 8]), st.integers(1, 4), st.sampled_from([8, 16]), st.integers(1, 32),
+       st.integers(16, 50_000), st.sampled_from(["gpu", "sync", "cpu_attention", "pim", "aqpim", "prefetch"]))
+def test_two_views_agree_under_tensor_parallelism(tp, layers, kv_heads, batch, context, mode):
+    """Exact where the schedule is one chain, a lower bound otherwise, with the collectives in the chain."""
+    opts = {"gpu": {"system": "gpu"}, "pim": {"system": "pim", "capacity_policy": "spill"},
+            "aqpim": {"system": "aqpim"},
+            "sync": {"system": "offload", "kv_gpu_fraction": "0"},
+            "cpu_attention": {"system": "offload", "kv_gpu_fraction": "0", "cpu_attention": True},
+            "prefetch": {"system": "offload", "kv_gpu_fraction": "0", "prefetch": True}}[mode]
+    cfg = make_config(**opts, hardware="dgx-a100", tp=tp, batch=batch, context=context, steps=2, trace_steps=0)
+    r = simulate(cfg, model=tiny(layers, kv_heads, 2, 64))
+    if r.analytic_exact:
+        assert r.analytic_max_rel_gap <= 1e-9
+    else:
+        assert r.analytic_max_rel_undershoot <= 1e-12
+    if tp > 1:
+        assert r.busy_by_kind_s["allreduce"] > 0 and r.details["tp"] == tp
+
+
+def test_energy_counts_every_gpu_and_the_host_once():
+    base = dict(system="gpu", hardware="dgx-a100", model="llama-3.1-8b", batch=8, context=4096, steps=2)
+    one, two = simulate(make_config(**base)), simulate(make_config(**base, tp=2))
+    p = load_machine("dgx-a100")
+    for r, n in ((one, 1), (two, 2)):
+        assert r.energy_static_j["gpu"] == pytest.approx(n * p.gpu.idle_power_w * r.total_time_s)
+        assert r.energy_static_j["host.cpu"] == pytest.approx(p.cpu.idle_power_w * r.total_time_s)
+    # the rank's dynamic energy times the GPUs: the weights' bytes are read once in all, split over the GPUs
+    assert two.energy_dynamic_j["gpu"] == pytest.approx(one.energy_dynamic_j["gpu"], rel=0.05)
+    assert two.kv_bytes == pytest.approx(one.kv_bytes)
+
+
+def test_weights_fit_only_when_split():
+    base = dict(system="gpu", hardware="dgx-a100", model="llama-3.1-70b", batch=1, context=2048, steps=1)
+    assert not simulate(make_config(**base)).fits
+    r = simulate(make_config(**base, tp=2))
+    assert r.fits and r.details["shard_weight_bytes"] < 80 * 2**30
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--hardware", "dgx-a100", "--model", "llama-3.1-70b", "--tp", "3"], "does not divide the 64 attention heads"),
+    (["--model", "llama-3.1-8b", "--tp", "2"], "has 1 GPU"),
+    (["--hardware", "dgx-a100", "--tp", "16"], "needs 16 GPUs"),
+    (["--tp", "0"], "tp"),
+])
+def test_bad_parallelism_is_one_line_exit_2(capsys, argv, needle):
+    code = main(["run", "--system", "gpu", "--batch", "1", "--context", "1024", "--steps", "1", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
