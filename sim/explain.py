@@ -283,8 +283,16 @@ def explain_result(result: Result, spans: list, topology: Topology, model: Model
     us = usage_from_spans(spans, n, set(result.busy_s))
     lines = [f"{result.system} | {result.model} | {result.hardware} | batch {result.batch} | "
              f"context {result.context}", ""]
+    tp = result.details.get("tp", 1)
+    if tp > 1:
+        lines.append(f"Tensor parallel over {tp} GPUs: each holds {model.n_heads} query heads, {model.n_kv_heads} KV "
+                     f"head{'s' if model.n_kv_heads > 1 else ''} and 1/{tp} of the FFN; every layer ends its attention "
+                     f"and its FFN with an all-reduce over the interconnect. The GPUs do the same work at the same "
+                     f"times: the numbers below are one GPU's (energy: all of them).")
+        lines.append("")
     lines.append("What is stored:")
-    lines.append(f"  Weights: {gb(model.weight_bytes)} in GPU memory, read once per step.")
+    lines.append(f"  Weights: {gb(model.weight_bytes)} in {'each GPU' if tp > 1 else 'GPU'} memory, read once per "
+                 f"step.")
     parts = result.details.get("kv_bytes_per_token_by_part")
     if parts:  # a compressed format: what a token really costs, part by part
         per_token = sum(parts.values())

@@ -110,3 +110,19 @@ def test_bad_parallelism_is_one_line_exit_2(capsys, argv, needle):
     code = main(["run", "--system", "gpu", "--batch", "1", "--context", "1024", "--steps", "1", *argv])
     out, err = capsys.readouterr()
     assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_trace_draws_one_process_per_gpu(tmp_path, capsys):
+    import json
+    t = tmp_path / "t.json"
+    code = main(["run", "--system", "pim", "--hardware", "dgx-a100", "--model", "llama-3.1-70b", "--tp", "4",
+                 "--batch", "4", "--context", "4096", "--steps", "1", "--trace-out", str(t)])
+    capsys.readouterr()
+    trace = json.loads(t.read_text())
+    names = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
+    assert {f"gpu[{r}]" for r in range(4)} | {f"pim[{r}]" for r in range(4)} <= names
+    assert code == 0 and "gpu" not in names and trace["otherData"]["ranks"] == 4
+    x = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["cat"] == "gpu"]
+    per_rank = {r: sorted((e["name"], e["ts"]) for e in x if e["pid"] == pid)
+                for r, pid in enumerate(sorted({e["pid"] for e in x}))}
+    assert all(v == per_rank[0] for v in per_rank.values()) and any(n == "allreduce" for n, _ in per_rank[0])

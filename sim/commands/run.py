@@ -74,5 +74,6 @@ def run(args) -> int:
     if args.json_out:
         write_text_atomic(args.json_out, result.to_json())
     if args.trace_out:
-        write_text_atomic(args.trace_out, chrome_trace_json(spans, {"system": result.system, "model": result.model}))
+        write_text_atomic(args.trace_out, chrome_trace_json(spans, {"system": result.system, "model": result.model},
+                                                             ranks=result.details.get("tp", 1)))
     return 0
