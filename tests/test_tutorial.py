@@ -19,6 +19,7 @@ an unchanged command's output is then not re-run: do not use it to check a chang
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -168,6 +169,7 @@ def namespace(tutorial_run, installed, tmp_path_factory):
 
     app = App(str(tmp_path_factory.mktemp("explore")))
 
+    @functools.cache
     def page(url: str, api: str = "estimate") -> tut.J:
         """What the explorer page shows for this URL: its /api/estimate (or /api/sweep, /api/run) answer."""
         state = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
