@@ -13,7 +13,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.mark.parametrize("name, points", [("sweep-pcie.toml", 24), ("sweep-context.toml", 48),
-                                          ("sweep-channels.toml", 16), ("sweep-capacity.toml", 64)])
+                                          ("sweep-channels.toml", 16), ("sweep-capacity.toml", 64),
+                                          ("sweep-wall.toml", 8), ("sweep-pq.toml", 7)])
 def test_example_sweeps_resolve(name, points):
     sweep = load_sweep(EXAMPLES / name)
     assert len(sweep.points) == points
