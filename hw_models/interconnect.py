@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from hw_models.errors import HardwareError
 from hw_models.params import check_power, non_negative, positive
 
-KINDS = ("nvswitch", "nvlink", "pcie")
+# Fabrics that carry only the GPUs' collectives. Through the host (PCIe) a collective would contend with the
+# offload path's transfers and must be timed as transfers on the links: not built yet, so not accepted.
+KINDS = ("nvswitch", "nvlink")
 
 
 @dataclass(frozen=True)
