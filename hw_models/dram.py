@@ -506,6 +506,8 @@ class HostDramParams:
         owner = f"host_dram '{self.name}'"
         check_power(owner, self.idle_power_w, self.max_power_w)
         fraction(owner, share=self.share)
+        self.sources.setdefault("share", "not a preset value: 1 for the whole host; 1 / ranks in a tensor-parallel "
+                                         "run's rank view")
         for name in ("channels", "subchannels_per_channel", "ranks_per_channel", "interleave_bytes",
                      "read_queue_lines", "kv_block_tokens"):
             v = getattr(self, name)

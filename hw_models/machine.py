@@ -84,6 +84,11 @@ def machine_from_table(table: dict, where: str, origin: str = "") -> MachinePara
     for key, v in counts.items():
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1024:
             raise HardwareError(f"{where}: {key} must be a whole number from 1 to 1024, got {v!r}")
+    sources.setdefault("gpus", "one GPU: the default for a machine file without 'gpus'")
+    sources.setdefault("pcie_switch_gpus", "default 1: every GPU's PCIe link goes to the host on its own")
+    sources["tp"] = "not a preset value: 1 for the machine; N in the rank view of a tensor-parallel run (--tp N)"
+    sources.setdefault("interconnect", "the [interconnect] section" if "interconnect" in blocks
+                       else "none: a one-GPU machine needs no GPU-to-GPU interconnect")
     gpus = counts.get("gpus", 1)
     if gpus > 1 and "interconnect" not in blocks:
         raise HardwareError(f"{where}: a machine of {gpus} GPUs needs an [interconnect] section")

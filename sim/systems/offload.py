@@ -39,7 +39,18 @@ from hw_models.machine import MachineParams
 from hw_models.params import override
 from sim.errors import ConfigError
 from sim.options import Options, option
-from sim.systems.base import Capacity, Estimate, PrefillPlan, StepBatch, System, dense_works, gib, total_s
+from sim.systems.base import (
+    Capacity,
+    DenseWorks,
+    Estimate,
+    PrefillPlan,
+    SeqsCache,
+    StepBatch,
+    System,
+    dense_works,
+    gib,
+    total_s,
+)
 from sim.topology import GPU, HOST_DRAM, Topology
 from workloads.models import ModelSpec
 from workloads.opgraph import layer_ops
@@ -210,7 +221,8 @@ class OffloadCosts:
 
 def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, kv: float | None,
                   weights: float | None, prefetch: bool, cpu_attention: bool,
-                  cpu_kernel: str = "flexgen") -> OffloadCosts:
+                  cpu_kernel: str = "flexgen", dense: DenseWorks | None = None) -> OffloadCosts:
+    """``dense``: the step's ``dense_works`` when the caller keeps them per batch size."""
     m, g = model, params.gpu
     host_cpu = params.cpu if cpu_kernel == "flexgen" else override(params.cpu, flops_efficiency=1.0)
     pl = place(m, g.mem_capacity_bytes, batch.n_seqs, batch.kv_tokens + batch.n_seqs, kv, weights, prefetch,
@@ -250,7 +262,7 @@ def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, kv:
         attn = tuple(on_gpu(name) for name in ATTENTION_OPS)
         kv_fetch = (1.0 - f) * ops["kv_fetch"].kv_bytes
         store = (1.0 - f) * new_kv
-    dense = dense_works(params, m, batch.n_seqs)
+    dense = dense or dense_works(params, m, batch.n_seqs)
     return OffloadCosts(
         pre=dense.pre, attn=attn, post=dense.post, head=dense.head, cpu_attn=cpu_attn, merge=merge,
         weight_fetch_bytes=(1.0 - w) * m.layer_weight_bytes, head_fetch_bytes=(1.0 - w) * head_weight_bytes(m),
@@ -354,6 +366,7 @@ class OffloadSystem(System):
         self.cpu_attention = options.cpu_attention
         self.kv_fraction = options.kv_fraction
         self.weights_fraction = options.weights_fraction
+        self._dense = SeqsCache()  # the kernels that read no KV, per batch size
 
     def plan_key(self, batch: StepBatch):
         return batch.n_seqs, batch.kv_tokens
@@ -372,8 +385,9 @@ class OffloadSystem(System):
         return costs
 
     def _costs(self, batch: StepBatch, kv: float | None, weights: float | None) -> OffloadCosts:
+        dense = self._dense.get_or(batch.n_seqs, lambda n: dense_works(self.machine.params, self.model, n))
         return offload_costs(self.machine.params, self.model, batch, kv, weights, self.prefetch, self.cpu_attention,
-                             self.options.cpu_kernel)
+                             self.options.cpu_kernel, dense)
 
     def estimate(self, plan: OffloadCosts) -> Estimate:
         return offload_estimate(plan, self.machine.topology, self.model.n_layers, self.prefetch)
