@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     base = dict(hardware="dgx-a100", model="llama-3.1-70b", batch=16, context=32768, steps=args.steps)
-    simulate(make_config(**base, steps=1))  # imports and preset loading outside the timings
+    simulate(make_config(**{**base, "steps": 1}))  # imports and preset loading outside the timings
     print(f"{'system':10} {'tp 1 CPU s':>11} {'tp 8 CPU s':>11} {'ratio':>6}")
     for system in ("gpu", "offload", "pim", "aqpim"):
         one = best_cpu_s(make_config(**base, system=system, tp=1), args.repeat)
