@@ -1,11 +1,13 @@
-"""A 70B model on a DGX: offload, pim (and its capacity-limited variant) and aqpim under tensor parallelism.
+"""A 70B model on a DGX: offload, pim (and its capacity-limited variant) and aqpim under tensor and pipeline
+parallelism.
 
     python3 experiments/tp_sweep.py [--model llama-3.1-70b] [--hardware dgx-a100] [--out experiments/out/tp_sweep.csv]
 
-Per context (32K, 128K) and TP degree (1, 2, 4, 8), batch 16: each system's step latency, tokens/s over the
-run, whether it fits, the all-reduce share of the step and the energy per token. TP = 1 is listed so that the
-wall (the 70B model's weights alone exceed one 80 GB GPU) shows. Every row is a plain
-``aqpim-sim run --hardware H --model M --tp N --system S --batch 16 --context C --steps 2``.
+Per context (32K, 128K) and parallelism (TP 1, 2, 4, 8; PP 2 with 2 micro-batches beside TP 2, the same two
+GPUs), batch 16: each system's step latency, tokens/s over the run, whether it fits, the all-reduce share of the
+step and the energy per token. TP = 1 is listed so that the wall (the 70B model's weights alone exceed one 80 GB
+GPU) shows. Every row is a plain ``aqpim-sim run --hardware H --model M --tp N --pp P --system S --batch 16
+--context C --steps 4`` (PP's first step fills the pipeline; 4 steps average it in).
 """
 
 from __future__ import annotations
@@ -21,24 +23,24 @@ from sim.config import make_config  # noqa: E402
 from sim.run import simulate  # noqa: E402
 
 CONTEXTS = (32768, 131072)
-TPS = (1, 2, 4, 8)
+PARALLEL = ((1, 1), (2, 1), (4, 1), (8, 1), (1, 2))  # (tp, pp)
 VARIANTS = (("offload", {"system": "offload"}),
             ("offload+cpu-attention+bandwidth", {"system": "offload", "cpu_attention": True,
                                                  "cpu_kernel": "bandwidth"}),
             ("pim", {"system": "pim"}), ("pim+limit", {"system": "pim", "capacity_policy": "limit"}),
             ("aqpim", {"system": "aqpim"}))
-COLUMNS = ("context", "tp", "variant", "fits", "admitted_batch", "step_s", "tokens_per_s", "allreduce_share",
+COLUMNS = ("context", "tp", "pp", "variant", "fits", "admitted_batch", "step_s", "tokens_per_s", "allreduce_share",
            "energy_per_token_j")
 
 
 def rows(model: str, hardware: str, batch: int):
     for context in CONTEXTS:
-        for tp in TPS:
+        for tp, pp in PARALLEL:
             for name, opts in VARIANTS:
-                r = simulate(make_config(**opts, model=model, hardware=hardware, tp=tp, batch=batch,
-                                         context=context, steps=2, trace_steps=0))
+                r = simulate(make_config(**opts, model=model, hardware=hardware, tp=tp, pp=pp, batch=batch,
+                                         context=context, steps=4, trace_steps=0))
                 ar = r.busy_by_kind_s.get("allreduce", 0.0) / r.steps if r.steps else 0.0
-                yield (context, tp, name, r.fits, r.peak_batch, f"{r.mean_step_latency_s:.6g}",
+                yield (context, tp, pp, name, r.fits, r.peak_batch, f"{r.mean_step_latency_s:.6g}",
                        f"{r.tokens_per_s:.4g}", f"{ar / r.mean_step_latency_s:.3f}", f"{r.energy_per_token_j:.4g}")
 
 

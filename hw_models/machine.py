@@ -48,23 +48,25 @@ class MachineParams:
     pcie_switch_gpus: int = 1
     interconnect: InterconnectParams | None = None
     tp: int = 1
+    ranks: int = 1
     origin: str = field(default="", compare=False)
     sources: dict = field(default_factory=dict, compare=False, repr=False)
 
-    def rank_view(self, tp: int) -> MachineParams:
-        """What one of ``tp`` GPUs running in tensor parallelism sees. The ranks do the same work at the same
-        time, so each gets an equal share of what they share: the host CPU's FLOP/s and the host memory's
-        bandwidth (1 / tp each), and a PCIe switch's upstream link (1 / the GPUs of the run behind one switch).
-        Its own GPU, PCIe downstream link and PIM device are its own. Exact for the step time when every shared
-        part serves the ranks in fair shares (the ranks end each layer together at the all-reduce)."""
-        if tp == 1:
+    def rank_view(self, tp: int, pp: int = 1) -> MachineParams:
+        """What one of the ``tp x pp`` GPUs of a tensor- (and pipeline-) parallel run sees. The ranks do the same
+        work at the same time, so each gets an equal share of what they share: the host CPU's FLOP/s and the host
+        memory's bandwidth (1 / ranks each), and a PCIe switch's upstream link (1 / the GPUs of the run behind one
+        switch). Its own GPU, PCIe downstream link and PIM device are its own; ``tp`` is the size of its
+        all-reduce group. Exact for the step time when every shared part serves the ranks in fair shares."""
+        ranks = tp * pp
+        if ranks == 1:
             return self
-        on_switch = min(self.pcie_switch_gpus, tp)
+        on_switch = min(self.pcie_switch_gpus, ranks)
         pcie = dataclasses.replace(self.pcie, h2d_bw_bytes_per_s=self.pcie.h2d_bw_bytes_per_s / on_switch,
                                    d2h_bw_bytes_per_s=self.pcie.d2h_bw_bytes_per_s / on_switch)
-        cpu = dataclasses.replace(self.cpu, peak_flops_per_s=self.cpu.peak_flops_per_s / tp)
-        host_dram = dataclasses.replace(self.host_dram, share=self.host_dram.share / tp)
-        return dataclasses.replace(self, pcie=pcie, cpu=cpu, host_dram=host_dram, tp=tp)
+        cpu = dataclasses.replace(self.cpu, peak_flops_per_s=self.cpu.peak_flops_per_s / ranks)
+        host_dram = dataclasses.replace(self.host_dram, share=self.host_dram.share / ranks)
+        return dataclasses.replace(self, pcie=pcie, cpu=cpu, host_dram=host_dram, tp=tp, ranks=ranks)
 
 
 preset_names = PRESETS.names
@@ -87,6 +89,7 @@ def machine_from_table(table: dict, where: str, origin: str = "") -> MachinePara
     sources.setdefault("gpus", "one GPU: the default for a machine file without 'gpus'")
     sources.setdefault("pcie_switch_gpus", "default 1: every GPU's PCIe link goes to the host on its own")
     sources["tp"] = "not a preset value: 1 for the machine; N in the rank view of a tensor-parallel run (--tp N)"
+    sources["ranks"] = "not a preset value: 1 for the machine; tp x pp in the rank view of a parallel run"
     sources.setdefault("interconnect", "the [interconnect] section" if "interconnect" in blocks
                        else "none: a one-GPU machine needs no GPU-to-GPU interconnect")
     gpus = counts.get("gpus", 1)

@@ -79,6 +79,8 @@ def unsupported_reason(cfg: RunConfig) -> str | None:
         return "Poisson arrivals (arrival_rate_per_s > 0) make admission depend on simulated time"
     if cfg.prefill != "none":
         return f"prefill = {cfg.prefill!r} is simulated in the timeline, and its closed form is not folded here"
+    if cfg.pp > 1:
+        return "pipeline parallelism (pp > 1) carries each micro-batch's return time across steps (sim.pipeline)"
     return None
 
 
@@ -276,10 +278,10 @@ class Evaluator:
         exact = stats.analytic_exact
         omitted = list(OMITTED)
         if energy is not None and exact:
-            energy_fields = _energy_fields(energy, static_power_w(topology), wall_s, tokens, params.tp)
+            energy_fields = _energy_fields(energy, static_power_w(topology), wall_s, tokens, params.ranks)
         else:  # static energy needs the wall time, which a bound only bounds; dynamic energy does not
             omitted.append("energy" if energy is None else "energy_static")
-            dynamic = {k: params.tp * v for k, v in sorted(energy.items())} if energy is not None else {}
+            dynamic = {k: params.ranks * v for k, v in sorted(energy.items())} if energy is not None else {}
             energy_fields = {"energy_j": {}, "energy_per_token_j": 0.0, "energy_static_j": {},
                              "energy_dynamic_j": dynamic, "energy_static_per_token_j": 0.0,
                              "energy_dynamic_per_token_j": sum(dynamic.values()) / tokens if tokens else 0.0,
@@ -305,7 +307,7 @@ class Evaluator:
             ttnt_p50_s=stats.ttnt.percentile(50), ttnt_p90_s=stats.ttnt.percentile(90),
             ttnt_p99_s=stats.ttnt.percentile(99),
             busy_s={}, busy_by_kind_s={}, breakdown_s={}, comm_share=0.0, bytes_by_link=links, **energy_fields,
-            kv_bytes=params.tp * cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "",
+            kv_bytes=params.ranks * cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "",
             fits=bool(cap and cap.fits), fit_reasons=list(cap.reasons) if cap else ["no decode step ran"],
             analytic_mean_step_latency_s=decode_s / steps if steps else 0.0, analytic_exact=exact,
             warnings=warnings, config=self.config_dict(cfg), details=details,

@@ -36,6 +36,11 @@ class RunConfig(Options):
     tp: int = option(1, "tensor parallelism: GPUs that split every layer's heads and FFN columns (all-reduce after "
                      "attention and after the FFN); the machine must have that many GPUs", minimum=1, maximum=64,
                      limit=1024)
+    pp: int = option(1, "pipeline parallelism: GPUs that each hold a consecutive share of the layers; the batch "
+                     "flows through them in micro-batches (with --tp: tp x pp GPUs)", minimum=1, maximum=64,
+                     limit=1024)
+    micro_batches: int | None = option(None, "pipeline parallelism: micro-batches the batch is split into "
+                                       "(default: pp)", minimum=1, maximum=4096, limit=2**20)
     # Workload: a fixed batch x context x steps, or a request list (trace file or synthetic) batched continuously.
     batch: int = option(16, "sequences decoded together", minimum=1, maximum=4096, limit=2**20)
     context: int = option(32768, "KV tokens per sequence at the first step", unit="tokens", minimum=1,
@@ -96,6 +101,8 @@ class RunConfig(Options):
             raise ConfigError(f"system '{self.system}' takes {cls.__name__}, got {type(self.options).__name__}")
         if self.trace is not None and self.requests is not None:
             raise ConfigError("give either trace (a file) or requests (a synthetic list), not both")
+        if self.micro_batches is not None and self.pp == 1:
+            raise ConfigError("micro_batches (--micro-batches) applies only with pp (--pp) above 1")
         self._check_request_settings()
         self._check_serving_settings()
         self.options.check_run(self)

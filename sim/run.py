@@ -34,6 +34,7 @@ from sim.errors import ConfigError
 from sim.fastpath import Stepper
 from sim.io import open_atomic
 from sim.machine import Machine
+from sim.pipeline import PipelineStepper
 from sim.results import STEP_LOG_COLUMNS, Result, StepRow
 from sim.serving import prefill_driver, request_fields, request_log_writer
 from sim.stats import RequestStats, StepStats
@@ -167,6 +168,8 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
     step_cap = cfg.steps if cfg.uses_requests else None
     log = RunLog(trace_steps=cfg.trace_steps)
     stepper = Stepper(system, machine, cfg.detail)
+    if cfg.pp > 1:
+        stepper = PipelineStepper(stepper, system, cfg.pp, cfg.micro_batches or cfg.pp)
 
     def driver(sinks):
         step = 0
@@ -216,13 +219,15 @@ def parallel_view(cfg: RunConfig, params: MachineParams, model: ModelSpec) -> tu
     """Under tensor parallelism (``cfg.tp`` > 1), what one GPU sees: the machine's rank view and the model's shard
     (``MachineParams.rank_view``, ``ModelSpec.shard``); every GPU does the same, so one is simulated and the
     totals (energy, capacity) count all of them."""
-    if cfg.tp == 1:
+    ranks = cfg.tp * cfg.pp
+    if ranks == 1:
         return params, model
-    if params.gpus < cfg.tp:
-        raise ConfigError(f"tp {cfg.tp} needs {cfg.tp} GPUs; machine '{params.name}' has {params.gpus} "
+    if params.gpus < ranks:
+        what = f"tp {cfg.tp}" if cfg.pp == 1 else (f"pp {cfg.pp}" if cfg.tp == 1 else f"tp {cfg.tp} x pp {cfg.pp}")
+        raise ConfigError(f"{what} needs {ranks} GPUs; machine '{params.name}' has {params.gpus} "
                           f"GPU{'s' if params.gpus > 1 else ''} (multi-GPU presets: "
                           f"{', '.join(multi_gpu_presets()) or 'none'})")
-    return params.rank_view(cfg.tp), model.shard(cfg.tp)
+    return params.rank_view(cfg.tp, cfg.pp), model.shard(cfg.tp).stage(cfg.pp)
 
 
 def multi_gpu_presets() -> list[str]:
@@ -248,7 +253,7 @@ def static_power_w(topology: Topology) -> dict[str, float]:
     host CPU socket, host DRAM, the PCIe link (half per direction: each direction is its own lane pairs) and,
     when the system has one, the PIM device (channels x a channel's idle power)."""
     p = topology.params
-    n = p.tp  # tensor parallelism: that many GPUs, each with its link and PIM device; one host
+    n = p.ranks  # parallel runs: that many GPUs, each with its link and PIM device; one host
     out = {GPU: n * p.gpu.idle_power_w, HOST_CPU: p.cpu.idle_power_w, HOST_DRAM: p.host_dram.idle_power_w,
            "pcie.h2d": n * p.pcie.idle_power_w / 2, "pcie.d2h": n * p.pcie.idle_power_w / 2}
     if topology.pim is not None:
@@ -264,7 +269,7 @@ def _energy(tracer: Tracer, topology: Topology, end_s: float, tokens: int) -> di
     for component, watts in static_power_w(topology).items():
         tracer.set_static_power(component, watts)
     # One GPU is simulated under tensor parallelism; all of them (and their share of the host) do the same work.
-    ranks = topology.params.tp
+    ranks = topology.params.ranks
     static = tracer.energy_static_j(end_s)
     dynamic = {c: ranks * j for c, j in tracer.energy_dynamic_j().items()}
     total = {c: static.get(c, 0.0) + dynamic.get(c, 0.0) for c in sorted(set(dynamic) | set(static))}
@@ -294,9 +299,9 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
     tokens = st.tokens
     decode_s = st.latency_sum_s
     cap = _capacity(system, model, log.peak)
-    ranks = params.tp
+    ranks = params.ranks
     if cap and not cap.fits:
-        where = f" (each of {ranks} GPUs, tensor parallel)" if ranks > 1 else ""
+        where = f" (each of {ranks} GPUs)" if ranks > 1 else ""
         warnings.append(f"does not fit{where}: " + "; ".join(cap.reasons))
     compute_s = tracer.compute_busy_s()
     exposed_comm_s = tracer.exposed_comm_s()
@@ -340,8 +345,9 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
 
 def _parallel_details(details: dict, params: MachineParams, model: ModelSpec, cap: Capacity | None) -> dict:
     """Under tensor parallelism: the GPUs, the shard each holds, and its KV bytes."""
-    if params.tp > 1:
-        details.update(tp=params.tp, gpu_shard=model.name, shard_weight_bytes=float(model.weight_bytes),
+    if params.ranks > 1:
+        details.update(tp=params.tp, pp=params.ranks // params.tp, gpu_shard=model.name,
+                       shard_weight_bytes=float(model.weight_bytes),
                        kv_bytes_per_gpu=cap.kv_bytes if cap else 0.0)
     return details
 

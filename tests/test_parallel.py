@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hw_models.interconnect import allreduce_time_s, ring_bytes
+from hw_models.interconnect import allreduce_time_s, p2p_time_s, ring_bytes
 from hw_models.machine import load_machine
 from sim.cli import main
 from sim.config import make_config
@@ -126,3 +126,59 @@ def test_trace_draws_one_process_per_gpu(tmp_path, capsys):
     per_rank = {r: sorted((e["name"], e["ts"]) for e in x if e["pid"] == pid)
                 for r, pid in enumerate(sorted({e["pid"] for e in x}))}
     assert all(v == per_rank[0] for v in per_rank.values()) and any(n == "allreduce" for n, _ in per_rank[0])
+
+
+# --- pipeline parallelism ----------------------------------------------------------------------------------------
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([2, 4]), st.sampled_from([1, 2]), st.sampled_from([None, 1, 3, 8]), st.integers(1, 24),
+       st.integers(16, 20_000), st.sampled_from(["gpu", "sync", "pim", "aqpim"]))
+def test_two_views_agree_under_pipeline_parallelism(pp, tp, micro, batch, context, mode):
+    opts = {"gpu": {"system": "gpu"}, "pim": {"system": "pim", "capacity_policy": "spill"}, "aqpim": {"system": "aqpim"},
+            "sync": {"system": "offload", "kv_gpu_fraction": "0"}}[mode]
+    cfg = make_config(**opts, hardware="dgx-a100", pp=pp, tp=tp, micro_batches=micro, batch=batch, context=context,
+                      steps=3, trace_steps=0)
+    r = simulate(cfg, model=tiny(8, 8, 2, 64))
+    assert r.analytic_exact and r.analytic_max_rel_gap <= 1e-9
+    assert r.details["pp"] == pp and r.details["tp"] == tp
+
+
+def test_pipeline_step_by_hand():
+    """Two stages, two equal micro-batches, the gpu system: the last stage takes tau = tau_o + head per micro-batch;
+    a micro-batch comes back pp hops and one other stage after it leaves. First step: micro-batch 0 arrives after
+    stage 0 and a hop, micro-batch 1 one stage later; then the steady state max(2 tau, tau + tau_o + 2 hop)."""
+    model = tiny(8, 8, 2, 64)
+    rows = []
+    r = simulate(make_config(system="gpu", hardware="dgx-a100", pp=2, batch=8, context=1000, steps=4, trace_steps=0),
+                 model=model, on_step=rows.append)
+    p = load_machine("dgx-a100").rank_view(1, 2)
+    stage = model.stage(2)
+    one = simulate(make_config(system="gpu", hardware="dgx-a100", batch=4, context=1000, steps=1, trace_steps=0),
+                   params=p, model=stage)
+    tau = one.mean_step_latency_s
+    head = sum(one.busy_by_kind_s.get(k, 0.0) for k in ("final_norm", "lm_head"))
+    tau_o = tau - head
+    hop = p2p_time_s(p.interconnect, 4 * stage.hidden_size * stage.bytes_per_element)  # 4 sequences' activations
+    first = rows[0].latency_s
+    assert first == pytest.approx((tau_o + hop) + tau + max(0.0, tau_o - tau) + tau, rel=1e-6)
+    steady = max(2 * tau, tau + tau_o + 2 * hop)
+    # contexts grow by one token per step: tau moves by a few ppm
+    assert rows[-1].latency_s == pytest.approx(steady, rel=1e-3)
+    assert r.analytic_exact
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--hardware", "dgx-a100", "--model", "llama-3.1-8b", "--pp", "64"], "needs 64 GPUs"),
+    (["--hardware", "dgx-a100", "--tp", "4", "--pp", "4"], "tp 4 x pp 4 needs 16 GPUs"),
+    (["--micro-batches", "2"], "applies only with pp"),
+])
+def test_bad_pipeline_is_one_line_exit_2(capsys, argv, needle):
+    code = main(["run", "--system", "gpu", "--batch", "1", "--context", "1024", "--steps", "1", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_pipeline_deeper_than_the_layers_is_refused():
+    from workloads.errors import WorkloadError
+    with pytest.raises(WorkloadError, match="exceeds the 8 layers"):
+        tiny(8, 8, 2, 64).stage(9)

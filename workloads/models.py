@@ -120,6 +120,15 @@ class ModelSpec:
                                    n_kv_heads=max(1, self.n_kv_heads // tp), ffn_size=self.ffn_size // tp,
                                    vocab_size=-(-self.vocab_size // tp))
 
+    def stage(self, pp: int) -> ModelSpec:
+        """The last of ``pp`` pipeline stages: ceil(layers / pp) consecutive layers (the most any stage holds) and
+        the LM head; the run simulates it (``sim.pipeline``)."""
+        if pp == 1:
+            return self
+        if pp > self.n_layers:
+            raise WorkloadError(f"pipeline parallelism {pp} exceeds the {self.n_layers} layers of '{self.name}'")
+        return dataclasses.replace(self, name=f"{self.name}/pp{pp}", n_layers=-(-self.n_layers // pp))
+
     def flops_per_token_per_layer(self, context: int) -> float:
         """Decode FLOPs of one token in one layer: 2 per weight (GEMV) plus attention over the kept context."""
         t = self.kv_tokens(context)
