@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -193,3 +194,46 @@ def test_the_url_reproduces_the_state(browser):
     assert d.current_url == url
     for cb in d.find_elements("css selector", "input[name=variant]"):
         assert cb.is_selected() == (cb.get_attribute("value") in ("pim", "pim+limit", "aqpim"))
+
+
+def tutorial_page_urls() -> list[tuple[str, str]]:
+    """The explorer states the tutorial's chapter on the page quotes (``page("?...", api)`` annotations), each with
+    the API whose answer the tutorial checks its numbers against."""
+    import re
+
+    text = (ROOT / "docs" / "tutorial.md").read_text()
+    found = re.findall(r'page\("(\?[^"]+)"(?:,\s*"(\w+)")?\)', text)
+    return sorted({(url, api or "estimate") for url, api in found})
+
+
+def test_the_tutorial_exercises_show_their_answers(browser, tmp_path):
+    """Each state the tutorial's explorer chapter quotes, loaded in the browser: the page shows what the API answers
+    (which tests/test_tutorial.py checks against the text): per variant the closed-form step latency and the
+    admitted batch; for a sweep, where the winner changes."""
+    from sim.explore.server import App
+
+    app = App(str(tmp_path))
+    urls = tutorial_page_urls()
+    assert len(urls) >= 5 and any(api == "sweep" for _, api in urls)
+    d = browser
+    for url, api in urls:
+        state = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+        status_code, _, body = app.dispatch("POST", f"/api/{api}", json.dumps(state).encode())
+        assert status_code == 200, body
+        answer = json.loads(body)
+        d.get(d.base + url)
+        assert wait_run(d) == "done", (url, d.find_element("id", "error").text)
+        if api == "sweep":
+            end = time.monotonic() + 60
+            while d.find_element("id", "sweep-section").get_attribute("data-state") != "done":
+                assert time.monotonic() < end, f"{url}: the sweep did not finish"
+                time.sleep(0.05)
+            lines = d.find_elements("css selector", "#sweep-chart line.change")
+            assert [float(x.get_attribute("data-x")) for x in lines] == [float(c["x"]) for c in answer["changes"]], url
+            continue
+        rows = {tr.get_attribute("data-label"): tr for tr in d.find_elements("css selector", "#estimate tbody tr")}
+        assert set(rows) == {r["label"] for r in answer["rows"]}, url
+        for r in answer["rows"]:
+            cell = {td.get_attribute("class"): td for td in rows[r["label"]].find_elements("tag name", "td")}
+            assert float(cell["lat"].get_attribute("data-value")) == r["step_latency_s"], (url, r["label"])
+            assert int(cell["admitted"].get_attribute("data-value")) == r["peak_batch"], (url, r["label"])
