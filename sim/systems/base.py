@@ -58,6 +58,8 @@ class StepBatch:
 
     def split(self, parts: int) -> list[StepBatch]:
         """Consecutive sub-batches of near-equal size (fewer when there are fewer sequences than parts)."""
+        if parts == 1:
+            return [self]
         chunks = [c for c in np.array_split(self.kept, min(parts, self.n_seqs)) if c.size]
         return [StepBatch(int(c.size), int(c.sum()), int(c.max()), c) for c in chunks]
 
