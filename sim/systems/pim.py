@@ -230,7 +230,9 @@ class RowCosts:
     function is concave, zero at the ends, so at most twice its midpoint value), so a row in that cell is the
     linear interpolation of the ends: within 2 x ``TOLERANCE`` of the scalar evaluation. A cell whose midpoint
     misses its chord (a roof changes inside it) or whose parts differ, and rows below ``MIN_TOKENS`` tokens, are
-    evaluated exactly at their own tokens. ``tests/test_row_costs.py`` checks the interpolation against the scalar
+    evaluated exactly at their own tokens. A cell is evaluated when a second row falls into it (the first is
+    evaluated at its own tokens), so rows that never recur near each other (a sweep's points) cost one
+    evaluation each. ``tests/test_row_costs.py`` checks the interpolation against the scalar
     path for every KV format with hypothesis. Memory: at most ``limit`` points and as many cells (oldest out)."""
 
     MIN_TOKENS = 16.0
@@ -270,7 +272,10 @@ class RowCosts:
             return self.point(key, works_of, row, part_of)
         ck = (key, lo, *rest)
         cell = self.cells.get(ck)
-        if cell is None:
+        if cell is None or (type(cell) is float and cell == t):  # first asked at this t: evaluate it alone
+            self._keep(self.cells, ck, t)
+            return self.point(key, works_of, row, part_of)
+        if type(cell) is float:  # asked again in the cell at another t: worth the three evaluations
             names, a = self.point(key, works_of, (lo, *rest), part_of)
             names_b, b = self.point(key, works_of, (lo + width, *rest), part_of)
             names_m, m = self.point(key, works_of, (lo + 0.5 * width, *rest), part_of)
@@ -325,6 +330,15 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
     parts = tuple(PhasePart(name, *(part_rows[name][inv, j] for j in range(4))) for name in names)
     return Phase(kind, dur[inv], float(nbytes @ counts), float(flops @ counts), float(energy @ counts),
                  throttle, (nbytes[inv], flops[inv], energy[inv]), parts=parts)
+
+
+def fresh(value):
+    """A copy of nested dicts and lists (their leaves are immutable), so that Results never share one."""
+    if isinstance(value, dict):
+        return {k: fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fresh(v) for v in value]
+    return value
 
 
 def distinct_rows(rows: np.ndarray) -> tuple[list[tuple], np.ndarray]:
@@ -443,6 +457,7 @@ class PimSystem(System):
         self.power_throttle = 1.0  # largest stretch of channel work by the power cap over the run's steps
         self._row_memo = RowCosts()  # a channel's work per distinct (rounded) load, across steps
         self._fixed = SeqsCache()       # GPU kernels that read no KV, per batch size
+        self._format_fixed = None       # format_details that depend on the format and model alone
 
     def kv_format(self) -> KvFormat:
         return self.options.fmt
@@ -794,10 +809,16 @@ class PimSystem(System):
         parts = self.fmt.kv_bytes(self.model, ctx)
         fp16 = self.model.kv_bytes_per_token * self.model.kv_tokens(ctx)
         by_part = {k: getattr(parts, k) for k in ("codes", "fp16_tokens", "outliers", "codebooks", "scales")}
-        return {"code_bits_per_element": self.fmt.code_bits_per_element(self.model),
+        fixed = self._format_fixed
+        if fixed is None:  # the format's and model's alone: computed once (a sweep asks at every point)
+            fixed = self._format_fixed = (self.fmt.code_bits_per_element(self.model),
+                                          compression_by_context(self.model, self.fmt),
+                                          accuracy_summary(self.fmt, self.model.head_dim))
+        bits, by_context, accuracy = fixed
+        return {"code_bits_per_element": bits,
                 "kv_bytes_per_sequence_by_part": by_part,
                 "kv_bytes_per_token_by_part": {k: v / ctx for k, v in by_part.items()},
                 "compression": fp16 / parts.total,
                 "kv_bytes_fp16": (peak.kv_tokens + peak.n_seqs) * self.model.kv_bytes_per_token,
-                "bits_per_element_by_context": compression_by_context(self.model, self.fmt),
-                "accuracy": accuracy_summary(self.fmt, self.model.head_dim)}
+                "bits_per_element_by_context": fresh(by_context),
+                "accuracy": accuracy}
