@@ -170,6 +170,13 @@ class System:
         None: not such a chain (overlapping layers, concurrent sub-batches); the step is always simulated in full."""
         return None
 
+    def chains(self, plan) -> tuple | None:
+        """Optional, beside ``segments``: per segment, the holds its generator yields one after another when it is a
+        plain chain (``sim.machine.Machine.chain_end`` gives the hold shapes), or None for a segment that forks;
+        ``sim.fastpath`` then measures a run of the segment without events. None (the default): every segment
+        runs with events. A chain must record exactly what its segment's generator records."""
+        return None
+
     def step(self, plan):
         raise NotImplementedError
 

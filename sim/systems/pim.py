@@ -35,6 +35,7 @@ channels and layers, not with tokens.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -217,7 +218,7 @@ def work_sums(works: tuple[Work, ...], part_of=None) -> tuple[tuple[str, ...], n
 
 class RowCosts:
     """A channel's work sums (``work_sums``) per load row (tokens, units, new vectors), kept across steps, and
-    between kept points interpolated in tokens where that is exact.
+    interpolated in tokens where that is exact.
 
     Contexts grow by a token a step, so a row's tokens are new almost every step while its units and new vectors
     recur. For a fixed (units, new) and tokens > 0 every quantity of ``work_sums`` is a sum of per-Work terms that
@@ -232,23 +233,32 @@ class RowCosts:
     misses its chord (a roof changes inside it) or whose parts differ, and rows below ``MIN_TOKENS`` tokens, are
     evaluated exactly at their own tokens. A cell is evaluated when a second row falls into it (the first is
     evaluated at its own tokens), so rows that never recur near each other (a sweep's points) cost one
-    evaluation each. ``tests/test_row_costs.py`` checks the interpolation against the scalar
-    path for every KV format with hypothesis. Memory: at most ``limit`` points and as many cells (oldest out)."""
+    evaluation each. ``tests/test_row_costs.py`` checks the interpolation against the scalar path for every KV
+    format with hypothesis.
+
+    Memory grows only as it pays, as ``GrowingMemo``: cells and exact rows are kept least recently used out, at
+    most ``START`` of each plus one per *revisit* (a cell asked for again after more than ``START`` other
+    requests: a serving run's contexts that come back), up to ``limit``. A run whose contexts only grow (a fixed
+    batch) moves from cell to cell and keeps ``START``."""
 
     MIN_TOKENS = 16.0
     CELL_BITS = 3
     TOLERANCE = 1e-12
+    START = 8
 
     def __init__(self, limit: int = 16384):
         self.limit = limit
-        self.points: dict = {}
-        self.cells: dict = {}
-        self.evaluations = 0
+        self.points: OrderedDict = OrderedDict()
+        self.cells: OrderedDict = OrderedDict()  # key -> [last request, state]; state: tokens first asked at,
+        self.evaluations = 0                     # False (not affine) or (names, values at lo, slope)
+        self.requests = 0
+        self.revisits = 0
 
-    def _keep(self, memo: dict, key, value):
+    def _keep(self, memo: OrderedDict, key, value):
         memo[key] = value
-        if len(memo) > self.limit:
-            del memo[next(iter(memo))]
+        size = min(self.limit, self.START + self.revisits)
+        while len(memo) > size:
+            memo.popitem(last=False)
         return value
 
     def point(self, key, works_of, row: tuple, part_of=None) -> tuple[tuple[str, ...], np.ndarray]:
@@ -256,9 +266,14 @@ class RowCosts:
         k = (key, *row)
         v = self.points.get(k)
         if v is None:
-            self.evaluations += 1
-            v = self._keep(self.points, k, work_sums(works_of(*row) if any(row) else (), part_of))
+            v = self._keep(self.points, k, self.evaluate(works_of, row, part_of))
+        else:
+            self.points.move_to_end(k)
         return v
+
+    def evaluate(self, works_of, row: tuple, part_of=None) -> tuple[tuple[str, ...], np.ndarray]:
+        self.evaluations += 1
+        return work_sums(works_of(*row) if any(row) else (), part_of)
 
     def sums(self, key, works_of, row: tuple, part_of=None) -> tuple[tuple[str, ...], np.ndarray]:
         """``work_sums(works_of(*row))`` for ``row = (tokens, *rest)``, interpolated in tokens where exact
@@ -270,23 +285,31 @@ class RowCosts:
         lo = math.floor(t / width) * width
         if lo == t:
             return self.point(key, works_of, row, part_of)
+        self.requests += 1
         ck = (key, lo, *rest)
-        cell = self.cells.get(ck)
-        if cell is None or (type(cell) is float and cell == t):  # first asked at this t: evaluate it alone
-            self._keep(self.cells, ck, t)
-            return self.point(key, works_of, row, part_of)
-        if type(cell) is float:  # asked again in the cell at another t: worth the three evaluations
-            names, a = self.point(key, works_of, (lo, *rest), part_of)
-            names_b, b = self.point(key, works_of, (lo + width, *rest), part_of)
-            names_m, m = self.point(key, works_of, (lo + 0.5 * width, *rest), part_of)
+        entry = self.cells.get(ck)
+        if entry is None:  # first asked at this t: evaluate it alone
+            self._keep(self.cells, ck, [self.requests, t])
+            return self.evaluate(works_of, row, part_of)
+        self.cells.move_to_end(ck)
+        if self.requests - entry[0] > self.START:
+            self.revisits += 1
+        entry[0] = self.requests
+        cell = entry[1]
+        if type(cell) is float:
+            if cell == t:
+                return self.evaluate(works_of, row, part_of)
+            # asked again in the cell at another t: worth the three evaluations
+            names, a = self.evaluate(works_of, (lo, *rest), part_of)
+            names_b, b = self.evaluate(works_of, (lo + width, *rest), part_of)
+            names_m, m = self.evaluate(works_of, (lo + 0.5 * width, *rest), part_of)
             gap = np.abs(m - 0.5 * (a + b))
             ok = names == names_b == names_m and bool(np.all(gap <= self.TOLERANCE * np.maximum(np.abs(a), np.abs(b))))
-            cell = self._keep(self.cells, ck, (names, a, (b - a) / width) if ok else False)
+            cell = entry[1] = (names, a, (b - a) / width) if ok else False
         if cell is False:
             return self.point(key, works_of, row, part_of)
         names, a, slope = cell
         return names, a + (t - lo) * slope
-
 
 
 def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChannelParams | None = None,
@@ -706,6 +729,23 @@ class PimSystem(System):
             return None
         plan = step.plans[0]
         return (lambda: self._layer(plan), self.model.n_layers), (lambda: self._head(step), 1)
+
+    def chains(self, step: PimStepPlan):
+        """The holds of ``_layer`` when its PIM path is the only path (no spill path beside it) and is not
+        pipelined over link chunks, and of ``_head``."""
+        if len(step.plans) != 1:
+            return None
+        plan, gpu = step.plans[0], self.machine.gpu
+        layer = None
+        if not plan.chunks and not plan.spill_fetch_bytes > 0:
+            holds = [(gpu, plan.pre), (GPU, PIM, plan.down_bytes, "q_kv_down")]
+            for i, ph in enumerate(plan.phases):
+                holds.append((ph,))
+                if i + 1 < len(plan.phases):
+                    holds += [(PIM, GPU, plan.mid_up_bytes, "scores_up"), (gpu, plan.mid_gpu),
+                              (GPU, PIM, plan.mid_down_bytes, "weights_down")]
+            layer = (*holds, (PIM, GPU, plan.up_bytes, "partials_up"), (gpu, plan.merge_post))
+        return layer, ((gpu, step.head),)
 
     def _head(self, step: PimStepPlan):
         yield self.machine.gpu.run(step.head)
