@@ -77,7 +77,7 @@ def test_cells_interpolate_and_roof_changes_are_caught():
     costs = RowCosts()
     for t in np.arange(1000.0, 5000.0, 3.0):
         costs.sums("k", lambda *r: fn(*r).all, (float(t), 2.0, 1.0))
-    assert costs.evaluations < 100  # 1,334 rows in 19 cells: a first row, the two ends and the midpoint each
+    assert costs.evaluations < 120  # 1,334 rows in 19 cells: two rows alone, then the two ends and the midpoint
 
     def kinked(t, u, v):  # max(0.5 t, t - 300): its kink at 600 lies inside the cell [576, 608)
         from hw_models.component import Work  # noqa: PLC0415

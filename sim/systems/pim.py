@@ -231,9 +231,9 @@ class RowCosts:
     function is concave, zero at the ends, so at most twice its midpoint value), so a row in that cell is the
     linear interpolation of the ends: within 2 x ``TOLERANCE`` of the scalar evaluation. A cell whose midpoint
     misses its chord (a roof changes inside it) or whose parts differ, and rows below ``MIN_TOKENS`` tokens, are
-    evaluated exactly at their own tokens. A cell is evaluated when a second row falls into it (the first is
-    evaluated at its own tokens), so rows that never recur near each other (a sweep's points) cost one
-    evaluation each. ``tests/test_row_costs.py`` checks the interpolation against the scalar path for every KV
+    evaluated exactly at their own tokens. A cell's ends and midpoint are evaluated when a third row falls into
+    it (the first ``BUILD_AFTER`` are evaluated at their own tokens), so rows that rarely fall near each other
+    (a sweep's points, the explorer's two steps) cost one evaluation each. ``tests/test_row_costs.py`` checks the interpolation against the scalar path for every KV
     format with hypothesis.
 
     Memory grows only as it pays, as ``GrowingMemo``: cells and exact rows are kept least recently used out, at
@@ -245,11 +245,12 @@ class RowCosts:
     CELL_BITS = 3
     TOLERANCE = 1e-12
     START = 8
+    BUILD_AFTER = 2  # rows evaluated alone in a cell before its ends and midpoint are
 
     def __init__(self, limit: int = 16384):
         self.limit = limit
         self.points: OrderedDict = OrderedDict()
-        self.cells: OrderedDict = OrderedDict()  # key -> [last request, state]; state: tokens first asked at,
+        self.cells: OrderedDict = OrderedDict()  # key -> [last request, state]; state: rows asked so far (int),
         self.evaluations = 0                     # False (not affine) or (names, values at lo, slope)
         self.requests = 0
         self.revisits = 0
@@ -288,18 +289,19 @@ class RowCosts:
         self.requests += 1
         ck = (key, lo, *rest)
         entry = self.cells.get(ck)
-        if entry is None:  # first asked at this t: evaluate it alone
-            self._keep(self.cells, ck, [self.requests, t])
+        if entry is None:  # first asked: evaluate the row alone
+            self._keep(self.cells, ck, [self.requests, 1])
             return self.evaluate(works_of, row, part_of)
         self.cells.move_to_end(ck)
         if self.requests - entry[0] > self.START:
             self.revisits += 1
         entry[0] = self.requests
         cell = entry[1]
-        if type(cell) is float:
-            if cell == t:
+        if type(cell) is int:
+            if cell < self.BUILD_AFTER:  # asked a few times: evaluate the row alone
+                entry[1] = cell + 1
                 return self.evaluate(works_of, row, part_of)
-            # asked again in the cell at another t: worth the three evaluations
+            # asked again and again in this cell: worth the three evaluations
             names, a = self.evaluate(works_of, (lo, *rest), part_of)
             names_b, b = self.evaluate(works_of, (lo + width, *rest), part_of)
             names_m, m = self.evaluate(works_of, (lo + 0.5 * width, *rest), part_of)
