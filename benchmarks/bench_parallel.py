@@ -5,7 +5,7 @@ Run: python3 benchmarks/bench_parallel.py [--steps 64] [--repeat 3]
 Per system, llama-3.1-70b, batch 16, 32K context on dgx-a100: the CPU seconds (user + system of this process,
 best of ``--repeat``) of a run with ``--tp 8`` and of the same run on one of its GPUs (``--tp 1``: the same
 tokens and KV; it does not fit, which the simulator reports and times anyway). Issue 13's target: the 8-GPU run
-costs less than 3x the 1-GPU run. A TP run simulates one rank (design note 25), so the ratio is near 1.
+costs less than 3x the 1-GPU run. A TP run simulates one rank (design note 26), so the ratio is near 1.
 """
 
 from __future__ import annotations

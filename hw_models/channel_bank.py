@@ -41,6 +41,13 @@ class ChannelBank:
         k - 1 to the moment the last channel finished part k, so the parts' spans add up to the phase's span.
         """
         now = self.env.now
+        return self.env.timeout(self.issue(now, kind, duration_s, nbytes, flops, energy_j, channels, parts) - now)
+
+    def issue(self, now: float, kind: str, duration_s, nbytes: float = 0.0, flops: float = 0.0,
+              energy_j: float = 0.0, channels: np.ndarray | None = None, parts=()) -> float:
+        """``run``'s bookkeeping at clock ``now`` (channels' next-free and busy times, spans): returns the moment
+        the last channel finishes. ``run`` waits ``done - now`` after it; a chain replayed without events
+        (``sim.machine.Machine.chain_end``) does the same arithmetic."""
         idx = slice(None) if channels is None else channels
         dur = np.broadcast_to(np.asarray(duration_s, dtype=float), self.free_at_s[idx].shape)
         start = np.maximum(self.free_at_s[idx], now)
@@ -73,4 +80,4 @@ class ChannelBank:
                     if p.durations_s[pos] > 0:
                         self.tracer.detail(lane, p.kind, t, t + float(p.durations_s[pos]))
                         t += float(p.durations_s[pos])
-        return self.env.timeout(done - now)
+        return done

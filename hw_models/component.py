@@ -40,14 +40,19 @@ class Component:
         """Process: wait for the resource, then run ``works`` in order while holding it."""
         with self.resource.request() as req:
             yield req
-            t = self.env.now
-            total = 0.0
-            for w in works:
-                self.tracer.record(self.name, w.kind, t + total, t + total + w.duration_s,
-                                   w.nbytes, w.flops, w.energy_j)
-                total += w.duration_s
-            self.tracer.occupy(self.name, t, t + total)
-            yield self.env.timeout(total)
+            yield self.env.timeout(self.account(self.env.now, works))
+
+    def account(self, t: float, works: tuple[Work, ...]) -> float:
+        """Record ``works`` run back to back from ``t`` and the hold behind them; return their total seconds (the
+        hold's timeout). ``execute`` calls it at the moment it holds the resource; a chain replayed without
+        events (``sim.machine.Machine.chain_end``) at the moment the hold would start."""
+        total = 0.0
+        record = self.tracer.record
+        for w in works:
+            record(self.name, w.kind, t + total, t + total + w.duration_s, w.nbytes, w.flops, w.energy_j)
+            total += w.duration_s
+        self.tracer.occupy(self.name, t, t + total)
+        return total
 
     def run(self, works: tuple[Work, ...]) -> simpy.Process:
         """Start ``execute`` as a process and return it for the caller to ``yield``."""

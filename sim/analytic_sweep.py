@@ -202,9 +202,10 @@ class Evaluator:
         """The Result of ``cfg`` from closed forms (see the module docstring for which fields)."""
         return Result(**self.fields(cfg))
 
-    def point_dict(self, cfg: RunConfig) -> dict:
-        """``point(cfg).to_dict()``, built without copying: what the sweep writes."""
-        return {**self.fields(cfg), "schema_version": RESULT_SCHEMA_VERSION}
+    def point_dict(self, cfg: RunConfig, check: bool = True) -> dict:
+        """``point(cfg).to_dict()``, built without copying: what the sweep writes. ``check=False``: the caller
+        checks the values are finite itself (the sweep's JSON encoder refuses NaN and infinity)."""
+        return {**self.fields(cfg, check), "schema_version": RESULT_SCHEMA_VERSION}
 
     def config_dict(self, cfg: RunConfig) -> dict:
         """``cfg.to_dict()`` with the option names looked up once per class."""
@@ -219,8 +220,9 @@ class Evaluator:
             d = self.option_defaults[cls] = cls.defaults()
         return dict(d)
 
-    def fields(self, cfg: RunConfig) -> dict:
-        """The Result's fields as a dict of fresh values (see the module docstring for which are computed)."""
+    def fields(self, cfg: RunConfig, check: bool = True) -> dict:
+        """The Result's fields as a dict of fresh values (see the module docstring for which are computed);
+        ``check``: raise on a non-finite value (a bug: every input is checked before)."""
         check_supported(cfg)
         s = self.setup(cfg)
         system, model, params, topology = s.system, s.model, s.params, s.topology
@@ -317,10 +319,15 @@ class Evaluator:
             peak_batch=stats.peak_batch, peak_kv_tokens=peak.kv_tokens if peak else 0,
             analytic_max_rel_gap=0.0, analytic_max_rel_undershoot=0.0, traced_step_latency_s=traced,
             **request_fields(reqs, wall_s))
-        bad = _non_finite(out, "result")
-        if bad:
-            raise RuntimeError(f"bug: non-finite values in {', '.join(bad[:5])} (config {out['config']})")
+        if check:
+            _check_finite(out)
         return out
+
+
+def _check_finite(out: dict) -> None:
+    bad = _non_finite(out, "result")
+    if bad:
+        raise RuntimeError(f"bug: non-finite values in {', '.join(bad[:5])} (config {out['config']})")
 
 
 def estimate_point(cfg: RunConfig, evaluator: Evaluator | None = None) -> Result:
@@ -477,10 +484,15 @@ def _evaluate_chunk(items: list, ev: Evaluator | None = None) -> bytes:
     for key, index, factors, cfg in items:
         rec = {"key": key, "index": index, "factors": factors, "method": METHOD}
         try:
-            rec["result"] = ev.point_dict(cfg)
+            rec["result"] = ev.point_dict(cfg, check=False)
         except INPUT_ERRORS as e:
             rec["error"] = str(e)
-        out.append(json.dumps(rec, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n")
+        try:
+            line = json.dumps(rec, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # a NaN or an infinity: name it (the check the point skipped)
+            _check_finite(rec["result"])
+            raise
+        out.append(line + "\n")
     return "".join(out).encode("utf-8")
 
 

@@ -13,7 +13,9 @@ Two things repeat in a long run, and ``Stepper`` does each once:
 2. **Identical layers.** ``System.segments(plan)`` describes a step as segments, each a generator function run
    ``count`` times in a row, where every run starts and ends with every resource idle and nothing else in flight
    (one process, no prefetch across layers, no concurrent sub-batches), so that every run of a segment does the
-   same thing shifted in time. The first run is simulated with events; what it added to the tracer (a
+   same thing shifted in time. The first run is simulated (with events, or, for a segment that is a plain chain of
+   holds, ``System.chains``, by ``Machine.chain_end``, which makes the same records and moves the clock by the
+   same floating-point additions without an event); what it added to the tracer (a
    ``sim.engine.TracerDelta``: busy time, bytes, FLOP and energy per component and per kind, energy of parts
    without timed work, the merged compute / exposed-comm / exposed-link time) and to the PIM channels' busy
    times, and its duration, are kept with the plan's cache entry. The other runs are that change multiplied, and
@@ -68,6 +70,7 @@ class StepEntry:
     estimate: Estimate
     segments: tuple[tuple[Callable[[], Generator], int], ...] | None
     deltas: list[SegmentDelta | None] = field(default_factory=list)
+    chains: tuple | None = None  # per segment its holds when it is a plain chain (System.chains), else None
 
 
 class Stepper:
@@ -100,7 +103,8 @@ class Stepper:
         self.misses += 1
         plan = self.system.plan(batch)
         segments = None if self.full else self.system.segments(plan)
-        e = StepEntry(plan, self.system.estimate(plan), segments, [None] * len(segments or ()))
+        chains = self.system.chains(plan) if segments is not None else None
+        e = StepEntry(plan, self.system.estimate(plan), segments, [None] * len(segments or ()), chains)
         size = self.size
         if size > 0:
             self.cache[key] = e
@@ -118,14 +122,18 @@ class Stepper:
         t = env.now  # the step's clock, replayed runs included
         for i, (segment, count) in enumerate(e.segments):
             d = e.deltas[i]
+            chain = e.chains[i] if e.chains is not None else None
             if d is None or d.binade != binade(t):
-                if t > env.now:
-                    yield env.timeout(t - env.now)
                 mark = self.tracer.mark()
                 busy = bank.busy_s.copy() if bank is not None else None
-                t0 = env.now
-                yield env.process(segment())
-                t = env.now
+                t0 = t
+                if chain is not None:  # the same records and clock as its events, without them
+                    t = self.machine.chain_end(chain, t)
+                else:
+                    if t > env.now:
+                        yield env.timeout(t - env.now)
+                    yield env.process(segment())
+                    t = env.now
                 same = binade(t0) == binade(t)
                 d = SegmentDelta(t - t0, self.tracer.delta_since(mark),
                                  bank.busy_s - busy if bank is not None else None, binade(t0) if same else None)
@@ -135,6 +143,10 @@ class Stepper:
             if count <= 0:
                 continue
             if binade(t + count * d.duration_s) != d.binade:  # the runs would reach a coarser clock: simulate them
+                if chain is not None:
+                    for _ in range(count):
+                        t = self.machine.chain_end(chain, t)
+                    continue
                 if t > env.now:
                     yield env.timeout(t - env.now)
                 for _ in range(count):
@@ -142,7 +154,7 @@ class Stepper:
                 t = env.now
                 continue
             # nothing is open now and nothing else runs until the step ends: the runs' totals go in at once
-            self.tracer.replay(d.tracer, count, env.now)
+            self.tracer.replay(d.tracer, count, t)
             if d.channel_busy_s is not None:
                 bank.busy_s += count * d.channel_busy_s
             t += count * d.duration_s

@@ -201,7 +201,8 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
         if cfg.prefill == "none":
             env.process(driver(sinks))
         else:
-            env.process(prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs, sinks, token_budget))
+            env.process(prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs, sinks, token_budget,
+                                       stepper))
         env.run()
     # Over every request of a list; over the requests read (admitted, and the next) of a lazy stream.
     longest = batcher.max_request_tokens

@@ -89,9 +89,13 @@ def request_fields(reqs: RequestStats, wall_s: float) -> dict:
     return out
 
 
-def prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs: RequestStats, sinks, token_budget):
+def prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs: RequestStats, sinks, token_budget,
+                   stepper=None):
     """The driver process with prefill in the timeline (module docstring); ``log``: the run's ``RunLog`` of
-    decode steps, ``sinks``: functions taking each decode step's ``StepRow``."""
+    decode steps, ``sinks``: functions taking each decode step's ``StepRow``; ``stepper``: the run's
+    ``sim.fastpath.Stepper``, which plans decode batches once per distinct batch and replays the identical layers
+    of a decode step that runs alone (a step with a prefill chunk beside it runs in full). None: every step is
+    planned and simulated in full."""
     chunk_budget = cfg.prefill_chunk_tokens if cfg.prefill == "chunked" else None
     step_cap = cfg.steps if cfg.uses_requests else None
     step = traced = 0
@@ -112,21 +116,27 @@ def prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs: RequestS
         t0 = env.now
         batcher.begin_step(t0, chunks)
         procs = []
+        if contexts.size:
+            batch = StepBatch.from_contexts(model, contexts)
+            entry = stepper.entry(batch) if stepper is not None else None
+            plan = entry.plan if entry is not None else system.plan(batch)
         if chunks:
             pplan = system.prefill_plan(chunks, StepBatch.from_contexts(model, batcher.contexts()))
             procs.append(env.process(timed("prefill", system.prefill(pplan))))
-        if contexts.size:
-            batch = StepBatch.from_contexts(model, contexts)
-            plan = system.plan(batch)
-            procs.append(env.process(system.step(plan)))
-        yield env.all_of(procs)
+            if contexts.size:
+                procs.append(env.process(system.step(plan)))
+            yield env.all_of(procs)
+        elif entry is not None:  # a decode step alone: cached plan, identical layers replayed
+            yield from stepper.run(entry)
+        else:
+            yield env.process(system.step(plan))
         latency = float(env.now - t0)
         pest = None
         if chunks:
             pest = system.prefill_estimate(pplan)
             reqs.add_prefill(pplan.tokens, float(ends["prefill"] - t0), float(pest.latency_s), pest.exact)
         if contexts.size:
-            est = system.estimate(plan)
+            est = entry.estimate if entry is not None else system.estimate(plan)
             analytic, exact = float(est.latency_s), bool(est.exact)
             if pest is not None:  # two processes side by side: each closed form bounds the step
                 analytic, exact = max(analytic, float(pest.latency_s)), False

@@ -175,3 +175,23 @@ def test_cache_is_bounded_and_grows_only_with_hits():
         for k in range(1000 - MIN_ENTRIES, 1000):
             s.entry(k)
     assert len(s.cache) <= 100
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(system=SYSTEMS, prefill=st.sampled_from(["first", "chunked"]), chunk=st.integers(16, 4096),
+       requests=st.integers(1, 8), context=st.integers(1, 3000), output=st.integers(1, 10),
+       rate=st.sampled_from([0.0, 50.0, 500.0]), batch=st.integers(1, 4), trace_steps=st.integers(0, 3))
+def test_prefill_runs_replay_decode_steps_exactly(system, prefill, chunk, requests, context, output, rate, batch,
+                                                  trace_steps):
+    """With prefill in the timeline, decode steps that run alone are planned from the cache and replayed; steps
+    with a prefill chunk beside them run in full: every output equals full detail to 1e-9."""
+    workload = dict(requests=requests, context=context, output_tokens=output, arrival_rate_per_s=rate,
+                    max_batch=batch, trace_steps=trace_steps, prefill=prefill, prefill_chunk_tokens=chunk)
+    try:
+        full, auto = both(**system, **workload)
+    except INPUT_ERRORS as e:
+        with pytest.raises(type(e)):
+            both(**system, **workload)
+        return
+    assert close(full[1], auto[1]) == []
+    assert close(full[0], auto[0]) == []

@@ -67,6 +67,8 @@ class StepBatch:
 
     def split(self, parts: int) -> list[StepBatch]:
         """Consecutive sub-batches of near-equal size (fewer when there are fewer sequences than parts)."""
+        if parts == 1:
+            return [self]
         chunks = [c for c in np.array_split(self.kept, min(parts, self.n_seqs)) if c.size]
         return [StepBatch(int(c.size), int(c.sum()), int(c.max()), c) for c in chunks]
 
@@ -216,6 +218,13 @@ class System:
         """The step as (generator function, count) pairs run in order, each run ``count`` times in a row; every run
         must start and end with every resource idle and nothing else in flight, and ``step`` must do exactly this.
         None: not such a chain (overlapping layers, concurrent sub-batches); the step is always simulated in full."""
+        return None
+
+    def chains(self, plan) -> tuple | None:
+        """Optional, beside ``segments``: per segment, the holds its generator yields one after another when it is a
+        plain chain (``sim.machine.Machine.chain_end`` gives the hold shapes), or None for a segment that forks;
+        ``sim.fastpath`` then measures a run of the segment without events. None (the default): every segment
+        runs with events. A chain must record exactly what its segment's generator records."""
         return None
 
     def step(self, plan):

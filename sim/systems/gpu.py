@@ -61,6 +61,11 @@ class GpuSystem(System):
 
         return (one_layer, self.model.n_layers), (lm_head, 1)
 
+    def chains(self, plan):
+        layer, head = plan
+        gpu = self.machine.gpu
+        return ((gpu, layer),), ((gpu, head),)
+
     def step(self, plan):
         for segment, count in self.segments(plan):
             for _ in range(count):

@@ -432,6 +432,23 @@ class OffloadSystem(System):
             return None
         return (lambda: self._layer_sync(c), self.model.n_layers), (lambda: self._head_sync(c), 1)
 
+    def chains(self, c: OffloadCosts):
+        """The holds of ``_layer_sync`` (not with CPU attention, which forks) and ``_head_sync``."""
+        if self.prefetch:
+            return None
+        gpu = self.machine.gpu
+        layer = None
+        if not c.cpu_attn:
+            layer = ((((HOST_DRAM, GPU, c.weight_fetch_bytes, "weight_fetch"),) if c.weight_fetch_bytes > 0 else ())
+                     + ((gpu, c.pre),)
+                     + (((HOST_DRAM, GPU, c.kv_fetch_bytes, "kv_fetch"),) if c.kv_fetch_bytes > 0 else ())
+                     + ((gpu, c.attn),)
+                     + (((GPU, HOST_DRAM, c.store_bytes, "kv_append"),) if c.store_bytes > 0 else ())
+                     + ((gpu, c.post),))
+        head = (((HOST_DRAM, GPU, c.head_fetch_bytes, "weight_fetch"),) if c.head_fetch_bytes > 0 else ()) \
+            + ((gpu, c.head),)
+        return layer, head
+
     def _step_sync(self, c: OffloadCosts):
         for segment, count in self.segments(c):
             for _ in range(count):

@@ -34,6 +34,8 @@ channels and layers, not with tokens.
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,7 +50,6 @@ from sim.systems.base import (
     Capacity,
     Devices,
     Estimate,
-    GrowingMemo,
     PrefillPlan,
     SeqsCache,
     StepBatch,
@@ -192,12 +193,134 @@ class PimPlan:
     chunks: tuple[LinkChunk, ...] = ()  # the PIM path pipelined over the link (empty: not pipelined)
 
 
+def work_sums(works: tuple[Work, ...], part_of=None) -> tuple[tuple[str, ...], np.ndarray]:
+    """A channel's works summed, before any power throttle: (part names in order of first appearance, values),
+    values ``[seconds, bytes, FLOPs, joules]`` of the whole, then the same four per part (``part_of``: a Work kind
+    -> its part's name; None: no parts)."""
+    parts: dict[str, list[float]] = {}
+    d = b = fl = e = 0.0
+    for w in works:
+        d += w.duration_s
+        b += w.nbytes
+        fl += w.flops
+        e += w.energy_j
+        if part_of is not None:
+            acc = parts.setdefault(part_of(w.kind), [0.0, 0.0, 0.0, 0.0])
+            acc[0] += w.duration_s
+            acc[1] += w.nbytes
+            acc[2] += w.flops
+            acc[3] += w.energy_j
+    values = [d, b, fl, e]
+    for acc in parts.values():
+        values += acc
+    return tuple(parts), np.array(values)
+
+
+class RowCosts:
+    """A channel's work sums (``work_sums``) per load row (tokens, units, new vectors), kept across steps, and
+    interpolated in tokens where that is exact.
+
+    Contexts grow by a token a step, so a row's tokens are new almost every step while its units and new vectors
+    recur. For a fixed (units, new) and tokens > 0 every quantity of ``work_sums`` is a sum of per-Work terms that
+    are affine in tokens (bytes, FLOPs, joules) or an overhead plus the largest of affine roofs (seconds: streaming,
+    compute, lookups, interface), with the branches of the cost functions (``if new``, ``if nbytes == 0``) fixed:
+    so each is convex and piecewise linear in tokens. Tokens are cut into cells, 2^``CELL_BITS`` per binade (a
+    cell of [2^k, 2^(k+1)) is 2^(k-3) tokens wide, its ends exact in binary); a cell's two ends and its midpoint
+    are evaluated with the scalar cost functions (``works_of``), once. A convex function that meets its chord at
+    the midpoint (to ``TOLERANCE`` relative) is affine on the whole cell up to twice that gap (chord minus the
+    function is concave, zero at the ends, so at most twice its midpoint value), so a row in that cell is the
+    linear interpolation of the ends: within 2 x ``TOLERANCE`` of the scalar evaluation. A cell whose midpoint
+    misses its chord (a roof changes inside it) or whose parts differ, and rows below ``MIN_TOKENS`` tokens, are
+    evaluated exactly at their own tokens. A cell's ends and midpoint are evaluated when a third row falls into
+    it (the first ``BUILD_AFTER`` are evaluated at their own tokens), so rows that rarely fall near each other
+    (a sweep's points, the explorer's two steps) cost one evaluation each. ``tests/test_row_costs.py`` checks the interpolation against the scalar path for every KV
+    format with hypothesis.
+
+    Memory grows only as it pays, as ``GrowingMemo``: cells and exact rows are kept least recently used out, at
+    most ``START`` of each plus one per *revisit* (a cell asked for again after more than ``START`` other
+    requests: a serving run's contexts that come back), up to ``limit``. A run whose contexts only grow (a fixed
+    batch) moves from cell to cell and keeps ``START``."""
+
+    MIN_TOKENS = 16.0
+    CELL_BITS = 3
+    TOLERANCE = 1e-12
+    START = 8
+    BUILD_AFTER = 2  # rows evaluated alone in a cell before its ends and midpoint are
+
+    def __init__(self, limit: int = 16384):
+        self.limit = limit
+        self.points: OrderedDict = OrderedDict()
+        self.cells: OrderedDict = OrderedDict()  # key -> [last request, state]; state: rows asked so far (int),
+        self.evaluations = 0                     # False (not affine) or (names, values at lo, slope)
+        self.requests = 0
+        self.revisits = 0
+
+    def _keep(self, memo: OrderedDict, key, value):
+        memo[key] = value
+        size = min(self.limit, self.START + self.revisits)
+        while len(memo) > size:
+            memo.popitem(last=False)
+        return value
+
+    def point(self, key, works_of, row: tuple, part_of=None) -> tuple[tuple[str, ...], np.ndarray]:
+        """The exact sums of ``row`` (scalar cost functions), kept."""
+        k = (key, *row)
+        v = self.points.get(k)
+        if v is None:
+            v = self._keep(self.points, k, self.evaluate(works_of, row, part_of))
+        else:
+            self.points.move_to_end(k)
+        return v
+
+    def evaluate(self, works_of, row: tuple, part_of=None) -> tuple[tuple[str, ...], np.ndarray]:
+        self.evaluations += 1
+        return work_sums(works_of(*row) if any(row) else (), part_of)
+
+    def sums(self, key, works_of, row: tuple, part_of=None) -> tuple[tuple[str, ...], np.ndarray]:
+        """``work_sums(works_of(*row))`` for ``row = (tokens, *rest)``, interpolated in tokens where exact
+        (class docstring); ``key`` names ``works_of`` (rows of one key must come from one function)."""
+        t, rest = row[0], row[1:]
+        if t < self.MIN_TOKENS:
+            return self.point(key, works_of, row, part_of)
+        width = math.ldexp(1.0, math.frexp(t)[1] - 1 - self.CELL_BITS)
+        lo = math.floor(t / width) * width
+        if lo == t:
+            return self.point(key, works_of, row, part_of)
+        self.requests += 1
+        ck = (key, lo, *rest)
+        entry = self.cells.get(ck)
+        if entry is None:  # first asked: evaluate the row alone
+            self._keep(self.cells, ck, [self.requests, 1])
+            return self.evaluate(works_of, row, part_of)
+        self.cells.move_to_end(ck)
+        if self.requests - entry[0] > self.START:
+            self.revisits += 1
+        entry[0] = self.requests
+        cell = entry[1]
+        if type(cell) is int:
+            if cell < self.BUILD_AFTER:  # asked a few times: evaluate the row alone
+                entry[1] = cell + 1
+                return self.evaluate(works_of, row, part_of)
+            # asked again and again in this cell: worth the three evaluations
+            names, a = self.evaluate(works_of, (lo, *rest), part_of)
+            names_b, b = self.evaluate(works_of, (lo + width, *rest), part_of)
+            names_m, m = self.evaluate(works_of, (lo + 0.5 * width, *rest), part_of)
+            gap = np.abs(m - 0.5 * (a + b))
+            ok = names == names_b == names_m and bool(np.all(gap <= self.TOLERANCE * np.maximum(np.abs(a), np.abs(b))))
+            cell = entry[1] = (names, a, (b - a) / width) if ok else False
+        if cell is False:
+            return self.point(key, works_of, row, part_of)
+        names, a, slope = cell
+        return names, a + (t - lo) * slope
+
+
 def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChannelParams | None = None,
-               part_of=None, part_order: tuple[str, ...] = (), memo: dict | None = None) -> Phase:
+               part_of=None, part_order: tuple[str, ...] = (), memo: RowCosts | None = None,
+               memo_key=None) -> Phase:
     """Evaluate ``works_of(*row) -> tuple[Work]`` once per distinct row of per-channel loads.
 
-    ``memo`` (a ``GrowingMemo``): the row's sums kept by (``kind``, rounded row) across steps, for a caller whose
-    ``works_of`` is the same function of the row for a given ``kind``.
+    ``memo`` (a ``RowCosts``): the rows' sums kept across steps, and interpolated in tokens where that is exact,
+    for a caller whose ``works_of`` is the same function of the row for a given ``memo_key`` (default ``kind``).
 
     Loads are rounded to 1e-3 (of a token, a unit, a vector) first, so that equal stripes that differ only by
     floating-point noise share one evaluation. With ``channel``, its power limit applies: a channel whose mean
@@ -205,41 +328,58 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
     (``hw_models.pim.power_throttle``); both the simulation and the closed form read the stretched durations.
     ``part_of`` (a Work kind -> a part's span kind) groups the works into ``Phase.parts``, in ``part_order``
     (then in order of first appearance); every part is stretched like the whole."""
-    uniq, inv = np.unique(np.round(rows, 3), axis=0, return_inverse=True)
-    dur, nbytes, flops, energy = (np.zeros(len(uniq)) for _ in range(4))
+    uniq, inv = distinct_rows(np.round(rows, 3))
+    n = len(uniq)
+    dur, nbytes, flops, energy = (np.zeros(n) for _ in range(4))
     part_rows: dict[str, np.ndarray] = {}  # part -> (distinct row, [seconds, bytes, FLOPs, joules])
     throttle = 1.0
-
-    def sums(row):
-        works = works_of(*row) if row.any() else ()
-        d = sum(w.duration_s for w in works)
-        e = sum(w.energy_j for w in works)
-        f = pim_model.power_throttle(channel, e, d) if channel is not None else 1.0
-        parts: dict[str, tuple] = {}
-        if part_of is not None:
-            for w in works:
-                acc = parts.get(part_of(w.kind), (0.0, 0.0, 0.0, 0.0))
-                parts[part_of(w.kind)] = (acc[0] + w.duration_s * f, acc[1] + w.nbytes, acc[2] + w.flops,
-                                          acc[3] + w.energy_j)
-        return d * f if channel is not None else d, sum(w.nbytes for w in works), sum(w.flops for w in works), e, f, \
-            parts
-
+    key = kind if memo_key is None else memo_key
     for i, row in enumerate(uniq):
         if memo is None:
-            d, b, fl, e, f, parts = sums(row)
+            names, v = work_sums(works_of(*row) if any(row) else (), part_of)
         else:
-            d, b, fl, e, f, parts = memo.get_or((kind, *row.tolist()), lambda row=row: sums(row))
-        dur[i], nbytes[i], flops[i], energy[i] = d, b, fl, e
+            names, v = memo.sums(key, works_of, row, part_of)
+        d, e = float(v[0]), float(v[3])
+        f = pim_model.power_throttle(channel, e, d) if channel is not None else 1.0
+        dur[i], nbytes[i], flops[i], energy[i] = d * f, v[1], v[2], e
         throttle = max(throttle, f)
-        for name, vals in parts.items():
-            part_rows.setdefault(name, np.zeros((len(uniq), 4)))[i] += vals
-    inv = inv.ravel()
-    counts = np.bincount(inv, minlength=len(uniq))
+        for j, name in enumerate(names):
+            acc = part_rows.get(name)
+            if acc is None:
+                acc = part_rows[name] = np.zeros((n, 4))
+            acc[i] += v[4 + 4 * j: 8 + 4 * j]
+            acc[i, 0] *= f
+    counts = np.bincount(inv, minlength=n)
     rank = {name: i for i, name in enumerate(part_order)}
     names = sorted(part_rows, key=lambda name: rank.get(name, len(rank)))  # stable: unknown parts keep their order
     parts = tuple(PhasePart(name, *(part_rows[name][inv, j] for j in range(4))) for name in names)
     return Phase(kind, dur[inv], float(nbytes @ counts), float(flops @ counts), float(energy @ counts),
                  throttle, (nbytes[inv], flops[inv], energy[inv]), parts=parts)
+
+
+def fresh(value):
+    """A copy of nested dicts and lists (their leaves are immutable), so that Results never share one."""
+    if isinstance(value, dict):
+        return {k: fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fresh(v) for v in value]
+    return value
+
+
+def distinct_rows(rows: np.ndarray) -> tuple[list[tuple], np.ndarray]:
+    """The distinct rows of ``rows`` (n x 3, non-negative, rounded to 1e-3), as tuples of floats in increasing
+    order, and per row the index of its distinct row. Each row is packed into one integer (mixed radix over its
+    loads in thousandths) when that fits 62 bits, so one sort of n integers finds them."""
+    q = np.rint(rows * 1000.0).astype(np.int64)
+    radix = [int(q[:, j].max()) + 1 for j in range(1, q.shape[1])] if len(q) else []
+    if len(q) and int(q[:, 0].max()) * math.prod(radix) < 2**62:
+        key = q[:, 0]
+        for j, r in enumerate(radix, start=1):
+            key = key * r + q[:, j]
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    else:
+        _, first, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    return list(map(tuple, rows[first].tolist())), inv.ravel()
 
 
 def pipelined_path_s(down, up, chunks: tuple[LinkChunk, ...], n_channels: int) -> float:
@@ -340,8 +480,9 @@ class PimSystem(System):
         # codes its new tokens in PIM (into the exact window whose room is reserved per sequence, if it has one).
         self.new_tokens_spill = self.fmt.kind == "fp16"
         self.power_throttle = 1.0  # largest stretch of channel work by the power cap over the run's steps
-        self._row_memo = GrowingMemo()  # a channel's work per distinct (rounded) load, across steps
+        self._row_memo = RowCosts()  # a channel's work per distinct (rounded) load, across steps
         self._fixed = SeqsCache()       # GPU kernels that read no KV, per batch size
+        self._format_fixed = None       # format_details that depend on the format and model alone
 
     def kv_format(self) -> KvFormat:
         return self.options.fmt
@@ -417,11 +558,15 @@ class PimSystem(System):
 
         rows = np.column_stack([tokens, present, new])
         kind = f"{self.name}.attention"
+        # rows are kept per work function: its format arguments (an AQPIM lookup plan among them) are in the key
+        fn_key = (fn.__name__, tuple(sorted(extra.items())))
         parts = dict(part_of=self.part_of, part_order=self.part_order, memo=self._row_memo)
         if self.options.softmax == "host":
-            return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax, ch, **parts),
-                    bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax, ch, **parts))
-        return (bank_phase(kind, rows, lambda t, u, v: works(t, u, v).all, ch, **parts),)
+            return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax, ch, **parts,
+                               memo_key=("scores", fn_key)),
+                    bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax, ch, **parts,
+                               memo_key=("context", fn_key)))
+        return (bank_phase(kind, rows, lambda t, u, v: works(t, u, v).all, ch, **parts, memo_key=("all", fn_key)),)
 
     # The span kind of each channel Work kind when a channel's phase is drawn in parts (None: one span per phase),
     # and the order the parts are drawn in.
@@ -441,7 +586,6 @@ class PimSystem(System):
     # ---- the plan ------------------------------------------------------------------------------------------------
     def layer_plan(self, batch: StepBatch, placement: Placement, units: np.ndarray | None, spill: float) -> PimPlan:
         p, m, opts = self.machine.params, self.model, self.options
-        ops = layer_ops(m, batch.n_seqs, batch.kv_tokens)
         g = p.gpu
 
         def kernel(name, op):
@@ -470,7 +614,7 @@ class PimSystem(System):
             sops = layer_ops(m, batch.n_seqs, max(1, round(batch.kv_tokens * spill)))
             spill_attn = tuple(kernel(name, sops[name]) for name in ATTENTION_OPS)
             fetch = sops["kv_fetch"].kv_bytes
-            store = ops["kv_append"].kv_bytes if new_to_host else 0.0
+            store = layer_ops(m, batch.n_seqs, batch.kv_tokens)["kv_append"].kv_bytes if new_to_host else 0.0
         down = self.down_bytes(batch, new_to_host)
         chunks: tuple[LinkChunk, ...] = ()
         if opts.link_chunks > 1 and len(phases) == 1:  # a host softmax splits the path: not pipelined
@@ -582,6 +726,23 @@ class PimSystem(System):
         plan = step.plans[0]
         return (lambda: self._layer(plan), self.model.n_layers), (lambda: self._head(step), 1)
 
+    def chains(self, step: PimStepPlan):
+        """The holds of ``_layer`` when its PIM path is the only path (no spill path beside it) and is not
+        pipelined over link chunks, and of ``_head``."""
+        if len(step.plans) != 1:
+            return None
+        plan, gpu = step.plans[0], self.machine.gpu
+        layer = None
+        if not plan.chunks and not plan.spill_fetch_bytes > 0:
+            holds = [(gpu, plan.pre), (GPU, PIM, plan.down_bytes, "q_kv_down")]
+            for i, ph in enumerate(plan.phases):
+                holds.append((ph,))
+                if i + 1 < len(plan.phases):
+                    holds += [(PIM, GPU, plan.mid_up_bytes, "scores_up"), (gpu, plan.mid_gpu),
+                              (GPU, PIM, plan.mid_down_bytes, "weights_down")]
+            layer = (*holds, (PIM, GPU, plan.up_bytes, "partials_up"), (gpu, plan.merge_post))
+        return layer, ((gpu, step.head),)
+
     def _head(self, step: PimStepPlan):
         yield self.machine.gpu.run(step.head)
 
@@ -684,10 +845,16 @@ class PimSystem(System):
         parts = self.fmt.kv_bytes(self.model, ctx)
         fp16 = self.model.kv_bytes_per_token * self.model.kv_tokens(ctx)
         by_part = {k: getattr(parts, k) for k in ("codes", "fp16_tokens", "outliers", "codebooks", "scales")}
-        return {"code_bits_per_element": self.fmt.code_bits_per_element(self.model),
+        fixed = self._format_fixed
+        if fixed is None:  # the format's and model's alone: computed once (a sweep asks at every point)
+            fixed = self._format_fixed = (self.fmt.code_bits_per_element(self.model),
+                                          compression_by_context(self.model, self.fmt),
+                                          accuracy_summary(self.fmt, self.model.head_dim))
+        bits, by_context, accuracy = fixed
+        return {"code_bits_per_element": bits,
                 "kv_bytes_per_sequence_by_part": by_part,
                 "kv_bytes_per_token_by_part": {k: v / ctx for k, v in by_part.items()},
                 "compression": fp16 / parts.total,
                 "kv_bytes_fp16": (peak.kv_tokens + peak.n_seqs) * self.model.kv_bytes_per_token,
-                "bits_per_element_by_context": compression_by_context(self.model, self.fmt),
-                "accuracy": accuracy_summary(self.fmt, self.model.head_dim)}
+                "bits_per_element_by_context": fresh(by_context),
+                "accuracy": accuracy}
