@@ -14,6 +14,19 @@ requests/s, 1,024-token prompts, 128 output tokens, at most 64 sequences per ste
 schedule at the default 512-token chunk; Vidur 0.0.26 defaults to a fixed-chunk FCFS scheduler of 512 tokens).
 Each is passed as ``--prefill`` only when it is not ``none`` (a checkout from before prefill existed runs without
 it).
+
+Cost growth (wall time linear in requests, memory flat): ``--systems gpu aqpim --requests 1000 10000 100000
+--prefill none --detail auto``; the full-detail mode beside the step-level path: ``--detail auto full``.
+
+``--case 70b``: the same with ``--model llama-2-70b --channels 1024`` (offload takes no --channels).
+
+Each measurement is one command executed through ``sim.cli.main`` in a fresh Python process (so one run's heap
+never inflates the next); the child reports the command's wall time, its CPU time (user + system, steadier than
+wall time on a shared machine) and the process's peak resident set size (``resource.getrusage``: interpreter,
+imports and the run). With ``--repeat N`` each command runs N times and the medians are printed. ``--root``
+measures another checkout with the same commands (for example ``git archive <commit> | tar -x -C /tmp/before``),
+for before/after tables; ``--detail`` is passed only when it is not ``auto`` (a checkout from before the setting
+existed runs the default, which was full detail).
 """
 
 from __future__ import annotations
