@@ -702,7 +702,8 @@ def fp16_attention_works(ch: PimChannelParams, tokens: float, units: float, new:
 def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: float, *, head_dim: int, group: int,
                        bytes_per_element: float, m: int, k: int, outliers: int, window: int, lut: PqLookupPlan,
                        softmax: str, key_k: int = 0, pre_rope: bool = False,
-                       lut_key: PqLookupPlan | None = None) -> AttentionWorks:
+                       lut_key: PqLookupPlan | None = None, stages: int = 1,
+                       scale_keys: bool = False) -> AttentionWorks:
     """PQ codes in PIM (AQPIM; DESIGN.md's working dataflow). Each coded token stores, per tensor, ``m`` codes of
     ``log2 k`` bits (``code = m x log2(k) / 8`` bytes) and ``outliers`` FP16 key channels; each (unit, layer)
     has K and V codebooks of ``k x d`` FP16 entries (``cb = k x d x FP16_BYTES`` bytes per tensor). With
@@ -743,6 +744,17 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
     ``kk x d`` values per query, built with ``3 x kk x d`` FLOPs; a score reads ``d`` entries with ``2 d`` FLOPs,
     outliers 6 FLOPs each, and each token's rotation costs ``3 d`` FLOPs per unit). The key phases then use
     ``lut_key``, the lookup plan of the key table (``d`` rows of ``kk`` entries per query with ``pre_rope``).
+
+    ``stages`` (``S``, residual PQ: the m codes of a token spent as S stages of m / S sub-spaces, each stage coding
+    what the stages before it left): the key and value codebooks are S times larger (``S x kk x d`` and ``S x k x
+    d`` FP16), so ``aqpim.table`` streams S times the key codebook with S times the FLOPs, ``aqpim.bins_x_centroids``
+    S times the value codebook and FLOPs, and ``aqpim.quantize`` streams both and computes S times the distances
+    (each stage's centroids cover all d dims); the table and bin rows stay ``m`` per query head (the stages share
+    them) and a token still reads m entries and scatters into m bins. With ``pre_rope`` every stage has its own
+    complex table: ``S x kk x d`` values per query, ``S x d`` reads and ``2 S d`` FLOPs per score (``lut_key`` is
+    then the plan of ``S x d`` rows). ``scale_keys`` (key channels divided by their RMS before k-means): the
+    ``d`` FP16 scales are streamed with the key codebook and each query is multiplied by them, ``d`` FLOPs per
+    query, in ``aqpim.table``; nothing per token. Defaults (1 stage, no scales) leave the work unchanged.
     """
     owner = "pq_attention_works"
     _check_load(owner, tokens, units, new, head_dim, group, bytes_per_element)
@@ -752,8 +764,13 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
         raise HardwareError(f"{owner}: k must be a power of two (codes of log2 k bits), got {k}")
     if not isinstance(lut, PqLookupPlan):
         raise HardwareError(f"{owner}: lut must be a PqLookupPlan (pq_lookup_plan), got {type(lut).__name__}")
+    _whole(owner, 1, stages=stages)
+    if not isinstance(scale_keys, bool):
+        raise HardwareError(f"{owner}: scale_keys must be true or false, got {scale_keys!r}")
+    if m % stages:
+        raise HardwareError(f"{owner}: stages ({stages}) must divide m ({m})")
     g, d, e = group, head_dim, bytes_per_element
-    codebook_bytes = k * d * FP16_BYTES  # one tensor of one KV head in one layer
+    codebook_bytes = stages * k * d * FP16_BYTES  # one tensor of one KV head in one layer, all residual stages
     code_bytes = m * (k.bit_length() - 1) / 8  # one tensor of one token in one KV head
     entries = units * g * m * k  # bins read per layer (and table entries written without a key fix)
     # The key side: plain PQ unless a fix gives keys their own codebook size or pre-RoPE tables.
@@ -765,18 +782,20 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
     else:
         lut_key = lut
     kk = key_k or k
-    key_cb = kk * d * FP16_BYTES
+    key_cb = stages * kk * d * FP16_BYTES
     key_code = m * (kk.bit_length() - 1) / 8
-    reads, table_flops, outlier_flops = (d, 3.0, 6.0) if pre_rope else (m, 2.0, 2.0)
-    table_entries = units * g * (kk * d if pre_rope else m * kk)
+    reads, table_flops, outlier_flops = (stages * d, 3.0, 6.0) if pre_rope else (m, 2.0, 2.0)
+    table_entries = units * g * (stages * kk * d if pre_rope else m * kk)
+    scales = d * FP16_BYTES if scale_keys else 0  # the key scales, streamed with the key codebook
+    scale_flops = units * g * d if scale_keys else 0.0  # each query times the scales
     before = [_queries_in(ch, units, g, d, e)]
     if new:
         before.append(op_work(ch, "aqpim.quantize", new * (key_cb + codebook_bytes),
-                              new * QUANTIZE_FLOPS_PER_ELEMENT * (kk + k) * d))
+                              new * QUANTIZE_FLOPS_PER_ELEMENT * stages * (kk + k) * d))
         before.append(write_work(ch, new * (key_code + code_bytes), kind="aqpim.write_codes"))
         before.append(append_work(ch, new, d, e))
-    before.append(lookup_op_work(ch, "aqpim.table", units * key_cb * lut_key.codebook_reads,
-                                 units * g * table_flops * kk * d, table_entries))
+    before.append(lookup_op_work(ch, "aqpim.table", units * (key_cb + scales) * lut_key.codebook_reads,
+                                 units * g * table_flops * stages * kk * d + scale_flops, table_entries))
     before.append(lookup_op_work(ch, "aqpim.score", tokens * (key_code * lut_key.code_reads + outliers * FP16_BYTES
                                                               + 2.0 * g * lut_key.carried * SCORE_BYTES),
                                  tokens * g * (2.0 * reads + outlier_flops * outliers)
@@ -790,7 +809,7 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
     after += [lookup_op_work(ch, "aqpim.value", tokens * (code_bytes * lut.code_reads + g * lut.carried * SCORE_BYTES),
                              tokens * g * 2.0 * m, 2.0 * tokens * g * m),
               lookup_op_work(ch, "aqpim.bins_x_centroids", units * codebook_bytes * lut.codebook_reads,
-                             units * g * 2.0 * k * d, entries)]
+                             units * g * 2.0 * stages * k * d, entries)]
     if new and window:
         fp16 = _window(new, window, d, g, e)
         after += [score_work(ch, fp16), context_work(ch, fp16)]

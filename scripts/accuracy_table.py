@@ -46,7 +46,9 @@ from workloads.kvformats import (  # noqa: E402
 WINDOW = "sinks=4,recent=128"
 # The accuracy fixes (docs/accuracy.md): each alone and the combinations that tuning on the fixture's layers kept.
 FIXES = ("", "outliers=4", "scale_keys=true", "pre_rope=true", "pre_rope=true,outliers=4", "key_k=1024",
-         "pre_rope=true,key_k=1024", "pre_rope=true,outliers=4,key_k=1024")
+         "pre_rope=true,key_k=1024", "pre_rope=true,outliers=4,key_k=1024",
+         # residual stages (same code bits, stages x the codebooks): post-RoPE (cheap in PIM) and pre-RoPE
+         "stages=8", "pre_rope=true,stages=2", "pre_rope=true,stages=8", "pre_rope=true,outliers=4,stages=8")
 
 
 def _with_fixes(base: str) -> tuple[str, ...]:
@@ -74,6 +76,8 @@ PPL_FORMATS = (
     f"pq:m=16,k=256,{WINDOW},pre_rope=true,outliers=4",
     f"pq:m=8,k=256,{WINDOW}", f"pq:m=8,k=256,{WINDOW},outliers=4", f"pq:m=8,k=256,{WINDOW},pre_rope=true,outliers=4",
     f"pq:m=8,k=256,{WINDOW},pre_rope=true,key_k=1024", f"pq:m=8,k=256,{WINDOW},pre_rope=true,outliers=4,key_k=1024",
+    f"pq:m=16,k=256,{WINDOW},stages=8", f"pq:m=16,k=256,{WINDOW},pre_rope=true,stages=8",
+    f"pq:m=8,k=256,{WINDOW},stages=8", f"pq:m=8,k=256,{WINDOW},pre_rope=true,outliers=4,stages=8",
 )
 # Real data: the fixture's layers (3, 15, 27) are where the fixes were chosen ("real"); the held-out capture's layers
 # (1, 6, 11, 16, 21, 26: every fifth from 1, none of the tuned ones; same text and tokens) were never looked at while
@@ -143,6 +147,7 @@ def markdown(doc: dict) -> str:
         if isinstance(fmt, PqSettings):
             on128 = f"`{parse_format(e['format'].replace(f'm={fmt.m},', f'm={2 * fmt.m},', 1)).name}`"
             dsub, kk = str(g["sub_dim"]), f"{fmt.k}" + (f" ({fmt.key_k})" if fmt.key_k else "")
+            dsub += f" ({fmt.stages} stages)" if fmt.stages > 1 else ""
         else:
             on128, dsub, kk = "same", "-", "-"
         cell = lambda d, k, f: "-" if d.get(k) is None else format(d[k], f)  # noqa: E731

@@ -165,7 +165,9 @@ def test_the_file_is_valid_json_with_finite_numbers_only():
     json.loads(ACCURACY_TABLE.read_text(), parse_constant=lambda c: pytest.fail(f"non-finite {c}"))
     walk(DOC, "doc")
     for e in load_accuracy_table():
-        assert -1.0 <= e.out_cos_min <= e.out_cos_mean <= 1.0 + 1e-9 and 0 < e.bits_per_element <= 16
+        assert -1.0 <= e.out_cos_min <= e.out_cos_mean <= 1.0 + 1e-9 and 0 < e.bits_per_element
+        # only residual stages (S codebooks per tensor) store more than FP16 at the table's 2K tokens
+        assert e.bits_per_element <= 16 or getattr(e.settings, "stages", 1) > 1, e.format
 
 
 def test_the_script_measures_the_formats_the_table_must_have():

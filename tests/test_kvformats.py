@@ -214,3 +214,31 @@ def test_short_int_names(short, long):
 def test_bad_short_int_names(text, words):
     with pytest.raises(WorkloadError, match=words):
         parse_format(text)
+
+
+def test_residual_stages_keep_the_code_bits_and_multiply_the_codebooks():
+    model = load_model("llama-3.1-8b")
+    plain, staged = PqSettings(m=16, k=256, sinks=4, recent=128), PqSettings(m=16, k=256, sinks=4, recent=128,
+                                                                               stages=8)
+    assert staged.name == "pq:m=16,k=256,sinks=4,recent=128,stages=8"
+    assert parse_format(staged.name) == staged and plain.stages == 1 and "stages" not in plain.name
+    assert staged.code_bits_per_element(model) == plain.code_bits_per_element(model) == 1.0
+    a, b = plain.kv_bytes(model, 65536), staged.kv_bytes(model, 65536)
+    assert (a.codes, a.fp16_tokens, a.outliers) == (b.codes, b.fp16_tokens, b.outliers)
+    assert b.codebooks == 8 * a.codebooks
+    assert staged.pim_unit_fixed_bytes(model) == 8 * plain.pim_unit_fixed_bytes(model)
+    assert staged.pim_token_bytes_per_head(model) == plain.pim_token_bytes_per_head(model)
+    cp, cs = plain.pim_costs(model), staged.pim_costs(model)
+    assert cs.table_entries_per_query == cp.table_entries_per_query  # the stages share the m rows
+    assert cs.table_flops_per_query == 8 * cp.table_flops_per_query
+    assert cs.bins_x_centroids_flops_per_query == 8 * cp.bins_x_centroids_flops_per_query
+    assert cs.quantize_elements_per_new_token == 8 * cp.quantize_elements_per_new_token
+    rope = PqSettings(m=16, k=256, pre_rope=True, stages=8).pim_costs(model)
+    assert rope.table_entries_per_query == 8 * 256 * 128 and rope.table_reads_per_token_per_query == 8 * 128
+
+
+@pytest.mark.parametrize("text, msg", [("pq:m=16,k=256,stages=3", "must divide m"),
+                                       ("pq:m=16,k=256,stages=0", "stages must be an integer >= 1")])
+def test_bad_stages_are_one_line_errors(text, msg):
+    with pytest.raises(WorkloadError, match=msg):
+        parse_format(text)

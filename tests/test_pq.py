@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workloads import pq
@@ -166,3 +166,49 @@ def test_channel_order_does_not_change_what_attention_on_codes_computes():
     rows = pq.gqa_rows(q)
     dense = pq.exact_partial(rows, kc.decoded(), vc.decoded(), mask)
     np.testing.assert_allclose(pq.pq_partial(rows, kc, vc, mask).out, dense.out, rtol=1e-9, atol=1e-9)
+
+
+# --- residual stages (format option ``stages``) ---------------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([(4, 1), (4, 2), (4, 4), (2, 2)]), st.sampled_from([2, 4]), st.integers(1, 40),
+       st.integers(0, 2), st.booleans(), st.booleans(), st.sampled_from([0.0, 100.0]), st.integers(0, 2**31 - 1))
+def test_residual_stages_decode_to_the_sum_of_their_stages_and_attention_on_codes_is_exact(
+        m_st, k, n, outliers, scale, pre_rope, theta, seed):
+    m, stages = m_st
+    d = 8
+    rng, K, V, q, mask = _data(seed, n, 2, 3, d)
+    cbs = pq.train_residual(K, m, k, stages, lambda s: np.random.default_rng([seed, s]), iters=3,
+                            outliers=outliers, scale_channels=scale, rope_pairs=pre_rope)
+    assert len(cbs) == stages and all(cb.m == m // stages for cb in cbs)
+    assert all(cb.outliers.size == 0 for cb in cbs[1:])  # only stage 0 keeps outlier channels
+    kc = pq.ResidualCoded.of(cbs, K)
+    vc = pq.ResidualCoded.of(pq.train_residual(V, m, k, stages, lambda s: np.random.default_rng([seed, 9, s]),
+                                               iters=3), V)
+    # decode = sum of the stage decodes; stage s codes what the stages before it left
+    np.testing.assert_allclose(kc.decoded(), sum(st_.decoded() for st_ in kc.stages), rtol=0, atol=1e-12)
+    rest = K.astype(np.float64)
+    for cb, part in zip(cbs, kc.stages, strict=True):
+        np.testing.assert_array_equal(part.codes, pq.encode(cb, rest))
+        rest = rest - part.decoded()
+    assert kc.codes.shape == (n, m)  # a token's codes: m of them whatever the stages
+    rows = pq.gqa_rows(q) * d ** -0.5
+    if pre_rope:
+        pos = rng.integers(0, 3000, n)
+        s = pq.rope_pq_scores(rows, kc, pos, theta)
+        np.testing.assert_allclose(s, rows @ pq.rope(kc.decoded(), pos, theta).T, rtol=1e-9, atol=1e-9)
+        k_dense = pq.rope(kc.decoded(), pos, theta)
+    else:
+        s = pq.pq_scores(rows, kc)
+        np.testing.assert_allclose(s, rows @ kc.decoded().T, rtol=1e-9, atol=1e-9)
+        k_dense = kc.decoded()
+    on_codes = pq.pq_partial(rows, kc, vc, mask, scores=s)
+    dense = pq.exact_partial(rows, k_dense, vc.decoded(), mask)
+    np.testing.assert_allclose(on_codes.out, dense.out, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(on_codes.lse, dense.lse, rtol=1e-9, atol=1e-9)
+
+
+def test_more_residual_stages_fit_the_training_data_closer_at_the_same_code_bits():
+    x = np.random.default_rng(3).standard_normal((400, 8))
+    err = [np.linalg.norm(pq.ResidualCoded.of(pq.train_residual(x, 4, 16, s, lambda i: np.random.default_rng(i)),
+                                              x).decoded() - x) for s in (1, 2, 4)]
+    assert err[2] < err[0]  # four 8-dim stages of 16 centroids beat four 2-dim sub-spaces (same 16 code bits)

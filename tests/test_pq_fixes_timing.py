@@ -12,7 +12,8 @@ from sim.run import simulate
 from workloads.kvformats import PqSettings
 from workloads.models import load_model
 
-FIXES = [{"pre_rope": True}, {"key_k": 1024}, {"pre_rope": True, "key_k": 512}, {"pre_rope": True, "outliers": 4}]
+FIXES = [{"pre_rope": True}, {"key_k": 1024}, {"pre_rope": True, "key_k": 512}, {"pre_rope": True, "outliers": 4},
+         {"pq_stages": 4}, {"scale_keys": True}, {"pq_stages": 2, "pre_rope": True}]
 
 
 @settings(max_examples=12, deadline=None)
@@ -57,3 +58,62 @@ def test_a_key_table_row_that_does_not_fit_names_the_fix(capsys):
     assert main(["run", "--system", "aqpim", "--steps", "1", "--context", "1024", "--key-k", "1024"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "smaller than one table row" in err and "(key_k = 1024)" in err
+
+
+# ---- stages and scale_keys: the timing model charges what PqPimCosts records --------------------------------------
+RECORD_CASES = [{}, {"stages": 8}, {"scale_keys": True}, {"stages": 4, "pre_rope": True},
+                {"stages": 2, "key_k": 1024, "outliers": 4}, {"scale_keys": True, "pre_rope": True, "stages": 2}]
+
+
+@pytest.mark.parametrize("fix", RECORD_CASES, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()) or "plain")
+def test_the_works_charge_what_the_cost_record_says(fix):
+    import dataclasses
+
+    from hw_models import pim
+
+    model = load_model("llama-3.1-8b")
+    fmt = PqSettings(m=16, k=256, sinks=4, recent=128, **fix)
+    rec = fmt.pim_costs(model)
+    ch = dataclasses.replace(pim.load_pim("attacc-hbm3").channel,
+                             aqpim_unit=pim.AqpimUnitParams(lut_bytes=2.0**40, lut_banks=1, lut_clock_hz=1e300,
+                                                            lut_access_energy_j=0.0))
+    g, d = model.gqa_group, model.head_dim
+    lut = pim.pq_lookup_plan(ch, g, fmt.m, fmt.k)
+    key_rows = d * fmt.stages if fmt.pre_rope else fmt.m
+    extra = {"stages": fmt.stages, "scale_keys": fmt.scale_keys}
+    if fmt.key_k or fmt.pre_rope:
+        extra.update(key_k=fmt.key_k, pre_rope=fmt.pre_rope, lut_key=pim.pq_lookup_plan(ch, g, key_rows, fmt.keys_k))
+    tokens, units, new = 1000.0, 3.0, 2.0
+    w = pim.pq_attention_works(ch, tokens, units, new, head_dim=d, group=g, bytes_per_element=2, m=fmt.m, k=fmt.k,
+                               outliers=fmt.outliers, window=fmt.window_tokens, lut=lut, softmax="pim", **extra)
+    by = {x.kind: x for x in w.all}
+    assert by["aqpim.table"].nbytes == units * rec.table_bytes_streamed_per_query
+    assert by["aqpim.table"].flops == pytest.approx(units * g * rec.table_flops_per_query, rel=1e-12)
+    assert by["aqpim.score"].flops == pytest.approx(tokens * g * rec.score_flops_per_token_per_query
+                                                    + tokens * rec.rope_flops_per_token, rel=1e-12)
+    assert by["aqpim.score"].nbytes == tokens * (rec.key_code_bytes_per_token + rec.outlier_bytes_per_token)
+    assert by["aqpim.bins_x_centroids"].flops == units * g * rec.bins_x_centroids_flops_per_query
+    assert by["aqpim.bins_x_centroids"].nbytes + by["aqpim.table"].nbytes == units * rec.codebook_bytes
+    assert by["aqpim.quantize"].flops == new * pim.QUANTIZE_FLOPS_PER_ELEMENT * rec.quantize_elements_per_new_token
+    assert by["aqpim.quantize"].nbytes == new * rec.quantize_bytes_per_new_token
+
+
+def test_stages_and_scale_keys_are_aqpim_options_that_cost_time_not_code_bytes():
+    plain, staged, scaled = run(), run(pq_stages=8), run(scale_keys=True)
+    assert staged.busy_by_kind_s["aqpim.bins"] > 4 * plain.busy_by_kind_s["aqpim.bins"]
+    assert staged.busy_by_kind_s["aqpim.table"] > plain.busy_by_kind_s["aqpim.table"]
+    assert staged.busy_by_kind_s["aqpim.score"] == pytest.approx(plain.busy_by_kind_s["aqpim.score"], rel=1e-12)
+    assert staged.kv_bytes > plain.kv_bytes  # the codebooks only
+    assert scaled.busy_by_kind_s["aqpim.table"] > plain.busy_by_kind_s["aqpim.table"]
+    assert scaled.busy_by_kind_s["aqpim.score"] == pytest.approx(plain.busy_by_kind_s["aqpim.score"], rel=1e-12)
+    phases = sum(v for k, v in staged.busy_by_kind_s.items() if k.startswith("aqpim."))
+    assert phases == pytest.approx(staged.busy_s["pim"], rel=1e-9)
+
+
+def test_refresh_is_not_a_simulated_option(capsys):
+    from workloads.kvformats import REFRESH_NOT_DEPLOYABLE
+
+    assert "does not keep" in REFRESH_NOT_DEPLOYABLE
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--system", "aqpim", "--steps", "1", "--refresh", "1024"])
+    assert e.value.code == 2

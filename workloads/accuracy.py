@@ -221,8 +221,10 @@ def _pq_streams(fmt: PqSettings, K, V, end: int, cfg: EvalConfig, lh, books) -> 
     """Keys and values of one head coded with codebooks trained on tokens [sinks, end) (cached per call)."""
     li, h = lh
     kk = fmt.keys_k
-    kkey = ("k", fmt.m, kk, fmt.sinks, fmt.outliers, fmt.scale_keys, fmt.pre_rope, end)
-    vkey = ("v", fmt.m, fmt.k, fmt.sinks, end)
+    kkey = ("k", fmt.m, kk, fmt.sinks, fmt.outliers, fmt.scale_keys, fmt.pre_rope, fmt.stages, end)
+    vkey = ("v", fmt.m, fmt.k, fmt.sinks, fmt.stages, end)
+    if fmt.stages > 1:
+        return _residual_streams(fmt, K, V, end, cfg, lh, books, kkey, vkey)
     if kkey not in books:
         keys = books["k_pre"] if fmt.pre_rope else K
         order = pq.rope_pair_order(K.shape[1], fmt.m) if fmt.pre_rope else None
@@ -234,6 +236,26 @@ def _pq_streams(fmt: PqSettings, K, V, end: int, cfg: EvalConfig, lh, books) -> 
         cb = pq.train_codebook(V[fmt.sinks:end], fmt.m, fmt.k, _rng(cfg.seed, li, h, 1, fmt.m, fmt.k, end),
                                iters=cfg.iters, seeding=VALUE_SEEDING)
         books[vkey] = pq.CodedTensor.of(cb, V)
+    return books[kkey], books[vkey]
+
+
+def _residual_streams(fmt: PqSettings, K, V, end: int, cfg: EvalConfig, lh, books, kkey, vkey) -> tuple:
+    """``_pq_streams`` with residual stages (``workloads.pq.train_residual``); stage s of a tensor has its own
+    generator (seed, layer, head, tensor, m, K, training end, stages, s)."""
+    li, h = lh
+    kk, st = fmt.keys_k, fmt.stages
+    if kkey not in books:
+        keys = books["k_pre"] if fmt.pre_rope else K
+        cbs = pq.train_residual(keys[fmt.sinks:end], fmt.m, kk, st,
+                                lambda s: _rng(cfg.seed, li, h, 0, fmt.m, kk, end, st, s), iters=cfg.iters,
+                                outliers=fmt.outliers, scale_channels=fmt.scale_keys, seeding=KEY_SEEDING,
+                                rope_pairs=fmt.pre_rope)
+        books[kkey] = pq.ResidualCoded.of(cbs, keys)
+    if vkey not in books:
+        cbs = pq.train_residual(V[fmt.sinks:end], fmt.m, fmt.k, st,
+                                lambda s: _rng(cfg.seed, li, h, 1, fmt.m, fmt.k, end, st, s), iters=cfg.iters,
+                                seeding=VALUE_SEEDING)
+        books[vkey] = pq.ResidualCoded.of(cbs, V)
     return books[kkey], books[vkey]
 
 
@@ -283,6 +305,19 @@ def view_fn_for(fmt: KvFormat, prefill: int, cfg: EvalConfig, theta: float = 0.0
                     kivi_values(v, fmt.bits, fmt.group).astype(np.float32))
         kk, pos = fmt.keys_k, np.arange(len(k))
         keys = pq.rope(k, pos, theta, inverse=True) if fmt.pre_rope else k
+        if fmt.stages > 1:
+            st = fmt.stages
+            kcbs = pq.train_residual(keys[fmt.sinks:prefill], fmt.m, kk, st,
+                                     lambda s: _rng(cfg.seed, layer, head, 0, fmt.m, kk, st, s), iters=cfg.iters,
+                                     outliers=fmt.outliers, scale_channels=fmt.scale_keys, seeding=KEY_SEEDING,
+                                     rope_pairs=fmt.pre_rope)
+            vcbs = pq.train_residual(v[fmt.sinks:prefill], fmt.m, fmt.k, st,
+                                     lambda s: _rng(cfg.seed, layer, head, 1, fmt.m, fmt.k, st, s), iters=cfg.iters,
+                                     seeding=VALUE_SEEDING)
+            k_hat = pq.ResidualCoded.of(kcbs, keys).decoded()
+            if fmt.pre_rope:
+                k_hat = pq.rope(k_hat, pos, theta)
+            return k_hat.astype(np.float32), pq.ResidualCoded.of(vcbs, v).decoded().astype(np.float32)
         kcb = pq.train_codebook(keys[fmt.sinks:prefill], fmt.m, kk, _rng(cfg.seed, layer, head, 0, fmt.m, kk),
                                 iters=cfg.iters, outliers=fmt.outliers, scale_channels=fmt.scale_keys,
                                 seeding=KEY_SEEDING,

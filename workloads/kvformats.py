@@ -204,8 +204,12 @@ class PqSettings(_PimView):
     scale_keys: divide key channels by their RMS before clustering; refresh: tokens between codebook refreshes
     during decoding (0 = codebooks fixed after the prefill); key_k: centroids per key sub-space when keys get a
     different codebook size than values (0 = k; a power of two); pre_rope: keys coded before RoPE, with RoPE
-    applied through a complex query table (``workloads.pq.rope_pq_scores``; head_dim / m must be even).
-    What each option costs inside PIM: ``pim_costs`` (``PqPimCosts``).
+    applied through a complex query table (``workloads.pq.rope_pq_scores``; head_dim / m must be even); stages:
+    residual stages the m codes of a token are spent on (``workloads.pq.ResidualCoded``; m % stages == 0): stage s
+    has m / stages sub-spaces of head_dim x stages / m dims and codes what the stages before it left; the code bits
+    are m x log2 k per token whatever the stages, the codebooks ``stages`` times larger.
+    What each option costs inside PIM: ``pim_costs`` (``PqPimCosts``). ``refresh`` is an accuracy-protocol option
+    only (``REFRESH_NOT_DEPLOYABLE``): the timing model does not run it.
     """
 
     m: int
@@ -217,6 +221,7 @@ class PqSettings(_PimView):
     refresh: int = 0
     key_k: int = 0
     pre_rope: bool = False
+    stages: int = 1
     kind = "pq"
 
     def __post_init__(self):
@@ -231,6 +236,10 @@ class PqSettings(_PimView):
             if self.key_k & (self.key_k - 1):
                 raise WorkloadError(f"pq format: key_k must be a power of two (codes of log2 key_k bits), "
                                     f"got {self.key_k}")
+        _check_int("pq format", "stages", self.stages, 1)
+        if self.m % self.stages:
+            raise WorkloadError(f"pq format: stages ({self.stages}) must divide m ({self.m}): each residual stage "
+                                f"holds m / stages sub-spaces")
         for f in ("scale_keys", "pre_rope"):
             if not isinstance(getattr(self, f), bool):
                 raise WorkloadError(f"pq format: {f} must be true or false, got {getattr(self, f)!r}")
@@ -276,12 +285,17 @@ class PqSettings(_PimView):
 
     def codebook_bytes(self, model: ModelSpec) -> int:
         """Centroids of the value tensor of one KV head in one layer: k centroids x m sub-spaces x head_dim/m FP16
-        (the key codebook too unless ``key_k`` is set: ``key_codebook_bytes``)."""
-        return self.k * model.head_dim * FP16_BYTES
+        per residual stage (the key codebook too unless ``key_k`` is set: ``key_codebook_bytes``)."""
+        return self.stages * self.k * model.head_dim * FP16_BYTES
 
     def key_codebook_bytes(self, model: ModelSpec) -> int:
-        """Centroids of the key tensor of one KV head in one layer: key_k x head_dim FP16."""
-        return self.keys_k * model.head_dim * FP16_BYTES
+        """Centroids of the key tensor of one KV head in one layer: key_k x head_dim FP16 per residual stage."""
+        return self.stages * self.keys_k * model.head_dim * FP16_BYTES
+
+    @property
+    def stage_m(self) -> int:
+        """Sub-spaces of one residual stage (m without stages)."""
+        return self.m // self.stages
 
     def codebooks_bytes(self, model: ModelSpec) -> int:
         """K and V codebooks of one KV head in one layer."""
@@ -299,9 +313,10 @@ class PqSettings(_PimView):
         if self.outliers >= model.head_dim:
             raise WorkloadError(f"pq format {self.name}: outliers ({self.outliers}) must be fewer than head_dim "
                                 f"({model.head_dim})")
-        if self.pre_rope and (model.head_dim // self.m) % 2:
+        if self.pre_rope and (model.head_dim // self.stage_m) % 2:
             raise WorkloadError(f"pq format {self.name}: pre_rope needs sub-vectors of whole RoPE pairs, an even "
-                                f"head_dim/m; head_dim {model.head_dim} / m={self.m} is odd")
+                                f"head_dim x stages / m; head_dim {model.head_dim} / {self.stage_m} sub-spaces per "
+                                f"stage is odd")
 
     def code_bits_per_element(self, model: ModelSpec) -> float:
         """Code bits per K/V element of a coded token, keys and values averaged."""
@@ -328,13 +343,13 @@ class PqSettings(_PimView):
     def pim_costs(self, model: ModelSpec) -> PqPimCosts:
         """Bytes, table sizes and FLOPs of this format inside PIM, per unit and layer (``PqPimCosts``)."""
         self.check(model)
-        d, m, kk, k = model.head_dim, self.m, self.keys_k, self.k
+        d, m, kk, k, st = model.head_dim, self.m, self.keys_k, self.k, self.stages
         scale_flops = d if self.scale_keys else 0
-        if self.pre_rope:
-            entries, table_flops, reads = kk * d, 3.0 * kk * d, d
-            score_flops, rope_flops = 2.0 * d + 6.0 * self.outliers, 3.0 * d
-        else:
-            entries, table_flops, reads = m * kk, 2.0 * kk * d, m
+        if self.pre_rope:  # a complex table per stage; every stage's gathered pairs rotated by the same factors
+            entries, table_flops, reads = st * kk * d, 3.0 * st * kk * d, st * d
+            score_flops, rope_flops = 2.0 * st * d + 6.0 * self.outliers, 3.0 * d
+        else:  # stages share the m table rows between them: m x kk entries, m reads per token whatever the stages
+            entries, table_flops, reads = m * kk, 2.0 * st * kk * d, m
             score_flops, rope_flops = 2.0 * m + 2.0 * self.outliers, 0.0
         return PqPimCosts(
             key_code_bytes_per_token=self.key_code_bits_per_token / 8,
@@ -345,9 +360,10 @@ class PqSettings(_PimView):
             table_bytes_streamed_per_query=self.key_codebook_bytes(model) + self.key_scale_bytes(model),
             table_flops_per_query=table_flops + scale_flops, table_reads_per_token_per_query=reads,
             score_flops_per_token_per_query=score_flops, rope_flops_per_token=rope_flops,
-            value_flops_per_token_per_query=2.0 * m, bins_x_centroids_flops_per_query=2.0 * k * d,
-            quantize_elements_per_new_token=(kk + k) * d, quantize_bytes_per_new_token=self.codebooks_bytes(model),
-            refresh_every_tokens=self.refresh, refresh_train_elements_per_token=(kk + k) * d)
+            value_flops_per_token_per_query=2.0 * m, bins_x_centroids_flops_per_query=2.0 * st * k * d,
+            quantize_elements_per_new_token=st * (kk + k) * d,
+            quantize_bytes_per_new_token=self.codebooks_bytes(model),
+            refresh_every_tokens=self.refresh, refresh_train_elements_per_token=st * (kk + k) * d)
 
     def pim_unit_fixed_bytes(self, model: ModelSpec) -> float:
         """K and V codebooks of one (sequence, KV head) over all layers: one copy (a system holding a unit's
@@ -377,10 +393,17 @@ class PqPimCosts:
     - ``outliers``: outliers x 2 bytes per token streamed with the key codes, their exact dot products;
     - ``scale_keys``: head_dim FP16 scales per unit, head_dim FLOPs per query (q times the scales, folded into the
       table); no per-token cost;
+    - ``stages`` (S residual stages of m / S sub-spaces): codebooks S times larger (streamed to build the tables,
+      to multiply the bins and to quantize: S x (key_k + k) x head_dim distance elements per new token), table
+      build and bins x centroids S times the FLOPs; table and bin entries stay m x key_k and m x k (the stages
+      share the m rows) and a token still reads m entries and scatters into m bins; with ``pre_rope`` each stage
+      has its own complex table (S x key_k x head_dim values, S x head_dim reads per token and query head);
     - ``refresh``: every ``refresh`` decoded tokens the unit's codebooks are re-fit (on the GPU, as at prefill:
       ``refresh_train_elements`` distance elements per k-means iteration) and sent again
       (``codebook_bytes`` per copy). The accuracy protocol re-codes the tokens already coded from their FP16
       values, which the format does not keep: a deployable refresh codes only later tokens with the new codebooks.
+      So refresh is not a simulated option (``REFRESH_NOT_DEPLOYABLE``); these two counts are what a deployable
+      refresh would be charged, for a study.
     """
 
     key_code_bytes_per_token: float  # m log2(key_k) / 8
@@ -402,7 +425,11 @@ class PqPimCosts:
     refresh_train_elements_per_token: float  # (key_k + k) x head_dim per training token per k-means iteration
 
 
-KvFormat = Fp16Settings | IntSettings | PqSettings
+REFRESH_NOT_DEPLOYABLE = (
+    "refresh is an accuracy-protocol option only: as measured it re-codes the tokens already coded from their FP16 "
+    "values, which a PQ cache does not keep (only the sinks and the recent window stay FP16), so no system runs it "
+    "and the timing model does not charge it; a deployable refresh (new codebooks for later tokens only) is not "
+    "measured")
 
 KvFormat = Fp16Settings | IntSettings | PqSettings
 FORMATS = MappingProxyType({"fp16": Fp16Settings, "int": IntSettings, "pq": PqSettings})
@@ -596,7 +623,8 @@ class AccuracyEntry:
         ``INT2 group 32`` or ``exact``."""
         fmt = self.settings
         if isinstance(fmt, PqSettings):
-            return f"d_sub {self.head_dim // fmt.m}, K {fmt.k}" + (f", key K {fmt.key_k}" if fmt.key_k else "")
+            return (f"d_sub {self.head_dim // fmt.m}, K {fmt.k}" + (f", key K {fmt.key_k}" if fmt.key_k else "")
+                    + (f", {fmt.stages} residual stages" if fmt.stages > 1 else ""))
         if isinstance(fmt, IntSettings):
             return f"INT{fmt.bits} group {fmt.group}"
         return "exact"

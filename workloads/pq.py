@@ -24,6 +24,13 @@ A[m, c, t] = conj(q_t) C_m[c]_t: the table has K x D/M complex entries per sub-s
 token rotates the D/2 complex entries it gathers by its position (the rotation factors depend on the position only,
 shared by every head and layer). Exactly equal to ordinary attention over RoPE(decoded pre-RoPE keys).
 
+Residual stages (``ResidualCoded``, format option ``stages``): the M codes of a token may be spent as S stages of
+M/S sub-spaces each (sub-vectors of D S/M dims), stage s coding what stages 0..s-1 left (``train_residual``;
+greedy: each stage is trained and encoded on the previous stages' residuals). The code bits per token are the same
+as plain PQ with M sub-spaces; the codebooks are S times larger (S x K x D per tensor). A score is the sum of the
+stages' table gathers and the output the sum of the stages' bins x centroids: still attention on codes, exactly
+equal to attention over the summed decoded stages (property tests in ``tests/test_pq.py``).
+
 Shapes: N tokens, D head dim, M sub-spaces, K centroids, G query rows (query heads of a GQA group x positions).
 
 k-means backend: a numpy Lloyd loop batched over the M sub-spaces. Measured at N=2048, D=64, one thread: as fast as
@@ -33,6 +40,7 @@ no optional dependency.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -334,8 +342,69 @@ class CodedTensor:
         return decode(self.cb, self.codes, self.exact)
 
 
-def pq_scores(q: np.ndarray, kc: CodedTensor) -> np.ndarray:
-    """Scores on codes (table + gather) plus the exact outlier-channel part: (G, D) -> (G, N)."""
+@dataclass(frozen=True, eq=False)
+class ResidualCoded:
+    """A K or V stream coded in residual stages: stage s codes what stages 0..s-1 left. Only stage 0 may keep
+    outlier channels (their residual is zero afterwards). ``codes`` (N, sum of the stages' M) are a token's codes,
+    ``cb``/``exact`` stage 0's (its outliers and scales)."""
+
+    stages: tuple[CodedTensor, ...]
+
+    def __post_init__(self):
+        assert self.stages and all(st.codes.shape[0] == self.stages[0].codes.shape[0] for st in self.stages)
+        assert all(st.cb.dim == self.stages[0].cb.dim and not st.cb.outliers.size for st in self.stages[1:])
+
+    @classmethod
+    def of(cls, cbs: Sequence[Codebook], x: np.ndarray) -> ResidualCoded:
+        """Greedy residual encoding of x (N, D) with one codebook per stage."""
+        parts, r = [], np.asarray(x, np.float64)
+        for cb in cbs:
+            part = CodedTensor.of(cb, r)
+            parts.append(part)
+            r = r - part.decoded()
+        return cls(stages=tuple(parts))
+
+    @property
+    def cb(self) -> Codebook:
+        return self.stages[0].cb
+
+    @property
+    def exact(self) -> np.ndarray:
+        return self.stages[0].exact
+
+    @property
+    def codes(self) -> np.ndarray:
+        return np.concatenate([st.codes.astype(np.int64) for st in self.stages], axis=1)
+
+    def decoded(self) -> np.ndarray:
+        return sum(st.decoded() for st in self.stages)
+
+
+def train_residual(x: np.ndarray, m: int, k: int, stages: int, rng_of, *, iters: int = 20, outliers: int = 0,
+                   scale_channels: bool = False, seeding: str = "kmeans++", rope_pairs: bool = False
+                   ) -> tuple[Codebook, ...]:
+    """Codebooks of ``stages`` residual stages of ``m / stages`` sub-spaces and ``k`` centroids each, trained on
+    x (N, D): stage 0 on x (with the outlier channels and scales of ``train_codebook``), stage s on what stages
+    0..s-1 leave of x. ``rng_of(s)``: the generator of stage s. ``rope_pairs``: every stage's sub-vectors hold whole
+    RoPE pairs (``rope_pair_order``), for pre-RoPE keys."""
+    N, D = x.shape
+    assert stages >= 1 and m % stages == 0, (m, stages)
+    ms = m // stages
+    order = rope_pair_order(D, ms) if rope_pairs else None
+    cbs, r = [], np.asarray(x, np.float64)
+    for s in range(stages):
+        cb = train_codebook(r, ms, k, rng_of(s), iters=iters, outliers=outliers if s == 0 else 0,
+                            scale_channels=scale_channels and s == 0, seeding=seeding, order=order)
+        cbs.append(cb)
+        r = r - CodedTensor.of(cb, r).decoded()
+    return tuple(cbs)
+
+
+def pq_scores(q: np.ndarray, kc: CodedTensor | ResidualCoded) -> np.ndarray:
+    """Scores on codes (table + gather) plus the exact outlier-channel part: (G, D) -> (G, N). A
+    ``ResidualCoded`` stream sums its stages' scores."""
+    if isinstance(kc, ResidualCoded):
+        return sum(pq_scores(q, st) for st in kc.stages)
     s = scores_from_codes(score_table(kc.cb, q), kc.codes)
     if kc.cb.outliers.size:
         s = s + q[:, kc.cb.outliers] @ kc.exact.T
@@ -380,10 +449,13 @@ def rope(x: np.ndarray, positions: np.ndarray, theta: float, inverse: bool = Fal
     return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=1)
 
 
-def rope_pq_scores(q: np.ndarray, kc: CodedTensor, positions: np.ndarray, theta: float) -> np.ndarray:
+def rope_pq_scores(q: np.ndarray, kc: CodedTensor | ResidualCoded, positions: np.ndarray, theta: float) -> np.ndarray:
     """Scores of post-RoPE queries (G, D) on keys coded before RoPE, at token ``positions`` (N,): per token, the
     M x P complex table entries its codes select, each rotated by its position, real parts summed; plus the exact
-    outlier channels rotated. Equal to q @ RoPE(decoded).T. -> (G, N)."""
+    outlier channels rotated. Equal to q @ RoPE(decoded).T. -> (G, N). A ``ResidualCoded`` stream sums its
+    stages' scores (each stage's sub-vectors hold whole RoPE pairs)."""
+    if isinstance(kc, ResidualCoded):
+        return sum(rope_pq_scores(q, st, positions, theta) for st in kc.stages)
     G, D = q.shape
     cb = kc.cb
     table = rope_score_table(cb, q)  # (G, M, K, P)
@@ -399,8 +471,8 @@ def rope_pq_scores(q: np.ndarray, kc: CodedTensor, positions: np.ndarray, theta:
     return s
 
 
-def pq_partial(q: np.ndarray, kc: CodedTensor, vc: CodedTensor, mask: np.ndarray | None = None,
-               scores: np.ndarray | None = None) -> Partial:
+def pq_partial(q: np.ndarray, kc: CodedTensor | ResidualCoded, vc: CodedTensor | ResidualCoded,
+               mask: np.ndarray | None = None, scores: np.ndarray | None = None) -> Partial:
     """Attention of q (G, D) over coded keys and values without decoding them (restricted to ``mask`` (G, N)).
 
     ``scores`` may pass in ``pq_scores(q, kc)`` when the caller already has it."""
@@ -413,7 +485,10 @@ def pq_partial(q: np.ndarray, kc: CodedTensor, vc: CodedTensor, mask: np.ndarray
         assert mask.shape == (G, N), mask.shape
         s = np.where(mask, s, -np.inf)
     w, lse = _softmax_part(s)
-    out = output_from_bins(vc.cb, value_bins(w, vc.codes, vc.cb.k))  # (G, D), outlier channels zero
+    stages = vc.stages if isinstance(vc, ResidualCoded) else (vc,)
+    out = np.zeros((G, D))
+    for st in stages:  # (G, D) per stage, outlier channels zero; one stage without residual coding
+        out += output_from_bins(st.cb, value_bins(w, st.codes, st.cb.k))
     if vc.cb.outliers.size:
         out[:, vc.cb.outliers] = w @ vc.exact
     return Partial(out=out, lse=lse)

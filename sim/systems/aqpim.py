@@ -74,11 +74,17 @@ class AqpimOptions(PimDeviceOptions):
                         "power of two); accuracy fix, charged in the timing model", minimum=0, limit=65536)
     pre_rope: bool = option(False, "code keys before RoPE and apply RoPE through a complex query table (accuracy "
                             "fix; larger tables, more lookups per score)")
+    pq_stages: int = option(1, "residual PQ stages the pq_m codes of a token are spent on (must divide pq_m); "
+                            "accuracy fix: same code bits, pq_stages times the codebooks and per-query work",
+                            minimum=1, limit=2**16)
+    scale_keys: bool = option(False, "divide key channels by their RMS before k-means (accuracy option; head_dim "
+                              "scales per unit, multiplied into each query)")
 
     @property
     def pq(self) -> PqSettings:
         return PqSettings(m=self.pq_m, k=self.pq_k, sinks=self.sinks, recent=self.recent, outliers=self.outliers,
-                          key_k=self.key_k, pre_rope=self.pre_rope)
+                          key_k=self.key_k, pre_rope=self.pre_rope, stages=self.pq_stages,
+                          scale_keys=self.scale_keys)
 
     def check(self) -> None:
         try:
@@ -131,7 +137,7 @@ class AqpimSystem(PimSystem):
         pq = self.pq
         if not pq.key_k and not pq.pre_rope:
             return None
-        rows = self.model.head_dim if pq.pre_rope else pq.m
+        rows = self.model.head_dim * pq.stages if pq.pre_rope else pq.m
         try:
             return pim_model.pq_lookup_plan(self.dev.channel, self.model.gqa_group, rows, pq.keys_k, dataflow)
         except HardwareError as e:  # name the fix that made the key table's rows too large
@@ -143,6 +149,10 @@ class AqpimSystem(PimSystem):
         extra = {"m": pq.m, "k": pq.k, "outliers": pq.outliers, "window": self.window, "lut": lut}
         if pq.key_k or pq.pre_rope:
             extra.update(key_k=pq.key_k, pre_rope=pq.pre_rope, lut_key=self.key_lookup_plan(lut.dataflow))
+        if pq.stages > 1:
+            extra["stages"] = pq.stages
+        if pq.scale_keys:
+            extra["scale_keys"] = True
         return pim_model.pq_attention_works, extra
 
     part_order = tuple(f"aqpim.{phase}" for phase in pim_model.PQ_PHASES)
@@ -152,13 +162,20 @@ class AqpimSystem(PimSystem):
         return f"aqpim.{pim_model.pq_phase_of(kind)}"
 
     # ---- prefill-time costs and capacity -------------------------------------------------------------------------
+    @property
+    def centroids_per_tensor(self) -> float:
+        """Full-width centroids a token's K or V is compared with in one k-means pass, averaged over K and V:
+        ``stages x (key_k + k) / 2`` (``pq_k`` for plain PQ); each residual stage's centroids span all head_dim."""
+        pq = self.pq
+        return pq.stages * (pq.keys_k + pq.k) / 2
+
     def prefill_codebook_s(self, prompt_tokens: int) -> float:
         """Per request, outside decode: k-means on the GPU for every (layer, KV head, tensor), then the codebooks
         cross the link into PIM."""
         m, pq = self.model, self.pq
         coded = max(0, prompt_tokens - self.window)
         flops = (self.options.kmeans_iters * 2 * m.n_layers * m.n_kv_heads
-                 * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded * pq.k * m.head_dim)
+                 * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded * self.centroids_per_tensor * m.head_dim)
         train = gpu_model.kernel_time_s(self.machine.params.gpu, flops, 2 * coded * m.kv_bytes_per_token)
         return train + self.machine.topology.route(GPU, PIM).time_s(m.n_kv_heads * pq.pim_unit_fixed_bytes(m))
 
@@ -167,7 +184,8 @@ class AqpimSystem(PimSystem):
         (one more) of ``coded_tokens`` tokens' K and V in every KV head: ``QUANTIZE_FLOPS_PER_ELEMENT`` per
         element and centroid; each pass reads the tokens' K/V once."""
         m, pq, g = self.model, self.pq, self.machine.params.gpu
-        pass_flops = 2 * m.n_kv_heads * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded_tokens * pq.k * m.head_dim
+        pass_flops = (2 * m.n_kv_heads * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded_tokens
+                      * self.centroids_per_tensor * m.head_dim)
         pass_bytes = coded_tokens * m.kv_bytes_per_token_per_layer
         if coded_tokens <= 0:
             return ()
