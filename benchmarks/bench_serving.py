@@ -34,14 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
 # The child process that runs one command and reports its times and peak RSS: the memory benchmark's own.
-from bench_memory import CHILD  # noqa: E402  (run as a script: benchmarks/ is on sys.path)
+from bench_memory import measure  # noqa: E402  (run as a script: benchmarks/ is on sys.path)
 
 CASES = {
     "7b": ["--model", "llama-2-7b"],
@@ -62,16 +60,6 @@ def argv_for(case: str, system: str, requests: int, detail: str, prefill: str = 
         argv += ["--detail", detail]
     return argv
 
-
-def measure(root: Path, argv: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(root), json.dumps(argv)], capture_output=True,
-                          text=True, cwd=root)
-    if proc.returncode != 0:
-        raise SystemExit(f"child failed ({' '.join(argv)}):\n{proc.stderr}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    if out["code"] != 0:
-        raise SystemExit(f"aqpim-sim {' '.join(argv)} exited with {out['code']}")
-    return out
 
 
 

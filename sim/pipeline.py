@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hw_models.interconnect import p2p_time_s
-from sim.systems.base import Estimate, StepBatch, dense_works, total_s
+from sim.systems.base import Estimate, SeqsCache, StepBatch, dense_works, total_s
 
 
 @dataclass
@@ -43,11 +43,12 @@ class PipelineStepper:
         self.env = stepper.env
         self.ready: dict[int, float] = {}  # micro-batch index -> when it next reaches this stage
         self.started = False
+        self._head_s = SeqsCache()  # the LM head's kernels per micro-batch size (only the last stage runs them)
 
     def _stage_s(self, entry, n_seqs: int) -> float:
         """The stage's time for a micro-batch without the LM head: what every other stage takes."""
-        m = self.system.machine.params
-        head = total_s(dense_works(m, self.system.model, n_seqs).head)
+        head = self._head_s.get_or(n_seqs, lambda n: total_s(dense_works(self.system.machine.params,
+                                                                             self.system.model, n).head))
         return max(0.0, entry.estimate.latency_s - head)
 
     def _hop_s(self, n_seqs: int) -> float:

@@ -16,19 +16,11 @@ from workloads.opgraph import layer_ops
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
 
 
-def gpu_costs(params, model: ModelSpec, batch: StepBatch):
-    """(per-layer kernels, once-per-step kernels) of one step."""
-    ops = layer_ops(model, batch.n_seqs, batch.kv_tokens)
-    dense = dense_works(params, model, batch.n_seqs)
-    attention = tuple(gpu_model.op_kernel(params.gpu, name, ops[name]) for name in ATTENTION_OPS)
-    return dense.pre + attention + dense.post, dense.head
-
-
 class GpuSystem(System):
     """KV cache in GPU memory: the reference when everything fits."""
 
     name = "gpu"
-    plan_cache_size = 8192  # a plan is 7 kernels: the cache stays a few MB
+    plan_cache_size = 8192  # a plan is about a dozen kernels, mostly shared per batch size: a few MB
 
     def __init__(self, machine, model: ModelSpec, options):
         super().__init__(machine, model, options)
@@ -38,7 +30,8 @@ class GpuSystem(System):
         return batch.n_seqs, batch.kv_tokens
 
     def plan(self, batch: StepBatch):
-        """``gpu_costs``, with the kernels that read no KV computed once per batch size."""
+        """(per-layer kernels, once-per-step kernels) of one step; the kernels that read no KV computed once per
+        batch size."""
         dense = self._fixed.get_or(batch.n_seqs, lambda n: dense_works(self.machine.params, self.model, n))
         ops = layer_ops(self.model, batch.n_seqs, batch.kv_tokens)
         g = self.machine.params.gpu
