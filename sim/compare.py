@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from sim.chrome_trace import chrome_trace
 from sim.config import RunConfig
+from sim.pipeline import PipelineTrace
 from sim.report import fmt_bytes, fmt_time
 from sim.results import Result
-from sim.run import simulate_traced
+from sim.run import run_simulation
 from sim.systems import SYSTEMS
 
 
@@ -26,13 +27,14 @@ class VariantRun:
     config: RunConfig
     result: Result
     spans: list
+    pipeline: PipelineTrace | None = None
 
 
 def run_variants(pairs: list[tuple[str, RunConfig]]) -> list[VariantRun]:
     runs = []
     for label, cfg in pairs:
-        result, spans = simulate_traced(cfg)
-        runs.append(VariantRun(label, cfg, result, spans))
+        r = run_simulation(cfg)
+        runs.append(VariantRun(label, cfg, r.result, r.spans, r.pipeline))
     return runs
 
 
@@ -140,7 +142,7 @@ def combined_trace(runs: list[VariantRun]) -> dict:
     events, layout = [], []
     offset = 0
     for r in runs:
-        t = chrome_trace(r.spans)
+        t = chrome_trace(r.spans, ranks=r.result.details.get("tp", 1), pipeline=r.pipeline)
         pids = sorted({e["pid"] for e in t["traceEvents"]})
         names = {e["pid"]: e["args"]["name"] for e in t["traceEvents"]
                  if e["ph"] == "M" and e["name"] == "process_name"}

@@ -15,14 +15,68 @@ sum_{j<k} stage_j + (pp - 1) x (stage_k + hop). Because the last stage is the sl
 another stage and these delays are exact; the step (every sequence one token) ends when the last micro-batch
 leaves the last stage. Its closed form is the same recurrence over the micro-batches' closed forms:
 t = max(t, ready_k) + stage_k, exact when theirs are.
+
+Traces show every stage (``PipelineTrace``): in a traced step micro-batch k reached the last stage at ``ready_k``,
+so stage s ran it from ``ready_k - (pp - 1 - s) x (stage_k + hop)`` for ``stage_k``, the same work as the last
+stage's pass without the head; its spans are the last stage's moved to that start, and the hops between stages are
+spans of their own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from hw_models.interconnect import p2p_time_s
+from sim.engine import Span
 from sim.systems.base import Estimate, SeqsCache, StepBatch, dense_works, total_s
+
+P2P_LANE = "gpu.p2p"   # the hops' spans: on the sending GPU, a lane of their own
+P2P_KIND = "pp_send"
+
+
+@dataclass(frozen=True)
+class StagePass:
+    """One micro-batch's pass through the simulated last stage in a traced step."""
+
+    step: int
+    micro_batch: int
+    arrive_s: float   # when it reached the last stage (it may have waited for the one before it)
+    start_s: float
+    end_s: float
+    stage_s: float    # an earlier stage's time on it: the closed form without the head
+    hop_s: float      # one hop of its activations between stages
+
+
+@dataclass
+class PipelineTrace:
+    """What a trace needs to draw every stage of a pipeline-parallel run: the last stage's passes in traced steps
+    and which span kinds are the head's (run by the last stage only)."""
+
+    pp: int
+    head_kinds: frozenset
+    passes: list[StagePass] = field(default_factory=list)
+
+    def staged_spans(self, spans: list[Span]) -> list[tuple[int, Span]]:
+        """(stage, span) for every stage: the simulated spans as the last stage's, each earlier stage's work on a
+        micro-batch as the last stage's spans of that pass (without the head) moved to when that stage ran it,
+        and a ``pp_send`` span on ``gpu.p2p`` for each hop (the last stage's carries the sampled token back to
+        the first). Spans outside every pass (prefill) stay on the last stage."""
+        last = self.pp - 1
+        out = [(last, s) for s in spans]
+        by_step: dict[int, list[Span]] = {}
+        for s in spans:
+            by_step.setdefault(s.step, []).append(s)
+        for p in self.passes:
+            inside = [s for s in by_step.get(p.step, ()) if p.start_s <= s.start_s < p.end_s
+                      and s.kind not in self.head_kinds and s.component != P2P_LANE]
+            for stage in range(last):
+                begin = p.arrive_s - (last - stage) * (p.stage_s + p.hop_s)
+                shift = begin - p.start_s
+                out.extend((stage, replace(s, start_s=s.start_s + shift, end_s=s.end_s + shift)) for s in inside)
+                send = begin + p.stage_s
+                out.append((stage, Span(p.step, P2P_LANE, P2P_KIND, send, send + p.hop_s, 0.0, 0.0, 0.0)))
+            out.append((last, Span(p.step, P2P_LANE, P2P_KIND, p.end_s, p.end_s + p.hop_s, 0.0, 0.0, 0.0)))
+        return out
 
 
 @dataclass
@@ -32,6 +86,8 @@ class PipelineEntry:
 
     entries: list
     loop_s: list[float]      # pp hops + (pp - 1) stages without the head: from leaving this stage to coming back
+    stage_s: list[float]     # an earlier stage's time on each micro-batch
+    hop_s: list[float]
     estimate: Estimate
 
 
@@ -44,6 +100,9 @@ class PipelineStepper:
         self.ready: dict[int, float] = {}  # micro-batch index -> when it next reaches this stage
         self.started = False
         self._head_s = SeqsCache()  # the LM head's kernels per micro-batch size (only the last stage runs them)
+        self.tracer = system.machine.tracer
+        head = dense_works(system.machine.params, system.model, 1).head
+        self.trace = PipelineTrace(pp, frozenset(w.kind for w in head))
 
     def _stage_s(self, entry, n_seqs: int) -> float:
         """The stage's time for a micro-batch without the LM head: what every other stage takes."""
@@ -71,15 +130,19 @@ class PipelineStepper:
             t = max(t, self.ready.get(k, now)) + e.estimate.latency_s
             exact = exact and e.estimate.exact
         loop = [pp * hop + (pp - 1) * st for st, hop in zip(stage, hops, strict=True)]
-        return PipelineEntry(entries, loop, Estimate(t - now, exact))
+        return PipelineEntry(entries, loop, stage, hops, Estimate(t - now, exact))
 
     def run(self, pe: PipelineEntry):
         """Generator for the driver: the micro-batches through this stage in order, each when it has arrived."""
         env = self.env
         self.started = True
         for k, e in enumerate(pe.entries):
-            wait = self.ready.get(k, env.now) - env.now
-            if wait > 0:
-                yield env.timeout(wait)
+            arrive = self.ready.get(k, env.now)
+            if arrive > env.now:
+                yield env.timeout(arrive - env.now)
+            start = env.now
             yield from self.inner.run(e)
+            if self.tracer.keeping:
+                self.trace.passes.append(StagePass(self.tracer.step, k, arrive, start, env.now, pe.stage_s[k],
+                                                   pe.hop_s[k]))
             self.ready[k] = env.now + pe.loop_s[k]

@@ -28,13 +28,14 @@ import simpy
 from hw_models.machine import MachineParams, load_machine
 from hw_models.machine import preset_names as machine_preset_names
 from hw_models.pim import PimDeviceParams
+from sim.chrome_trace import chrome_trace
 from sim.config import DEFAULT_STEPS, RunConfig
 from sim.engine import Span, Tracer
 from sim.errors import ConfigError
 from sim.fastpath import Stepper
 from sim.io import open_atomic
 from sim.machine import Machine
-from sim.pipeline import PipelineStepper
+from sim.pipeline import PipelineStepper, PipelineTrace
 from sim.results import STEP_LOG_COLUMNS, Result, StepRow
 from sim.serving import prefill_driver, request_fields, request_log_writer
 from sim.stats import RequestStats, StepStats
@@ -107,6 +108,11 @@ class Run:
     spans: list[Span]
     topology: Topology
     model: ModelSpec
+    pipeline: PipelineTrace | None = None  # pipeline parallelism: what traces need to draw every stage
+
+    def chrome_trace(self, metadata: dict | None = None) -> dict:
+        """The traced steps as a Chrome trace: one process per GPU and per device (``sim.chrome_trace``)."""
+        return chrome_trace(self.spans, metadata, ranks=self.result.details.get("tp", 1), pipeline=self.pipeline)
 
 
 def simulate(cfg: RunConfig, params: MachineParams | None = None, model: ModelSpec | None = None,
@@ -213,7 +219,7 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
     first_arrival_s = batcher.first_arrival_s
     result = _result(cfg, params, model, system, tracer, topology, env.now - first_arrival_s, log, warnings,
                      context, reqs)
-    return Run(result, tracer.spans, topology, model)
+    return Run(result, tracer.spans, topology, model, stepper.trace if cfg.pp > 1 else None)
 
 
 def parallel_view(cfg: RunConfig, params: MachineParams, model: ModelSpec) -> tuple[MachineParams, ModelSpec]:

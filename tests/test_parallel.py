@@ -182,3 +182,45 @@ def test_pipeline_deeper_than_the_layers_is_refused():
     from workloads.errors import WorkloadError
     with pytest.raises(WorkloadError, match="exceeds the 8 layers"):
         tiny(8, 8, 2, 64).stage(9)
+
+
+def test_pipeline_trace_draws_every_stage(tmp_path, capsys):
+    """pp = 3 x tp = 2 on six GPUs: every stage's GPUs are drawn; each micro-batch goes stage 0 -> 1 -> 2, each
+    earlier stage's pass being the last stage's work without the head, ending one hop before the next stage starts
+    it; no GPU runs two passes at once."""
+    import json
+    t = tmp_path / "t.json"
+    code = main(["run", "--system", "pim", "--hardware", "dgx-a100", "--model", "llama-3.1-70b", "--tp", "2",
+                 "--pp", "3", "--micro-batches", "3", "--batch", "6", "--context", "4096", "--steps", "2",
+                 "--trace-out", str(t)])
+    capsys.readouterr()
+    trace = json.loads(t.read_text())
+    names = {e["pid"]: e["args"]["name"] for e in trace["traceEvents"]
+             if e["ph"] == "M" and e["name"] == "process_name"}
+    assert code == 0 and {f"gpu[{g}]" for g in range(6)} <= set(names.values())
+    assert trace["otherData"]["stages"] == 3 and trace["otherData"]["simulated_gpu"] == 4
+    x = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["cat"] == "gpu"]
+    head = {"final_norm", "lm_head", "logits_gather"}
+    for step in (0, 1):
+        work = {g: sorted((e for e in x if names[e["pid"]] == f"gpu[{g}]" and e["args"]["step"] == step
+                           and e["name"] != "pp_send"), key=lambda e: e["ts"]) for g in range(6)}
+        for g in (0, 2, 4):  # a stage's ranks do the same work at the same times
+            assert [(e["name"], e["ts"]) for e in work[g]] == [(e["name"], e["ts"]) for e in work[g + 1]]
+        last = [e["name"] for e in work[4] if e["name"] not in head]
+        assert len(work[4]) - len(last) == 3 * 3  # the head's kernels, once per micro-batch
+        for g in (0, 2):
+            assert [e["name"] for e in work[g]] == last and not head & {e["name"] for e in work[g]}
+        for g in range(6):  # passes never overlap on a GPU
+            ends = [e["ts"] + e["dur"] for e in work[g]]
+            assert all(e["ts"] >= end - 1e-6 for e, end in zip(work[g][1:], ends, strict=False))
+        sends = sorted((e for e in x if e["name"] == "pp_send" and e["args"]["step"] == step
+                        and names[e["pid"]] in ("gpu[0]", "gpu[2]")), key=lambda e: e["ts"])
+        assert len(sends) == 2 * 3
+        for s in sends:  # a hop ends where the next stage starts that micro-batch
+            arrive = s["ts"] + s["dur"]
+            nxt = work[2 if names[s["pid"]] == "gpu[0]" else 4]
+            start = min(e["ts"] for e in nxt if e["ts"] >= arrive - 1e-6)
+            if nxt is work[2]:
+                assert start == pytest.approx(arrive, abs=1e-6)
+            else:  # the simulated stage starts it when it arrives or when its previous pass (PIM work too) ends
+                assert start >= arrive - 1e-6

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 
-from sim.chrome_trace import chrome_trace_json
 from sim.config import SHARED, RunConfig, from_mapping, load_config_file, option_owners
 from sim.io import check_output_file, write_text_atomic
 from sim.options import add_arguments, specs
 from sim.report import summary
-from sim.run import simulate_traced
+from sim.run import run_simulation
 from sim.serving import request_log_format
 from sim.systems import SYSTEMS
 
@@ -69,11 +69,12 @@ def run(args) -> int:
     for out in (args.json_out, args.trace_out, args.step_log, args.request_log):
         if out:
             check_output_file(out)
-    result, spans = simulate_traced(cfg, step_log=args.step_log, request_log=args.request_log)
+    sim_run = run_simulation(cfg, step_log=args.step_log, request_log=args.request_log)
+    result = sim_run.result
     print(summary(result))
     if args.json_out:
         write_text_atomic(args.json_out, result.to_json())
     if args.trace_out:
-        write_text_atomic(args.trace_out, chrome_trace_json(spans, {"system": result.system, "model": result.model},
-                                                             ranks=result.details.get("tp", 1)))
+        trace = sim_run.chrome_trace({"system": result.system, "model": result.model})
+        write_text_atomic(args.trace_out, json.dumps(trace, sort_keys=True) + "\n")
     return 0
