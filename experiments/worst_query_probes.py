@@ -16,7 +16,7 @@ attention, per query row (a query head of a KV head), over every captured layer 
 percentile and worst.
 
 1. **Which side**: 1 bit (head_dim / 8 sub-spaces, K = 256) on both sides, then with exact keys, then with exact
-   values: which coding error drives the worst query.
+   values: which coding error drives the worst query; and where the six worst rows put their attention weight.
 2. **Exact heavy tokens** (SnapKV's selection, Li et al. 2024, arXiv:2404.14469): the fraction ``--keep`` of
    coded prompt tokens with the most attention from the last ``--observe`` prompt queries kept exact.
 3. **Bits moved from values to keys**: keys at K = 1024 (1.25 bits) with values at K = 64 (0.75 bits), and keys
@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     coded_m = causal & ~exact_m
     obs_rows = np.repeat(acts.q_pos[-N_EVAL - args.observe:-N_EVAL], g)
     out: dict[str, list] = {}
+    worst_rows: list[tuple] = []
 
     def add(name, o, ref):
         out.setdefault(name, []).append(cos_rows(o, ref))
@@ -103,6 +104,12 @@ def main(argv=None) -> int:
             v_hat = vc.decoded()
             scores = pq.rope_pq_scores(q, kc, pos, acts.rope_theta)
             add("1. both coded (1 bit)", pq.merge(exact, pq.pq_partial(q, kc, vc, coded_m, scores=scores)).out, ref)
+            c = out["1. both coded (1 bit)"][-1]
+            i = int(np.argmin(c))  # this head's worst row: where its attention weight sits
+            w_i = np.exp(np.where(causal[i], q[i] @ K.T, -np.inf) - np.max(q[i] @ K.T[:, causal[i]]))
+            w_i /= w_i.sum()
+            worst_rows.append((float(c[i]), acts.layers[li], h, float(np.sort(w_i)[-8:].sum()),
+                               float(w_i[exact_m[i]].sum())))
             add("1. keys exact", pq.merge(exact, pq.exact_partial(q, K, v_hat, coded_m)).out, ref)
             add("1. values exact", pq.merge(exact, pq.exact_partial(q, k_hat, V, coded_m)).out, ref)
 
@@ -129,6 +136,9 @@ def main(argv=None) -> int:
           f"{N_EVAL} queries x {g} heads per KV head")
     for name, c in out.items():
         print(f"  {name:34s} {summary(c)}")
+    print("  probe 1's worst rows (cosine, layer, KV head): weight of their top 8 tokens, weight on exact tokens")
+    for c, layer, h, top8, on_exact in sorted(worst_rows)[:6]:
+        print(f"    {c:.4f}  layer {layer:2d} head {h}: top 8 {top8:.2f}, exact {on_exact:.2f}")
     return 0
 
 
