@@ -26,7 +26,7 @@ def chrome_trace(spans: list[Span], metadata: dict | None = None, ranks: int = 1
     spans (their events say ``"replica_of": 0``). ``pipeline`` (a ``sim.pipeline.PipelineTrace``): every stage is
     drawn, stage s's ranks as ``gpu[s x ranks + r]``; the last stage's first rank is the simulated GPU, the others'
     spans say ``"replica_of"`` it (earlier stages: ``PipelineTrace.staged_spans``). The host's devices are drawn
-    once."""
+    once, with one lane per stage under pipeline parallelism."""
     staged = pipeline.staged_spans(spans) if pipeline is not None else [(0, s) for s in spans]
     stages = pipeline.pp if pipeline is not None else 1
     gpus = ranks * stages
@@ -39,16 +39,22 @@ def chrome_trace(spans: list[Span], metadata: dict | None = None, ranks: int = 1
         if gpus == 1:
             return [(device, 0)]
         if device in SHARED_DEVICES:
-            return [(device, simulated)] if stage == stages - 1 else []
+            return [(device, simulated)]
         return [(f"{device}[{stage * ranks + r}]", stage * ranks + r) for r in range(ranks)]
+
+    def lane_of(device: str, lane: str, stage: int) -> str:
+        """A shared device serves every stage, at different times: one lane per stage (Chrome traces need the
+        spans of one lane to nest)."""
+        return f"{lane} (stage {stage})" if stages > 1 and device in SHARED_DEVICES else lane
 
     for comp in sorted({s.component for s in spans} | ({P2P_LANE} if pipeline is not None else set())):
         device, lane = _device_and_lane(comp)
         for stage in range(stages):
             for name, _ in names(device, stage):
                 devices.setdefault(name, 0)
-                if (name, lane) not in lanes:
-                    lanes[(name, lane)] = sum(1 for d, _ in lanes if d == name) + 1
+                key = (name, lane_of(device, lane, stage))
+                if key not in lanes:
+                    lanes[key] = sum(1 for d, _ in lanes if d == name) + 1
     devices = {name: pid for pid, name in enumerate(sorted(devices, key=_device_order), start=1)}
     for device, pid in devices.items():
         events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": device}})
@@ -62,10 +68,12 @@ def chrome_trace(spans: list[Span], metadata: dict | None = None, ranks: int = 1
             args["detail"] = True  # one channel's view of work counted on the device lane
         if stages > 1:
             args["stage"] = stage
+        tagged = {**args, "replica_of": simulated}
         for name, gpu in names(device, stage):
             events.append({"ph": "X", "name": s.kind, "cat": device, "pid": devices[name],
-                           "tid": lanes[(name, lane)], "ts": s.start_s * 1e6, "dur": (s.end_s - s.start_s) * 1e6,
-                           "args": {**args, "replica_of": simulated} if gpu != simulated else args})
+                           "tid": lanes[(name, lane_of(device, lane, stage))], "ts": s.start_s * 1e6,
+                           "dur": (s.end_s - s.start_s) * 1e6,
+                           "args": args if gpu == simulated and stage == stages - 1 else tagged})
     other = dict(metadata or {})
     if ranks > 1:
         other["ranks"] = ranks

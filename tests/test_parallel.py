@@ -224,3 +224,30 @@ def test_pipeline_trace_draws_every_stage(tmp_path, capsys):
                 assert start == pytest.approx(arrive, abs=1e-6)
             else:  # the simulated stage starts it when it arrives or when its previous pass (PIM work too) ends
                 assert start >= arrive - 1e-6
+
+
+def test_pipeline_trace_draws_the_shared_host_once_with_a_lane_per_stage(tmp_path, capsys):
+    """CPU attention under pp = 2: the host is one process; each stage's host work has its own lane, the earlier
+    stage's marked as derived from the simulated GPU's, and a lane's spans never overlap."""
+    import json
+    t = tmp_path / "t.json"
+    code = main(["run", "--system", "offload", "--cpu-attention", "--hardware", "dgx-a100", "--model",
+                 "llama-3.1-70b", "--pp", "2", "--batch", "16", "--context", "131072", "--steps", "2",
+                 "--trace-out", str(t)])
+    capsys.readouterr()
+    trace = json.loads(t.read_text())
+    meta = [e for e in trace["traceEvents"] if e["ph"] == "M"]
+    names = {e["pid"]: e["args"]["name"] for e in meta if e["name"] == "process_name"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in meta if e["name"] == "thread_name"}
+    assert code == 0 and sorted(v for v in names.values() if v.startswith("host")) == ["host"]
+    host = [e for e in trace["traceEvents"] if e["ph"] == "X" and names[e["pid"]] == "host"]
+    by_lane: dict = {}
+    for e in host:
+        by_lane.setdefault(threads[(e["pid"], e["tid"])], []).append(e)
+    assert set(by_lane) == {"cpu (stage 0)", "cpu (stage 1)"}
+    assert all("replica_of" in e["args"] for e in by_lane["cpu (stage 0)"])
+    assert not any("replica_of" in e["args"] for e in by_lane["cpu (stage 1)"])
+    assert len(by_lane["cpu (stage 0)"]) == len(by_lane["cpu (stage 1)"])
+    for spans in by_lane.values():
+        spans.sort(key=lambda e: e["ts"])
+        assert all(b["ts"] >= a["ts"] + a["dur"] - 1e-6 for a, b in zip(spans, spans[1:], strict=False))
