@@ -251,3 +251,18 @@ def test_pipeline_trace_draws_the_shared_host_once_with_a_lane_per_stage(tmp_pat
     for spans in by_lane.values():
         spans.sort(key=lambda e: e["ts"])
         assert all(b["ts"] >= a["ts"] + a["dur"] - 1e-6 for a, b in zip(spans, spans[1:], strict=False))
+
+
+def test_pipeline_deeper_than_the_layers_is_one_line_exit_2(tmp_path, capsys):
+    """Through the CLI, on a machine file with enough GPUs that the layer count is what refuses it."""
+    from pathlib import Path
+    preset = Path(__file__).resolve().parents[1] / "hw_models" / "presets" / "dgx-a100.toml"
+    text = preset.read_text()
+    assert "gpus = { value = 8," in text
+    machine = tmp_path / "big.toml"
+    machine.write_text(text.replace("gpus = { value = 8,", "gpus = { value = 128,", 1))
+    code = main(["run", "--system", "gpu", "--hardware", str(machine), "--model", "llama-3.1-8b", "--pp", "64",
+                 "--batch", "64", "--context", "1024", "--steps", "1"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "pipeline parallelism 64 exceeds the 32 layers of 'llama-3.1-8b'" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
