@@ -103,6 +103,10 @@ class RunConfig(Options):
             raise ConfigError("give either trace (a file) or requests (a synthetic list), not both")
         if self.micro_batches is not None and self.pp == 1:
             raise ConfigError("micro_batches (--micro-batches) applies only with pp (--pp) above 1")
+        if self.pp > 1 and self.prefill != "none":
+            # the pipeline model times decode micro-batches through the stages; prompts would need their own flow
+            raise ConfigError(f"prefill {self.prefill} (--prefill) is not simulated with pipeline parallelism "
+                              f"(--pp {self.pp}); use --prefill none, or --tp for the same GPUs")
         self._check_request_settings()
         self._check_serving_settings()
         self.options.check_run(self)

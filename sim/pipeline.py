@@ -60,7 +60,7 @@ class PipelineTrace:
         """(stage, span) for every stage: the simulated spans as the last stage's, each earlier stage's work on a
         micro-batch as the last stage's spans of that pass (without the head) moved to when that stage ran it,
         and a ``pp_send`` span on ``gpu.p2p`` for each hop (the last stage's carries the sampled token back to
-        the first). Spans outside every pass (prefill) stay on the last stage."""
+        the first). Spans outside every pass stay on the last stage."""
         last = self.pp - 1
         out = [(last, s) for s in spans]
         by_step: dict[int, list[Span]] = {}

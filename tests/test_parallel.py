@@ -171,6 +171,8 @@ def test_pipeline_step_by_hand():
     (["--hardware", "dgx-a100", "--model", "llama-3.1-8b", "--pp", "64"], "needs 64 GPUs"),
     (["--hardware", "dgx-a100", "--tp", "4", "--pp", "4"], "tp 4 x pp 4 needs 16 GPUs"),
     (["--micro-batches", "2"], "applies only with pp"),
+    (["--hardware", "dgx-a100", "--pp", "2", "--requests", "2", "--prefill", "first"],
+     "prefill first (--prefill) is not simulated with pipeline parallelism (--pp 2)"),
 ])
 def test_bad_pipeline_is_one_line_exit_2(capsys, argv, needle):
     code = main(["run", "--system", "gpu", "--batch", "1", "--context", "1024", "--steps", "1", *argv])
