@@ -1,11 +1,13 @@
-"""Cost of a tensor-parallel run against one GPU doing the same work.
+"""Cost of a tensor- or pipeline-parallel run against one GPU doing the same work.
 
 Run: python3 benchmarks/bench_parallel.py [--steps 64] [--repeat 3]
 
 Per system, llama-3.1-70b, batch 16, 32K context on dgx-a100: the CPU seconds (user + system of this process,
 best of ``--repeat``) of a run with ``--tp 8`` and of the same run on one of its GPUs (``--tp 1``: the same
 tokens and KV; it does not fit, which the simulator reports and times anyway). Issue 13's target: the 8-GPU run
-costs less than 3x the 1-GPU run. A TP run simulates one rank (design note 26), so the ratio is near 1.
+costs less than 3x the 1-GPU run. A TP run simulates one rank (design note 26), so the ratio is near 1. Also
+``--pp 8`` (8 micro-batches) and ``--tp 2 --pp 4`` (4 micro-batches): a pipeline run simulates its last stage
+(design note 29), one plan per micro-batch and step.
 """
 
 from __future__ import annotations
@@ -42,11 +44,15 @@ def main() -> None:
     args = ap.parse_args()
     base = dict(hardware="dgx-a100", model="llama-3.1-70b", batch=16, context=32768, steps=args.steps)
     simulate(make_config(**{**base, "steps": 1}))  # imports and preset loading outside the timings
-    print(f"{'system':10} {'tp 1 CPU s':>11} {'tp 8 CPU s':>11} {'ratio':>6}")
+    layouts = {"tp 8": dict(tp=8), "pp 8": dict(pp=8), "tp 2 x pp 4": dict(tp=2, pp=4)}
+    print(f"{'system':10} {'1 GPU CPU s':>12}" + "".join(f" {name + ' CPU s':>17} {'ratio':>6}" for name in layouts))
     for system in ("gpu", "offload", "pim", "aqpim"):
         one = best_cpu_s(make_config(**base, system=system, tp=1), args.repeat)
-        eight = best_cpu_s(make_config(**base, system=system, tp=8), args.repeat)
-        print(f"{system:10} {one:11.3f} {eight:11.3f} {eight / one:6.2f}")
+        row = f"{system:10} {one:12.3f}"
+        for layout in layouts.values():
+            t = best_cpu_s(make_config(**base, system=system, **layout), args.repeat)
+            row += f" {t:17.3f} {t / one:6.2f}"
+        print(row)
 
 
 if __name__ == "__main__":
