@@ -285,9 +285,9 @@ def explain_result(result: Result, spans: list, topology: Topology, model: Model
              f"context {result.context}", ""]
     tp, pp = result.details.get("tp", 1), result.details.get("pp", 1)
     if pp > 1:
-        lines.append(f"Pipeline parallel over {pp} stages of {model.n_layers} layers ({tp} GPU{'s' if tp > 1 else ''} each): the "
-                     f"numbers below are the last stage's (it also runs the LM head), with the micro-batches "
-                     f"waiting for the other stages (sim/pipeline.py); energy counts every GPU.")
+        lines.append(f"Pipeline parallel over {pp} stages of {model.n_layers} layers ({tp} GPU{'s' if tp > 1 else ''} "
+                     f"each): the numbers below are the last stage's (it also runs the LM head), with the "
+                     f"micro-batches waiting for the other stages (sim/pipeline.py); energy counts every GPU.")
         lines.append("")
     if tp > 1:
         lines.append(f"Tensor parallel over {tp} GPUs: each holds {model.n_heads} query heads, {model.n_kv_heads} KV "

@@ -16,6 +16,9 @@ another stage and these delays are exact; the step (every sequence one token) en
 leaves the last stage. Its closed form is the same recurrence over the micro-batches' closed forms:
 t = max(t, ready_k) + stage_k, exact when theirs are.
 
+Energy: every GPU does the last stage's work but the head, so the run's dynamic energy is the ranks times the
+simulated stage's, less the head's kernels on the GPUs of the other stages (``PipelineStepper.head_energy_j``).
+
 Traces show every stage (``PipelineTrace``): in a traced step micro-batch k reached the last stage at ``ready_k``,
 so stage s ran it from ``ready_k - (pp - 1 - s) x (stage_k + hop)`` for ``stage_k``, the same work as the last
 stage's pass without the head; its spans are the last stage's moved to that start, and the hops between stages are
@@ -39,7 +42,6 @@ class StagePass:
     """One micro-batch's pass through the simulated last stage in a traced step."""
 
     step: int
-    micro_batch: int
     arrive_s: float   # when it reached the last stage (it may have waited for the one before it)
     start_s: float
     end_s: float
@@ -67,8 +69,8 @@ class PipelineTrace:
         for s in spans:
             by_step.setdefault(s.step, []).append(s)
         for p in self.passes:
-            inside = [s for s in by_step.get(p.step, ()) if p.start_s <= s.start_s < p.end_s
-                      and s.kind not in self.head_kinds and s.component != P2P_LANE]
+            inside = [s for s in by_step.get(p.step, ())
+                      if p.start_s <= s.start_s < p.end_s and s.kind not in self.head_kinds]
             for stage in range(last):
                 begin = p.arrive_s - (last - stage) * (p.stage_s + p.hop_s)
                 shift = begin - p.start_s
@@ -88,6 +90,7 @@ class PipelineEntry:
     loop_s: list[float]      # pp hops + (pp - 1) stages without the head: from leaving this stage to coming back
     stage_s: list[float]     # an earlier stage's time on each micro-batch
     hop_s: list[float]
+    head_j: list[float]      # the LM head's GPU energy on each micro-batch (the last stage's alone)
     estimate: Estimate
 
 
@@ -99,16 +102,21 @@ class PipelineStepper:
         self.env = stepper.env
         self.ready: dict[int, float] = {}  # micro-batch index -> when it next reaches this stage
         self.started = False
-        self._head_s = SeqsCache()  # the LM head's kernels per micro-batch size (only the last stage runs them)
+        self._head = SeqsCache()  # (seconds, joules) of the LM head's kernels per micro-batch size
+        self.head_energy_j = 0.0  # GPU energy of the head's kernels run so far: only the last stage spends it
         self.tracer = system.machine.tracer
         head = dense_works(system.machine.params, system.model, 1).head
         self.trace = PipelineTrace(pp, frozenset(w.kind for w in head))
 
+    def _head_cost(self, n_seqs: int) -> tuple[float, float]:
+        def cost(n):
+            works = dense_works(self.system.machine.params, self.system.model, n).head
+            return total_s(works), sum(w.energy_j for w in works)
+        return self._head.get_or(n_seqs, cost)
+
     def _stage_s(self, entry, n_seqs: int) -> float:
         """The stage's time for a micro-batch without the LM head: what every other stage takes."""
-        head = self._head_s.get_or(n_seqs, lambda n: total_s(dense_works(self.system.machine.params,
-                                                                             self.system.model, n).head))
-        return max(0.0, entry.estimate.latency_s - head)
+        return max(0.0, entry.estimate.latency_s - self._head_cost(n_seqs)[0])
 
     def _hop_s(self, n_seqs: int) -> float:
         m, model = self.system.machine.params, self.system.model
@@ -130,7 +138,8 @@ class PipelineStepper:
             t = max(t, self.ready.get(k, now)) + e.estimate.latency_s
             exact = exact and e.estimate.exact
         loop = [pp * hop + (pp - 1) * st for st, hop in zip(stage, hops, strict=True)]
-        return PipelineEntry(entries, loop, stage, hops, Estimate(t - now, exact))
+        head_j = [self._head_cost(s.n_seqs)[1] for s in subs]
+        return PipelineEntry(entries, loop, stage, hops, head_j, Estimate(t - now, exact))
 
     def run(self, pe: PipelineEntry):
         """Generator for the driver: the micro-batches through this stage in order, each when it has arrived."""
@@ -142,7 +151,8 @@ class PipelineStepper:
                 yield env.timeout(arrive - env.now)
             start = env.now
             yield from self.inner.run(e)
+            self.head_energy_j += pe.head_j[k]
             if self.tracer.keeping:
-                self.trace.passes.append(StagePass(self.tracer.step, k, arrive, start, env.now, pe.stage_s[k],
+                self.trace.passes.append(StagePass(self.tracer.step, arrive, start, env.now, pe.stage_s[k],
                                                    pe.hop_s[k]))
             self.ready[k] = env.now + pe.loop_s[k]

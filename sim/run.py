@@ -218,13 +218,14 @@ def run_simulation(cfg: RunConfig, params: MachineParams | None = None, model: M
     context = batcher.max_prompt_tokens
     first_arrival_s = batcher.first_arrival_s
     result = _result(cfg, params, model, system, tracer, topology, env.now - first_arrival_s, log, warnings,
-                     context, reqs)
+                     context, reqs, stepper.head_energy_j if cfg.pp > 1 else 0.0)
     return Run(result, tracer.spans, topology, model, stepper.trace if cfg.pp > 1 else None)
 
 
 def parallel_view(cfg: RunConfig, params: MachineParams, model: ModelSpec) -> tuple[MachineParams, ModelSpec]:
-    """Under tensor parallelism (``cfg.tp`` > 1), what one GPU sees: the machine's rank view and the model's shard
-    (``MachineParams.rank_view``, ``ModelSpec.shard``); every GPU does the same, so one is simulated and the
+    """Under tensor and pipeline parallelism (``cfg.tp``, ``cfg.pp``), what the simulated GPU sees: the machine's
+    rank view and the model's shard of the last stage (``MachineParams.rank_view``, ``ModelSpec.shard``,
+    ``ModelSpec.stage``); every GPU does the same (the head aside, ``sim.pipeline``), so one is simulated and the
     totals (energy, capacity) count all of them."""
     ranks = cfg.tp * cfg.pp
     if ranks == 1:
@@ -270,15 +271,18 @@ def static_power_w(topology: Topology) -> dict[str, float]:
     return out
 
 
-def _energy(tracer: Tracer, topology: Topology, end_s: float, tokens: int) -> dict:
+def _energy(tracer: Tracer, topology: Topology, end_s: float, tokens: int, last_stage_only_j: float = 0.0) -> dict:
     """The Result's energy fields: static (idle power x the run's whole simulated time) and dynamic (work) per
-    component, their sum per component, and the totals per generated token."""
+    component, their sum per component, and the totals per generated token. ``last_stage_only_j``: GPU energy
+    of the simulated GPU that a pipeline's other stages do not spend (the LM head's kernels, ``sim.pipeline``)."""
     for component, watts in static_power_w(topology).items():
         tracer.set_static_power(component, watts)
     # One GPU is simulated under tensor parallelism; all of them (and their share of the host) do the same work.
     ranks = topology.params.ranks
     static = tracer.energy_static_j(end_s)
     dynamic = {c: ranks * j for c, j in tracer.energy_dynamic_j().items()}
+    if last_stage_only_j:
+        dynamic[GPU] -= (ranks - topology.params.tp) * last_stage_only_j
     total = {c: static.get(c, 0.0) + dynamic.get(c, 0.0) for c in sorted(set(dynamic) | set(static))}
 
     def per_token(joules: dict) -> float:
@@ -300,7 +304,7 @@ def _power_cap_warning(details: dict) -> list[str]:
 
 def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: System, tracer: Tracer,
             topology: Topology, wall_s: float, log: RunLog, warnings: list[str], context: int,
-            reqs: RequestStats) -> Result:
+            reqs: RequestStats, last_stage_only_j: float = 0.0) -> Result:
     """``wall_s``: from the first request's arrival to the last token."""
     st = log.stats
     tokens = st.tokens
@@ -313,7 +317,7 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
     compute_s = tracer.compute_busy_s()
     exposed_comm_s = tracer.exposed_comm_s()
     exposed_link_s = tracer.exposed_link_s()
-    energy = _energy(tracer, topology, wall_s, tokens)
+    energy = _energy(tracer, topology, wall_s, tokens, last_stage_only_j)
     if cap:
         warnings.extend(_power_cap_warning(cap.details))
     busy = tracer.busy_s()
@@ -351,7 +355,7 @@ def _result(cfg: RunConfig, params: MachineParams, model: ModelSpec, system: Sys
 
 
 def _parallel_details(details: dict, params: MachineParams, model: ModelSpec, cap: Capacity | None) -> dict:
-    """Under tensor parallelism: the GPUs, the shard each holds, and its KV bytes."""
+    """Under tensor or pipeline parallelism: the group sizes, the shard each GPU holds, and its KV bytes."""
     if params.ranks > 1:
         details.update(tp=params.tp, pp=params.ranks // params.tp, gpu_shard=model.name,
                        shard_weight_bytes=float(model.weight_bytes),

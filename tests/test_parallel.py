@@ -167,6 +167,22 @@ def test_pipeline_step_by_hand():
     assert r.analytic_exact
 
 
+def test_pipeline_energy_charges_the_head_to_the_last_stage_only():
+    """pp = 2, two micro-batches of 4, one step: the simulated GPU runs the stage twice (each as a one-GPU run of
+    the stage on 4 sequences); both GPUs do that work, but only the last runs the LM head's kernels."""
+    model = tiny(8, 8, 2, 64)
+    r = simulate(make_config(system="gpu", hardware="dgx-a100", pp=2, batch=8, context=1000, steps=1, trace_steps=0),
+                 model=model)
+    p = load_machine("dgx-a100").rank_view(1, 2)
+    stage = model.stage(2)
+    one = simulate(make_config(system="gpu", hardware="dgx-a100", batch=4, context=1000, steps=1, trace_steps=0),
+                   params=p, model=stage)
+    one_gpu_j = one.energy_dynamic_j["gpu"] / p.ranks  # that run counts its GPU p.ranks times, head included
+    head_j = sum(w.energy_j for w in dense_works(p, stage, 4).head)
+    assert head_j > 0
+    assert r.energy_dynamic_j["gpu"] == pytest.approx(2 * (2 * one_gpu_j) - (2 - 1) * (2 * head_j), rel=1e-12)
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--hardware", "dgx-a100", "--model", "llama-3.1-8b", "--pp", "64"], "needs 64 GPUs"),
     (["--hardware", "dgx-a100", "--tp", "4", "--pp", "4"], "tp 4 x pp 4 needs 16 GPUs"),
