@@ -96,11 +96,6 @@ def _layer(model: ModelSpec, n_seqs: int, kv_tokens: int) -> tuple[list[Op], lis
     def gemms(*shapes):
         return Parallelism(gemm_shapes=tuple((b, n, k) for n, k in shapes), bytes_per_element=e)
 
-    def attention(combine=False):
-        # one GEMV-like product per (sequence, query head), over the sequence's tokens (t / b on average)
-        return Parallelism(items=b * m.n_heads, kv_tokens=t / b if b else 0.0, kv_units=b * m.n_kv_heads,
-                           combine=combine, head_dim=m.head_dim, bytes_per_element=e)
-
     ffn_shapes = ((f, h),) * (n_ffn - 1) + ((h, f),)  # up (and gate), then down
     rows = Parallelism(items=b, bytes_per_element=e)  # element-wise kernels: one thread block per token
     rotated = b * (m.q_dim + m.kv_dim) if m.family in ROTARY_FAMILIES else 0  # query and key elements
@@ -111,14 +106,7 @@ def _layer(model: ModelSpec, n_seqs: int, kv_tokens: int) -> tuple[list[Op], lis
            weight_bytes=h * (m.q_dim + 2 * m.kv_dim) * e, act_bytes=x_bytes + q_bytes + new_kv_bytes,
            parallel=gemms((m.q_dim + 2 * m.kv_dim, h))),
         Op("rope", "elementwise", ROPE_FLOPS_PER_ELEMENT * rotated, act_bytes=2.0 * rotated * e, parallel=rows),
-        Op("kv_fetch", "kv_read", 0.0, kv_bytes=kv_bytes),
-        Op("kv_append", "kv_write", 0.0, kv_bytes=new_kv_bytes),
-        Op("attn_score", "attention", 2.0 * t * m.n_heads * m.head_dim,
-           kv_bytes=kv_bytes / 2, act_bytes=q_bytes + score_bytes, parallel=attention()),
-        Op("softmax", "attention", SOFTMAX_FLOPS_PER_SCORE * t * m.n_heads, act_bytes=2 * score_bytes,
-           parallel=attention()),
-        Op("attn_context", "attention", 2.0 * t * m.n_heads * m.head_dim,
-           kv_bytes=kv_bytes / 2, act_bytes=score_bytes + q_bytes, parallel=attention(combine=True)),
+        *kv_ops(model, n_seqs, kv_tokens).values(),
         Op("o_proj", "gemm", 2.0 * b * m.q_dim * h,
            weight_bytes=m.q_dim * h * e, act_bytes=q_bytes + x_bytes, parallel=gemms((h, m.q_dim))),
         norm_op("ffn_norm", m, b),
@@ -130,6 +118,32 @@ def _layer(model: ModelSpec, n_seqs: int, kv_tokens: int) -> tuple[list[Op], lis
     edge_nbytes = (x_bytes, q_bytes + new_kv_bytes, q_bytes, new_kv_bytes, kv_bytes / 2, kv_bytes / 2,
                    score_bytes, score_bytes, q_bytes, x_bytes, x_bytes, act_in * e)
     return ops, [(u, v, nbytes) for (u, v), nbytes in zip(EDGES, edge_nbytes, strict=True)]
+
+
+def kv_ops(model: ModelSpec, n_seqs: int, kv_tokens: int) -> dict[str, Op]:
+    """The layer's operators that read or write the KV cache (``kv_fetch``, ``kv_append`` and attention), the
+    only ones whose cost depends on ``kv_tokens``: a decode step builds these alone when the rest is cached."""
+    m, b, t = model, n_seqs, kv_tokens
+    e = m.bytes_per_element
+    q_bytes = b * m.q_dim * e
+    kv_bytes = t * m.kv_bytes_per_token_per_layer
+    score_bytes = t * m.n_heads * e
+
+    def attention(combine=False):
+        # one GEMV-like product per (sequence, query head), over the sequence's tokens (t / b on average)
+        return Parallelism(items=b * m.n_heads, kv_tokens=t / b if b else 0.0, kv_units=b * m.n_kv_heads,
+                           combine=combine, head_dim=m.head_dim, bytes_per_element=e)
+
+    return {
+        "kv_fetch": Op("kv_fetch", "kv_read", 0.0, kv_bytes=kv_bytes),
+        "kv_append": Op("kv_append", "kv_write", 0.0, kv_bytes=b * m.kv_bytes_per_token_per_layer),
+        "attn_score": Op("attn_score", "attention", 2.0 * t * m.n_heads * m.head_dim,
+                         kv_bytes=kv_bytes / 2, act_bytes=q_bytes + score_bytes, parallel=attention()),
+        "softmax": Op("softmax", "attention", SOFTMAX_FLOPS_PER_SCORE * t * m.n_heads, act_bytes=2 * score_bytes,
+                      parallel=attention()),
+        "attn_context": Op("attn_context", "attention", 2.0 * t * m.n_heads * m.head_dim,
+                           kv_bytes=kv_bytes / 2, act_bytes=score_bytes + q_bytes, parallel=attention(combine=True)),
+    }
 
 
 def norm_op(name: str, model: ModelSpec, n_rows: int) -> Op:

@@ -188,6 +188,7 @@ class ContinuousBatcher:
         self._output = np.zeros(0, dtype=np.int64)
         self._start = np.zeros(0)
         self._first = np.zeros(0)
+        self._awaiting_first = False
         self._pending = np.zeros(0, dtype=np.int64)
         self._decoding = np.zeros(0, dtype=bool)
 
@@ -223,6 +224,8 @@ class ContinuousBatcher:
         single oversized request still runs (its caller reports that it does not fit).
         """
         free = self.max_batch - self._context.size
+        if free <= 0 or self._head is None or self._head.arrival_s > now_s:  # the common case: nothing to admit
+            return
         reserved = int(self._reserved.sum())
         new_ctx, new_left, new_arrival = [], [], []
         while free > 0 and self._head is not None and self._head.arrival_s <= now_s:
@@ -249,6 +252,7 @@ class ContinuousBatcher:
             # without prefill, a request admitted now decodes in the step that starts now
             self._start = np.concatenate([self._start, np.full(n, np.nan if self.prefill else now_s)])
             self._first = np.concatenate([self._first, np.full(n, np.nan)])
+            self._awaiting_first = True
             self._pending = np.concatenate([self._pending, np.asarray(new_ctx, dtype=np.int64) if self.prefill
                                             else np.zeros(n, dtype=np.int64)])
             self._decoding = np.concatenate([self._decoding, np.zeros(n, dtype=bool)])
@@ -262,11 +266,16 @@ class ContinuousBatcher:
         ones leave. Returns how many left."""
         self._context += 1
         self._left -= 1
-        self._first = np.where(np.isnan(self._first), now_s, self._first)
+        if self._awaiting_first:  # some sequence has no first token yet (admitted since the last step)
+            self._first = np.where(np.isnan(self._first), now_s, self._first)
+            self._awaiting_first = False
         return self._retire(now_s)
 
     def _retire(self, now_s: float) -> int:
-        keep = self._left > 0
+        left = self._left
+        if not left.size or left.min() > 0:  # the common case: nobody leaves
+            return 0
+        keep = left > 0
         finished = int((~keep).sum())
         if finished and self.on_finish is not None:
             for k in np.flatnonzero(~keep):

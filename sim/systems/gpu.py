@@ -11,7 +11,7 @@ from __future__ import annotations
 from hw_models import gpu as gpu_model
 from sim.systems.base import Capacity, Estimate, SeqsCache, StepBatch, System, dense_works, gib, total_s
 from workloads.models import ModelSpec
-from workloads.opgraph import layer_ops
+from workloads.opgraph import kv_ops
 
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
 
@@ -33,7 +33,7 @@ class GpuSystem(System):
         """(per-layer kernels, once-per-step kernels) of one step; the kernels that read no KV computed once per
         batch size."""
         dense = self._fixed.get_or(batch.n_seqs, lambda n: dense_works(self.machine.params, self.model, n))
-        ops = layer_ops(self.model, batch.n_seqs, batch.kv_tokens)
+        ops = kv_ops(self.model, batch.n_seqs, batch.kv_tokens)
         g = self.machine.params.gpu
         attention = tuple(gpu_model.op_kernel(g, name, ops[name]) for name in ATTENTION_OPS)
         return dense.pre + attention + dense.post, dense.head

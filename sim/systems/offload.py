@@ -53,7 +53,7 @@ from sim.systems.base import (
 )
 from sim.topology import GPU, HOST_DRAM, Topology
 from workloads.models import ModelSpec
-from workloads.opgraph import layer_ops
+from workloads.opgraph import kv_ops
 
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
 AUTO = "auto"
@@ -228,7 +228,7 @@ def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, kv:
     pl = place(m, g.mem_capacity_bytes, batch.n_seqs, batch.kv_tokens + batch.n_seqs, kv, weights, prefetch,
                cpu_attention)
     f, w = pl.kv_fraction, pl.weights_fraction
-    ops = layer_ops(m, batch.n_seqs, batch.kv_tokens)
+    ops = kv_ops(m, batch.n_seqs, batch.kv_tokens)
     new_kv = ops["kv_append"].kv_bytes
 
     def on_gpu(name, op=None):
@@ -243,10 +243,10 @@ def offload_costs(params: MachineParams, model: ModelSpec, batch: StepBatch, kv:
         attn: tuple[Work, ...] = ()
         store = (1.0 - f) * new_kv
         if f > 0:
-            gops = layer_ops(m, batch.n_seqs, gpu_tokens)
+            gops = kv_ops(m, batch.n_seqs, gpu_tokens)
             attn = tuple(on_gpu(name, gops[name]) for name in ATTENTION_OPS)
         if f < 1:
-            hops = layer_ops(m, batch.n_seqs, host_tokens)
+            hops = kv_ops(m, batch.n_seqs, host_tokens)
             cpu_attn = tuple(cpu_model.op(host_cpu, params.host_dram, name, hops[name].flops, hops[name].nbytes)
                              for name in ATTENTION_OPS)
             q_bytes = batch.n_seqs * m.q_dim * m.bytes_per_element

@@ -64,7 +64,7 @@ from sim.topology import GPU, HOST_DRAM, PIM
 from workloads.errors import WorkloadError
 from workloads.kvformats import KvFormat, accuracy_summary, compression_by_context, parse_format
 from workloads.models import ModelSpec
-from workloads.opgraph import layer_ops
+from workloads.opgraph import kv_ops
 
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
 
@@ -611,10 +611,10 @@ class PimSystem(System):
         spill_attn: tuple[Work, ...] = ()
         fetch = store = 0.0
         if spill > 0:
-            sops = layer_ops(m, batch.n_seqs, max(1, round(batch.kv_tokens * spill)))
+            sops = kv_ops(m, batch.n_seqs, max(1, round(batch.kv_tokens * spill)))
             spill_attn = tuple(kernel(name, sops[name]) for name in ATTENTION_OPS)
             fetch = sops["kv_fetch"].kv_bytes
-            store = layer_ops(m, batch.n_seqs, batch.kv_tokens)["kv_append"].kv_bytes if new_to_host else 0.0
+            store = kv_ops(m, batch.n_seqs, batch.kv_tokens)["kv_append"].kv_bytes if new_to_host else 0.0
         down = self.down_bytes(batch, new_to_host)
         chunks: tuple[LinkChunk, ...] = ()
         if opts.link_chunks > 1 and len(phases) == 1:  # a host softmax splits the path: not pipelined
