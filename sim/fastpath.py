@@ -30,7 +30,8 @@ would cross into the next binade is simulated run by run (once per doubling of t
 measured in an earlier binade is measured again. So a replayed step rounds as the layer-level one does (``tests/test_fastpath.py`` checks every output to 1e-9 relative against
 ``detail = "full"`` with hypothesis). A system whose step is not such a chain (offload with ``prefetch``, PIM
 with ``sub_batches`` > 1) returns no segments and is always simulated in full, as are the traced steps (the first
-``trace_steps``, whose spans are kept) and every step with ``detail = "full"``.
+``trace_steps``, whose spans are kept) and every step with ``detail = "full"``. ``Stepper.prefill_step`` makes
+a prefill step without events when it and the decode step beside it are nothing but GPU holds.
 """
 
 from __future__ import annotations
@@ -160,6 +161,49 @@ class Stepper:
             t += count * d.duration_s
         if t > env.now:
             yield env.timeout(t - env.now)
+
+
+    def gpu_holds(self, e: StepEntry) -> list | None:
+        """The decode step of ``e`` as the GPU holds its process makes one after another, when it is nothing but
+        GPU holds (``System.chains`` of every segment, each ``count`` times); None otherwise."""
+        if e.chains is None or any(c is None for c in e.chains):
+            return None
+        gpu = self.machine.gpu
+        holds = []
+        for chain, (_, count) in zip(e.chains, e.segments, strict=True):
+            if any(len(h) != 2 or h[0] is not gpu for h in chain):
+                return None
+            holds += list(chain) * count
+        return holds
+
+    def prefill_step(self, pplan, e: StepEntry | None) -> tuple[float, float] | None:
+        """A prefill step (``pplan``, a ``sim.systems.base.PrefillPlan``) with the decode step of ``e`` beside it
+        (None: prefill alone), made without events when both are nothing but GPU holds: the GPU is one FIFO
+        resource that both processes ask for again the moment a hold of theirs ends, so the holds alternate,
+        prefill first (its process is started first), and the longer one's rest follows. The records and clock
+        additions are ``Machine.chain_end``'s, in the order the processes would make them. Returns (the prefill's
+        end, the step's end); None when either has more than GPU holds, in full detail, or when the step's spans
+        are kept (then the driver simulates it)."""
+        if self.full or self.tracer.keeping or pplan.fetch_bytes > 0 or pplan.store_bytes > 0:
+            return None
+        decode = []
+        if e is not None:
+            if e.segments is None:
+                return None
+            decode = self.gpu_holds(e)
+            if decode is None:
+                return None
+        gpu = self.machine.gpu
+        prefill = [(gpu, pplan.layer)] * self.system.model.n_layers + ([(gpu, pplan.head)] if pplan.head else [])
+        t = self.env.now
+        chain_end = self.machine.chain_end
+        prefill_end = t
+        for i in range(max(len(prefill), len(decode))):
+            if i < len(prefill):
+                t = prefill_end = chain_end((prefill[i],), t)
+            if i < len(decode):
+                t = chain_end((decode[i],), t)
+        return prefill_end, t
 
 
 def binade(t_s: float) -> int:

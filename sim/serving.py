@@ -94,8 +94,9 @@ def prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs: RequestS
     """The driver process with prefill in the timeline (module docstring); ``log``: the run's ``RunLog`` of
     decode steps, ``sinks``: functions taking each decode step's ``StepRow``; ``stepper``: the run's
     ``sim.fastpath.Stepper``, which plans decode batches once per distinct batch and replays the identical layers
-    of a decode step that runs alone (a step with a prefill chunk beside it runs in full). None: every step is
-    planned and simulated in full."""
+    of a decode step that runs alone; a step with a prefill chunk runs in full unless the prefill and the decode
+    step are nothing but GPU holds (``Stepper.prefill_step``). None: every step is planned and simulated in
+    full."""
     chunk_budget = cfg.prefill_chunk_tokens if cfg.prefill == "chunked" else None
     step_cap = cfg.steps if cfg.uses_requests else None
     step = traced = 0
@@ -116,16 +117,24 @@ def prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs: RequestS
         t0 = env.now
         batcher.begin_step(t0, chunks)
         procs = []
+        entry = None
         if contexts.size:
             batch = StepBatch.from_contexts(model, contexts)
             entry = stepper.entry(batch) if stepper is not None else None
             plan = entry.plan if entry is not None else system.plan(batch)
         if chunks:
             pplan = system.prefill_plan(chunks, StepBatch.from_contexts(model, batcher.contexts()))
-            procs.append(env.process(timed("prefill", system.prefill(pplan))))
-            if contexts.size:
-                procs.append(env.process(system.step(plan)))
-            yield env.all_of(procs)
+            made = None
+            if stepper is not None:
+                made = stepper.prefill_step(pplan, entry)
+            if made is not None:  # both nothing but GPU holds: made without events, as they would run
+                ends["prefill"], end = made
+                yield env.timeout(end - env.now)
+            else:
+                procs.append(env.process(timed("prefill", system.prefill(pplan))))
+                if contexts.size:
+                    procs.append(env.process(system.step(plan)))
+                yield env.all_of(procs)
         elif entry is not None:  # a decode step alone: cached plan, identical layers replayed
             yield from stepper.run(entry)
         else:

@@ -195,3 +195,18 @@ def test_prefill_runs_replay_decode_steps_exactly(system, prefill, chunk, reques
         return
     assert close(full[1], auto[1]) == []
     assert close(full[0], auto[0]) == []
+
+
+@pytest.mark.parametrize("prefill", ["first", "chunked"])
+def test_prefill_steps_of_gpu_holds_run_without_events(monkeypatch, prefill):
+    """A prefill step of the gpu system (alone, or with a decode step beside it) is nothing but GPU holds: made
+    by alternating the two processes' holds without events (Stepper.prefill_step), it equals the simulation of
+    both processes to 1e-9 and costs a fraction of its events."""
+    workload = dict(system="gpu", requests=12, context=700, output_tokens=4, max_batch=4, prefill=prefill,
+                    arrival_rate_per_s=200.0, trace_steps=0, **({"prefill_chunk_tokens": 256}
+                                                                  if prefill == "chunked" else {}))
+    full, auto = both(model=DEEP, **workload)
+    assert close(full[1], auto[1]) == [] and close(full[0], auto[0]) == []
+    assert full[0]["prefill_steps"] > 0
+    n_full, n_auto = (events(monkeypatch, **workload, detail=d) for d in ("full", "auto"))
+    assert n_auto < 0.1 * n_full, (n_auto, n_full)
