@@ -36,6 +36,7 @@ a prefill step without events when it and the decode step beside it are nothing 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Generator
@@ -195,15 +196,46 @@ class Stepper:
                 return None
         gpu = self.machine.gpu
         prefill = [(gpu, pplan.layer)] * self.system.model.n_layers + ([(gpu, pplan.head)] if pplan.head else [])
+        # consecutive equal (prefill hold, decode hold) pairs as runs: one layer of each, repeated
+        runs: list[list] = []
+        for pair in itertools.zip_longest(prefill, decode):
+            if runs and runs[-1][0][0] is pair[0] and runs[-1][0][1] is pair[1]:
+                runs[-1][1] += 1
+            else:
+                runs.append([pair, 1])
         t = self.env.now
         chain_end = self.machine.chain_end
         prefill_end = t
-        for i in range(max(len(prefill), len(decode))):
-            if i < len(prefill):
-                t = prefill_end = chain_end((prefill[i],), t)
-            if i < len(decode):
-                t = chain_end((decode[i],), t)
+        done = 0
+        for (p, d), count in runs:
+            done += count
+            last = done == len(prefill)  # the run that holds the prefill's last hold: that hold ends the prefill
+            t = self.chain_runs(tuple(h for h in (p, d) if h is not None), count - last, t)
+            if last:
+                t = prefill_end = chain_end((p,), t)
+                if d is not None:
+                    t = chain_end((d,), t)
         return prefill_end, t
+
+    def chain_runs(self, holds: tuple, count: int, t: float) -> float:
+        """``count`` runs of the chain ``holds`` from clock ``t`` on idle resources, without events: the first
+        walked by ``Machine.chain_end``, the others replayed from its change within its binade (as ``run``
+        replays a segment), else walked too. Returns the clock at the end."""
+        if count <= 0:
+            return t
+        chain_end = self.machine.chain_end
+        if count == 1:
+            return chain_end(holds, t)
+        mark = self.tracer.mark()
+        t0 = t
+        t = chain_end(holds, t)
+        duration, b = t - t0, binade(t0)
+        if binade(t) != b or binade(t + (count - 1) * duration) != b:
+            for _ in range(count - 1):
+                t = chain_end(holds, t)
+            return t
+        self.tracer.replay(self.tracer.delta_since(mark), count - 1, t)
+        return t + (count - 1) * duration
 
 
 def binade(t_s: float) -> int:
