@@ -194,6 +194,7 @@ class Stepper:
             decode = self.gpu_holds(e)
             if decode is None:
                 return None
+        self.system.prefill_energy(pplan)  # what the prefill process adds before its first hold
         gpu = self.machine.gpu
         prefill = [(gpu, pplan.layer)] * self.system.model.n_layers + ([(gpu, pplan.head)] if pplan.head else [])
         # consecutive equal (prefill hold, decode hold) pairs as runs: one layer of each, repeated

@@ -22,7 +22,8 @@ everything about it:
   form. The base class runs every layer's prefill kernels on the GPU (``workloads.opgraph.prefill_layer_ops``)
   and sends the new K/V of each layer, as the layer ends, to where the system keeps them (``PrefillPlan``:
   bytes and route per layer; none here, where the cache is in GPU memory). A system changes what goes where by
-  overriding ``prefill_plan``.
+  overriding ``prefill_plan``, and adds energy of untimed parts (host DRAM behind a transfer) in
+  ``prefill_energy(plan)``, which the event-free path of GPU-only prefill steps calls too.
 """
 
 from __future__ import annotations
@@ -247,9 +248,14 @@ class System:
         layer, head = prefill_gpu_works(self.machine.params.gpu, self.model, chunks)
         return PrefillPlan(layer, head, sum(c.new for c in chunks))
 
+    def prefill_energy(self, plan: PrefillPlan) -> None:
+        """Energy of a prefill step's parts that do no timed work (none here); added once per prefill step, by
+        ``prefill`` and by the event-free path (``sim.fastpath.Stepper.prefill_step``) alike."""
+
     def prefill(self, plan: PrefillPlan):
         """Process: the prefill step of ``plan`` (see ``PrefillPlan``)."""
         m = self.machine
+        self.prefill_energy(plan)
         stores = []
         for _ in range(self.model.n_layers):
             if plan.fetch_bytes > 0:

@@ -411,9 +411,9 @@ class OffloadSystem(System):
                            fetch_bytes=(1.0 - pl.weights_fraction) * self.model.layer_weight_bytes,
                            fetch_src=HOST_DRAM)
 
-    def prefill(self, plan: PrefillPlan):
+    def prefill_energy(self, plan: PrefillPlan) -> None:
+        """Host DRAM reads and writes behind the weight fetches and the K/V stores."""
         self._dram_energy(self.model.n_layers * (plan.store_bytes + plan.fetch_bytes))
-        yield from super().prefill(plan)
 
     def _dram_energy(self, nbytes: float) -> None:
         self.machine.tracer.add_energy(HOST_DRAM, nbytes * self.machine.params.host_dram.energy_per_byte_j)
