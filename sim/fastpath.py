@@ -197,25 +197,20 @@ class Stepper:
         self.system.prefill_energy(pplan)  # what the prefill process adds before its first hold
         gpu = self.machine.gpu
         prefill = [(gpu, pplan.layer)] * self.system.model.n_layers + ([(gpu, pplan.head)] if pplan.head else [])
-        # consecutive equal (prefill hold, decode hold) pairs as runs: one layer of each, repeated
-        runs: list[list] = []
-        for pair in itertools.zip_longest(prefill, decode):
-            if runs and runs[-1][0][0] is pair[0] and runs[-1][0][1] is pair[1]:
-                runs[-1][1] += 1
-            else:
-                runs.append([pair, 1])
+        pairs = list(itertools.zip_longest(prefill, decode))
         t = self.env.now
         chain_end = self.machine.chain_end
         prefill_end = t
         done = 0
-        for (p, d), count in runs:
-            done += count
-            last = done == len(prefill)  # the run that holds the prefill's last hold: that hold ends the prefill
-            t = self.chain_runs(tuple(h for h in (p, d) if h is not None), count - last, t)
-            if last:
-                t = prefill_end = chain_end((p,), t)
-                if d is not None:
-                    t = chain_end((d,), t)
+        for block, reps in periodic_runs(pairs):
+            done += len(block) * reps
+            last = done == len(prefill)  # the run that ends with the prefill's last hold, which ends the prefill
+            t = self.chain_runs(tuple(h for pair in block for h in pair if h is not None), reps - last, t)
+            if last:  # its last repetition hold by hold, to read the prefill's end
+                for p, d in block:
+                    t = prefill_end = chain_end((p,), t)
+                    if d is not None:
+                        t = chain_end((d,), t)
         return prefill_end, t
 
     def chain_runs(self, holds: tuple, count: int, t: float) -> float:
@@ -237,6 +232,33 @@ class Stepper:
             return t
         self.tracer.replay(self.tracer.delta_since(mark), count - 1, t)
         return t + (count - 1) * duration
+
+
+MAX_PERIOD = 8  # the longest block of holds looked for as a repeating unit (a decode layer's GPU holds)
+
+
+def periodic_runs(items: list) -> list[tuple[list, int]]:
+    """``items`` cut into (block, repetitions): at each position the block of at most ``MAX_PERIOD`` items whose
+    back-to-back repetitions (items equal by identity) cover the most, else one item once. A prefill layer beside
+    a decode layer of k GPU holds repeats with period k."""
+    runs, i, n = [], 0, len(items)
+
+    def same(a, b) -> bool:
+        return a[0] is b[0] and a[1] is b[1]
+
+    while i < n:
+        best_p, best_reps = 1, 1
+        for p in range(1, MAX_PERIOD + 1):
+            if i + 2 * p > n:
+                break
+            reps = 1
+            while i + (reps + 1) * p <= n and all(same(items[i + reps * p + k], items[i + k]) for k in range(p)):
+                reps += 1
+            if reps > 1 and reps * p > best_p * best_reps:
+                best_p, best_reps = p, reps
+        runs.append((items[i:i + best_p], best_reps))
+        i += best_p * best_reps
+    return runs
 
 
 def binade(t_s: float) -> int:

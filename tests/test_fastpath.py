@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sim.config import make_config
 from sim.engine import Occupancy
 from sim.errors import INPUT_ERRORS
-from sim.fastpath import Stepper
+from sim.fastpath import MAX_PERIOD, Stepper, periodic_runs
 from sim.run import simulate
 from workloads.models import ModelSpec, load_model
 
@@ -210,3 +210,16 @@ def test_prefill_steps_of_gpu_holds_run_without_events(monkeypatch, prefill):
     assert full[0]["prefill_steps"] > 0
     n_full, n_auto = (events(monkeypatch, **workload, detail=d) for d in ("full", "auto"))
     assert n_auto < 0.1 * n_full, (n_auto, n_full)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, None]), st.sampled_from([0, 1, 2, None])), max_size=60))
+def test_periodic_runs_cover_the_items_in_order(pairs):
+    """The prefill step's holds are cut into repeated blocks; repeating each block gives back every item, in order,
+    and a block is only ever repeated where the same objects come again."""
+    objs = [object(), object(), object()]
+    items = [tuple(None if x is None else objs[x] for x in pair) for pair in pairs]
+    runs = periodic_runs(items)
+    flat = [x for block, reps in runs for _ in range(reps) for x in block]
+    assert len(flat) == len(items) and all(a[0] is b[0] and a[1] is b[1] for a, b in zip(flat, items, strict=True))
+    assert all(1 <= len(block) <= MAX_PERIOD and reps >= 1 for block, reps in runs)

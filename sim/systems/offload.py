@@ -43,6 +43,7 @@ from sim.systems.base import (
     Capacity,
     DenseWorks,
     Estimate,
+    GrowingMemo,
     PrefillPlan,
     SeqsCache,
     StepBatch,
@@ -367,6 +368,7 @@ class OffloadSystem(System):
         self.kv_fraction = options.kv_fraction
         self.weights_fraction = options.weights_fraction
         self._dense = SeqsCache()  # the kernels that read no KV, per batch size
+        self._resident = GrowingMemo()  # placement of a prefill step's resident batch, per plan_key
 
     def plan_key(self, batch: StepBatch):
         return batch.n_seqs, batch.kv_tokens
@@ -404,7 +406,7 @@ class OffloadSystem(System):
         batch) of the new K/V goes to host DRAM over PCIe device-to-host, and the streamed share of the layer's
         weights comes first host-to-device, as in a decode step."""
         base = super().prefill_plan(chunks, resident)
-        pl = self.plan(resident).placement
+        pl = self._resident.get_or(self.plan_key(resident), lambda: self.plan(resident).placement)
         new_kv = sum(c.new for c in chunks) * self.model.kv_bytes_per_token_per_layer
         return PrefillPlan(base.layer, base.head, base.tokens, store_bytes=(1.0 - pl.kv_fraction) * new_kv,
                            store_src=GPU, store_dst=HOST_DRAM,
