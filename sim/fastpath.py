@@ -242,17 +242,14 @@ def periodic_runs(items: list) -> list[tuple[list, int]]:
     back-to-back repetitions (items equal by identity) cover the most, else one item once. A prefill layer beside
     a decode layer of k GPU holds repeats with period k."""
     runs, i, n = [], 0, len(items)
-
-    def same(a, b) -> bool:
-        return a[0] is b[0] and a[1] is b[1]
-
+    keys = [tuple(map(id, item)) for item in items]  # identity, compared a block at a time
     while i < n:
         best_p, best_reps = 1, 1
         for p in range(1, MAX_PERIOD + 1):
             if i + 2 * p > n:
                 break
-            reps = 1
-            while i + (reps + 1) * p <= n and all(same(items[i + reps * p + k], items[i + k]) for k in range(p)):
+            block, reps = keys[i:i + p], 1
+            while i + (reps + 1) * p <= n and keys[i + reps * p:i + (reps + 1) * p] == block:
                 reps += 1
             if reps > 1 and reps * p > best_p * best_reps:
                 best_p, best_reps = p, reps
