@@ -191,6 +191,12 @@ class ContinuousBatcher:
         self._awaiting_first = False
         self._pending = np.zeros(0, dtype=np.int64)
         self._decoding = np.zeros(0, dtype=bool)
+        self._decoding_all = False
+        # With prefill, per active sequence whether it decodes when a step decodes (its prompt prefilled), and the
+        # sequences with prompt tokens left: both change only when a sequence comes, leaves or completes a prompt.
+        self._ready: np.ndarray | None = None
+        self._ready_all = False
+        self._pending_idx: np.ndarray | None = None
 
     def _note(self, r: Request) -> None:
         self.requests_read += 1
@@ -256,6 +262,7 @@ class ContinuousBatcher:
             self._pending = np.concatenate([self._pending, np.asarray(new_ctx, dtype=np.int64) if self.prefill
                                             else np.zeros(n, dtype=np.int64)])
             self._decoding = np.concatenate([self._decoding, np.zeros(n, dtype=bool)])
+            self._ready = self._pending_idx = None
 
     def contexts(self) -> np.ndarray:
         """Context length (tokens of KV attended) of each active sequence at this step."""
@@ -269,6 +276,7 @@ class ContinuousBatcher:
         if self._awaiting_first:  # some sequence has no first token yet (admitted since the last step)
             self._first = np.where(np.isnan(self._first), now_s, self._first)
             self._awaiting_first = False
+            self._ready = None
         return self._retire(now_s)
 
     def _retire(self, now_s: float) -> int:
@@ -287,6 +295,7 @@ class ContinuousBatcher:
             self._id, self._arrival, self._output = self._id[keep], self._arrival[keep], self._output[keep]
             self._start, self._first = self._start[keep], self._first[keep]
             self._pending, self._decoding = self._pending[keep], self._decoding[keep]
+            self._ready = self._pending_idx = None
         return finished
 
     # ---- with prefill ------------------------------------------------------------------------------------------
@@ -295,7 +304,9 @@ class ContinuousBatcher:
         (``token_budget`` None), or up to ``token_budget`` tokens, the last sequence's chunk cut to fit."""
         out = []
         left = token_budget
-        for k in np.flatnonzero(self._pending > 0):
+        if self._pending_idx is None:
+            self._pending_idx = np.flatnonzero(self._pending > 0)
+        for k in self._pending_idx:
             pending = int(self._pending[k])
             new = pending if left is None else min(pending, left)
             if new <= 0:
@@ -309,8 +320,14 @@ class ContinuousBatcher:
     def decode_contexts(self, decode: bool = True) -> np.ndarray:
         """Contexts of the sequences whose prompt is prefilled (they decode in the step about to start; the step
         is the one ``end_step`` finishes); ``decode=False``: none decode in it (a prefill-first step)."""
-        self._decoding = (self._pending == 0) & ~np.isnan(self._first) & decode
-        return self._context[self._decoding]
+        if self._ready is None:
+            self._ready = (self._pending == 0) & ~np.isnan(self._first)
+            self._ready_all = bool(self._ready.all())
+        if not decode:
+            self._decoding, self._decoding_all = np.zeros(self._context.size, dtype=bool), False
+            return self._context[self._decoding]
+        self._decoding, self._decoding_all = self._ready, self._ready_all
+        return self._context.copy() if self._ready_all else self._context[self._ready]
 
     def begin_step(self, now_s: float, chunks: list[PrefillChunk]) -> None:
         """A step starts at ``now_s`` with ``chunks``: the first step of a sequence is its start."""
@@ -323,12 +340,18 @@ class ContinuousBatcher:
         chunks are prefilled, and a completed prompt gives its first token. Finished requests leave; returns how
         many."""
         d = self._decoding
-        self._context[d] += 1
-        self._left[d] -= 1
+        if self._decoding_all:  # every sequence decoded (the common step)
+            self._context += 1
+            self._left -= 1
+        else:
+            self._context[d] += 1
+            self._left[d] -= 1
+        if chunks:
+            self._ready = self._pending_idx = None
         for c in chunks:
             self._pending[c.index] -= c.new
             if self._pending[c.index] == 0:
                 self._first[c.index] = now_s
                 self._left[c.index] -= 1
-        self._decoding = np.zeros(self._context.size, dtype=bool)
+        self._decoding, self._decoding_all = np.zeros(self._context.size, dtype=bool), False
         return self._retire(now_s)
