@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.engine import TracerDelta
-from sim.systems.base import Estimate, StepBatch, System
+from sim.systems.base import Estimate, GrowingMemo, StepBatch, System
 
 DETAILS = ("auto", "full")
 # The plan cache grows only as it pays: it starts this small and may keep one more entry per hit, up to the
@@ -88,6 +88,7 @@ class Stepper:
         self.full = detail == "full"
         self.cache: OrderedDict = OrderedDict()
         self.hits = self.misses = 0
+        self.prefill_plans = GrowingMemo()
 
     @property
     def size(self) -> int:
@@ -163,6 +164,12 @@ class Stepper:
         if t > env.now:
             yield env.timeout(t - env.now)
 
+
+    def prefill_plan(self, chunks, resident: StepBatch):
+        """``System.prefill_plan``, kept per ``System.prefill_key`` (chunked prefill repeats the same chunk
+        shapes: a prompt cut into budget-sized pieces) in a memo that grows only with hits."""
+        return self.prefill_plans.get_or(self.system.prefill_key(chunks, resident),
+                                         lambda: self.system.prefill_plan(chunks, resident))
 
     def gpu_holds(self, e: StepEntry) -> list | None:
         """The decode step of ``e`` as the GPU holds its process makes one after another, when it is nothing but

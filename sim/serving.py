@@ -123,7 +123,9 @@ def prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs: RequestS
             entry = stepper.entry(batch) if stepper is not None else None
             plan = entry.plan if entry is not None else system.plan(batch)
         if chunks:
-            pplan = system.prefill_plan(chunks, StepBatch.from_contexts(model, batcher.contexts()))
+            resident = StepBatch.from_contexts(model, batcher.contexts())
+            pplan = (stepper.prefill_plan(chunks, resident) if stepper is not None
+                     else system.prefill_plan(chunks, resident))
             made = None
             if stepper is not None:
                 made = stepper.prefill_step(pplan, entry)

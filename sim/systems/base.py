@@ -248,6 +248,12 @@ class System:
         layer, head = prefill_gpu_works(self.machine.params.gpu, self.model, chunks)
         return PrefillPlan(layer, head, sum(c.new for c in chunks))
 
+    def prefill_key(self, chunks, resident: StepBatch):
+        """Everything ``prefill_plan`` reads, as a key under which its plan may be kept: each chunk's tokens before,
+        now and in all (not which sequence it is). A system whose prefill plan reads ``resident`` adds what of it
+        it reads."""
+        return tuple((c.past, c.new, c.prompt) for c in chunks)
+
     def prefill_energy(self, plan: PrefillPlan) -> None:
         """Energy of a prefill step's parts that do no timed work (none here); added once per prefill step, by
         ``prefill`` and by the event-free path (``sim.fastpath.Stepper.prefill_step``) alike."""

@@ -413,6 +413,10 @@ class OffloadSystem(System):
                            fetch_bytes=(1.0 - pl.weights_fraction) * self.model.layer_weight_bytes,
                            fetch_src=HOST_DRAM)
 
+    def prefill_key(self, chunks, resident: StepBatch):
+        """The placement of ``resident`` (its plan_key) decides the stores and weight fetches."""
+        return super().prefill_key(chunks, resident), self.plan_key(resident)
+
     def prefill_energy(self, plan: PrefillPlan) -> None:
         """Host DRAM reads and writes behind the weight fetches and the K/V stores."""
         self._dram_energy(self.model.n_layers * (plan.store_bytes + plan.fetch_bytes))
