@@ -11,7 +11,8 @@ step, prefill in the timeline, SLO TTFT <= 5 s and TPOT <= 20 ms. Each row is on
 
 Percentiles are over the N requests (docs/metrics.md, "Requests"; with the streaming histogram beyond its exact
 limit, 0.1 % relative error). Throughput and goodput are over the wall clock, first arrival to last token. Writes a
-CSV and prints a markdown table; the CPU seconds each run took are printed beside it.
+CSV and prints a markdown table (tokens/s: `request_tokens_per_s`, every output token over the wall clock);
+the CPU seconds each run took are printed beside it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sim.run import simulate  # noqa: E402
 
 SYSTEMS = (("offload", {}), ("pim", {}), ("pim+limit", {"capacity_policy": "limit"}), ("aqpim", {}))
 COLUMNS = ("system", "rate_per_s", "requests", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s",
-           "e2e_p99_s", "queue_p50_s", "tokens_per_s", "slo_attainment", "goodput_tokens_per_s", "cpu_s")
+           "e2e_p99_s", "queue_p50_s", "request_tokens_per_s", "slo_attainment", "goodput_tokens_per_s", "cpu_s")
 
 
 def run(name: str, options: dict, rate: float, requests: int, prefill: str) -> tuple:
@@ -40,7 +41,7 @@ def run(name: str, options: dict, rate: float, requests: int, prefill: str) -> t
     r = simulate(cfg)
     cpu = time.process_time() - t
     return (name, rate, r.requests_completed, r.ttft_p50_s, r.ttft_p99_s, r.tpot_p50_s, r.tpot_p99_s, r.e2e_p50_s,
-            r.e2e_p99_s, r.queue_p50_s, r.tokens_per_s, r.slo_attainment, r.goodput_tokens_per_s, cpu)
+            r.e2e_p99_s, r.queue_p50_s, r.request_tokens_per_s, r.slo_attainment, r.goodput_tokens_per_s, cpu)
 
 
 def main() -> None:
