@@ -164,7 +164,6 @@ class Stepper:
         if t > env.now:
             yield env.timeout(t - env.now)
 
-
     def prefill_plan(self, chunks, resident: StepBatch):
         """``System.prefill_plan``, kept per ``System.prefill_key`` (chunked prefill repeats the same chunk
         shapes: a prompt cut into budget-sized pieces) in a memo that grows only with hits."""
