@@ -36,6 +36,7 @@ a prefill step without events when it and the decode step beside it are nothing 
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 from collections import OrderedDict
@@ -45,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.engine import TracerDelta
-from sim.systems.base import Estimate, GrowingMemo, StepBatch, System
+from sim.systems.base import PREFILL, Estimate, GrowingMemo, StepBatch, System
 
 DETAILS = ("auto", "full")
 # The plan cache grows only as it pays: it starts this small and may keep one more entry per hit, up to the
@@ -219,6 +220,100 @@ class Stepper:
                         t = chain_end((d,), t)
         return prefill_end, t
 
+    def contended_step(self, pplan, e: StepEntry | None) -> tuple[float, float] | None:
+        """A prefill step that may store its K/V over a link (pim, aqpim, offload with a host share) beside a
+        decode step that is one chain of holds, made without SimPy events by the same first-come-first-served rules. The
+        prefill runs its GPU layers back to back, sends each layer's store as the layer ends (the stores queue on
+        their link), then its head, and ends when the last store lands; the decode chain asks for each hold's
+        resource as its previous hold ends (a PIM phase needs none: the channels are the decode's alone, idle at
+        its start). A resource is granted to requests in the order they were made, at the later of the request
+        and the previous holder's release. Two requests for one resource at the same instant (whose order
+        SimPy's event queue would decide; at the step's start the prefill's, made first) make it give up, as do
+        routes over more than one resource, weight fetches, full detail and kept spans. The holds are then
+        recorded in start order with the processes' own bookkeeping. Returns (the prefill's end, the step's end)
+        or None."""
+        if self.full or self.tracer.keeping or pplan.fetch_bytes > 0:
+            return None
+        m = self.machine
+        topo, gpu = m.topology, m.gpu
+        stores = pplan.store_bytes > 0
+        store_route = topo.route(pplan.store_src, pplan.store_dst) if stores else None
+        if stores and len(store_route.resources) != 1:
+            return None
+        decode: list = []
+        if e is not None:
+            if e.segments is None or e.chains is None or any(c is None for c in e.chains):
+                return None
+            for chain, (_, count) in zip(e.chains, e.segments, strict=True):
+                if any(len(h) == 4 and len(topo.route(h[0], h[1]).resources) != 1 for h in chain):
+                    return None
+                decode += list(chain) * count
+        t0 = self.env.now
+        if m.pim is not None and float(m.pim.free_at_s.max(initial=t0)) > t0:
+            return None
+        n_layers = self.system.model.n_layers
+        p_holds = [pplan.layer] * n_layers + ([pplan.head] if pplan.head else [])
+        queue: list = []
+        made = itertools.count()
+        heapq.heappush(queue, (t0, next(made), "p", 0))
+        if decode:
+            heapq.heappush(queue, (t0, next(made), "d", 0))
+        free_at: dict[str, float] = {}
+        asked: dict[str, float] = {}
+        records = []  # (start, order, record): replayed in start order at the end
+        prefill_end = end = t0
+        while queue:
+            t, _, who, i = heapq.heappop(queue)
+            h = decode[i] if who == "d" else None
+            if who == "s":
+                res = store_route.resources[0]
+            elif who == "p" or len(h) == 2:
+                res = GPU_RESOURCE
+            elif len(h) == 4:
+                res = topo.route(h[0], h[1]).resources[0]
+            else:
+                res = None
+            start = t
+            if res is not None:
+                if asked.get(res) == t and not (who == "d" and i == 0 and t == t0):
+                    return None
+                asked[res] = t
+                start = max(t, free_at.get(res, t))
+            if who == "p":
+                fin = start + works_s(p_holds[i])
+                records.append((start, len(records), (gpu, p_holds[i])))
+                prefill_end = max(prefill_end, fin)
+                if stores and i < n_layers:
+                    heapq.heappush(queue, (fin, next(made), "s", i))
+                if i + 1 < len(p_holds):
+                    heapq.heappush(queue, (fin, next(made), "p", i + 1))
+            elif who == "s":
+                fin = start + store_route.time_s(pplan.store_bytes, True)
+                records.append((start, len(records), (pplan.store_src, pplan.store_dst, pplan.store_bytes,
+                                                      f"{PREFILL}.kv_store")))
+                prefill_end = max(prefill_end, fin)
+            else:
+                if len(h) == 2:
+                    fin = start + works_s(h[1])
+                elif len(h) == 4:
+                    fin = start + topo.route(h[0], h[1]).time_s(h[2], True)
+                else:  # ChannelBank.issue on idle channels: the last channel ends at start + the longest work
+                    ph = h[0]
+                    done = float((start + np.asarray(ph.durations_s, dtype=float)).max()) if np.size(
+                        ph.durations_s) else start
+                    fin = start + (done - start)
+                records.append((start, len(records), h))
+                end = max(end, fin)
+                if i + 1 < len(decode):
+                    heapq.heappush(queue, (fin, next(made), "d", i + 1))
+            if res is not None:
+                free_at[res] = fin
+        self.system.prefill_energy(pplan)  # what the prefill process adds before its first hold
+        records.sort(key=lambda r: (r[0], r[1]))
+        for start, _, hold in records:
+            m.chain_end((hold,), start)
+        return prefill_end, max(end, prefill_end)
+
     def chain_runs(self, holds: tuple, count: int, t: float) -> float:
         """``count`` runs of the chain ``holds`` from clock ``t`` on idle resources, without events: the first
         walked by ``Machine.chain_end``, the others replayed from its change within its binade (as ``run``
@@ -238,6 +333,17 @@ class Stepper:
             return t
         self.tracer.replay(self.tracer.delta_since(mark), count - 1, t)
         return t + (count - 1) * duration
+
+
+GPU_RESOURCE = "gpu"  # the GPU's name among the link resources of ``Stepper.contended_step``
+
+
+def works_s(works) -> float:
+    """What ``Component.account`` returns for ``works``: their durations added in order."""
+    total = 0.0
+    for w in works:
+        total += w.duration_s
+    return total
 
 
 MAX_PERIOD = 8  # the longest block of holds looked for as a repeating unit (a decode layer's GPU holds)

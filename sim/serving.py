@@ -128,7 +128,7 @@ def prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs: RequestS
                      else system.prefill_plan(chunks, resident))
             made = None
             if stepper is not None:
-                made = stepper.prefill_step(pplan, entry)
+                made = stepper.prefill_step(pplan, entry) or stepper.contended_step(pplan, entry)
             if made is not None:  # both nothing but GPU holds: made without events, as they would run
                 ends["prefill"], end = made
                 yield env.timeout(end - env.now)

@@ -223,3 +223,19 @@ def test_periodic_runs_cover_the_items_in_order(pairs):
     flat = [x for block, reps in runs for _ in range(reps) for x in block]
     assert len(flat) == len(items) and all(a[0] is b[0] and a[1] is b[1] for a, b in zip(flat, items, strict=True))
     assert all(1 <= len(block) <= MAX_PERIOD and reps >= 1 for block, reps in runs)
+
+
+@pytest.mark.parametrize("options", [{"system": "pim", "channels": 16}, {"system": "aqpim", "channels": 16},
+                                     {"system": "pim", "channels": 16, "softmax": "host"},
+                                     {"system": "offload", "kv_gpu_fraction": "0"}])
+def test_prefill_steps_with_stores_run_without_events(monkeypatch, options):
+    """A prefill step that stores K/V over a link beside a decode chain that uses links and PIM channels is made
+    by the first-come-first-served rules without events (Stepper.contended_step): equal to the simulation of
+    both processes to 1e-9, at a fraction of its events."""
+    workload = dict(requests=12, context=700, output_tokens=4, max_batch=4, prefill="chunked",
+                    prefill_chunk_tokens=256, arrival_rate_per_s=200.0, trace_steps=0, **options)
+    full, auto = both(model=DEEP, **workload)
+    assert close(full[1], auto[1]) == [] and close(full[0], auto[0]) == []
+    assert full[0]["prefill_steps"] > 0
+    n_full, n_auto = (events(monkeypatch, **workload, detail=d) for d in ("full", "auto"))
+    assert n_auto < 0.3 * n_full, (n_auto, n_full)
