@@ -245,8 +245,9 @@ class Stepper:
             if e.segments is None or e.chains is None or any(c is None for c in e.chains):
                 return None
             for chain, (_, count) in zip(e.chains, e.segments, strict=True):
-                if any(len(h) == 4 and len(topo.route(h[0], h[1]).resources) != 1 for h in chain):
-                    return None
+                if any((len(h) == 4 and len(topo.route(h[0], h[1]).resources) != 1)
+                       or (len(h) == 2 and h[0] is not gpu) for h in chain):
+                    return None  # a route over several resources, or a hold on another component than the GPU
                 decode += list(chain) * count
         t0 = self.env.now
         if m.pim is not None and float(m.pim.free_at_s.max(initial=t0)) > t0:
