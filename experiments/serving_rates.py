@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sim.config import make_config  # noqa: E402
+from sim.errors import INPUT_ERRORS  # noqa: E402
 from sim.run import simulate  # noqa: E402
 
 SYSTEMS = (("offload", {}), ("pim", {}), ("pim+limit", {"capacity_policy": "limit"}), ("aqpim", {}))
@@ -51,8 +52,12 @@ def main() -> None:
     ap.add_argument("--prefill", choices=["first", "chunked"], default="first")
     ap.add_argument("--out", default="experiments/out/serving_rates.csv")
     args = ap.parse_args()
-    rows = [run(name, options, rate, args.requests, args.prefill) for rate in args.rates
-            for name, options in SYSTEMS]
+    try:
+        rows = [run(name, options, rate, args.requests, args.prefill) for rate in args.rates
+                for name, options in SYSTEMS]
+    except INPUT_ERRORS as e:  # a bad --requests or --rates: one line, as the CLI gives it
+        print(f"serving_rates.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:

@@ -57,3 +57,12 @@ class Component:
     def run(self, works: tuple[Work, ...]) -> simpy.Process:
         """Start ``execute`` as a process and return it for the caller to ``yield``."""
         return self.env.process(self.execute(works))
+
+
+def hold_s(works: tuple[Work, ...]) -> float:
+    """What ``Component.account`` returns for ``works`` (their durations added in order), without recording them.
+    Not ``sum()``: from Python 3.12 it adds floats with compensation, which would round differently."""
+    total = 0.0
+    for w in works:
+        total += w.duration_s
+    return total

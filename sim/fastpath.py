@@ -30,8 +30,10 @@ would cross into the next binade is simulated run by run (once per doubling of t
 measured in an earlier binade is measured again. So a replayed step rounds as the layer-level one does (``tests/test_fastpath.py`` checks every output to 1e-9 relative against
 ``detail = "full"`` with hypothesis). A system whose step is not such a chain (offload with ``prefetch``, PIM
 with ``sub_batches`` > 1) returns no segments and is always simulated in full, as are the traced steps (the first
-``trace_steps``, whose spans are kept) and every step with ``detail = "full"``. ``Stepper.prefill_step`` makes
-a prefill step without events when it and the decode step beside it are nothing but GPU holds.
+``trace_steps``, whose spans are kept) and every step with ``detail = "full"``. A prefill step is made without
+events too: ``Stepper.prefill_step`` when it and the decode step beside it are nothing but GPU holds (their
+repeating blocks replayed), ``Stepper.contended_step`` when either uses links or PIM channels (first come, first
+served); both give up, and the driver simulates the step, where SimPy's event order would decide.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hw_models.component import hold_s
 from sim.engine import TracerDelta
 from sim.systems.base import PREFILL, Estimate, GrowingMemo, StepBatch, System
 
@@ -171,16 +174,14 @@ class Stepper:
         return self.prefill_plans.get_or(self.system.prefill_key(chunks, resident),
                                          lambda: self.system.prefill_plan(chunks, resident))
 
-    def gpu_holds(self, e: StepEntry) -> list | None:
-        """The decode step of ``e`` as the GPU holds its process makes one after another, when it is nothing but
-        GPU holds (``System.chains`` of every segment, each ``count`` times); None otherwise."""
-        if e.chains is None or any(c is None for c in e.chains):
+    @staticmethod
+    def decode_holds(e: StepEntry) -> list | None:
+        """The decode step of ``e`` as the holds its process makes one after another (``System.chains`` of every
+        segment, each ``count`` times); None when a segment is not a plain chain or the step has no segments."""
+        if e.segments is None or e.chains is None or any(c is None for c in e.chains):
             return None
-        gpu = self.machine.gpu
         holds = []
         for chain, (_, count) in zip(e.chains, e.segments, strict=True):
-            if any(len(h) != 2 or h[0] is not gpu for h in chain):
-                return None
             holds += list(chain) * count
         return holds
 
@@ -194,15 +195,11 @@ class Stepper:
         are kept (then the driver simulates it)."""
         if self.full or self.tracer.keeping or pplan.fetch_bytes > 0 or pplan.store_bytes > 0:
             return None
-        decode = []
-        if e is not None:
-            if e.segments is None:
-                return None
-            decode = self.gpu_holds(e)
-            if decode is None:
-                return None
-        self.system.prefill_energy(pplan)  # what the prefill process adds before its first hold
         gpu = self.machine.gpu
+        decode = [] if e is None else self.decode_holds(e)
+        if decode is None or any(len(h) != 2 or h[0] is not gpu for h in decode):
+            return None
+        self.system.prefill_energy(pplan)  # what the prefill process adds before its first hold
         prefill = [(gpu, pplan.layer)] * self.system.model.n_layers + ([(gpu, pplan.head)] if pplan.head else [])
         pairs = list(itertools.zip_longest(prefill, decode))
         t = self.env.now
@@ -240,15 +237,12 @@ class Stepper:
         store_route = topo.route(pplan.store_src, pplan.store_dst) if stores else None
         if stores and len(store_route.resources) != 1:
             return None
-        decode: list = []
-        if e is not None:
-            if e.segments is None or e.chains is None or any(c is None for c in e.chains):
-                return None
-            for chain, (_, count) in zip(e.chains, e.segments, strict=True):
-                if any((len(h) == 4 and len(topo.route(h[0], h[1]).resources) != 1)
-                       or (len(h) == 2 and h[0] is not gpu) for h in chain):
-                    return None  # a route over several resources, or a hold on another component than the GPU
-                decode += list(chain) * count
+        decode = [] if e is None else self.decode_holds(e)
+        if decode is None:
+            return None
+        for h in {id(h): h for h in decode}.values():  # each distinct hold once
+            if (len(h) == 4 and len(topo.route(h[0], h[1]).resources) != 1) or (len(h) == 2 and h[0] is not gpu):
+                return None  # a route over several resources, or a hold on another component than the GPU
         t0 = self.env.now
         if m.pim is not None and float(m.pim.free_at_s.max(initial=t0)) > t0:
             return None
@@ -269,7 +263,7 @@ class Stepper:
             if who == "s":
                 res = store_route.resources[0]
             elif who == "p" or len(h) == 2:
-                res = GPU_RESOURCE
+                res = gpu  # the GPU, keyed by its component beside the links' resource names
             elif len(h) == 4:
                 res = topo.route(h[0], h[1]).resources[0]
             else:
@@ -281,7 +275,7 @@ class Stepper:
                 asked[res] = t
                 start = max(t, free_at.get(res, t))
             if who == "p":
-                fin = start + works_s(p_holds[i])
+                fin = start + hold_s(p_holds[i])
                 records.append((start, len(records), (gpu, p_holds[i])))
                 prefill_end = max(prefill_end, fin)
                 if stores and i < n_layers:
@@ -295,14 +289,12 @@ class Stepper:
                 prefill_end = max(prefill_end, fin)
             else:
                 if len(h) == 2:
-                    fin = start + works_s(h[1])
+                    fin = start + hold_s(h[1])
                 elif len(h) == 4:
                     fin = start + topo.route(h[0], h[1]).time_s(h[2], True)
-                else:  # ChannelBank.issue on idle channels: the last channel ends at start + the longest work
-                    ph = h[0]
-                    done = float((start + np.asarray(ph.durations_s, dtype=float)).max()) if np.size(
-                        ph.durations_s) else start
-                    fin = start + (done - start)
+                else:  # a PIM phase: its channels are free at the step's start and each phase ends before the
+                    # next one starts, so the bank's state now gives the same end as at its issue
+                    fin = start + (m.pim.end_s(start, h[0].durations_s) - start)
                 records.append((start, len(records), h))
                 end = max(end, fin)
                 if i + 1 < len(decode):
@@ -334,17 +326,6 @@ class Stepper:
             return t
         self.tracer.replay(self.tracer.delta_since(mark), count - 1, t)
         return t + (count - 1) * duration
-
-
-GPU_RESOURCE = "gpu"  # the GPU's name among the link resources of ``Stepper.contended_step``
-
-
-def works_s(works) -> float:
-    """What ``Component.account`` returns for ``works``: their durations added in order."""
-    total = 0.0
-    for w in works:
-        total += w.duration_s
-    return total
 
 
 MAX_PERIOD = 8  # the longest block of holds looked for as a repeating unit (a decode layer's GPU holds)

@@ -94,9 +94,9 @@ def prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs: RequestS
     """The driver process with prefill in the timeline (module docstring); ``log``: the run's ``RunLog`` of
     decode steps, ``sinks``: functions taking each decode step's ``StepRow``; ``stepper``: the run's
     ``sim.fastpath.Stepper``, which plans decode batches once per distinct batch and replays the identical layers
-    of a decode step that runs alone; a step with a prefill chunk runs in full unless the prefill and the decode
-    step are nothing but GPU holds (``Stepper.prefill_step``). None: every step is planned and simulated in
-    full."""
+    of a decode step that runs alone; a step with a prefill chunk is made without events where the stepper can
+    (``Stepper.prefill_step``, ``Stepper.contended_step``), else both processes run. None: every step is planned
+    and simulated in full."""
     chunk_budget = cfg.prefill_chunk_tokens if cfg.prefill == "chunked" else None
     step_cap = cfg.steps if cfg.uses_requests else None
     step = traced = 0
@@ -129,7 +129,7 @@ def prefill_driver(env, cfg, system, model, batcher, tracer, log, reqs: RequestS
             made = None
             if stepper is not None:
                 made = stepper.prefill_step(pplan, entry) or stepper.contended_step(pplan, entry)
-            if made is not None:  # both nothing but GPU holds: made without events, as they would run
+            if made is not None:  # made without events, as the two processes would run
                 ends["prefill"], end = made
                 yield env.timeout(end - env.now)
             else:

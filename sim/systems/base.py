@@ -23,7 +23,7 @@ everything about it:
   and sends the new K/V of each layer, as the layer ends, to where the system keeps them (``PrefillPlan``:
   bytes and route per layer; none here, where the cache is in GPU memory). A system changes what goes where by
   overriding ``prefill_plan``, and adds energy of untimed parts (host DRAM behind a transfer) in
-  ``prefill_energy(plan)``, which the event-free path of GPU-only prefill steps calls too.
+  ``prefill_energy(plan)``, which the event-free prefill steps (``sim.fastpath``) call too.
 """
 
 from __future__ import annotations
@@ -256,7 +256,8 @@ class System:
 
     def prefill_energy(self, plan: PrefillPlan) -> None:
         """Energy of a prefill step's parts that do no timed work (none here); added once per prefill step, by
-        ``prefill`` and by the event-free path (``sim.fastpath.Stepper.prefill_step``) alike."""
+        ``prefill`` and by the event-free paths (``sim.fastpath.Stepper.prefill_step``, ``contended_step``)
+        alike."""
 
     def prefill(self, plan: PrefillPlan):
         """Process: the prefill step of ``plan`` (see ``PrefillPlan``)."""
