@@ -59,3 +59,19 @@ def test_bank_matches_one_resource_per_channel(schedule):
     got, b = bank(schedule, 4)
     assert np.allclose(got, expected, rtol=0, atol=1e-9)
     assert np.allclose(b.busy_s, np.sum([d for _, d in schedule], axis=0))
+
+
+@given(phases)
+def test_end_s_is_what_issue_returns_without_issuing(schedule):
+    """``end_s`` predicts ``issue``'s return at every point of a schedule (busy channels included) and changes
+    nothing: the bank's next-free and busy times are the same after it."""
+    tracer = Tracer()
+    tracer.register("pim", "compute")
+    bank = ChannelBank(simpy.Environment(), "pim", 4, tracer)
+    now = 0.0
+    for at, durs in schedule:
+        now += at
+        free, busy = bank.free_at_s.copy(), bank.busy_s.copy()
+        predicted = bank.end_s(now, durs)
+        assert np.array_equal(bank.free_at_s, free) and np.array_equal(bank.busy_s, busy)
+        assert bank.issue(now, "phase", durs) == predicted
