@@ -43,12 +43,12 @@ class ChannelBank:
         now = self.env.now
         return self.env.timeout(self.issue(now, kind, duration_s, nbytes, flops, energy_j, channels, parts) - now)
 
-    def end_s(self, now: float, duration_s) -> float:
-        """The moment the last channel would finish a phase on every channel issued at ``now``, by ``issue``'s
-        arithmetic, without issuing it (nothing is recorded or reserved)."""
-        end = np.maximum(self.free_at_s, now) + np.broadcast_to(np.asarray(duration_s, dtype=float),
-                                                                 self.free_at_s.shape)
-        return float(end.max()) if end.size else now
+    @staticmethod
+    def idle_end_s(now: float, longest_s: float) -> float:
+        """What ``issue`` returns for a phase issued at ``now`` on channels that are all free by then, whose
+        longest channel work is ``longest_s``, without issuing it: every channel starts at ``now``, and rounding
+        is monotone, so the last to finish ends at ``now + longest_s`` exactly."""
+        return now + longest_s
 
     def issue(self, now: float, kind: str, duration_s, nbytes: float = 0.0, flops: float = 0.0,
               energy_j: float = 0.0, channels: np.ndarray | None = None, parts=()) -> float:

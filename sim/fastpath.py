@@ -256,6 +256,7 @@ class Stepper:
         free_at: dict[str, float] = {}
         asked: dict[str, float] = {}
         records = []  # (start, order, record): replayed in start order at the end
+        longest_s: dict[int, float] = {}  # per PIM phase hold: its longest channel work (layers repeat it)
         prefill_end = end = t0
         while queue:
             t, _, who, i = heapq.heappop(queue)
@@ -293,8 +294,12 @@ class Stepper:
                 elif len(h) == 4:
                     fin = start + topo.route(h[0], h[1]).time_s(h[2], True)
                 else:  # a PIM phase: its channels are free at the step's start and each phase ends before the
-                    # next one starts, so the bank's state now gives the same end as at its issue
-                    fin = start + (m.pim.end_s(start, h[0].durations_s) - start)
+                    # next one starts, so they are idle at its issue; the timeout is done - start, as in run
+                    longest = longest_s.get(id(h))
+                    if longest is None:
+                        d = h[0].durations_s
+                        longest = longest_s[id(h)] = float(np.max(d)) if np.size(d) else 0.0
+                    fin = start + (m.pim.idle_end_s(start, longest) - start)
                 records.append((start, len(records), h))
                 end = max(end, fin)
                 if i + 1 < len(decode):
