@@ -1,6 +1,7 @@
 """Speed of the closed-form sweep (`aqpim-sim sweep --analytic`), and the error of a re-simulated sample.
 
 Run: python3 benchmarks/bench_analytic_sweep.py [--steps 1] [--jobs 1 2] [--check-sample 20] [--hardware a100 h100]
+                                                [--mode full table]
      python3 benchmarks/bench_analytic_sweep.py --write-grid grid.toml   (then time the CLI on it)
 
 The grid: 16 system variants (gpu; offload sync, prefetch, CPU attention; pim and aqpim at 32, 64, 160 and 256
@@ -8,7 +9,8 @@ channels; pim with capacity_policy limit and with INT4) x 8 batch sizes (1-128) 
 machines given (default: the A100 and H100 presets), 1,024 points per machine, on LLaMA-3.1-8B. ``--steps``
 decode steps per point (1: one step per configuration, as an analytic tool such as llm-analysis evaluates one).
 
-For each ``--jobs`` value the sweep runs into a fresh folder: the wall time of ``run_analytic_sweep`` (evaluation,
+For each ``--mode`` (full: a whole Result per point, as ``sweep --analytic``; table: a row of headline numbers,
+as ``sweep --analytic --table``) and ``--jobs`` value the sweep runs into a fresh folder: the wall time of ``run_analytic_sweep`` (evaluation,
 writing results.jsonl, ordering it, rebuilding the CSV; not the parsing of the sweep file, timed apart) and the
 CPU seconds of this process and its workers. Then ``--check-sample`` points (seed 0) are re-run through the
 simulation. The machine's load is printed first: other processes on the same cores slow every number down.
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--check-sample", type=int, default=20)
     ap.add_argument("--hardware", nargs="+", default=["a100", "h100"])
+    ap.add_argument("--mode", nargs="+", choices=("full", "table"), default=["full", "table"])
     ap.add_argument("--write-grid", metavar="FILE", help="write the grid's sweep file and exit (to time the CLI: "
                     "aqpim-sim sweep FILE --analytic --jobs 2 --check-sample 50)")
     args = ap.parse_args()
@@ -79,14 +82,17 @@ def main() -> None:
         print(f"grid: {n} points, {args.steps} decode step(s) each; parsing and keying the sweep file: "
               f"{parse_s:.2f} s ({n / parse_s:,.0f} points/s)")
         last = None
-        for jobs in args.jobs:
-            out = Path(tmp) / f"out-{jobs}"
-            c0, t0 = cpu_s(), time.perf_counter()
-            s = run_analytic_sweep(sweep, out, jobs=jobs, force_jobs=True)
-            wall, cpu = time.perf_counter() - t0, cpu_s() - c0
-            print(f"--jobs {jobs}: {s.ran} points in {wall:.2f} s wall = {s.ran / wall:,.0f} points/s "
-                  f"(CPU {cpu:.2f} s, {1e3 * cpu / s.ran:.2f} ms per point; {s.failed} rejected)")
-            last = out
+        for mode in args.mode:
+            for jobs in args.jobs:
+                out = Path(tmp) / f"out-{mode}-{jobs}"
+                c0, t0 = cpu_s(), time.perf_counter()
+                s = run_analytic_sweep(sweep, out, jobs=jobs, force_jobs=True, table=mode == "table")
+                wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+                size = (out / RESULTS_JSONL).stat().st_size
+                print(f"{mode:5s} --jobs {jobs}: {s.ran} points in {wall:.2f} s wall = {s.ran / wall:,.0f} points/s "
+                      f"(CPU {cpu:.2f} s, {1e3 * cpu / s.ran:.2f} ms per point; {s.failed} rejected; "
+                      f"{size / max(1, s.total):,.0f} bytes per point in {RESULTS_JSONL})")
+                last = out
         if args.check_sample and last is not None:
             t0 = time.perf_counter()
             c = check_points(sweep, last / RESULTS_JSONL, args.check_sample, 0, jobs=max(args.jobs))

@@ -359,6 +359,11 @@ def _check(owner: str, **values: float) -> None:
     non_negative(owner, **values)
 
 
+# The cost functions below run for every load row of every step: each checks its inputs with a chained comparison
+# first (NaN and infinity fail it) and calls the named check, which builds the message, only when that fails.
+_INF = math.inf
+
+
 def _whole(owner: str, lo: int, **values: int) -> None:
     """Raise a HardwareError naming the first value that is not a whole number of at least ``lo``."""
     for name, v in values.items():
@@ -371,7 +376,8 @@ def stream_time_s(ch: PimChannelParams, nbytes: float) -> float:
 
     The first data arrives after tRCD + tCL; then bytes flow at the internal bandwidth.
     """
-    _check("stream_time_s", nbytes=nbytes)
+    if not (0.0 <= nbytes < _INF):
+        _check("stream_time_s", nbytes=nbytes)
     if nbytes == 0:
         return 0.0
     t = ch.timing
@@ -380,13 +386,15 @@ def stream_time_s(ch: PimChannelParams, nbytes: float) -> float:
 
 def compute_time_s(ch: PimChannelParams, flops: float) -> float:
     """Time for the channel's units to do ``flops`` spread evenly over them (no overhead)."""
-    _check("compute_time_s", flops=flops)
+    if not (0.0 <= flops < _INF):
+        _check("compute_time_s", flops=flops)
     return flops / ch.peak_flops_per_s
 
 
 def io_time_s(ch: PimChannelParams, nbytes: float) -> float:
     """Time for ``nbytes`` to cross the channel's external interface (no overhead)."""
-    _check("io_time_s", nbytes=nbytes)
+    if not (0.0 <= nbytes < _INF):
+        _check("io_time_s", nbytes=nbytes)
     return nbytes / ch.external_bw_bytes_per_s
 
 
@@ -397,7 +405,8 @@ def op_time_s(ch: PimChannelParams, nbytes: float, flops: float) -> float:
 
 def op_energy_j(ch: PimChannelParams, array_bytes: float, flops: float, io_bytes: float = 0.0) -> float:
     """Energy of bytes read or written in the array, FLOPs in the units, and bytes crossing the interface."""
-    _check("op_energy_j", array_bytes=array_bytes, flops=flops, io_bytes=io_bytes)
+    if not (0.0 <= array_bytes < _INF and 0.0 <= flops < _INF and 0.0 <= io_bytes < _INF):
+        _check("op_energy_j", array_bytes=array_bytes, flops=flops, io_bytes=io_bytes)
     return (array_bytes * ch.energy_per_array_byte_j + flops * ch.energy_per_flop_j
             + io_bytes * ch.energy_per_io_byte_j)
 
@@ -552,7 +561,8 @@ def aqpim_unit_of(ch: PimChannelParams) -> AqpimUnitParams:
 
 def lookup_time_s(ch: PimChannelParams, accesses: float) -> float:
     """Time for the channel's units to make ``accesses`` lookup-SRAM reads or writes, spread evenly over them."""
-    _check("lookup_time_s", accesses=accesses)
+    if not (0.0 <= accesses < _INF):
+        _check("lookup_time_s", accesses=accesses)
     return accesses / (ch.units * aqpim_unit_of(ch).accesses_per_s) if accesses else 0.0
 
 
@@ -592,7 +602,8 @@ def softmax_work(ch: PimChannelParams, n_scores: float, placement: str = "pim",
     in over the interface); the caller adds the device link and the host's compute. The cross-channel max and
     sum are the caller's merge (softmax statistics return with each query's partial output).
     """
-    _check("softmax_work", n_scores=n_scores, bytes_per_score=bytes_per_score)
+    if not (0.0 <= n_scores < _INF and 0.0 <= bytes_per_score < _INF):
+        _check("softmax_work", n_scores=n_scores, bytes_per_score=bytes_per_score)
     if placement not in SOFTMAX_PLACEMENTS:
         raise HardwareError(f"softmax placement must be one of {SOFTMAX_PLACEMENTS}, got {placement!r}"
                             f"{did_you_mean(str(placement), SOFTMAX_PLACEMENTS)}")
@@ -612,7 +623,8 @@ def softmax_work(ch: PimChannelParams, n_scores: float, placement: str = "pim",
 
 def append_work(ch: PimChannelParams, new_vectors: float, head_dim: int, bytes_per_element: float = 2.0) -> Work:
     """Append ``new_vectors`` new K and as many V vectors (the decode step's new token) to the channel."""
-    _check("append_work", new_vectors=new_vectors)
+    if not (0.0 <= new_vectors < _INF):
+        _check("append_work", new_vectors=new_vectors)
     positive("append_work", head_dim=head_dim, bytes_per_element=bytes_per_element)
     return write_work(ch, 2.0 * new_vectors * head_dim * bytes_per_element, kind="pim.append")
 
@@ -655,7 +667,8 @@ class AttentionWorks:
 
 def _check_load(owner: str, tokens: float, units: float, new: float, head_dim: int, group: int,
                 bytes_per_element: float) -> None:
-    _check(owner, tokens=tokens, units=units, new=new)
+    if not (0.0 <= tokens < _INF and 0.0 <= units < _INF and 0.0 <= new < _INF):
+        _check(owner, tokens=tokens, units=units, new=new)
     positive(owner, head_dim=head_dim, group=group, bytes_per_element=bytes_per_element)
 
 

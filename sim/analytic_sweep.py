@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw_models.machine import MachineParams, load_machine
-from sim.config import RunConfig
+from sim.config import DEFAULT_STEPS, RunConfig
 from sim.errors import ConfigError
 from sim.options import specs
 from sim.results import RESULT_SCHEMA_VERSION, Result
@@ -65,9 +65,15 @@ from sim.systems.offload import OffloadSystem
 from sim.systems.pim import PimSystem
 from sim.topology import GPU, HOST_CPU, HOST_DRAM, PIM, Topology
 from workloads.models import ModelSpec, load_model
-from workloads.traces import ContinuousBatcher
+from workloads.traces import ContinuousBatcher, fixed_waves
 
 OMITTED = ("busy_s", "busy_by_kind_s", "breakdown_s", "comm_share")
+# A table row's columns (``Evaluator.row``), each the Result field of that name; fit_reasons joined with "; ".
+TABLE_FIELDS = ("system", "model", "hardware", "batch", "context", "steps", "mean_step_latency_s", "total_time_s",
+                "tokens", "tokens_per_s", "ttnt_p50_s", "ttnt_p99_s", "ttnt_mean_s", "step_latency_min_s",
+                "step_latency_max_s", "peak_batch", "peak_kv_tokens", "analytic_exact", "fits", "fit_reasons",
+                "kv_bytes", "kv_location", "energy_per_token_j", "energy_static_per_token_j",
+                "energy_dynamic_per_token_j", "mean_power_w")
 MEMO_LIMIT = 200_000  # step closed forms kept per evaluator (a few hundred bytes each, more with PIM channels)
 
 
@@ -143,6 +149,26 @@ class _Setup:
     memo: dict = field(default_factory=dict)
 
 
+@dataclass
+class _Walked:
+    """A point's steps folded (``Evaluator.walk``): step statistics, the largest step, dynamic energy and link
+    bytes (``energy`` None: not derivable for this system), PIM channel busy time, the largest power-cap stretch."""
+
+    setup: _Setup
+    warnings: list
+    budget: int | None
+    reqs: RequestStats | None
+    batcher: ContinuousBatcher | None = None
+    stats: StepStats = field(default_factory=StepStats)
+    traced: list = field(default_factory=list)
+    peak: StepBatch | None = None
+    throttle: float = 1.0
+    energy: dict | None = field(default_factory=dict)
+    link_bytes: dict = field(default_factory=dict)
+    busy: np.ndarray | None = None
+    prompt_tokens: int = 0
+
+
 class Evaluator:
     """Evaluates points in closed form with caches shared by every point it is given (see the module docstring).
     One per process or per chunk of points; not thread-safe."""
@@ -156,6 +182,7 @@ class Evaluator:
         self.memo_size = 0
         self.names: dict = {}
         self.option_defaults: dict = {}
+        self.static: dict = {}
 
     def setup(self, cfg: RunConfig) -> _Setup:
         key = (cfg.system, cfg.model, cfg.hardware, cfg.tp, cfg.options)
@@ -220,56 +247,73 @@ class Evaluator:
             d = self.option_defaults[cls] = cls.defaults()
         return dict(d)
 
-    def fields(self, cfg: RunConfig, check: bool = True) -> dict:
-        """The Result's fields as a dict of fresh values (see the module docstring for which are computed);
-        ``check``: raise on a non-finite value (a bug: every input is checked before)."""
+    def walk(self, cfg: RunConfig, requests: bool = True) -> _Walked:
+        """Every decode step of ``cfg`` in closed form, folded as the run folds them; ``requests=False``: no
+        per-request statistics (a table does not report them), and a fixed batch's steps from
+        ``workloads.traces.fixed_waves`` instead of the batcher (the same steps, property-tested)."""
         check_supported(cfg)
         s = self.setup(cfg)
-        system, model, params, topology = s.system, s.model, s.params, s.topology
-        requests, warnings = build_requests(cfg, np.random.default_rng(cfg.seed))
+        model, topology = s.model, s.topology
+        reqs, warnings = build_requests(cfg, np.random.default_rng(cfg.seed)) if requests or cfg.uses_requests \
+            else (None, [])
         max_batch = cfg.effective_max_batch
-        budget = system.token_budget(max_batch)
-        reqs = RequestStats(cfg.slo_ttft_s, cfg.slo_tpot_s)  # request metrics, as the run folds them
-        batcher = ContinuousBatcher(requests, max_batch, on_finish=reqs.add)
-        now = 0.0
-        step_cap = cfg.steps if cfg.uses_requests else None
-        stats = StepStats()
-        traced: list[float] = []
-        peak: StepBatch | None = None
-        throttle = 1.0
-        energy: dict | None = {}
-        link_bytes: dict = {}
-        busy = np.zeros(topology.pim.channels) if topology.pim is not None else None
-        while not batcher.done and (step_cap is None or stats.steps < step_cap):
-            batcher.admit(now, budget)
-            contexts = batcher.contexts()
-            batch = StepBatch.from_contexts(model, contexts)
+        budget = s.system.token_budget(max_batch)
+        w = _Walked(s, warnings, budget, RequestStats(cfg.slo_ttft_s, cfg.slo_tpot_s) if requests else None)
+        stats, traced, link_bytes = w.stats, w.traced, w.link_bytes
+        busy = w.busy = np.zeros(topology.pim.channels) if topology.pim is not None else None
+
+        def fold(batch: StepBatch) -> float:
             c = self.step(s, batch)
-            if peak is None or batch.kv_tokens > peak.kv_tokens:
-                peak = batch
+            if w.peak is None or batch.kv_tokens > w.peak.kv_tokens:
+                w.peak = batch
             if stats.steps < cfg.trace_steps:
                 traced.append(c.latency_s)
             stats.add(c.latency_s, c.latency_s, c.exact, batch.n_seqs)
-            throttle = max(throttle, c.throttle)
+            w.throttle = max(w.throttle, c.throttle)
             if c.energy_j is None:
-                energy = None
-            elif energy is not None:
+                w.energy = None
+            elif w.energy is not None:
+                energy = w.energy
                 for k, v in c.energy_j.items():
                     energy[k] = energy.get(k, 0.0) + v
                 for k, v in c.link_bytes.items():
                     link_bytes[k] = link_bytes.get(k, 0.0) + v
             if busy is not None and c.channel_busy_s is not None:
-                busy += c.channel_busy_s
-            now += c.latency_s
-            batcher.advance(now)
+                np.add(busy, c.channel_busy_s, out=busy)
+            return c.latency_s
+
+        if reqs is None:
+            w.prompt_tokens = cfg.context
+            for n, context in fixed_waves(cfg.batch, cfg.context, cfg.steps or DEFAULT_STEPS, max_batch, budget):
+                fold(StepBatch.from_contexts(model, np.full(n, context, dtype=np.int64)))
+        else:
+            batcher = w.batcher = ContinuousBatcher(reqs, max_batch, on_finish=w.reqs.add if requests else None)
+            now = 0.0
+            step_cap = cfg.steps if cfg.uses_requests else None
+            while not batcher.done and (step_cap is None or stats.steps < step_cap):
+                batcher.admit(now, budget)
+                now += fold(StepBatch.from_contexts(model, batcher.contexts()))
+                batcher.advance(now)
+            w.prompt_tokens = batcher.max_prompt_tokens
+        if isinstance(s.system, PimSystem):
+            s.system.power_throttle = w.throttle
+            s.system.machine.pim.busy_s = busy
+        return w
+
+    def fields(self, cfg: RunConfig, check: bool = True) -> dict:
+        """The Result's fields as a dict of fresh values (see the module docstring for which are computed);
+        ``check``: raise on a non-finite value (a bug: every input is checked before)."""
+        w = self.walk(cfg)
+        s = w.setup
+        system, model, params, topology = s.system, s.model, s.params, s.topology
+        batcher, stats, peak, warnings, reqs = w.batcher, w.stats, w.peak, w.warnings, w.reqs
+        energy, link_bytes, traced, budget = w.energy, w.link_bytes, w.traced, w.budget
+        max_batch = cfg.effective_max_batch
 
         longest = batcher.max_request_tokens
         if longest > model.max_context:
             warnings.append(f"context up to {longest} tokens exceeds {model.name}'s max_position_embeddings "
                             f"({model.max_context}); simulated anyway")
-        if isinstance(system, PimSystem):
-            system.power_throttle = throttle
-            system.machine.pim.busy_s = busy
         wall_s = stats.latency_sum_s  # every request arrives at t=0 and no step waits: the wall is the steps' sum
         cap = _capacity(system, model, peak)
         if cap and not cap.fits:
@@ -323,11 +367,50 @@ class Evaluator:
             _check_finite(out)
         return out
 
+    def row(self, cfg: RunConfig) -> dict:
+        """The headline numbers of ``cfg`` in closed form (``TABLE_FIELDS``, named as the Result's fields and equal
+        to them): what a table of millions of points keeps. Without per-request statistics, capacity details,
+        link bytes and per-component energy, which ``point`` gives."""
+        w = self.walk(cfg, requests=False)
+        s, stats, peak = w.setup, w.stats, w.peak
+        tokens, wall_s, steps = stats.tokens, stats.latency_sum_s, stats.steps
+        exact = stats.analytic_exact
+        cap = s.system.fit(float((peak.kv_tokens + peak.n_seqs) * s.model.kv_bytes_per_token), peak) \
+            if peak is not None else None
+        if w.energy is not None and exact:
+            e = _energy_fields(w.energy, self.static_w(s), wall_s, tokens, s.params.ranks)
+        else:
+            dynamic = {k: s.params.ranks * v for k, v in sorted(w.energy.items())} if w.energy is not None else {}
+            e = {"energy_per_token_j": 0.0, "energy_static_per_token_j": 0.0, "mean_power_w": 0.0,
+                 "energy_dynamic_per_token_j": sum(dynamic.values()) / tokens if tokens else 0.0}
+        out = dict(
+            system=cfg.system, model=s.model.name, hardware=s.params.name, batch=cfg.effective_max_batch,
+            context=w.prompt_tokens, steps=steps,
+            mean_step_latency_s=wall_s / steps if steps else 0.0, total_time_s=wall_s, tokens=tokens,
+            tokens_per_s=tokens / wall_s if wall_s > 0 else 0.0,
+            ttnt_p50_s=stats.ttnt.percentile(50), ttnt_p99_s=stats.ttnt.percentile(99),
+            ttnt_mean_s=stats.token_latency_sum_s / tokens if tokens else 0.0,
+            step_latency_min_s=stats.latency_min_s if steps else 0.0, step_latency_max_s=stats.latency_max_s,
+            peak_batch=stats.peak_batch, peak_kv_tokens=peak.kv_tokens if peak else 0, analytic_exact=exact,
+            fits=bool(cap and cap.fits), fit_reasons="; ".join(cap.reasons) if cap else "no decode step ran",
+            kv_bytes=s.params.ranks * cap.kv_bytes if cap else 0.0, kv_location=cap.kv_location if cap else "",
+            energy_per_token_j=e["energy_per_token_j"], energy_static_per_token_j=e["energy_static_per_token_j"],
+            energy_dynamic_per_token_j=e["energy_dynamic_per_token_j"], mean_power_w=e["mean_power_w"])
+        _check_finite(out, cfg)
+        return out
 
-def _check_finite(out: dict) -> None:
+    def static_w(self, s: _Setup) -> dict:
+        w = self.static.get(id(s.topology))
+        if w is None:
+            w = self.static[id(s.topology)] = static_power_w(s.topology)
+        return w
+
+
+def _check_finite(out: dict, cfg: RunConfig | None = None) -> None:
     bad = _non_finite(out, "result")
     if bad:
-        raise RuntimeError(f"bug: non-finite values in {', '.join(bad[:5])} (config {out['config']})")
+        raise RuntimeError(f"bug: non-finite values in {', '.join(bad[:5])} (config "
+                           f"{out['config'] if cfg is None else cfg})")
 
 
 def estimate_point(cfg: RunConfig, evaluator: Evaluator | None = None) -> Result:
@@ -460,6 +543,7 @@ CHECK_TOLERANCE = 1e-9  # largest relative error an exact point may show against
 BOUND_SLACK = 1e-12     # a bound may exceed the simulated latency by this much (rounding of equal schedules)
 CHECK_FILE = "analytic_check.json"
 METHOD = "analytic"
+TABLE_METHOD = "analytic-table"  # records with a ``row`` of TABLE_FIELDS instead of a whole ``result``
 
 
 def _describe(pt) -> str:
@@ -472,19 +556,24 @@ def check_sweep(sweep) -> None:
         check_supported(pt.config, f"{sweep.path}: point {pt.index} ({_describe(pt)})")
 
 
-def _evaluate_chunk(items: list, ev: Evaluator | None = None) -> bytes:
+def _evaluate_chunk(items: list, ev: Evaluator | None = None, table: bool = False) -> bytes:
     """Worker: the JSONL lines of a chunk of points (key, index, factors, config); ``ev``: an evaluator whose
-    caches the chunk may share (default: a fresh one)."""
+    caches the chunk may share (default: a fresh one); ``table``: each record's ``row`` (``Evaluator.row``)
+    instead of its ``result``."""
     import json
 
     from sim.errors import INPUT_ERRORS
 
     ev = ev or Evaluator()
     out = []
+    method = TABLE_METHOD if table else METHOD
     for key, index, factors, cfg in items:
-        rec = {"key": key, "index": index, "factors": factors, "method": METHOD}
+        rec = {"key": key, "index": index, "factors": factors, "method": method}
         try:
-            rec["result"] = ev.point_dict(cfg, check=False)
+            if table:
+                rec["row"] = ev.row(cfg)
+            else:
+                rec["result"] = ev.point_dict(cfg, check=False)
         except INPUT_ERRORS as e:
             rec["error"] = str(e)
         try:
@@ -505,9 +594,10 @@ def _write_all(fd: int, data: bytes) -> None:
     os.fsync(fd)
 
 
-def _scan_analytic(jsonl, mine: set[str]) -> tuple[set[str], int]:
-    """Keys of the analytic records in the file (a torn last line cut off first); a simulated record of one of
-    this sweep's points is an error: the two methods never share a folder."""
+def _scan_analytic(jsonl, mine: set[str], method: str = METHOD) -> tuple[set[str], int]:
+    """Keys of the records in the file (a torn last line cut off first); a record of one of this sweep's points
+    made another way (simulated, or whole Results where a table is asked, or the reverse) is an error: methods
+    never share a folder."""
     import os
 
     from sim.results import scan_records
@@ -517,9 +607,12 @@ def _scan_analytic(jsonl, mine: set[str]) -> tuple[set[str], int]:
         return keys, 0
     good = 0
     for number, offset, line, rec in scan_records(jsonl):
-        if rec.get("method") != METHOD and rec["key"] in mine:
-            raise ConfigError(f"{jsonl}: line {number} is a simulated result of this sweep; --analytic writes "
-                              f"its own folder: give another --out")
+        if rec.get("method") != method and rec["key"] in mine:
+            what = {METHOD: "an analytic Result", TABLE_METHOD: "an analytic table row"}.get(rec.get("method"),
+                                                                                          "a simulated result")
+            raise ConfigError(f"{jsonl}: line {number} is {what} of this sweep; --analytic"
+                              f"{' --table' if method == TABLE_METHOD else ''} writes its own folder: give "
+                              f"another --out")
         keys.add(rec["key"])
         good = offset + len(line)
     size = jsonl.stat().st_size
@@ -544,13 +637,14 @@ class AnalyticSummary:
         return self.ran / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = False, check_sample: int = 0, check_seed: int = 0,
-                       chunk: int = CHUNK) -> AnalyticSummary:
+def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = False, check_sample: int = 0,
+                       check_seed: int = 0, chunk: int = CHUNK, table: bool = False) -> AnalyticSummary:
     """Evaluate every point of ``sweep`` not yet in ``out_dir/results.jsonl`` in closed form (``method`` =
     ``analytic`` in each record), in chunks of ``chunk`` points or more over ``jobs`` processes; each chunk is
     one fsynced append, so a kill loses at most the chunks in flight and a rerun resumes. The file ends in point
     order and the CSV is rebuilt, as ``sim.sweep.run_sweep`` leaves them. ``check_sample``: then re-run that
-    many points (chosen with ``check_seed``) through the simulation (``check_points``)."""
+    many points (chosen with ``check_seed``) through the simulation (``check_points``). ``table``: a row of
+    headline numbers per point (``Evaluator.row``, ``method`` = ``analytic-table``) instead of a whole Result."""
     import concurrent.futures as cf
     import json
     import os
@@ -578,11 +672,12 @@ def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = 
         for name in (RESULTS_JSONL, RESULTS_CSV, MANIFEST, CHECK_FILE):
             remove_stale(out, name, only_dead=False)
         mine = {pt.key for pt in sweep.points}
-        done, repaired = _scan_analytic(jsonl, mine)
+        method = TABLE_METHOD if table else METHOD
+        done, repaired = _scan_analytic(jsonl, mine, method)
         todo = [pt for pt in sweep.points if pt.key not in done]
         write_text_atomic(out / MANIFEST, json.dumps(
             {"description": sweep.description, "factors": list(sweep.factor_names), "hints": sweep.hints,
-             "points": len(sweep.points), "sweep_file": Path(sweep.path).name, "method": METHOD},
+             "points": len(sweep.points), "sweep_file": Path(sweep.path).name, "method": method},
             indent=1, sort_keys=True) + "\n")
         if (jobs or 1) > 1:  # each task builds its own caches: no smaller than ``chunk``, four per worker at most
             chunk = max(chunk, min(MAX_CHUNK, -(-len(todo) // (4 * jobs))))
@@ -595,7 +690,7 @@ def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = 
             if used <= 1:
                 ev = Evaluator()
                 for items in chunks:
-                    data = _evaluate_chunk(items, ev)
+                    data = _evaluate_chunk(items, ev, table)
                     failed += data.count(b'"error":')
                     _write_all(fd, data)
             elif chunks:
@@ -608,14 +703,14 @@ def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = 
                 with cf.ProcessPoolExecutor(max_workers=used, mp_context=ctx, initializer=worker_init,
                                             initargs=(os.getpid(), inherited)) as pool:
                     pending = iter(chunks)
-                    in_flight = {pool.submit(_evaluate_chunk, c) for c in _take(pending, 2 * used)}
+                    in_flight = {pool.submit(_evaluate_chunk, c, None, table) for c in _take(pending, 2 * used)}
                     while in_flight:
                         finished, in_flight = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
                         for fut in finished:
                             data = fut.result()
                             failed += data.count(b'"error":')
                             _write_all(fd, data)
-                            in_flight |= {pool.submit(_evaluate_chunk, c) for c in _take(pending, 1)}
+                            in_flight |= {pool.submit(_evaluate_chunk, c, None, table) for c in _take(pending, 1)}
         finally:
             os.close(fd)
         order_records(jsonl, {pt.key: pt.index for pt in sweep.points})
@@ -662,19 +757,24 @@ def compare_result(analytic: dict, simulated: dict) -> dict:
 
     exact = bool(analytic["analytic_exact"])
     for k in EXACT_FIELDS:
-        see(k, analytic[k], simulated[k])
+        if k in analytic:  # a table row has a subset of the fields
+            see(k, analytic[k], simulated[k])
     for k, v in analytic.get("bytes_by_link", {}).items():
         see(f"bytes_by_link.{k}", v, simulated["bytes_by_link"].get(k, 0.0))
     for k, v in analytic.get("energy_dynamic_j", {}).items():
         see(f"energy_dynamic_j.{k}", v, simulated["energy_dynamic_j"].get(k, 0.0))
+    if "energy_dynamic_j" not in analytic and analytic.get("energy_dynamic_per_token_j"):  # a table row's
+        see("energy_dynamic_per_token_j", analytic["energy_dynamic_per_token_j"],
+            simulated["energy_dynamic_per_token_j"])
     out = {"exact": exact, "analytic_mean_step_latency_s": analytic["mean_step_latency_s"],
            "simulated_mean_step_latency_s": simulated["mean_step_latency_s"]}
     if exact:
         for k in TIMED_FIELDS:
-            see(k, analytic[k], simulated[k])
+            if k in analytic:
+                see(k, analytic[k], simulated[k])
         for k, v in analytic.get("energy_j", {}).items():
             see(f"energy_j.{k}", v, simulated["energy_j"].get(k, 0.0))
-        if analytic.get("energy_j"):
+        if analytic.get("energy_j") or analytic.get("energy_per_token_j"):
             see("energy_per_token_j", analytic["energy_per_token_j"], simulated["energy_per_token_j"])
     bound = analytic["mean_step_latency_s"]
     ratio = simulated["mean_step_latency_s"] / bound if bound > 0 else 1.0
@@ -691,7 +791,8 @@ def check_points(sweep, jsonl, n: int, seed: int = 0, jobs: int = 1) -> dict:
     from sim.results import iter_records
     from sim.sweep import run_point
 
-    records = {rec["key"]: rec for rec in iter_records(jsonl) if "result" in rec and rec.get("method") == METHOD}
+    records = {rec["key"]: rec.get("result") or rec["row"] for rec in iter_records(jsonl)
+               if rec.get("method") in (METHOD, TABLE_METHOD) and ("result" in rec or "row" in rec)}
     candidates = [pt for pt in sweep.points if pt.key in records]
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(candidates), size=min(n, len(candidates)), replace=False).tolist()) \
@@ -717,7 +818,7 @@ def check_points(sweep, jsonl, n: int, seed: int = 0, jobs: int = 1) -> dict:
         if "error" in outcome:
             row.update(ok=False, error=outcome["error"])
         else:
-            row.update(compare_result(records[pt.key]["result"], outcome["result"]))
+            row.update(compare_result(records[pt.key], outcome["result"]))
         rows.append(row)
     exact = [r for r in rows if r.get("exact") is True]
     bounds = [r for r in rows if r.get("exact") is False]

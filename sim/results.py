@@ -378,7 +378,10 @@ def flat_row(rec: dict) -> dict:
     row.update({f"factor.{k}": v for k, v in rec.get("factors", {}).items()})
     res = rec.get("result")
     if res is None:
-        row["error"] = rec.get("error", "")
+        if "row" in rec:  # a closed-form table's headline numbers (sim.analytic_sweep.Evaluator.row)
+            row.update(rec["row"])
+        else:
+            row["error"] = rec.get("error", "")
         return row
     row.update({k: res[k] for k in SCALAR_FIELDS if k in res})
     for name in FLAT_DICTS:

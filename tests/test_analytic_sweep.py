@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim.analytic_sweep import (
+    TABLE_FIELDS,
     Evaluator,
     compare_result,
     estimate_point,
@@ -19,6 +20,7 @@ from sim.errors import ConfigError
 from sim.results import RESULTS_CSV, RESULTS_JSONL
 from sim.run import simulate
 from sim.sweep import load_sweep, run_sweep
+from workloads.traces import ContinuousBatcher, fixed_requests, fixed_waves
 
 TINY = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 512, "num_attention_heads": 8,
         "num_key_value_heads": 2, "intermediate_size": 1024, "vocab_size": 1000, "max_position_embeddings": 65536,
@@ -155,3 +157,94 @@ def test_cli_end_to_end_resume_and_check(tmp_path, tiny, capsys):
     # a simulated sweep does not resume an analytic folder
     assert main(["sweep", f, "--out", str(out), "--jobs", "1"]) == 2
     assert "holds an --analytic sweep" in capsys.readouterr().err
+
+
+# --- the closed-form table (sweep --analytic --table, Evaluator.row) ---------------------------------------------
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(variant=st.sampled_from(VARIANTS), batch=st.integers(1, 9), context=st.integers(1, 3000),
+       steps=st.integers(1, 3), max_batch=st.one_of(st.none(), st.integers(2, 6)))
+def test_table_row_equals_the_result(tiny, evaluator, variant, batch, context, steps, max_batch):
+    """Every column of a table row is the whole Result's field of that name, bit for bit (fit_reasons joined),
+    although the row's steps come from ``fixed_waves`` and its fit from ``System.fit``."""
+    if variant.get("sub_batches", 1) > (max_batch or batch):
+        max_batch = None
+        batch = max(batch, variant["sub_batches"])
+    cfg = make_config(model=tiny, batch=batch, context=context, steps=steps, max_batch=max_batch, **variant)
+    full = evaluator.point_dict(cfg)
+    row = evaluator.row(cfg)
+    assert tuple(row) == TABLE_FIELDS
+    for k, v in row.items():
+        assert v == ("; ".join(full[k]) if k == "fit_reasons" else full[k]), (k, variant)
+    assert compare_result(row, simulate(cfg).to_dict())["ok"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(batch=st.integers(1, 40), context=st.integers(1, 50), steps=st.integers(1, 6), max_batch=st.integers(1, 12),
+       budget=st.one_of(st.none(), st.integers(1, 400)))
+def test_fixed_waves_are_the_batchers_steps(batch, context, steps, max_batch, budget):
+    b = ContinuousBatcher(fixed_requests(batch, context, steps), max_batch)
+    seen = []
+    while not b.done:
+        b.admit(0.0, budget)
+        ctx = b.contexts()
+        assert (ctx == ctx[0]).all()
+        seen.append((int(ctx.size), int(ctx[0])))
+        b.advance(0.0)
+    assert list(fixed_waves(batch, context, steps, max_batch, budget)) == seen
+
+
+def test_fit_is_capacity_without_details(tiny):
+    """``System.fit``: the capacity report's location, bytes, fit and reasons, for every system (a spill, a
+    budget, a format among them)."""
+    from sim.analytic_sweep import Evaluator as Ev
+    from sim.run import _capacity
+
+    ev = Ev()
+    fits = set()
+    for model, batch, context in ((tiny, 4, 4000), ("llama-2-7b", 16, 200000), ("llama-2-7b", 16, 20000)):
+        for variant in VARIANTS + [{"system": "pim", "channels": 2, "pim": "ddr5-dimm-pim"}]:
+            cfg = make_config(model=model, batch=batch, context=context, steps=1, **variant)
+            w = ev.walk(cfg)
+            s = w.setup
+            full = _capacity(s.system, s.model, w.peak)
+            fit = s.system.fit(float((w.peak.kv_tokens + w.peak.n_seqs) * s.model.kv_bytes_per_token), w.peak)
+            assert (fit.kv_location, fit.kv_bytes, fit.fits, fit.reasons) == \
+                (full.kv_location, full.kv_bytes, full.fits, full.reasons), variant
+            fits.add((fit.fits, fit.kv_location))
+    assert {(True, "pim"), (False, "pim+host.dram"), (False, "gpu"), (True, "host.dram")} <= fits
+
+
+def test_cli_table_resume_check_and_folders(tmp_path, tiny, capsys):
+    f, out = _sweep_file(tmp_path, tiny), tmp_path / "t"
+    assert main(["sweep", f, "--analytic", "--table", "--out", str(out), "--jobs", "1", "--check-sample", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "ran 8" in text and "check: 4 points re-simulated" in text and "passed" in text
+    records = [json.loads(line) for line in (out / RESULTS_JSONL).read_text().splitlines()]
+    assert [r["index"] for r in records] == list(range(8))
+    assert all(r["method"] == "analytic-table" and tuple(r["row"]) == tuple(sorted(TABLE_FIELDS)) for r in records)
+    header = (out / RESULTS_CSV).read_text().splitlines()[0].split(",")
+    assert {"mean_step_latency_s", "tokens_per_s", "fits", "factor.system"} <= set(header)
+    # the rows are those of a full analytic sweep
+    assert main(["sweep", f, "--analytic", "--out", str(tmp_path / "full"), "--jobs", "1"]) == 0
+    capsys.readouterr()
+    full = [json.loads(line) for line in (tmp_path / "full" / RESULTS_JSONL).read_text().splitlines()]
+    for r, g in zip(records, full, strict=True):
+        assert all(v == ("; ".join(g["result"][k]) if k == "fit_reasons" else g["result"][k])
+                   for k, v in r["row"].items())
+    # resume after a torn line, the same bytes; two processes, the same bytes
+    first = (out / RESULTS_JSONL).read_bytes()
+    (out / RESULTS_JSONL).write_bytes(first[:-30])
+    assert main(["sweep", f, "--analytic", "--table", "--out", str(out), "--jobs", "1"]) == 0
+    assert "ran 1, 7 already done" in capsys.readouterr().out
+    assert (out / RESULTS_JSONL).read_bytes() == first
+    assert main(["sweep", f, "--analytic", "--table", "--out", str(tmp_path / "t2"), "--jobs", "2",
+                 "--force-jobs"]) == 0
+    assert (tmp_path / "t2" / RESULTS_JSONL).read_bytes() == first
+    # whole Results and table rows never share a folder, either way round; --table needs --analytic
+    assert main(["sweep", f, "--analytic", "--out", str(out), "--jobs", "1"]) == 2
+    assert "line 1 is an analytic table row of this sweep; --analytic writes its own folder" in capsys.readouterr().err
+    assert main(["sweep", f, "--analytic", "--table", "--out", str(tmp_path / "full"), "--jobs", "1"]) == 2
+    assert "is an analytic Result of this sweep; --analytic --table writes" in capsys.readouterr().err
+    assert main(["sweep", f, "--table", "--out", str(tmp_path / "x")]) == 2
+    assert "--table applies only with --analytic" in capsys.readouterr().err

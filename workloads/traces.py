@@ -54,6 +54,23 @@ def fixed_requests(batch: int, context: int, steps: int) -> list[Request]:
     return [Request(0.0, context, steps) for _ in range(batch)]
 
 
+def fixed_waves(batch: int, context: int, steps: int, max_batch: int,
+                token_budget: int | None = None) -> Iterator[tuple[int, int]]:
+    """What ``ContinuousBatcher`` does with ``fixed_requests(batch, context, steps)``, in closed form: per decode
+    step, (sequences, context of each). Identical requests, all there at t=0, are admitted in waves of
+    ``min(max_batch, token_budget // (context + steps))`` (at least one) that finish together after ``steps``
+    steps, when the next wave is admitted."""
+    if max_batch <= 0:
+        raise WorkloadError(f"max_batch must be positive, got {max_batch}")
+    per_wave = max_batch if token_budget is None else max(1, min(max_batch, token_budget // (context + steps)))
+    left = batch
+    while left > 0:
+        n = min(per_wave, left)
+        for s in range(steps):
+            yield n, context + s
+        left -= n
+
+
 MAX_TOKENS = 2**30          # prompt or output tokens of one request
 MAX_ARRIVAL_S = 1e9         # about 32 years of trace
 MAX_REQUESTS = 10**7        # rows of a trace file

@@ -41,6 +41,7 @@ examples:
   aqpim-sim sweep big.toml --out results/big --executor dask --scheduler tcp://127.0.0.1:8786 --dask-timeout 120
   aqpim-sim sweep huge.toml --max-points 500000 --dry-run      (more points than the default limit)
   aqpim-sim sweep examples/sweep-capacity.toml --analytic --check-sample 8 --out results/capacity-analytic
+  aqpim-sim sweep examples/sweep-capacity.toml --analytic --table --out results/capacity-table
 Rerunning the same command resumes, also after a kill (even kill -9): points already in results.jsonl are
 skipped, and the files end in point order, the same bytes whatever --jobs or executor."""
 
@@ -68,6 +69,9 @@ def add_parser(sub) -> None:
     p.add_argument("--analytic", action="store_true",
                    help="evaluate each point from the systems' closed forms, without the discrete-event engine "
                    "(thousands of points per second; exact or a lower bound per point, see docs/metrics.md)")
+    p.add_argument("--table", action="store_true",
+                   help="with --analytic: keep a row of headline numbers per point (latency, throughput, fit, KV "
+                        "bytes, energy per token) instead of a whole Result: for sweeps of millions of points")
     p.add_argument("--check-sample", type=int, default=0, metavar="N",
                    help="with --analytic: re-run N randomly chosen points through the simulation and report the "
                    "largest relative error (exit status 1 if an exact point is off by more than 1e-9 or a "
@@ -82,6 +86,8 @@ def run(args) -> int:
     jobs = check_jobs(args.jobs, args.executor, args.force_jobs)  # before the file: a bad flag fails at once
     if args.max_points < 1:
         raise ConfigError(f"--max-points must be a positive number, got {args.max_points}")
+    if args.table and not args.analytic:
+        raise ConfigError("--table applies only with --analytic (a simulated point keeps its whole Result)")
     if args.check_sample and not args.analytic:
         raise ConfigError("--check-sample applies only with --analytic (it checks closed forms against the simulation)")
     if args.check_sample < 0:
@@ -127,7 +133,7 @@ def run(args) -> int:
 
 def _run_analytic(args, sweep, jobs, out: Path) -> int:
     s = run_analytic_sweep(sweep, out, jobs=jobs, force_jobs=args.force_jobs, check_sample=args.check_sample,
-                           check_seed=args.check_seed)
+                           check_seed=args.check_seed, table=args.table)
     how = (f"{s.points_per_s:,.0f} points/s, {s.jobs} job{'s' if s.jobs != 1 else ''}, analytic"
            if s.ran and s.wall_s > 0 else "nothing to run")
     print(f"{sweep.path}: {s.total} points; ran {s.ran}, {s.skipped} already done; {s.wall_s:.2f} s ({how})")

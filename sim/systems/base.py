@@ -16,7 +16,8 @@ everything about it:
   idle, so that all but the first run of each are replayed (``sim.fastpath``); None (the default): the step is
   always simulated in full;
 * ``capacity(kv_bytes, peak)`` and ``token_budget(max_batch)``: where the KV cache lives, whether it fits, and
-  how many KV tokens admission may allow;
+  how many KV tokens admission may allow; ``fit(kv_bytes, peak)`` (optional): the same report where its
+  ``details`` may be left out, for a closed-form table that reads only the fit (``sim.analytic_sweep``);
 * prefill (run setting ``prefill`` = first or chunked; docs/design-notes.md, "Prefill"): ``prefill_plan(chunks,
   resident)`` the prompt chunks' work, ``prefill(plan)`` its process and ``prefill_estimate(plan)`` its closed
   form. The base class runs every layer's prefill kernels on the GPU (``workloads.opgraph.prefill_layer_ops``)
@@ -236,6 +237,11 @@ class System:
 
     def capacity(self, kv_bytes: float, peak: StepBatch) -> Capacity:
         raise NotImplementedError
+
+    def fit(self, kv_bytes: float, peak: StepBatch) -> Capacity:
+        """``capacity`` whose ``details`` may be partial: a system whose details cost more than the fit (plans
+        under other options) leaves them out here. Location, bytes, fit and reasons are ``capacity``'s."""
+        return self.capacity(kv_bytes, peak)
 
     def token_budget(self, max_batch: int) -> int | None:
         return None

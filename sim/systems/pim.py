@@ -481,6 +481,7 @@ class PimSystem(System):
         self.new_tokens_spill = self.fmt.kind == "fp16"
         self.power_throttle = 1.0  # largest stretch of channel work by the power cap over the run's steps
         self._row_memo = RowCosts()  # a channel's work per distinct (rounded) load, across steps
+        self._placed: tuple[bytes, Placement] | None = None  # the last batch placed (``placement``)
         self._fixed = SeqsCache()       # GPU kernels that read no KV, per batch size
         self._format_fixed = None       # format_details that depend on the format and model alone
 
@@ -525,7 +526,11 @@ class PimSystem(System):
         return max(0.0, free) / self.pim_bytes_per_token()
 
     def placement(self, batch: StepBatch) -> Placement:
-        return place(self.options.placement, self.model, self.placed_tokens(batch.kept), self.dev.channels)
+        key = batch.kept.tobytes()  # the last one kept: a step's plan and its capacity report place one batch
+        if self._placed is None or self._placed[0] != key:
+            self._placed = (key, place(self.options.placement, self.model, self.placed_tokens(batch.kept),
+                                       self.dev.channels))
+        return self._placed[1]
 
     def token_budget(self, max_batch: int) -> int | None:
         """KV tokens (all sequences, over their whole life) that admission may allow, for ``limit``."""
@@ -802,12 +807,34 @@ class PimSystem(System):
 
     # ---- capacity and details ------------------------------------------------------------------------------------
     def capacity(self, kv_bytes: float, peak: StepBatch) -> Capacity:
+        cap, placement, spill, need, spilled = self._fit(peak)
+        dev = self.dev
+        busy = self.machine.pim.busy_s
+        details = {}
+        if self.fmt.kind != "fp16":
+            details = self.format_details(peak)
+        return Capacity(
+            cap.kv_location, cap.kv_bytes, cap.fits, cap.reasons,
+            {"pim_device": dev.name, "pim_channels": dev.channels, "pim_capacity_bytes": dev.capacity_bytes,
+             "pim_used_bytes": min(need, dev.capacity_bytes), "spilled_bytes": spilled,
+             "spilled_share": spill, "placement": self.options.placement, "channels_per_unit": placement.pairs_per_unit,
+             "pim_channel_busy_s": [float(x) for x in busy],
+             "pim_channel_busy_max_over_mean": float(busy.max() / busy.mean()) if busy.mean() > 0 else 0.0,
+             "pim_channels_idle": int((busy == 0).sum()), "kv_format": self.fmt.name,
+             "pim_power_cap_w": dev.channels * dev.channel.max_power_w, "pim_power_throttle": self.power_throttle,
+             **details})
+
+    def fit(self, kv_bytes: float, peak: StepBatch) -> Capacity:
+        return self._fit(peak)[0]
+
+    def _fit(self, peak: StepBatch):
+        """The capacity report without details, and what the details read: the placement, the share of tokens
+        spilled to host DRAM, the PIM bytes needed and the bytes spilled."""
         p, m, dev = self.machine.params, self.model, self.dev
         placement = self.placement(peak)
         spill = self.spill_fraction(peak, placement)
         need = (float(self.placed_tokens(peak.kept + 1).sum()) * self.pim_bytes_per_token()
                 + self.pim_fixed_bytes(placement.pair_unit.size, peak.n_seqs))
-        used = min(need, dev.capacity_bytes)
         reasons = []
         if spill > 0:
             reasons.append(f"KV cache needs {excess(need, dev.capacity_bytes)} of PIM: {share(spill)} of tokens "
@@ -822,21 +849,9 @@ class PimSystem(System):
             reasons.append(f"spilled KV {gib(spilled)} exceeds host DRAM {gib(p.host_dram.capacity_bytes)}")
         if m.weight_bytes > p.gpu.mem_capacity_bytes:
             reasons.append(f"GPU memory: weights {gib(m.weight_bytes)} exceed {gib(p.gpu.mem_capacity_bytes)}")
-        busy = self.machine.pim.busy_s
-        details = {}
-        if self.fmt.kind != "fp16":
-            details = self.format_details(peak)
-        return Capacity(
-            self.kv_location if spill == 0 else f"{self.kv_location}+host.dram", need, not reasons,
-            tuple(reasons),
-            {"pim_device": dev.name, "pim_channels": dev.channels, "pim_capacity_bytes": dev.capacity_bytes,
-             "pim_used_bytes": used, "spilled_bytes": spilled,
-             "spilled_share": spill, "placement": self.options.placement, "channels_per_unit": placement.pairs_per_unit,
-             "pim_channel_busy_s": [float(x) for x in busy],
-             "pim_channel_busy_max_over_mean": float(busy.max() / busy.mean()) if busy.mean() > 0 else 0.0,
-             "pim_channels_idle": int((busy == 0).sum()), "kv_format": self.fmt.name,
-             "pim_power_cap_w": dev.channels * dev.channel.max_power_w, "pim_power_throttle": self.power_throttle,
-             **details})
+        cap = Capacity(self.kv_location if spill == 0 else f"{self.kv_location}+host.dram", need, not reasons,
+                       tuple(reasons))
+        return cap, placement, spill, need, spilled
 
     def format_details(self, peak: StepBatch) -> dict:
         """A quantized format's storage by part at the peak context, its compression, and its measured accuracy
