@@ -50,11 +50,29 @@ class ChannelBank:
         is monotone, so the last to finish ends at ``now + longest_s`` exactly."""
         return now + longest_s
 
+    def hold_idle(self, now: float, longest_s: float) -> float:
+        """``issue(record=False)`` of a phase on every channel, all free by ``now``, whose longest channel work is
+        ``longest_s``, leaving the channels' next-free and busy times to ``settle``: the bank's hold alone, from
+        ``now`` to the end ``issue`` would return (``idle_end_s``)."""
+        done = self.idle_end_s(now, longest_s)
+        self.tracer.occupy(self.name, now, done)
+        return done
+
+    def settle(self, duration_s, times: int, last_start_s: float | None = None) -> None:
+        """The channels' state after ``times`` phases of ``duration_s`` given to ``hold_idle``: their busy time,
+        and, if the latest phase issued to the bank was one of them, starting at ``last_start_s``, their next-free
+        times (every channel was free at its start)."""
+        dur = np.broadcast_to(np.asarray(duration_s, dtype=float), self.busy_s.shape)
+        self.busy_s += times * dur
+        if last_start_s is not None:
+            self.free_at_s[:] = last_start_s + dur
+
     def issue(self, now: float, kind: str, duration_s, nbytes: float = 0.0, flops: float = 0.0,
-              energy_j: float = 0.0, channels: np.ndarray | None = None, parts=()) -> float:
+              energy_j: float = 0.0, channels: np.ndarray | None = None, parts=(), record: bool = True) -> float:
         """``run``'s bookkeeping at clock ``now`` (channels' next-free and busy times, spans): returns the moment
         the last channel finishes. ``run`` waits ``done - now`` after it; a chain replayed without events
-        (``sim.machine.Machine.chain_end``) does the same arithmetic."""
+        (``sim.machine.Machine.chain_end``) does the same arithmetic. ``record=False``: the channels' state and
+        the bank's hold alone, no spans (a caller that adds the phase's totals itself)."""
         idx = slice(None) if channels is None else channels
         dur = np.broadcast_to(np.asarray(duration_s, dtype=float), self.free_at_s[idx].shape)
         start = np.maximum(self.free_at_s[idx], now)
@@ -62,6 +80,9 @@ class ChannelBank:
         self.free_at_s[idx] = end
         self.busy_s[idx] += dur
         done = float(end.max()) if end.size else now
+        if not record:
+            self.tracer.occupy(self.name, now, done)
+            return done
         if parts:
             t, ends = now, start.copy()
             for i, p in enumerate(parts):

@@ -223,6 +223,13 @@ class Tracer:
     def replay(self, delta: TracerDelta, times: int, start_s: float) -> None:
         """Add ``delta`` ``times`` times: the stretch it was measured on, repeated back to back from ``start_s``
         (see the module docstring)."""
+        self.add(delta, times)
+        c, m, lk = delta.occupancy
+        self.occupancy.replay(start_s, times * c, times * m, times * lk)
+
+    def add(self, delta: TracerDelta, times: int) -> None:
+        """Add ``delta``'s totals ``times`` times, not its occupancy: for holds whose occupancy was given to
+        ``occupy`` one by one (``sim.fastpath.Stepper.contended_step``)."""
         for c, d in delta.totals:
             t = self.totals[c]
             for i in range(5):
@@ -233,8 +240,6 @@ class Tracer:
         energy = self.energy_only_j
         for c, v in delta.energy_only_j:
             energy[c] = energy.get(c, 0.0) + times * v
-        c, m, lk = delta.occupancy
-        self.occupancy.replay(start_s, times * c, times * m, times * lk)
 
     # --- summaries ------------------------------------------------------------------------------------------------
     def busy_s(self) -> dict[str, float]:

@@ -77,6 +77,7 @@ class StepEntry:
     segments: tuple[tuple[Callable[[], Generator], int], ...] | None
     deltas: list[SegmentDelta | None] = field(default_factory=list)
     chains: tuple | None = None  # per segment its holds when it is a plain chain (System.chains), else None
+    reused: bool = False  # handed out again from the cache (a segment run once per step then keeps its delta)
 
 
 class Stepper:
@@ -106,6 +107,7 @@ class Stepper:
         if e is not None:
             self.cache.move_to_end(key)
             self.hits += 1
+            e.reused = True
             return e
         self.misses += 1
         plan = self.system.plan(batch)
@@ -130,6 +132,17 @@ class Stepper:
         for i, (segment, count) in enumerate(e.segments):
             d = e.deltas[i]
             chain = e.chains[i] if e.chains is not None else None
+            if d is None and count == 1 and not e.reused:
+                # run once in this step: its delta would serve only a later use of the entry, and most entries
+                # (a serving run's growing contexts) are never used again; measure it from the entry's reuse on
+                if chain is not None:
+                    t = self.machine.chain_end(chain, t)
+                else:
+                    if t > env.now:
+                        yield env.timeout(t - env.now)
+                    yield env.process(segment())
+                    t = env.now
+                continue
             if d is None or d.binade != binade(t):
                 mark = self.tracer.mark()
                 busy = bank.busy_s.copy() if bank is not None else None
@@ -227,8 +240,10 @@ class Stepper:
         and the previous holder's release. Two requests for one resource at the same instant (whose order
         SimPy's event queue would decide; at the step's start the prefill's, made first) make it give up, as do
         routes over more than one resource, weight fetches, full detail and kept spans. The holds are then
-        recorded in start order with the processes' own bookkeeping. Returns (the prefill's end, the step's end)
-        or None."""
+        recorded in start order with the processes' own bookkeeping: each distinct hold in full the first time,
+        its repetitions (the next layers) as their resource holds, with the first one's totals added for them
+        when the step stays within one binade of the clock (as ``run`` replays a segment). Returns (the
+        prefill's end, the step's end) or None."""
         if self.full or self.tracer.keeping or pplan.fetch_bytes > 0:
             return None
         m = self.machine
@@ -247,7 +262,8 @@ class Stepper:
         if m.pim is not None and float(m.pim.free_at_s.max(initial=t0)) > t0:
             return None
         n_layers = self.system.model.n_layers
-        p_holds = [pplan.layer] * n_layers + ([pplan.head] if pplan.head else [])
+        p_holds = [(gpu, pplan.layer)] * n_layers + ([(gpu, pplan.head)] if pplan.head else [])
+        store_hold = (pplan.store_src, pplan.store_dst, pplan.store_bytes, f"{PREFILL}.kv_store")
         queue: list = []
         made = itertools.count()
         heapq.heappush(queue, (t0, next(made), "p", 0))
@@ -276,8 +292,8 @@ class Stepper:
                 asked[res] = t
                 start = max(t, free_at.get(res, t))
             if who == "p":
-                fin = start + hold_s(p_holds[i])
-                records.append((start, len(records), (gpu, p_holds[i])))
+                fin = start + hold_s(p_holds[i][1])
+                records.append((start, len(records), p_holds[i]))
                 prefill_end = max(prefill_end, fin)
                 if stores and i < n_layers:
                     heapq.heappush(queue, (fin, next(made), "s", i))
@@ -285,8 +301,7 @@ class Stepper:
                     heapq.heappush(queue, (fin, next(made), "p", i + 1))
             elif who == "s":
                 fin = start + store_route.time_s(pplan.store_bytes, True)
-                records.append((start, len(records), (pplan.store_src, pplan.store_dst, pplan.store_bytes,
-                                                      f"{PREFILL}.kv_store")))
+                records.append((start, len(records), store_hold))
                 prefill_end = max(prefill_end, fin)
             else:
                 if len(h) == 2:
@@ -308,9 +323,41 @@ class Stepper:
                 free_at[res] = fin
         self.system.prefill_energy(pplan)  # what the prefill process adds before its first hold
         records.sort(key=lambda r: (r[0], r[1]))
+        step_end = max(end, prefill_end)
+        if binade(t0) != binade(step_end):
+            for start, _, hold in records:
+                m.chain_end((hold,), start)
+            return prefill_end, step_end
+        # Every layer repeats the same holds: each is recorded in full once, and its later occurrences only hold
+        # their resources (the occupancy and the channels' state, in start order as before) while their records
+        # are added as that first one's totals, which are the same within one binade of the clock (as replay).
+        # A PIM phase's later occurrences (on idle channels, as above) hold the bank alone; the channels' busy and
+        # next-free times are settled at the end.
+        tracer = self.tracer
+        firsts: dict[int, list] = {}  # id(hold) -> [its totals, later occurrences, the hold]
+        last_pim = None  # (start, phase) of the latest PIM phase, when it is a later occurrence
         for start, _, hold in records:
-            m.chain_end((hold,), start)
-        return prefill_end, max(end, prefill_end)
+            f = firsts.get(id(hold))
+            if f is None:
+                mark = tracer.mark()
+                m.chain_end((hold,), start)
+                firsts[id(hold)] = [tracer.delta_since(mark), 0, hold]
+                if len(hold) == 1:
+                    last_pim = None
+            elif len(hold) == 1:
+                m.pim.hold_idle(start, longest_s[id(hold)])
+                f[1] += 1
+                last_pim = (start, hold[0])
+            else:
+                m.chain_end((hold,), start, record=False)
+                f[1] += 1
+        for delta, times, hold in firsts.values():
+            if times:
+                tracer.add(delta, times)
+                if len(hold) == 1:
+                    last = last_pim is not None and last_pim[1] is hold[0]
+                    m.pim.settle(hold[0].durations_s, times, last_pim[0] if last else None)
+        return prefill_end, step_end
 
     def chain_runs(self, holds: tuple, count: int, t: float) -> float:
         """``count`` runs of the chain ``holds`` from clock ``t`` on idle resources, without events: the first

@@ -54,33 +54,38 @@ class Machine:
             for r, req in zip(route.resources, reqs, strict=True):
                 self.link_resources[r].release(req)
 
-    def _account_transfer(self, route: Route, nbytes: float, kind: str, setup: bool, t: float) -> float:
-        """Record a transfer that holds its route from ``t``; return its duration (the hold's timeout)."""
+    def _account_transfer(self, route: Route, nbytes: float, kind: str, setup: bool, t: float,
+                          record: bool = True) -> float:
+        """Record a transfer that holds its route from ``t``; return its duration (the hold's timeout).
+        ``record=False``: the holds alone (``Component.account``)."""
         dur = route.time_s(nbytes, setup)
         for link in route.links:
             energy = nbytes * link.energy_per_byte_j
             if link.resource:
-                self.tracer.record(link.name, kind, t, t + dur, nbytes, 0.0, energy)
+                if record:
+                    self.tracer.record(link.name, kind, t, t + dur, nbytes, 0.0, energy)
                 self.tracer.occupy(link.name, t, t + dur)
-            elif energy:
+            elif energy and record:
                 self.tracer.add_energy(link.name, energy)
         return dur
 
-    def chain_end(self, holds, t: float) -> float:
+    def chain_end(self, holds, t: float, record: bool = True) -> float:
         """Run ``holds`` one after another from clock ``t`` on idle resources without events, recording exactly
         what their processes would, and return the clock at which the last ends (``sim.fastpath``). A hold is
         ``(component, works)`` for the GPU or host CPU (``Component.execute``), ``(src, dst, nbytes, kind)`` for
         a transfer (``transfer``) or ``(phase,)`` for a PIM phase on every channel (``ChannelBank.run`` with the
         phase's kind, durations, totals and parts). Each hold starts when the previous ends, as a process that
-        yields them in turn does; the clock moves as SimPy's does (the start plus the hold's timeout)."""
+        yields them in turn does; the clock moves as SimPy's does (the start plus the hold's timeout).
+        ``record=False``: the holds and the channels' state alone, no records of the work (``Component.account``).
+        """
         for h in holds:
             n = len(h)
             if n == 2:
-                t = t + h[0].account(t, h[1])
+                t = t + h[0].account(t, h[1], record)
             elif n == 4:
-                t = t + self._account_transfer(self.topology.route(h[0], h[1]), h[2], h[3], True, t)
+                t = t + self._account_transfer(self.topology.route(h[0], h[1]), h[2], h[3], True, t, record)
             else:
                 ph = h[0]
                 t = t + (self.pim.issue(t, ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j,
-                                        parts=ph.parts) - t)
+                                        parts=ph.parts, record=record) - t)
         return t

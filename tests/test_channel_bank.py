@@ -72,3 +72,55 @@ def test_idle_end_s_is_what_issue_returns_on_idle_channels(schedule):
     for at, durs in schedule:
         now = max(now + at, float(bank.free_at_s.max()))  # every channel free by now
         assert bank.issue(now, "phase", durs) == ChannelBank.idle_end_s(now, max(durs))
+
+
+@given(phases, st.lists(st.integers(0, 2), min_size=12, max_size=12))
+def test_hold_idle_and_settle_are_issue_without_records(schedule, which):
+    """Phases on idle channels given to ``hold_idle`` (the bank's hold) and then ``settle`` (the channels' busy
+    and next-free times) leave the bank and the tracer's occupancy as ``issue`` does; what they leave out is the
+    spans' totals, which the caller adds (``Tracer.add``). Phases repeat (``which`` picks one of three), as a
+    step's layers repeat their phase."""
+    pool = [np.asarray(d, dtype=float) for _, d in schedule[:3]]
+
+    def make():
+        tracer = Tracer()
+        tracer.register("pim", "compute")
+        return tracer, ChannelBank(simpy.Environment(), "pim", 4, tracer)
+
+    (t_ref, ref), (t_new, new) = make(), make()
+    counts, last, now = [0] * len(pool), None, 0.0
+    for (at, _), k in zip(schedule, which, strict=False):
+        k %= len(pool)
+        now = max(now + at, float(ref.free_at_s.max()))  # every channel free by now
+        done = ref.issue(now, "phase", pool[k], record=False)
+        assert new.hold_idle(now, float(pool[k].max())) == done
+        counts[k] += 1
+        last = (now, k)
+    for k, d in enumerate(pool):
+        if counts[k]:
+            new.settle(d, counts[k], last[0] if last[1] == k else None)
+    assert np.allclose(new.busy_s, ref.busy_s, rtol=1e-12, atol=0)
+    assert np.array_equal(new.free_at_s, ref.free_at_s)
+    assert t_new.occupancy.totals() == t_ref.occupancy.totals()
+
+
+def test_add_and_replay_split_a_delta():
+    """``Tracer.replay`` is ``Tracer.add`` (totals, kinds, energy of parts without timed work) plus the
+    occupancy; ``add`` leaves the occupancy alone."""
+    def stretch(tracer, t):
+        tracer.record("gpu", "k", t, t + 2.0, 10.0, 20.0, 3.0)
+        tracer.occupy("gpu", t, t + 2.0)
+        tracer.add_energy("host.dram", 0.5)
+
+    tracer = Tracer()
+    tracer.register("gpu", "compute")
+    mark = tracer.mark()
+    stretch(tracer, 0.0)
+    delta = tracer.delta_since(mark)
+    before = tracer.occupancy.totals()
+    tracer.add(delta, 3)
+    assert tracer.occupancy.totals() == before
+    assert tracer.totals["gpu"] == [8.0, 40.0, 80.0, 12.0, 4] and tracer.kind_busy_s == {"k": 8.0}
+    assert tracer.energy_only_j == {"host.dram": 2.0}
+    tracer.replay(delta, 1, 2.0)
+    assert tracer.totals["gpu"][0] == 10.0 and tracer.occupancy.totals()[0] == 4.0

@@ -331,7 +331,8 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
     uniq, inv = distinct_rows(np.round(rows, 3))
     n = len(uniq)
     dur, nbytes, flops, energy = (np.zeros(n) for _ in range(4))
-    part_rows: dict[str, np.ndarray] = {}  # part -> (distinct row, [seconds, bytes, FLOPs, joules])
+    evaluated = []  # per distinct row: (its part names, its sums, its stretch)
+    slot: dict[str, int] = {}  # part -> its index, in order of first appearance
     throttle = 1.0
     key = kind if memo_key is None else memo_key
     for i, row in enumerate(uniq):
@@ -343,16 +344,24 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
         f = pim_model.power_throttle(channel, e, d) if channel is not None else 1.0
         dur[i], nbytes[i], flops[i], energy[i] = d * f, v[1], v[2], e
         throttle = max(throttle, f)
-        for j, name in enumerate(names):
-            acc = part_rows.get(name)
-            if acc is None:
-                acc = part_rows[name] = np.zeros((n, 4))
-            acc[i] += v[4 + 4 * j: 8 + 4 * j]
-            acc[i, 0] *= f
+        evaluated.append((names, v, f))
+        for name in names:
+            slot.setdefault(name, len(slot))
     counts = np.bincount(inv, minlength=n)
-    rank = {name: i for i, name in enumerate(part_order)}
-    names = sorted(part_rows, key=lambda name: rank.get(name, len(rank)))  # stable: unknown parts keep their order
-    parts = tuple(PhasePart(name, *(part_rows[name][inv, j] for j in range(4))) for name in names)
+    parts: tuple[PhasePart, ...] = ()
+    if slot:
+        part_rows = np.zeros((n, len(slot), 4))  # distinct row, part, [seconds, bytes, FLOPs, joules]
+        for i, (names, v, f) in enumerate(evaluated):
+            for j, name in enumerate(names):
+                acc = part_rows[i, slot[name]]
+                acc += v[4 + 4 * j: 8 + 4 * j]
+                acc[0] *= f
+        by_part = part_rows[inv].transpose(1, 2, 0).copy()  # part, quantity, channel: one gather for them all
+        rank = {name: i for i, name in enumerate(part_order)}
+        ordered = sorted(slot, key=lambda name: rank.get(name, len(rank)))  # stable: unknown parts keep their order
+        parts = tuple(PhasePart(name, *by_part[slot[name]]) for name in ordered)
+    # (the whole's per-channel values each gathered on its own: a dot product over them, as link_chunks takes,
+    # may round differently on a row of a shared array, whose alignment differs)
     return Phase(kind, dur[inv], float(nbytes @ counts), float(flops @ counts), float(energy @ counts),
                  throttle, (nbytes[inv], flops[inv], energy[inv]), parts=parts)
 
