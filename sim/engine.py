@@ -133,6 +133,7 @@ class TracerMark:
     kind_busy_s: dict
     energy_only_j: dict
     occupancy: tuple[float, float, float]
+    scope: tuple | None = None  # (components, kinds, energy parts) the mark is limited to; None: everything
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,18 +205,34 @@ class Tracer:
         self.static_power_w[component] = self.static_power_w.get(component, 0.0) + power_w
 
     # --- replay (sim.fastpath) ---------------------------------------------------------------------------------------
-    def mark(self) -> TracerMark:
-        return TracerMark({c: tuple(t) for c, t in self.totals.items()}, dict(self.kind_busy_s),
-                          dict(self.energy_only_j), self.occupancy.totals())
+    def mark(self, scope: tuple | None = None) -> TracerMark:
+        """The totals now. ``scope`` = (components, kinds, energy parts): only those, for a stretch that records
+        nothing else (``sim.machine.Machine.chain_scope``): its ``delta_since`` is the same, at a cost that does
+        not grow with everything the run has recorded."""
+        if scope is None:
+            return TracerMark({c: tuple(t) for c, t in self.totals.items()}, dict(self.kind_busy_s),
+                              dict(self.energy_only_j), self.occupancy.totals())
+        comps, kinds, energy = scope
+        return TracerMark({c: tuple(self.totals[c]) for c in comps},
+                          {k: self.kind_busy_s[k] for k in kinds if k in self.kind_busy_s},
+                          {c: self.energy_only_j[c] for c in energy if c in self.energy_only_j},
+                          self.occupancy.totals(), scope)
 
     def delta_since(self, mark: TracerMark) -> TracerDelta:
         """What was added since ``mark`` (components, kinds and parts whose totals did not change are left out)."""
         zero = (0.0, 0.0, 0.0, 0.0, 0)
+        if mark.scope is None:
+            totals_now, kinds_now, energy_now = self.totals, self.kind_busy_s, self.energy_only_j
+        else:
+            comps, kinds, energy = mark.scope
+            totals_now = {c: self.totals[c] for c in comps}
+            kinds_now = {k: self.kind_busy_s[k] for k in kinds if k in self.kind_busy_s}
+            energy_now = {c: self.energy_only_j[c] for c in energy if c in self.energy_only_j}
         totals = tuple((c, tuple(a - b for a, b in zip(t, mark.totals.get(c, zero), strict=True)))
-                       for c, t in self.totals.items() if tuple(t) != mark.totals.get(c, zero))
-        kinds = tuple((k, v - mark.kind_busy_s.get(k, 0.0)) for k, v in self.kind_busy_s.items()
+                       for c, t in totals_now.items() if tuple(t) != mark.totals.get(c, zero))
+        kinds = tuple((k, v - mark.kind_busy_s.get(k, 0.0)) for k, v in kinds_now.items()
                       if v != mark.kind_busy_s.get(k, 0.0))
-        energy = tuple((c, v - mark.energy_only_j.get(c, 0.0)) for c, v in self.energy_only_j.items()
+        energy = tuple((c, v - mark.energy_only_j.get(c, 0.0)) for c, v in energy_now.items()
                        if v != mark.energy_only_j.get(c, 0.0))
         occ = tuple(a - b for a, b in zip(self.occupancy.totals(), mark.occupancy, strict=True))
         return TracerDelta(totals, kinds, energy, occ)

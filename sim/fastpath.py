@@ -144,7 +144,7 @@ class Stepper:
                     t = env.now
                 continue
             if d is None or d.binade != binade(t):
-                mark = self.tracer.mark()
+                mark = self.tracer.mark(self.machine.chain_scope(chain) if chain is not None else None)
                 busy = bank.busy_s.copy() if bank is not None else None
                 t0 = t
                 if chain is not None:  # the same records and clock as its events, without them
@@ -339,7 +339,7 @@ class Stepper:
         for start, _, hold in records:
             f = firsts.get(id(hold))
             if f is None:
-                mark = tracer.mark()
+                mark = tracer.mark(m.chain_scope((hold,)))
                 m.chain_end((hold,), start)
                 firsts[id(hold)] = [tracer.delta_since(mark), 0, hold]
                 if len(hold) == 1:
@@ -368,7 +368,7 @@ class Stepper:
         chain_end = self.machine.chain_end
         if count == 1:
             return chain_end(holds, t)
-        mark = self.tracer.mark()
+        mark = self.tracer.mark(self.machine.chain_scope(holds))
         t0 = t
         t = chain_end(holds, t)
         duration, b = t - t0, binade(t0)

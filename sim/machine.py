@@ -69,6 +69,31 @@ class Machine:
                 self.tracer.add_energy(link.name, energy)
         return dur
 
+    def chain_scope(self, holds) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+        """(components, kinds, energy parts) that ``chain_end`` of ``holds`` records into: a ``Tracer.mark``
+        limited to them gives the same ``delta_since``."""
+        comps: dict[str, None] = {}
+        kinds: dict[str, None] = {}
+        energy: dict[str, None] = {}
+        for h in holds:
+            n = len(h)
+            if n == 2:
+                comps[h[0].name] = None
+                for w in h[1]:
+                    kinds[w.kind] = None
+            elif n == 4:
+                for link in self.topology.route(h[0], h[1]).links:
+                    if link.resource:
+                        comps[link.name] = None
+                        kinds[h[3]] = None
+                    elif h[2] * link.energy_per_byte_j:
+                        energy[link.name] = None
+            else:
+                comps[self.pim.name] = None
+                for k in ([p.kind for p in h[0].parts] if h[0].parts else [h[0].kind]):
+                    kinds[k] = None
+        return tuple(comps), tuple(kinds), tuple(energy)
+
     def chain_end(self, holds, t: float, record: bool = True) -> float:
         """Run ``holds`` one after another from clock ``t`` on idle resources without events, recording exactly
         what their processes would, and return the clock at which the last ends (``sim.fastpath``). A hold is

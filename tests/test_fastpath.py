@@ -239,3 +239,37 @@ def test_prefill_steps_with_stores_run_without_events(monkeypatch, options):
     assert full[0]["prefill_steps"] > 0
     n_full, n_auto = (events(monkeypatch, **workload, detail=d) for d in ("full", "auto"))
     assert n_auto < 0.3 * n_full, (n_auto, n_full)
+
+
+@pytest.mark.parametrize("options", [{"system": "gpu"}, {"system": "offload", "kv_gpu_fraction": "0"},
+                                     {"system": "pim", "channels": 16}, {"system": "aqpim", "channels": 16},
+                                     {"system": "pim", "channels": 16, "softmax": "host"}])
+def test_scoped_marks_give_the_whole_delta(monkeypatch, options):
+    """A mark limited to what a chain records into (``Machine.chain_scope``) gives the same delta as a mark of
+    everything, for every chain the event-free paths measure (decode segments, prefill blocks, contended holds)."""
+    from sim.engine import Tracer
+
+    mark, delta_since = Tracer.mark, Tracer.delta_since
+    whole: dict = {}
+    checked = []
+
+    def scoped_mark(self, scope=None):
+        m = mark(self, scope)
+        if scope is not None:
+            whole[id(m)] = (m, mark(self))
+        return m
+
+    def checked_delta(self, m):
+        d = delta_since(self, m)
+        if id(m) in whole:
+            w = delta_since(self, whole.pop(id(m))[1])
+            assert (sorted(d.totals), sorted(d.kind_busy_s), sorted(d.energy_only_j), d.occupancy) == \
+                (sorted(w.totals), sorted(w.kind_busy_s), sorted(w.energy_only_j), w.occupancy)
+            checked.append(1)
+        return d
+
+    monkeypatch.setattr(Tracer, "mark", scoped_mark)
+    monkeypatch.setattr(Tracer, "delta_since", checked_delta)
+    simulate(make_config(requests=10, context=600, output_tokens=6, max_batch=4, prefill="chunked",
+                         prefill_chunk_tokens=256, arrival_rate_per_s=100.0, trace_steps=0, **options), model=DEEP)
+    assert len(checked) > 5
