@@ -255,15 +255,36 @@ class Stepper:
         decode = [] if e is None else self.decode_holds(e)
         if decode is None:
             return None
-        for h in {id(h): h for h in decode}.values():  # each distinct hold once
-            if (len(h) == 4 and len(topo.route(h[0], h[1]).resources) != 1) or (len(h) == 2 and h[0] is not gpu):
-                return None  # a route over several resources, or a hold on another component than the GPU
+        # Per distinct decode hold (layers repeat them): the resource it asks for (None: a PIM phase) and its
+        # duration (a PIM phase: its longest channel work).
+        held: dict[int, tuple] = {}
+        longest_s: dict[int, float] = {}
+        for h in decode:
+            if id(h) in held:
+                continue
+            if len(h) == 2:
+                if h[0] is not gpu:
+                    return None  # a hold on another component than the GPU
+                held[id(h)] = (gpu, hold_s(h[1]))  # the GPU, keyed by its component beside the links' names
+            elif len(h) == 4:
+                route = topo.route(h[0], h[1])
+                if len(route.resources) != 1:
+                    return None  # a route over several resources
+                held[id(h)] = (route.resources[0], route.time_s(h[2], True))
+            else:
+                d = h[0].durations_s
+                longest_s[id(h)] = float(np.max(d)) if np.size(d) else 0.0
+                held[id(h)] = (None, longest_s[id(h)])
+        d_held = [held[id(h)] for h in decode]
         t0 = self.env.now
         if m.pim is not None and float(m.pim.free_at_s.max(initial=t0)) > t0:
             return None
         n_layers = self.system.model.n_layers
         p_holds = [(gpu, pplan.layer)] * n_layers + ([(gpu, pplan.head)] if pplan.head else [])
         store_hold = (pplan.store_src, pplan.store_dst, pplan.store_bytes, f"{PREFILL}.kv_store")
+        store_res, store_s = (store_route.resources[0], store_route.time_s(pplan.store_bytes, True)) if stores \
+            else (None, 0.0)
+        p_s = {id(h): hold_s(h[1]) for h in p_holds}
         queue: list = []
         made = itertools.count()
         heapq.heappush(queue, (t0, next(made), "p", 0))
@@ -272,19 +293,13 @@ class Stepper:
         free_at: dict[str, float] = {}
         asked: dict[str, float] = {}
         records = []  # (start, order, record): replayed in start order at the end
-        longest_s: dict[int, float] = {}  # per PIM phase hold: its longest channel work (layers repeat it)
         prefill_end = end = t0
         while queue:
             t, _, who, i = heapq.heappop(queue)
-            h = decode[i] if who == "d" else None
-            if who == "s":
-                res = store_route.resources[0]
-            elif who == "p" or len(h) == 2:
-                res = gpu  # the GPU, keyed by its component beside the links' resource names
-            elif len(h) == 4:
-                res = topo.route(h[0], h[1]).resources[0]
+            if who == "d":
+                res, dur = d_held[i]
             else:
-                res = None
+                res = store_res if who == "s" else gpu
             start = t
             if res is not None:
                 if asked.get(res) == t and not (who == "d" and i == 0 and t == t0):
@@ -292,7 +307,7 @@ class Stepper:
                 asked[res] = t
                 start = max(t, free_at.get(res, t))
             if who == "p":
-                fin = start + hold_s(p_holds[i][1])
+                fin = start + p_s[id(p_holds[i])]
                 records.append((start, len(records), p_holds[i]))
                 prefill_end = max(prefill_end, fin)
                 if stores and i < n_layers:
@@ -300,22 +315,16 @@ class Stepper:
                 if i + 1 < len(p_holds):
                     heapq.heappush(queue, (fin, next(made), "p", i + 1))
             elif who == "s":
-                fin = start + store_route.time_s(pplan.store_bytes, True)
+                fin = start + store_s
                 records.append((start, len(records), store_hold))
                 prefill_end = max(prefill_end, fin)
             else:
-                if len(h) == 2:
-                    fin = start + hold_s(h[1])
-                elif len(h) == 4:
-                    fin = start + topo.route(h[0], h[1]).time_s(h[2], True)
+                if res is not None:
+                    fin = start + dur
                 else:  # a PIM phase: its channels are free at the step's start and each phase ends before the
                     # next one starts, so they are idle at its issue; the timeout is done - start, as in run
-                    longest = longest_s.get(id(h))
-                    if longest is None:
-                        d = h[0].durations_s
-                        longest = longest_s[id(h)] = float(np.max(d)) if np.size(d) else 0.0
-                    fin = start + (m.pim.idle_end_s(start, longest) - start)
-                records.append((start, len(records), h))
+                    fin = start + (m.pim.idle_end_s(start, dur) - start)
+                records.append((start, len(records), decode[i]))
                 end = max(end, fin)
                 if i + 1 < len(decode):
                     heapq.heappush(queue, (fin, next(made), "d", i + 1))
