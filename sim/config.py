@@ -189,14 +189,15 @@ def all_keys() -> list[str]:
     return list(SHARED) + [k for k in option_owners() if k not in SHARED]
 
 
-def from_mapping(data: dict, where: str = "config") -> RunConfig:
-    """Build a RunConfig from a flat mapping (TOML table or CLI values), with one-line errors."""
+def from_mapping(data: dict, where: str = "config", options_memo: dict | None = None) -> RunConfig:
+    """Build a RunConfig from a flat mapping (TOML table or CLI values), with one-line errors. ``options_memo``:
+    a dict in which a caller building many configurations (a sweep's points) keeps each distinct system's
+    options once checked (they are frozen, so points may share them)."""
     system = data.get("system", SHARED["system"][2])
     if system not in SYSTEMS:
         raise ConfigError(f"{where}: unknown system '{system}'{did_you_mean(str(system), SYSTEMS)}; "
                           f"valid systems: {', '.join(sorted(SYSTEMS))}")
     mine = specs(SYSTEMS[system].Options)
-    owners = option_owners()
     base, optional, _, spec = SHARED["allow_large"]
     allow_large = check_value("allow_large", data.get("allow_large", False), base, optional, spec, where)
     shared, opts = {}, {}
@@ -207,7 +208,7 @@ def from_mapping(data: dict, where: str = "config") -> RunConfig:
         elif key in mine:
             base, optional, _, spec = mine[key]
             opts[key] = check_value(key, value, base, optional, spec, where, allow_large)
-        elif key in owners:
+        elif key in (owners := option_owners()):
             spec = specs(SYSTEMS[owners[key][0]].Options)[key][3]
             raise ConfigError(f"{where}: '{key}' ({flag_of(key, spec)}) is an option of "
                               f"{', '.join(owners[key])}, not of {system}")
@@ -215,7 +216,14 @@ def from_mapping(data: dict, where: str = "config") -> RunConfig:
             keys = all_keys()
             raise ConfigError(f"{where}: unknown key '{key}'{did_you_mean(key, keys)}; valid keys: {', '.join(keys)}")
     try:
-        return RunConfig(**shared, options=SYSTEMS[system].Options(**opts))
+        if options_memo is None:
+            options = SYSTEMS[system].Options(**opts)
+        else:
+            mkey = (system, tuple(sorted(opts.items())))
+            options = options_memo.get(mkey)
+            if options is None:
+                options = options_memo[mkey] = SYSTEMS[system].Options(**opts)
+        return RunConfig(**shared, options=options)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 

@@ -119,7 +119,7 @@ class Options:
 
     def __post_init__(self):
         where = type(self).__name__
-        for name, (base, optional, _, spec) in specs(type(self)).items():
+        for name, (base, optional, _, spec) in _specs(type(self)).items():  # read only: no copy
             value = check_value(name, getattr(self, name), base, optional, spec, where)
             object.__setattr__(self, name, value)
         self.check()
@@ -131,7 +131,7 @@ class Options:
         """Constraints between these options and the run's shared settings (``run``, a RunConfig)."""
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in specs(type(self))}
+        return {name: getattr(self, name) for name in _specs(type(self))}
 
     @classmethod
     def defaults(cls) -> dict:

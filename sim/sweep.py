@@ -195,9 +195,11 @@ def load_sweep(path: str | Path, max_points: int = MAX_POINTS) -> Sweep:
         _check_keys(settings, f"{p} [[points]] #{i + 1}")
         combos.append(({"point": _zipped_name(table)}, settings))
     points, seen = [], set()
+    options_memo: dict = {}  # the points' distinct system options, each checked once
     for shown, settings in combos:
         desc = ", ".join(f"{k}={v}" for k, v in shown.items()) or "base"
-        cfg = from_mapping(resolve_paths({**base, **settings}, base_dir), where=f"{p}: point ({desc})")
+        cfg = from_mapping(resolve_paths({**base, **settings}, base_dir), where=f"{p}: point ({desc})",
+                           options_memo=options_memo)
         key = config_key(cfg)
         if key not in seen:
             seen.add(key)
