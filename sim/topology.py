@@ -104,9 +104,10 @@ class Topology:
         """Node -> {memory, mem_bw_bytes_per_s, flops_per_s} for every node that computes."""
         return {n: d for n, d in self.graph.nodes(data=True) if "flops_per_s" in d}
 
-    @property
-    def links(self) -> list[Link]:
-        return sorted({d["link"] for _, _, d in self.graph.edges(data=True)}, key=lambda link: link.name)
+    @cached_property
+    def links(self) -> tuple[Link, ...]:
+        """Every link, by name (the graph is built once, in ``__init__``; an analytic sweep asks per point)."""
+        return tuple(sorted({d["link"] for _, _, d in self.graph.edges(data=True)}, key=lambda link: link.name))
 
     @property
     def resources(self) -> list[str]:
