@@ -3,6 +3,7 @@
 Run: python3 benchmarks/bench_analytic_sweep.py [--steps 1] [--jobs 1 2] [--check-sample 20] [--hardware a100 h100]
                                                 [--mode full table]
      python3 benchmarks/bench_analytic_sweep.py --write-grid grid.toml   (then time the CLI on it)
+     python3 benchmarks/bench_analytic_sweep.py --per-system   (ms per point of each system, Results and rows)
 
 The grid: 16 system variants (gpu; offload sync, prefetch, CPU attention; pim and aqpim at 32, 64, 160 and 256
 channels; pim with capacity_policy limit and with INT4) x 8 batch sizes (1-128) x 8 contexts (1K-128K) x the
@@ -58,6 +59,39 @@ def cpu_s() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def per_system() -> None:
+    """CPU ms per point, one evaluator per system and mode (its system built before the clock starts), the
+    median of three runs."""
+    from sim.analytic_sweep import Evaluator
+    from sim.config import make_config
+    from sim.errors import INPUT_ERRORS
+
+    batches, contexts = (2, 4, 8, 16, 24, 32, 64, 128), (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    print("| system | 1 decode step, Result | 1 decode step, row | 8 decode steps, Result | 8 decode steps, row |")
+    print("|---|---|---|---|---|")
+    for system in ("gpu", "offload", "pim", "aqpim"):
+        cells = []
+        for steps in (1, 8):
+            cfgs = [make_config(model="llama-3.1-8b", system=system, batch=b, context=c, steps=steps)
+                    for b in batches for c in contexts]
+            for mode in ("full", "table"):
+                times = []
+                for _ in range(3):  # the median of three: single timings this small move by a third here
+                    ev = Evaluator()
+                    ev.setup(cfgs[0])
+                    evaluate = ev.point_dict if mode == "full" else ev.row
+                    t0 = time.process_time()
+                    for cfg in cfgs:
+                        try:
+                            evaluate(cfg)
+                        except INPUT_ERRORS:
+                            pass
+                    times.append((time.process_time() - t0) / len(cfgs))
+                cells.append(f"{1e3 * sorted(times)[1]:.2f} ms")
+        print(f"| {system} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1)
@@ -65,9 +99,15 @@ def main() -> None:
     ap.add_argument("--check-sample", type=int, default=20)
     ap.add_argument("--hardware", nargs="+", default=["a100", "h100"])
     ap.add_argument("--mode", nargs="+", choices=("full", "table"), default=["full", "table"])
+    ap.add_argument("--per-system", action="store_true",
+                    help="instead: CPU ms per point of each system at its defaults (64 points, 1 and 8 decode "
+                         "steps), whole Results against table rows (the table in docs/metrics.md)")
     ap.add_argument("--write-grid", metavar="FILE", help="write the grid's sweep file and exit (to time the CLI: "
                     "aqpim-sim sweep FILE --analytic --jobs 2 --check-sample 50)")
     args = ap.parse_args()
+    if args.per_system:
+        per_system()
+        return
     if args.write_grid:
         Path(args.write_grid).write_text(sweep_text(args.steps, args.hardware))
         return
