@@ -13,6 +13,10 @@ a ``Result`` with ``sim.stats.StepStats``, as the driver in ``sim.run`` does; th
 What needs the engine is refused with one line naming the reason (``unsupported_reason``): a trace file, or
 Poisson arrivals (``arrival_rate_per_s > 0``), whose admission depends on simulated time.
 
+A table (``sweep --analytic --table``, ``Evaluator.row``) keeps ``TABLE_FIELDS`` of each point instead of its
+Result, for sweeps of millions of points: the same values, without request statistics, capacity details
+(``System.fit``) or the batcher (a fixed batch's steps from ``workloads.traces.fixed_waves``).
+
 Fields of the Result:
 
 * exact from the closed form (exact points; bounds at bound points: ``analytic_exact`` says which): step latency
