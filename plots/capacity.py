@@ -32,7 +32,8 @@ def plot_capacity(jsonl: str | Path, out: str | Path, x: str = "context", y: str
     cells: dict[tuple, dict[str, dict]] = {}
     levels: dict[str, str] = {}  # line label -> its `by` level
     for r in rows:
-        yv = dict(r.rest).get(y, r.result["config"].get(y) if y in r.result["config"] else r.result.get(y))
+        config = r.result.get("config", {})  # a table row has none: its settings are top-level fields
+        yv = dict(r.rest).get(y, config[y] if y in config else r.result.get(y))
         if yv is None:
             raise ResultsError(f"{jsonl}: '{y}' is neither a factor of this sweep nor a run setting")
         level = r.series + "".join(f", {k}={v}" for k, v in r.rest if k != y)

@@ -39,29 +39,33 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(LOWER_IS_BETTER_SUFFIXES) and not metric.endswith("_per_s")
 
 
-def _value(rec: dict, name: str):
+def _value(rec: dict, res: dict, name: str):
     if name in rec.get("factors", {}):
         return rec["factors"][name]
-    res = rec["result"]
     return res["config"][name] if name in res.get("config", {}) else res.get(name)
 
 
 def sweep_rows(jsonl: str | Path, x: str, by: str | None) -> tuple[list[Row], str]:
-    """The successful records of a sweep as rows; ``by`` defaults to the variant/system factor."""
+    """The successful records of a sweep as rows (a Result, or a closed-form table's row of headline fields,
+    named as the Result's); ``by`` defaults to the variant/system factor."""
     rows = []
     for number, _, _, rec in scan_records(jsonl):
-        if "result" not in rec:
+        res = rec.get("result")
+        if res is not None:
+            check_result(res, f"{jsonl}: line {number}")
+        elif isinstance(rec.get("row"), dict):  # sweep --analytic --table
+            res = rec["row"]
+        else:
             continue
-        check_result(rec["result"], f"{jsonl}: line {number}")
         factors = rec.get("factors", {})
         if by is None:
             by = next((f for f in SERIES_FACTORS if f in factors and f != x), None) or "system"
         for name in (x, by):
-            if _value(rec, name) is None:
+            if _value(rec, res, name) is None:
                 raise ResultsError(f"{jsonl}: '{name}' is neither a factor of this sweep nor a run setting; "
                                    f"factors: {', '.join(factors)}")
         rest = tuple((k, v) for k, v in factors.items() if k not in (x, by))
-        rows.append(Row(rec.get("index", len(rows)), _value(rec, x), str(_value(rec, by)), rest, rec["result"]))
+        rows.append(Row(rec.get("index", len(rows)), _value(rec, res, x), str(_value(rec, res, by)), rest, res))
     rows.sort(key=lambda r: r.index)
     return rows, by or "system"
 

@@ -401,11 +401,15 @@ def load_results(path: str | Path) -> list[tuple[str, Result]]:
     """
     p = Path(path)
     if p.suffix == ".jsonl":
-        recs = []
+        recs, rows = [], 0
         for number, _, _, rec in scan_records(p):
             if "result" in rec:
                 check_result(rec["result"], f"{p}: line {number}")
                 recs.append(rec)
+            rows += "row" in rec
+        if rows and not recs:
+            raise ResultsError(f"{p}: holds closed-form table rows (sweep --analytic --table), not Results: read "
+                               f"its results.csv, or run the sweep without --table for whole Results")
         recs.sort(key=lambda r: r.get("index", 0))
         return [(", ".join(str(v) for v in r.get("factors", {}).values()) or r["key"][:8],
                  Result.from_dict(r["result"])) for r in recs]

@@ -248,3 +248,11 @@ def test_cli_table_resume_check_and_folders(tmp_path, tiny, capsys):
     assert "is an analytic Result of this sweep; --analytic --table writes" in capsys.readouterr().err
     assert main(["sweep", f, "--table", "--out", str(tmp_path / "x")]) == 2
     assert "--table applies only with --analytic" in capsys.readouterr().err
+    # the sweep and capacity figures read a table's rows as they read Results; a command that needs whole
+    # Results says what the file holds
+    for kind in ("sweep", "capacity"):
+        assert main(["plot", kind, str(out / RESULTS_JSONL), "--out", str(tmp_path / f"{kind}.png")]) == 0
+        assert (tmp_path / f"{kind}.png").stat().st_size > 0
+    from sim.results import ResultsError, load_results
+    with pytest.raises(ResultsError, match="closed-form table rows"):
+        load_results(out / RESULTS_JSONL)
