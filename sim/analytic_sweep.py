@@ -34,8 +34,11 @@ elsewhere gets latencies and capacity, and its energy is omitted.
 
 Speed: a ``Evaluator`` loads each model and machine once, builds each system once per (system, model, hardware,
 options) on a ``PlanMachine`` (the parameters and topology the plans read, no SimPy environment), and memoises a
-step's closed form per distinct batch shape (the sequences' attended tokens), across the steps and points it
-evaluates. Systems whose plans keep state (the PIM baseline's power-throttle high-water mark) are reset per point.
+step's closed form per distinct batch shape (the sequences' attended tokens) within a point. Systems whose plans
+keep state (the PIM baseline's power-throttle high-water mark) are reset per point, and so are the memos that
+could change a point's last digits (step closed forms and PIM row costs, ``Evaluator._start_point``): a point's
+numbers are its own, whatever other points the evaluator saw, in whatever order, and so the same bytes whatever
+``--jobs`` or a resume.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ TABLE_FIELDS = ("system", "model", "hardware", "batch", "context", "steps", "mea
                 "step_latency_max_s", "peak_batch", "peak_kv_tokens", "analytic_exact", "fits", "fit_reasons",
                 "kv_bytes", "kv_location", "energy_per_token_j", "energy_static_per_token_j",
                 "energy_dynamic_per_token_j", "mean_power_w")
-MEMO_LIMIT = 200_000  # step closed forms kept per evaluator (a few hundred bytes each, more with PIM channels)
+MEMO_LIMIT = 200_000  # step closed forms kept per point (a few hundred bytes each, more with PIM channels)
 
 
 def unsupported_reason(cfg: RunConfig) -> str | None:
@@ -184,7 +187,6 @@ class Evaluator:
         self.topologies: dict = {}
         self.setups: dict = {}
         self.memo_limit = memo_limit
-        self.memo_size = 0
         self.names: dict = {}
         self.option_defaults: dict = {}
         self.static: dict = {}
@@ -213,10 +215,19 @@ class Evaluator:
         cost = s.memo.get(key)
         if cost is None:
             cost = self._evaluate(s, batch)
-            if self.memo_size < self.memo_limit:
+            if len(s.memo) < self.memo_limit:
                 s.memo[key] = cost
-                self.memo_size += 1
         return cost
+
+    def _start_point(self, s: _Setup) -> None:
+        """Memos that make a point's last digits depend on the points before it start afresh: the step closed
+        forms (a PIM step's may have been interpolated from rows of other points) and the PIM systems' row
+        costs. What a point shares with others is only what it cannot change: the system, its plan caches per
+        batch size, models and machines. (Within a point, repeated shapes, such as the waves of a fixed batch
+        larger than max_batch, still hit the step memo.)"""
+        s.memo.clear()
+        if isinstance(s.system, PimSystem):
+            s.system.forget_rows()
 
     def _evaluate(self, s: _Setup, batch: StepBatch) -> StepCost:
         system = s.system
@@ -258,6 +269,7 @@ class Evaluator:
         ``workloads.traces.fixed_waves`` instead of the batcher (the same steps, property-tested)."""
         check_supported(cfg)
         s = self.setup(cfg)
+        self._start_point(s)
         model, topology = s.model, s.topology
         reqs, warnings = build_requests(cfg, np.random.default_rng(cfg.seed)) if requests or cfg.uses_requests \
             else (None, [])

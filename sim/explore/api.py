@@ -406,8 +406,9 @@ def accuracy_of(r: Result) -> str:
 
 
 class Engine:
-    """Closed forms through one shared ``Evaluator`` (its caches make a control change cheap); the evaluator is
-    not thread-safe, so it is used under a lock, and replaced when its caches grow (memory stays flat)."""
+    """Closed forms through one shared ``Evaluator`` (its systems, models and machines stay loaded between
+    requests, so a control change costs only its plans); the evaluator is not thread-safe, so it is used under a
+    lock, and replaced when it holds too many systems (memory stays flat; its step memo is per point)."""
 
     MAX_SETUPS = 64
     MEMO = 20_000
@@ -419,7 +420,7 @@ class Engine:
     def estimate(self, cfg: RunConfig) -> Result:
         with self.lock:
             ev = self.evaluator
-            if len(ev.setups) > self.MAX_SETUPS or ev.memo_size >= self.MEMO:
+            if len(ev.setups) > self.MAX_SETUPS:
                 ev = self.evaluator = Evaluator(memo_limit=self.MEMO)
             return estimate_point(cfg, ev)
 

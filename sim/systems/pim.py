@@ -534,6 +534,12 @@ class PimSystem(System):
         free = self.dev.capacity_bytes - self.pim_fixed_bytes(n_pairs, n_seqs)
         return max(0.0, free) / self.pim_bytes_per_token()
 
+    def forget_rows(self) -> None:
+        """Start the per-row cost memo afresh, as a new system would: a row interpolated in a cell that earlier
+        steps built can differ in its last digits from one evaluated alone, so the closed-form evaluator, which
+        keeps one system for many points, calls this per point to make each point's numbers its own."""
+        self._row_memo = RowCosts()
+
     def placement(self, batch: StepBatch) -> Placement:
         key = batch.kept.tobytes()  # the last one kept: a step's plan and its capacity report place one batch
         if self._placed is None or self._placed[0] != key:
