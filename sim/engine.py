@@ -112,10 +112,22 @@ class Occupancy:
         self.ends_s = [start_s, start_s, start_s]
 
     def _window(self, width_s: float) -> tuple[float, float, float]:
-        """(compute, exposed comm, exposed link) in [now, now + width)."""
+        """(compute, exposed comm, exposed link) in [now, now + width): min(max(0, end - now), width) per
+        category, written out as the comparisons ``max`` and ``min`` make (the same floats, signed zeros too),
+        since every mark of a replayed stretch asks for it."""
         now = self.now_s
-        c, m, lk = (min(max(0.0, e - now), width_s) for e in self.ends_s)
-        return c, max(0.0, m - c), max(0.0, lk - max(c, m))
+        ec, em, el = self.ends_s
+        c, m, lk = ec - now, em - now, el - now
+        c = c if c > 0.0 else 0.0
+        c = width_s if width_s < c else c
+        m = m if m > 0.0 else 0.0
+        m = width_s if width_s < m else m
+        lk = lk if lk > 0.0 else 0.0
+        lk = width_s if width_s < lk else lk
+        exposed = m - c
+        busy = m if m > c else c
+        link = lk - busy
+        return c, (exposed if exposed > 0.0 else 0.0), (link if link > 0.0 else 0.0)
 
     def totals(self) -> tuple[float, float, float]:
         """(compute, exposed comm, exposed link) over everything added so far (the open window included)."""
@@ -228,8 +240,12 @@ class Tracer:
             totals_now = {c: self.totals[c] for c in comps}
             kinds_now = {k: self.kind_busy_s[k] for k in kinds if k in self.kind_busy_s}
             energy_now = {c: self.energy_only_j[c] for c in energy if c in self.energy_only_j}
-        totals = tuple((c, tuple(a - b for a, b in zip(t, mark.totals.get(c, zero), strict=True)))
-                       for c, t in totals_now.items() if tuple(t) != mark.totals.get(c, zero))
+        totals = []
+        for c, t in totals_now.items():
+            b = mark.totals.get(c, zero)
+            if tuple(t) != b:
+                totals.append((c, (t[0] - b[0], t[1] - b[1], t[2] - b[2], t[3] - b[3], t[4] - b[4])))
+        totals = tuple(totals)
         kinds = tuple((k, v - mark.kind_busy_s.get(k, 0.0)) for k, v in kinds_now.items()
                       if v != mark.kind_busy_s.get(k, 0.0))
         energy = tuple((c, v - mark.energy_only_j.get(c, 0.0)) for c, v in energy_now.items()

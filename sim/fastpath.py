@@ -94,6 +94,7 @@ class Stepper:
         self.cache: OrderedDict = OrderedDict()
         self.hits = self.misses = 0
         self.prefill_plans = GrowingMemo()
+        self.periodic: dict = {}  # periodic_runs' cuts per pattern of prefill and decode holds
 
     @property
     def size(self) -> int:
@@ -219,7 +220,7 @@ class Stepper:
         chain_end = self.machine.chain_end
         prefill_end = t
         done = 0
-        for block, reps in periodic_runs(pairs):
+        for block, reps in periodic_runs(pairs, self.periodic):
             done += len(block) * reps
             last = done == len(prefill)  # the run that ends with the prefill's last hold, which ends the prefill
             t = self.chain_runs(tuple(h for pair in block for h in pair if h is not None), reps - last, t)
@@ -392,12 +393,31 @@ class Stepper:
 MAX_PERIOD = 8  # the longest block of holds looked for as a repeating unit (a decode layer's GPU holds)
 
 
-def periodic_runs(items: list) -> list[tuple[list, int]]:
+def periodic_runs(items: list, memo: dict | None = None) -> list[tuple[list, int]]:
     """``items`` cut into (block, repetitions): at each position the block of at most ``MAX_PERIOD`` items whose
     back-to-back repetitions (items equal by identity) cover the most, else one item once. A prefill layer beside
-    a decode layer of k GPU holds repeats with period k."""
-    runs, i, n = [], 0, len(items)
+    a decode layer of k GPU holds repeats with period k. ``memo``: a dict that keeps the cut per pattern of
+    equal items (which is all the cut depends on; prefill steps repeat a few patterns)."""
     keys = [tuple(map(id, item)) for item in items]  # identity, compared a block at a time
+    shape = None
+    if memo is not None:
+        first: dict = {}
+        shape = tuple(first.setdefault(k, len(first)) for k in keys)
+        cut = memo.get(shape)
+        if cut is not None:
+            return [(items[i:i + p], reps) for i, p, reps in cut]
+    cut = _periodic_cut(keys)
+    if memo is not None and len(memo) < PERIODIC_MEMO:
+        memo[shape] = cut
+    return [(items[i:i + p], reps) for i, p, reps in cut]
+
+
+PERIODIC_MEMO = 256  # patterns kept (a run's prefill steps have a few: their chunk counts and batch changes)
+
+
+def _periodic_cut(keys: list) -> list[tuple[int, int, int]]:
+    """``periodic_runs`` on the items' keys: (start, block length, repetitions) per run."""
+    runs, i, n = [], 0, len(keys)
     while i < n:
         best_p, best_reps = 1, 1
         for p in range(1, MAX_PERIOD + 1):
@@ -408,7 +428,7 @@ def periodic_runs(items: list) -> list[tuple[list, int]]:
                 reps += 1
             if reps > 1 and reps * p > best_p * best_reps:
                 best_p, best_reps = p, reps
-        runs.append((items[i:i + best_p], best_reps))
+        runs.append((i, best_p, best_reps))
         i += best_p * best_reps
     return runs
 

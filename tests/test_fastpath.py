@@ -223,6 +223,13 @@ def test_periodic_runs_cover_the_items_in_order(pairs):
     flat = [x for block, reps in runs for _ in range(reps) for x in block]
     assert len(flat) == len(items) and all(a[0] is b[0] and a[1] is b[1] for a, b in zip(flat, items, strict=True))
     assert all(1 <= len(block) <= MAX_PERIOD and reps >= 1 for block, reps in runs)
+    # kept per pattern of equal items: the same cut for other objects in the same pattern
+    memo: dict = {}
+    others = [object(), object(), object()]
+    again = [tuple(None if x is None else others[x] for x in pair) for pair in pairs]
+    for got, want in ((periodic_runs(items, memo), runs), (periodic_runs(again, memo), periodic_runs(again))):
+        assert [(len(b), r) for b, r in got] == [(len(b), r) for b, r in want]
+        assert [x for b, _ in got for x in b] == [x for b, _ in want for x in b]
 
 
 @pytest.mark.parametrize("options", [{"system": "pim", "channels": 16}, {"system": "aqpim", "channels": 16},
