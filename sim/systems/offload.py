@@ -406,7 +406,7 @@ class OffloadSystem(System):
         batch) of the new K/V goes to host DRAM over PCIe device-to-host, and the streamed share of the layer's
         weights comes first host-to-device, as in a decode step."""
         base = super().prefill_plan(chunks, resident)
-        pl = self._resident.get_or(self.plan_key(resident), lambda: self.plan(resident).placement)
+        pl = self._resident_placement(resident)
         new_kv = sum(c.new for c in chunks) * self.model.kv_bytes_per_token_per_layer
         return PrefillPlan(base.layer, base.head, base.tokens, store_bytes=(1.0 - pl.kv_fraction) * new_kv,
                            store_src=GPU, store_dst=HOST_DRAM,
@@ -414,8 +414,13 @@ class OffloadSystem(System):
                            fetch_src=HOST_DRAM)
 
     def prefill_key(self, chunks, resident: StepBatch):
-        """The placement of ``resident`` (its plan_key) decides the stores and weight fetches."""
-        return super().prefill_key(chunks, resident), self.plan_key(resident)
+        """Of ``resident``, its placement's two fractions decide the stores and weight fetches: they are the key
+        (not the batch, which is new every step while the fractions rarely change)."""
+        pl = self._resident_placement(resident)
+        return super().prefill_key(chunks, resident), pl.kv_fraction, pl.weights_fraction
+
+    def _resident_placement(self, resident: StepBatch):
+        return self._resident.get_or(self.plan_key(resident), lambda: self.plan(resident).placement)
 
     def prefill_energy(self, plan: PrefillPlan) -> None:
         """Host DRAM reads and writes behind the weight fetches and the K/V stores."""
