@@ -50,23 +50,6 @@ class ChannelBank:
         is monotone, so the last to finish ends at ``now + longest_s`` exactly."""
         return now + longest_s
 
-    def hold_idle(self, now: float, longest_s: float) -> float:
-        """``issue(record=False)`` of a phase on every channel, all free by ``now``, whose longest channel work is
-        ``longest_s``, leaving the channels' next-free and busy times to ``settle``: the bank's hold alone, from
-        ``now`` to the end ``issue`` would return (``idle_end_s``)."""
-        done = self.idle_end_s(now, longest_s)
-        self.tracer.occupy(self.name, now, done)
-        return done
-
-    def settle(self, duration_s, times: int, last_start_s: float | None = None) -> None:
-        """The channels' state after ``times`` phases of ``duration_s`` given to ``hold_idle``: their busy time,
-        and, if the latest phase issued to the bank was one of them, starting at ``last_start_s``, their next-free
-        times (every channel was free at its start)."""
-        dur = np.broadcast_to(np.asarray(duration_s, dtype=float), self.busy_s.shape)
-        self.busy_s += times * dur
-        if last_start_s is not None:
-            self.free_at_s[:] = last_start_s + dur
-
     def issue(self, now: float, kind: str, duration_s, nbytes: float = 0.0, flops: float = 0.0,
               energy_j: float = 0.0, channels: np.ndarray | None = None, parts=(), record: bool = True) -> float:
         """``run``'s bookkeeping at clock ``now`` (channels' next-free and busy times, spans): returns the moment

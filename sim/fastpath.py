@@ -136,25 +136,13 @@ class Stepper:
             if d is None and count == 1 and not e.reused:
                 # run once in this step: its delta would serve only a later use of the entry, and most entries
                 # (a serving run's growing contexts) are never used again; measure it from the entry's reuse on
-                if chain is not None:
-                    t = self.machine.chain_end(chain, t)
-                else:
-                    if t > env.now:
-                        yield env.timeout(t - env.now)
-                    yield env.process(segment())
-                    t = env.now
+                t = yield from self._once(segment, chain, t)
                 continue
             if d is None or d.binade != binade(t):
                 mark = self.tracer.mark(self.machine.chain_scope(chain) if chain is not None else None)
                 busy = bank.busy_s.copy() if bank is not None else None
                 t0 = t
-                if chain is not None:  # the same records and clock as its events, without them
-                    t = self.machine.chain_end(chain, t)
-                else:
-                    if t > env.now:
-                        yield env.timeout(t - env.now)
-                    yield env.process(segment())
-                    t = env.now
+                t = yield from self._once(segment, chain, t)
                 same = binade(t0) == binade(t)
                 d = SegmentDelta(t - t0, self.tracer.delta_since(mark),
                                  bank.busy_s - busy if bank is not None else None, binade(t0) if same else None)
@@ -164,15 +152,8 @@ class Stepper:
             if count <= 0:
                 continue
             if binade(t + count * d.duration_s) != d.binade:  # the runs would reach a coarser clock: simulate them
-                if chain is not None:
-                    for _ in range(count):
-                        t = self.machine.chain_end(chain, t)
-                    continue
-                if t > env.now:
-                    yield env.timeout(t - env.now)
                 for _ in range(count):
-                    yield env.process(segment())
-                t = env.now
+                    t = yield from self._once(segment, chain, t)
                 continue
             # nothing is open now and nothing else runs until the step ends: the runs' totals go in at once
             self.tracer.replay(d.tracer, count, t)
@@ -181,6 +162,18 @@ class Stepper:
             t += count * d.duration_s
         if t > env.now:
             yield env.timeout(t - env.now)
+
+    def _once(self, segment, chain, t: float):
+        """Generator: one run of a segment from clock ``t``, walked without events when it is a plain chain (the
+        same records and clock as its events), else simulated once the clock reaches ``t``; returns the clock at
+        its end."""
+        if chain is not None:
+            return self.machine.chain_end(chain, t)
+        env = self.env
+        if t > env.now:
+            yield env.timeout(t - env.now)
+        yield env.process(segment())
+        return env.now
 
     def prefill_plan(self, chunks, resident: StepBatch):
         """``System.prefill_plan``, kept per ``System.prefill_key`` (chunked prefill repeats the same chunk
@@ -259,7 +252,6 @@ class Stepper:
         # Per distinct decode hold (layers repeat them): the resource it asks for (None: a PIM phase) and its
         # duration (a PIM phase: its longest channel work).
         held: dict[int, tuple] = {}
-        longest_s: dict[int, float] = {}
         for h in decode:
             if id(h) in held:
                 continue
@@ -274,18 +266,17 @@ class Stepper:
                 held[id(h)] = (route.resources[0], route.time_s(h[2], True))
             else:
                 d = h[0].durations_s
-                longest_s[id(h)] = float(np.max(d)) if np.size(d) else 0.0
-                held[id(h)] = (None, longest_s[id(h)])
+                held[id(h)] = (None, float(np.max(d)) if np.size(d) else 0.0)
         d_held = [held[id(h)] for h in decode]
         t0 = self.env.now
         if m.pim is not None and float(m.pim.free_at_s.max(initial=t0)) > t0:
             return None
         n_layers = self.system.model.n_layers
         p_holds = [(gpu, pplan.layer)] * n_layers + ([(gpu, pplan.head)] if pplan.head else [])
+        p_s = [hold_s(pplan.layer)] * n_layers + ([hold_s(pplan.head)] if pplan.head else [])
         store_hold = (pplan.store_src, pplan.store_dst, pplan.store_bytes, f"{PREFILL}.kv_store")
         store_res, store_s = (store_route.resources[0], store_route.time_s(pplan.store_bytes, True)) if stores \
             else (None, 0.0)
-        p_s = {id(h): hold_s(h[1]) for h in p_holds}
         queue: list = []
         made = itertools.count()
         heapq.heappush(queue, (t0, next(made), "p", 0))
@@ -308,7 +299,7 @@ class Stepper:
                 asked[res] = t
                 start = max(t, free_at.get(res, t))
             if who == "p":
-                fin = start + p_s[id(p_holds[i])]
+                fin = start + p_s[i]
                 records.append((start, len(records), p_holds[i]))
                 prefill_end = max(prefill_end, fin)
                 if stores and i < n_layers:
@@ -341,32 +332,20 @@ class Stepper:
         # Every layer repeats the same holds: each is recorded in full once, and its later occurrences only hold
         # their resources (the occupancy and the channels' state, in start order as before) while their records
         # are added as that first one's totals, which are the same within one binade of the clock (as replay).
-        # A PIM phase's later occurrences (on idle channels, as above) hold the bank alone; the channels' busy and
-        # next-free times are settled at the end.
         tracer = self.tracer
-        firsts: dict[int, list] = {}  # id(hold) -> [its totals, later occurrences, the hold]
-        last_pim = None  # (start, phase) of the latest PIM phase, when it is a later occurrence
+        firsts: dict[int, list] = {}  # id(hold) -> [its totals, later occurrences]
         for start, _, hold in records:
             f = firsts.get(id(hold))
             if f is None:
                 mark = tracer.mark(m.chain_scope((hold,)))
                 m.chain_end((hold,), start)
-                firsts[id(hold)] = [tracer.delta_since(mark), 0, hold]
-                if len(hold) == 1:
-                    last_pim = None
-            elif len(hold) == 1:
-                m.pim.hold_idle(start, longest_s[id(hold)])
-                f[1] += 1
-                last_pim = (start, hold[0])
+                firsts[id(hold)] = [tracer.delta_since(mark), 0]
             else:
                 m.chain_end((hold,), start, record=False)
                 f[1] += 1
-        for delta, times, hold in firsts.values():
+        for delta, times in firsts.values():
             if times:
                 tracer.add(delta, times)
-                if len(hold) == 1:
-                    last = last_pim is not None and last_pim[1] is hold[0]
-                    m.pim.settle(hold[0].durations_s, times, last_pim[0] if last else None)
         return prefill_end, step_end
 
     def chain_runs(self, holds: tuple, count: int, t: float) -> float:

@@ -75,11 +75,10 @@ def test_idle_end_s_is_what_issue_returns_on_idle_channels(schedule):
 
 
 @given(phases, st.lists(st.integers(0, 2), min_size=12, max_size=12))
-def test_hold_idle_and_settle_are_issue_without_records(schedule, which):
-    """Phases on idle channels given to ``hold_idle`` (the bank's hold) and then ``settle`` (the channels' busy
-    and next-free times) leave the bank and the tracer's occupancy as ``issue`` does; what they leave out is the
-    spans' totals, which the caller adds (``Tracer.add``). Phases repeat (``which`` picks one of three), as a
-    step's layers repeat their phase."""
+def test_issue_without_records_changes_the_bank_as_issue_does(schedule, which):
+    """``issue(record=False)`` (a phase repeated in a later layer, whose spans' totals the caller adds with
+    ``Tracer.add``) leaves the channels' next-free and busy times and the tracer's occupancy as ``issue`` does,
+    returns the same end, and records no span. Phases repeat (``which`` picks one of three), as layers do."""
     pool = [np.asarray(d, dtype=float) for _, d in schedule[:3]]
 
     def make():
@@ -88,20 +87,16 @@ def test_hold_idle_and_settle_are_issue_without_records(schedule, which):
         return tracer, ChannelBank(simpy.Environment(), "pim", 4, tracer)
 
     (t_ref, ref), (t_new, new) = make(), make()
-    counts, last, now = [0] * len(pool), None, 0.0
+    now = 0.0
     for (at, _), k in zip(schedule, which, strict=False):
         k %= len(pool)
         now = max(now + at, float(ref.free_at_s.max()))  # every channel free by now
-        done = ref.issue(now, "phase", pool[k], record=False)
-        assert new.hold_idle(now, float(pool[k].max())) == done
-        counts[k] += 1
-        last = (now, k)
-    for k, d in enumerate(pool):
-        if counts[k]:
-            new.settle(d, counts[k], last[0] if last[1] == k else None)
+        done = ref.issue(now, "phase", pool[k])
+        assert new.issue(now, "phase", pool[k], record=False) == done
     assert np.allclose(new.busy_s, ref.busy_s, rtol=1e-12, atol=0)
     assert np.array_equal(new.free_at_s, ref.free_at_s)
     assert t_new.occupancy.totals() == t_ref.occupancy.totals()
+    assert t_new.totals["pim"][4] == 0 and t_new.kind_busy_s == {}
 
 
 def test_add_and_replay_split_a_delta():
