@@ -154,6 +154,7 @@ class _Setup:
     model: ModelSpec
     params: MachineParams
     topology: Topology
+    static_w: dict  # idle power per component (sim.run.static_power_w), for static energy
     memo: dict = field(default_factory=dict)
 
 
@@ -189,7 +190,6 @@ class Evaluator:
         self.memo_limit = memo_limit
         self.names: dict = {}
         self.option_defaults: dict = {}
-        self.static: dict = {}
 
     def setup(self, cfg: RunConfig) -> _Setup:
         key = (cfg.system, cfg.model, cfg.hardware, cfg.tp, cfg.options)
@@ -204,7 +204,7 @@ class Evaluator:
             tkey = (cfg.hardware, cfg.tp, devices.pim)
             topology = self.topologies.get(tkey) or self.topologies.setdefault(tkey, Topology(params, devices.pim))
             system = cls(PlanMachine(topology), model, cfg.options)
-            s = self.setups[key] = _Setup(system, model, params, topology)
+            s = self.setups[key] = _Setup(system, model, params, topology, static_power_w(topology))
             system.plan = _LastPlan(system.plan)  # this instance only: capacity() re-plans the peak step
         return s
 
@@ -340,15 +340,9 @@ class Evaluator:
         tokens, decode_s, steps = stats.tokens, stats.latency_sum_s, stats.steps
         exact = stats.analytic_exact
         omitted = list(OMITTED)
-        if energy is not None and exact:
-            energy_fields = _energy_fields(energy, static_power_w(topology), wall_s, tokens, params.ranks)
-        else:  # static energy needs the wall time, which a bound only bounds; dynamic energy does not
+        energy_fields = _point_energy(w, exact)
+        if energy is None or not exact:
             omitted.append("energy" if energy is None else "energy_static")
-            dynamic = {k: params.ranks * v for k, v in sorted(energy.items())} if energy is not None else {}
-            energy_fields = {"energy_j": {}, "energy_per_token_j": 0.0, "energy_static_j": {},
-                             "energy_dynamic_j": dynamic, "energy_static_per_token_j": 0.0,
-                             "energy_dynamic_per_token_j": sum(dynamic.values()) / tokens if tokens else 0.0,
-                             "mean_power_w": 0.0}
         links = {link.name: 0.0 for link in topology.links if link.resource}
         if energy is not None:
             links.update({k: v for k, v in link_bytes.items() if k in links})
@@ -394,12 +388,7 @@ class Evaluator:
         exact = stats.analytic_exact
         cap = s.system.fit(float((peak.kv_tokens + peak.n_seqs) * s.model.kv_bytes_per_token), peak) \
             if peak is not None else None
-        if w.energy is not None and exact:
-            e = _energy_fields(w.energy, self.static_w(s), wall_s, tokens, s.params.ranks)
-        else:
-            dynamic = {k: s.params.ranks * v for k, v in sorted(w.energy.items())} if w.energy is not None else {}
-            e = {"energy_per_token_j": 0.0, "energy_static_per_token_j": 0.0, "mean_power_w": 0.0,
-                 "energy_dynamic_per_token_j": sum(dynamic.values()) / tokens if tokens else 0.0}
+        e = _point_energy(w, exact)
         out = dict(
             system=cfg.system, model=s.model.name, hardware=s.params.name, batch=cfg.effective_max_batch,
             context=w.prompt_tokens, steps=steps,
@@ -417,12 +406,6 @@ class Evaluator:
             _check_finite(out, cfg)
         return out
 
-    def static_w(self, s: _Setup) -> dict:
-        w = self.static.get(id(s.topology))
-        if w is None:
-            w = self.static[id(s.topology)] = static_power_w(s.topology)
-        return w
-
 
 def _check_finite(out: dict, cfg: RunConfig | None = None) -> None:
     bad = _non_finite(out, "result")
@@ -435,6 +418,19 @@ def estimate_point(cfg: RunConfig, evaluator: Evaluator | None = None) -> Result
     """One configuration's Result from the closed forms (``Evaluator.point``); pass an ``evaluator`` to share its
     caches over many calls."""
     return (evaluator or Evaluator()).point(cfg)
+
+
+def _point_energy(w: _Walked, exact: bool) -> dict:
+    """The Result's energy fields of a point's steps: ``_energy_fields`` at an exact point; at a bound point (or
+    for a system whose energy is not derivable) the dynamic energy alone, since static energy needs the wall
+    time, which a bound only bounds."""
+    s, tokens = w.setup, w.stats.tokens
+    if w.energy is not None and exact:
+        return _energy_fields(w.energy, s.static_w, w.stats.latency_sum_s, tokens, s.params.ranks)
+    dynamic = {k: s.params.ranks * v for k, v in sorted(w.energy.items())} if w.energy is not None else {}
+    return {"energy_j": {}, "energy_per_token_j": 0.0, "energy_static_j": {}, "energy_dynamic_j": dynamic,
+            "energy_static_per_token_j": 0.0,
+            "energy_dynamic_per_token_j": sum(dynamic.values()) / tokens if tokens else 0.0, "mean_power_w": 0.0}
 
 
 def _energy_fields(dynamic: dict, static_w: dict, wall_s: float, tokens: int, ranks: int = 1) -> dict:
