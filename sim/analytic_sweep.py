@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw_models.machine import MachineParams, load_machine
+from hw_models.pim import load_pim
 from sim.config import DEFAULT_STEPS, RunConfig
 from sim.errors import ConfigError
 from sim.options import specs
@@ -190,6 +191,15 @@ class Evaluator:
         self.memo_limit = memo_limit
         self.names: dict = {}
         self.option_defaults: dict = {}
+        self.pims: dict = {}
+
+    def load_pim(self, name: str):
+        """A PIM preset read once (``hw_models.pim.load_pim``; a sweep's variants name a few presets, each
+        with many channel counts)."""
+        pim = self.pims.get(name)
+        if pim is None:
+            pim = self.pims[name] = load_pim(name)
+        return pim
 
     def setup(self, cfg: RunConfig) -> _Setup:
         key = (cfg.system, cfg.model, cfg.hardware, cfg.tp, cfg.options)
@@ -200,7 +210,7 @@ class Evaluator:
                                                                                   load_machine(cfg.hardware))
             params, model = parallel_view(cfg, params, model)
             cls = SYSTEMS[cfg.system]
-            devices = cls.devices(cfg.options)
+            devices = cls.devices(cfg.options, load=self.load_pim)
             tkey = (cfg.hardware, cfg.tp, devices.pim)
             topology = self.topologies.get(tkey) or self.topologies.setdefault(tkey, Topology(params, devices.pim))
             system = cls(PlanMachine(topology), model, cfg.options)
@@ -570,16 +580,32 @@ def check_sweep(sweep) -> None:
         check_supported(pt.config, f"{sweep.path}: point {pt.index} ({_describe(pt)})")
 
 
-def _evaluate_chunk(items: list, ev: Evaluator | None = None, table: bool = False) -> bytes:
-    """Worker: the JSONL lines of a chunk of points (key, index, factors, config); ``ev``: an evaluator whose
-    caches the chunk may share (default: a fresh one); ``table``: each record's ``row`` (``Evaluator.row``)
-    instead of its ``result``."""
+_WORKER: dict = {}  # a pool worker's own state (``_worker_init``): its evaluator, kept for all its tasks
+
+
+def _worker_init(parent_pid: int, inherited: tuple) -> None:
+    """Start of a pool worker (``sim.sweep.worker_init``), with one evaluator for every chunk it is given: its
+    systems, models and machines are built once per worker, not once per chunk; a point's numbers do not depend
+    on the points evaluated before it (``Evaluator._start_point``)."""
+    from sim.sweep import worker_init
+
+    worker_init(parent_pid, inherited)
+    _WORKER["ev"] = Evaluator()
+
+
+def _evaluate_chunk(items: list, ev: Evaluator | None = None, table: bool = False) -> tuple[bytes, set[str]]:
+    """Worker: the JSONL lines of a chunk of points (key, index, factors, config), and the CSV columns of its
+    records (``sim.results.flat_row``'s keys); ``ev``: an evaluator whose caches the chunk may share (default:
+    the worker's, else a fresh one); ``table``: each record's ``row`` (``Evaluator.row``) instead of its
+    ``result``."""
     import json
 
     from sim.errors import INPUT_ERRORS
+    from sim.results import flat_row
 
-    ev = ev or Evaluator()
+    ev = ev or _WORKER.get("ev") or Evaluator()
     out = []
+    columns: set[str] = set()
     method = TABLE_METHOD if table else METHOD
     for key, index, factors, cfg in items:
         rec = {"key": key, "index": index, "factors": factors, "method": method}
@@ -596,7 +622,8 @@ def _evaluate_chunk(items: list, ev: Evaluator | None = None, table: bool = Fals
             _check_finite(rec["result"])
             raise
         out.append(line + "\n")
-    return "".join(out).encode("utf-8")
+        columns.update(flat_row(rec))
+    return "".join(out).encode("utf-8"), columns
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -655,7 +682,8 @@ def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = 
                        check_seed: int = 0, chunk: int = CHUNK, table: bool = False) -> AnalyticSummary:
     """Evaluate every point of ``sweep`` not yet in ``out_dir/results.jsonl`` in closed form (``method`` =
     ``analytic`` in each record), in chunks of ``chunk`` points or more over ``jobs`` processes; each chunk is
-    one fsynced append, so a kill loses at most the chunks in flight and a rerun resumes. The file ends in point
+    one fsynced append, in point order, so a kill loses at most the chunks in flight (or waiting for an earlier
+    one) and a rerun resumes. The file ends in point
     order and the CSV is rebuilt, as ``sim.sweep.run_sweep`` leaves them. ``check_sample``: then re-run that
     many points (chosen with ``check_seed``) through the simulation (``check_points``). ``table``: a row of
     headline numbers per point (``Evaluator.row``, ``method`` = ``analytic-table``) instead of a whole Result."""
@@ -699,36 +727,48 @@ def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = 
                   for i in range(0, len(todo), chunk)]
         used = min(jobs or 1, len(chunks))
         failed = 0
+        columns: set[str] = set()
         fd = os.open(jsonl, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             if used <= 1:
                 ev = Evaluator()
                 for items in chunks:
-                    data = _evaluate_chunk(items, ev, table)
+                    data, cols = _evaluate_chunk(items, ev, table)
                     failed += data.count(b'"error":')
+                    columns |= cols
                     _write_all(fd, data)
             elif chunks:
                 import multiprocessing
 
-                from sim.sweep import worker_init
-
                 inherited = tuple((f, os.fstat(f).st_dev, os.fstat(f).st_ino) for f in (lock.fd, fd))
                 ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
-                with cf.ProcessPoolExecutor(max_workers=used, mp_context=ctx, initializer=worker_init,
+                with cf.ProcessPoolExecutor(max_workers=used, mp_context=ctx, initializer=_worker_init,
                                             initargs=(os.getpid(), inherited)) as pool:
-                    pending = iter(chunks)
-                    in_flight = {pool.submit(_evaluate_chunk, c, None, table) for c in _take(pending, 2 * used)}
+                    # chunks are appended in point order (those done early wait, 2 per worker at most), so a
+                    # fresh folder's file needs no reordering
+                    pending = enumerate(chunks)
+                    in_flight = {pool.submit(_evaluate_chunk, c, None, table): i for i, c in _take(pending, 2 * used)}
+                    ready: dict[int, tuple[bytes, set[str]]] = {}
+                    written = 0
                     while in_flight:
-                        finished, in_flight = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
+                        finished, _ = cf.wait(in_flight, return_when=cf.FIRST_COMPLETED)
                         for fut in finished:
-                            data = fut.result()
+                            ready[in_flight.pop(fut)] = fut.result()
+                            in_flight.update({pool.submit(_evaluate_chunk, c, None, table): i
+                                              for i, c in _take(pending, 1)})
+                        while written in ready:
+                            data, cols = ready.pop(written)
                             failed += data.count(b'"error":')
+                            columns |= cols
                             _write_all(fd, data)
-                            in_flight |= {pool.submit(_evaluate_chunk, c, None, table) for c in _take(pending, 1)}
+                            written += 1
         finally:
             os.close(fd)
-        order_records(jsonl, {pt.key: pt.index for pt in sweep.points})
-        write_csv(jsonl, out / RESULTS_CSV, sweep.factor_names)
+        if done or repaired:  # records from an earlier run: put them in point order, columns from the file
+            order_records(jsonl, {pt.key: pt.index for pt in sweep.points})
+            write_csv(jsonl, out / RESULTS_CSV, sweep.factor_names)
+        else:  # this run wrote the whole file, in point order
+            write_csv(jsonl, out / RESULTS_CSV, sweep.factor_names, columns)
         wall = time.monotonic() - t0
         check = None
         if check_sample:

@@ -303,19 +303,23 @@ def csv_columns(present: Iterable[str], factor_names: Iterable[str] = ()) -> lis
     return head + scalars + rest
 
 
-def write_csv(jsonl: Path, out: Path, factor_names: Iterable[str] = ()) -> int:
+def write_csv(jsonl: Path, out: Path, factor_names: Iterable[str] = (), present: set[str] | None = None) -> int:
     """Rebuild the CSV from the JSONL, rows in file order (point order after ``order_records``), columns in
-    ``csv_columns`` order; two passes over the file, one row in memory at a time."""
-    present: set[str] = set()
-    for rec in iter_records(jsonl):
-        present.update(flat_row(rec))
+    ``csv_columns`` order; two passes over the file, one row in memory at a time. ``present``: the columns of
+    every row of the file (``flat_row``'s keys), when the caller collected them as the records were made: then
+    one pass."""
+    if present is None:
+        present = set()
+        for rec in iter_records(jsonl):
+            present.update(flat_row(rec))
     columns = csv_columns(present | {"index", "key"}, factor_names)
     rows = 0
     with open_atomic(out, newline="") as fo:
-        writer = csv.DictWriter(fo, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
+        writer = csv.writer(fo, lineterminator="\n")  # as csv.DictWriter writes, with restval ""
+        writer.writerow(columns)
         for rec in iter_records(jsonl):
-            writer.writerow(flat_row(rec))
+            row = flat_row(rec)
+            writer.writerow([row.get(c, "") for c in columns])
             rows += 1
     return rows
 

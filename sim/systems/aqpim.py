@@ -110,8 +110,8 @@ class AqpimSystem(PimSystem):
         return self.fmt
 
     @classmethod
-    def devices(cls, options: AqpimOptions, pim: pim_model.PimDeviceParams | None = None) -> Devices:
-        devices = super().devices(options, pim)
+    def devices(cls, options: AqpimOptions, pim: pim_model.PimDeviceParams | None = None, load=None) -> Devices:
+        devices = super().devices(options, pim, load)
         if options.lut_bytes is None:
             return devices
         return Devices(pim_model.with_aqpim_unit(devices.pim, lut_bytes=float(options.lut_bytes)),

@@ -200,8 +200,10 @@ class System:
         self.options = options
 
     @classmethod
-    def devices(cls, options: Options, pim: PimDeviceParams | None = None) -> Devices:
-        """The devices to build the machine with; ``pim`` replaces the PIM device the options name."""
+    def devices(cls, options: Options, pim: PimDeviceParams | None = None, load=None) -> Devices:
+        """The devices to build the machine with; ``pim`` replaces the PIM device the options name; ``load``: a
+        preset name -> ``PimDeviceParams`` to read it with (default ``hw_models.pim.load_pim``), for a caller that
+        keeps the presets it has read (the closed-form evaluator builds a system per variant)."""
         return Devices()
 
     # Plans (and their closed forms and replayed segments) kept by ``sim.fastpath.Stepper``, least recently used out.

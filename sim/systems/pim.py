@@ -498,9 +498,9 @@ class PimSystem(System):
         return self.options.fmt
 
     @classmethod
-    def devices(cls, options: PimDeviceOptions, pim: pim_model.PimDeviceParams | None = None) -> Devices:
+    def devices(cls, options: PimDeviceOptions, pim: pim_model.PimDeviceParams | None = None, load=None) -> Devices:
         if pim is None:
-            pim = pim_model.load_pim(options.pim)
+            pim = (load or pim_model.load_pim)(options.pim)
             if options.channels is not None:
                 pim = override(pim, channels=options.channels)
         return Devices(pim=pim, pim_trace_lanes=options.trace_channels)
