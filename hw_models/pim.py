@@ -185,11 +185,13 @@ class PimChannelParams:
                 raise HardwareError(f"{owner}: {self.banks} banks x units_per_bank {self.units_per_bank} = {units:g} "
                                     f"is not a whole number of units")
 
+    # Derived values below are read by the cost functions for every load row: computed once per instance (the
+    # parameters are frozen; functools.cached_property keeps them beside the fields, outside eq and hash).
     @property
     def banks(self) -> int:
         return self.ranks * self.banks_per_rank
 
-    @property
+    @functools.cached_property
     def units(self) -> int:
         """Processing units in the channel."""
         if self.processing_level == "bank":
@@ -202,13 +204,19 @@ class PimChannelParams:
     def banks_per_unit(self) -> float:
         return self.banks / self.units
 
-    @property
+    @functools.cached_property
     def peak_flops_per_s(self) -> float:
         return self.units * self.unit_flops_per_s
 
-    @property
+    @functools.cached_property
     def internal_bw_bytes_per_s(self) -> float:
         return internal_bw_bytes_per_s(self)
+
+    @functools.cached_property
+    def first_access_s(self) -> float:
+        """tRCD + tCL: the first data of a stream (``stream_time_s``)."""
+        t = self.timing
+        return (t.tRCD_cycles + t.tCL_cycles) * t.tCK_s
 
 
 @dataclass(frozen=True)
@@ -380,8 +388,7 @@ def stream_time_s(ch: PimChannelParams, nbytes: float) -> float:
         _check("stream_time_s", nbytes=nbytes)
     if nbytes == 0:
         return 0.0
-    t = ch.timing
-    return (t.tRCD_cycles + t.tCL_cycles) * t.tCK_s + nbytes / internal_bw_bytes_per_s(ch)
+    return ch.first_access_s + nbytes / ch.internal_bw_bytes_per_s
 
 
 def compute_time_s(ch: PimChannelParams, flops: float) -> float:

@@ -87,3 +87,18 @@ def test_cells_interpolate_and_roof_changes_are_caught():
     for t in (580.0, 600.0, 601.5, 607.0):
         _, got = costs.sums("kink", kinked, (t, 1.0, 0.0))
         assert got[0] == max(0.5 * t, t - 300.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3), st.integers(0, 2)), min_size=1, max_size=300),
+       st.sampled_from([0.5, 1.0, 1234.567, 2.0**40]))
+def test_distinct_rows_is_numpys_unique(cells, scale):
+    """``distinct_rows`` (one integer key per row, one stable sort) gives what ``np.unique(axis=0)`` gives: the
+    distinct rows in increasing order and each row's index among them; rows too large to pack take that path."""
+    from sim.systems.pim import distinct_rows
+
+    rows = np.round(np.array(cells, dtype=float) * scale, 3)
+    uniq, inv = distinct_rows(rows)
+    _, first, expected = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    assert uniq == list(map(tuple, rows[first].tolist()))
+    assert inv.tolist() == expected.ravel().tolist()
