@@ -287,6 +287,13 @@ class ChannelAttention:
     bytes_per_element: float = 2.0
 
     def __post_init__(self):
+        try:  # built for every load row: the named checks (which build the message) run only when this fails
+            if (0.0 <= self.kv_vectors < math.inf and 0.0 <= self.query_vectors < math.inf
+                    and 0.0 < self.head_dim < math.inf and 0.0 < self.queries_per_kv < math.inf
+                    and 0.0 < self.bytes_per_element < math.inf and type(self.head_dim) is int):
+                return
+        except TypeError:
+            pass
         owner = "channel attention work"
         non_negative(owner, kv_vectors=self.kv_vectors, query_vectors=self.query_vectors)
         positive(owner, head_dim=self.head_dim, queries_per_kv=self.queries_per_kv,
@@ -632,7 +639,8 @@ def append_work(ch: PimChannelParams, new_vectors: float, head_dim: int, bytes_p
     """Append ``new_vectors`` new K and as many V vectors (the decode step's new token) to the channel."""
     if not (0.0 <= new_vectors < _INF):
         _check("append_work", new_vectors=new_vectors)
-    positive("append_work", head_dim=head_dim, bytes_per_element=bytes_per_element)
+    if not (type(head_dim) is int and 0 < head_dim and 0.0 < bytes_per_element < _INF):
+        positive("append_work", head_dim=head_dim, bytes_per_element=bytes_per_element)
     return write_work(ch, 2.0 * new_vectors * head_dim * bytes_per_element, kind="pim.append")
 
 
@@ -676,7 +684,9 @@ def _check_load(owner: str, tokens: float, units: float, new: float, head_dim: i
                 bytes_per_element: float) -> None:
     if not (0.0 <= tokens < _INF and 0.0 <= units < _INF and 0.0 <= new < _INF):
         _check(owner, tokens=tokens, units=units, new=new)
-    positive(owner, head_dim=head_dim, group=group, bytes_per_element=bytes_per_element)
+    if not (type(head_dim) is int and type(group) is int and 0 < head_dim and 0 < group
+            and 0.0 < bytes_per_element < _INF):
+        positive(owner, head_dim=head_dim, group=group, bytes_per_element=bytes_per_element)
 
 
 def _queries_in(ch: PimChannelParams, units: float, group: int, head_dim: int, e: float) -> Work:
