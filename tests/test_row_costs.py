@@ -93,7 +93,7 @@ def test_cells_interpolate_and_roof_changes_are_caught():
 @given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3), st.integers(0, 2)), min_size=1, max_size=300),
        st.sampled_from([0.5, 1.0, 1234.567, 2.0**40]))
 def test_distinct_rows_is_numpys_unique(cells, scale):
-    """``distinct_rows`` (one integer key per row, one stable sort) gives what ``np.unique(axis=0)`` gives: the
+    """``distinct_rows`` (one integer key per row) gives what ``np.unique(axis=0)`` gives: the
     distinct rows in increasing order and each row's index among them; rows too large to pack take that path."""
     from sim.systems.pim import distinct_rows
 

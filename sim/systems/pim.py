@@ -380,21 +380,12 @@ def distinct_rows(rows: np.ndarray) -> tuple[list[tuple], np.ndarray]:
     order, and per row the index of its distinct row. Each row is packed into one integer (mixed radix over its
     loads in thousandths) when that fits 62 bits, so one sort of n integers finds them."""
     q = np.rint(rows * 1000.0).astype(np.int64)
-    top = q.max(axis=0).tolist() if len(q) else []
-    radix = [r + 1 for r in top[1:]]
-    if len(q) and top[0] * math.prod(radix) < 2**62:
+    radix = [int(q[:, j].max()) + 1 for j in range(1, q.shape[1])] if len(q) else []
+    if len(q) and int(q[:, 0].max()) * math.prod(radix) < 2**62:
         key = q[:, 0]
         for j, r in enumerate(radix, start=1):
             key = key * r + q[:, j]
-        # np.unique(key, return_index=True, return_inverse=True), written out: one stable sort
-        order = np.argsort(key, kind="stable")
-        ordered = key[order]
-        new = np.empty(ordered.size, dtype=bool)
-        new[:1] = True
-        np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
-        first = order[new]
-        inv = np.empty(ordered.size, dtype=np.int64)
-        inv[order] = np.cumsum(new) - 1
+        _, first, inv = np.unique(key, return_index=True, return_inverse=True)
     else:
         _, first, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
     return list(map(tuple, rows[first].tolist())), inv.ravel()
