@@ -227,3 +227,47 @@ def test_pim_run_reports_the_machine_and_device_it_simulated():
     r = simulate(make_config(system="pim", batch=1, context=1024, steps=1))
     assert r.hardware == load_machine().name and r.details["pim_device"] == make_config(system="pim").options.pim
     assert r.details["pim_capacity_bytes"] == pim_model.load_pim(make_config(system="pim").options.pim).capacity_bytes
+
+
+def _hybrid_reference(ut: np.ndarray, n: int) -> tuple[list, list, list, list]:
+    """Hybrid stripes unit by unit, as the docstring of ``place`` says them: the units' tokens end to end, cut
+    into ``n`` stripes of equal width, each unit on the channels its tokens fall in (the last channel takes the
+    end), a pair's share the part of the unit's tokens in that channel's stripe."""
+    import math
+
+    width = float(ut.sum()) / n
+    pairs_u, pairs_c, shares, last = [], [], [], []
+    start = 0.0
+    for i, t in enumerate(ut.tolist()):
+        end = start + t
+        c0 = min(int(start / width), n - 1)
+        c1 = max(min(math.ceil(end / width) - 1, n - 1), c0)
+        last.append(c1)
+        for c in range(c0, c1 + 1):
+            share = max(min(end, (c + 1) * width) - max(start, c * width), 0.0) / (t if t > 0 else 1.0)
+            if share > 0:
+                pairs_u.append(i)
+                pairs_c.append(c)
+                shares.append(share)
+        start = end
+    return pairs_u, pairs_c, shares, last
+
+
+@given(st.lists(st.sampled_from([0, 1, 7, 100, 1000, 4097, 65536]), min_size=1, max_size=40),
+       st.sampled_from([1, 2, 7, 32, 37, 256]))
+def test_hybrid_placement_is_the_stripes_unit_by_unit(kept, n):
+    """``place("hybrid")`` (arrays over all pairs at once) gives, bit for bit, the stripes computed unit by unit;
+    every unit's shares add up to one and each channel holds an equal part of the tokens."""
+    m = load_model("llama-3.1-8b")
+    kept = np.array(kept)
+    p = place("hybrid", m, kept, n)
+    ut = np.repeat(kept.astype(float), m.n_kv_heads)
+    if ut.sum() == 0:
+        return  # nothing to stripe: whole units round-robin (the head policy)
+    pu, pc, share, last = _hybrid_reference(ut, n)
+    assert p.pair_unit.tolist() == pu and p.pair_channel.tolist() == pc
+    assert p.pair_share.tolist() == share and p.last_channel.tolist() == last
+    full = ut > 0
+    assert np.allclose(np.bincount(p.pair_unit, weights=p.pair_share, minlength=ut.size)[full], 1.0, rtol=1e-9)
+    tokens, _, _ = p.loads()
+    assert np.allclose(tokens, ut.sum() / n, rtol=1e-9)

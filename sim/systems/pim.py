@@ -104,25 +104,27 @@ def place(policy: str, model: ModelSpec, kept: np.ndarray, n_channels: int) -> P
     load is balanced and each channel serves only the few units whose tokens it holds."""
     ut = np.repeat(np.asarray(kept, dtype=float), model.n_kv_heads)
     u, n = ut.size, n_channels
-    if policy == "head" or ut.sum() == 0:
+    ends = np.cumsum(ut)  # (its last entry is 0 only when every unit is empty: tokens are not negative)
+    if policy == "head" or ends[-1] == 0:
         ch = np.arange(u) % n
         return Placement(ut, np.arange(u), ch, np.ones(u), ch, n)
     if policy == "token":
         pu = np.repeat(np.arange(u), n)
         last = (ut.astype(np.int64) + np.arange(u)) % n
         return Placement(ut, pu, np.tile(np.arange(n), u), np.full(u * n, 1.0 / n), last, n)
-    ends = np.cumsum(ut)
     starts = ends - ut
     width = ends[-1] / n
     c0 = np.minimum((starts / width).astype(np.int64), n - 1)
     c1 = np.minimum(np.ceil(ends / width).astype(np.int64) - 1, n - 1)
-    c1 = np.maximum(c1, c0)
+    np.maximum(c1, c0, out=c1)
     spans = c1 - c0 + 1
+    first = np.cumsum(spans) - spans  # each unit's first pair
     pu = np.repeat(np.arange(u), spans)
-    pc = np.repeat(c0, spans) + (np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans))
+    pc = np.arange(first[-1] + spans[-1]) - np.repeat(first - c0, spans)  # unit i's pairs: channels c0[i], ...
     lo = np.maximum(starts[pu], pc * width)
     hi = np.minimum(ends[pu], (pc + 1) * width)
-    share = np.clip(hi - lo, 0.0, None) / np.where(ut[pu] > 0, ut[pu], 1.0)
+    held = ut[pu]
+    share = np.maximum(hi - lo, 0.0) / np.where(held > 0, held, 1.0)
     keep = share > 0
     return Placement(ut, pu[keep], pc[keep], share[keep], c1, n)
 
