@@ -79,15 +79,21 @@ class Placement:
     pair_share: np.ndarray
     last_channel: np.ndarray  # channel that receives each unit's new token
     n_channels: int
+    # the whole batch's loads, kept for the last scale asked (a step's plan and its capacity report ask alike)
+    _whole: list = field(default_factory=list, compare=False, repr=False)
 
     @property
     def pairs_per_unit(self) -> float:
         return self.pair_unit.size / max(1, self.unit_tokens.size)
 
     def loads(self, tokens_scale: float = 1.0, units: np.ndarray | None = None):
-        """Per channel: tokens held (per KV tensor), units present, new vectors appended this step."""
+        """Per channel: tokens held (per KV tensor), units present, new vectors appended this step (arrays not to
+        be written to: the whole batch's are kept and handed out again)."""
         n = self.n_channels
         if units is None:
+            whole = self._whole
+            if whole and whole[0] == tokens_scale:
+                return whole[1]
             pu, pc, ps, last = self.pair_unit, self.pair_channel, self.pair_share, self.last_channel
         else:
             keep = np.isin(self.pair_unit, units)
@@ -95,7 +101,12 @@ class Placement:
                 self.last_channel[units]
         tokens = np.bincount(pc, weights=ps * self.unit_tokens[pu] * tokens_scale, minlength=n)
         present = np.bincount(pc, minlength=n).astype(float)
-        return tokens, present, np.bincount(last, minlength=n).astype(float)
+        out = tokens, present, np.bincount(last, minlength=n).astype(float)
+        if units is None:
+            for a in out:
+                a.flags.writeable = False
+            self._whole[:] = (tokens_scale, out)
+        return out
 
 
 def place(policy: str, model: ModelSpec, kept: np.ndarray, n_channels: int) -> Placement:
@@ -382,8 +393,9 @@ def distinct_rows(rows: np.ndarray) -> tuple[list[tuple], np.ndarray]:
     order, and per row the index of its distinct row. Each row is packed into one integer (mixed radix over its
     loads in thousandths) when that fits 62 bits, so one sort of n integers finds them."""
     q = np.rint(rows * 1000.0).astype(np.int64)
-    radix = [int(q[:, j].max()) + 1 for j in range(1, q.shape[1])] if len(q) else []
-    if len(q) and int(q[:, 0].max()) * math.prod(radix) < 2**62:
+    top = q.max(axis=0).tolist() if len(q) else []
+    radix = [r + 1 for r in top[1:]]
+    if len(q) and top[0] * math.prod(radix) < 2**62:
         key = q[:, 0]
         for j, r in enumerate(radix, start=1):
             key = key * r + q[:, j]
@@ -555,8 +567,11 @@ class PimSystem(System):
             return None
         return int(self.pim_tokens_capacity(max_batch * self.model.n_kv_heads + self.dev.channels, max_batch))
 
-    def spill_fraction(self, batch: StepBatch, placement: Placement) -> float:
-        need = float(self.placed_tokens(batch.kept + 1).sum())  # this step's tokens plus the new one
+    def spill_fraction(self, batch: StepBatch, placement: Placement, need: float | None = None) -> float:
+        """Share of the batch's tokens beyond PIM capacity; ``need``: the tokens it stores (this step's plus the
+        new one), when the caller has them."""
+        if need is None:
+            need = float(self.placed_tokens(batch.kept + 1).sum())
         cap = self.pim_tokens_capacity(placement.pair_unit.size, batch.n_seqs)
         return 0.0 if need <= cap else (need - cap) / need
 
@@ -849,8 +864,9 @@ class PimSystem(System):
         spilled to host DRAM, the PIM bytes needed and the bytes spilled."""
         p, m, dev = self.machine.params, self.model, self.dev
         placement = self.placement(peak)
-        spill = self.spill_fraction(peak, placement)
-        need = (float(self.placed_tokens(peak.kept + 1).sum()) * self.pim_bytes_per_token()
+        tokens_needed = float(self.placed_tokens(peak.kept + 1).sum())
+        spill = self.spill_fraction(peak, placement, tokens_needed)
+        need = (tokens_needed * self.pim_bytes_per_token()
                 + self.pim_fixed_bytes(placement.pair_unit.size, peak.n_seqs))
         reasons = []
         if spill > 0:
