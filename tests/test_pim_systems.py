@@ -271,3 +271,22 @@ def test_hybrid_placement_is_the_stripes_unit_by_unit(kept, n):
     assert np.allclose(np.bincount(p.pair_unit, weights=p.pair_share, minlength=ut.size)[full], 1.0, rtol=1e-9)
     tokens, _, _ = p.loads()
     assert np.allclose(tokens, ut.sum() / n, rtol=1e-9)
+
+
+@given(st.lists(st.sampled_from([0, 1, 7, 100, 4097]), min_size=1, max_size=12), st.sampled_from([1, 7, 32]),
+       st.sampled_from(["hybrid", "head", "token"]), st.integers(0, 200), st.integers(0, 200))
+def test_loads_of_consecutive_units_are_those_of_their_pairs(kept, n, policy, a, b):
+    """A run of consecutive units (a sub-batch's, a link chunk's) takes its pairs as one slice; the loads are those
+    of the pairs whose unit is in the set, as any set of units gets them."""
+    p = place(policy, load_model("llama-3.1-8b"), np.array(kept), n)
+    u = p.unit_tokens.size
+    lo, hi = sorted((a % u, b % u))
+    units = np.arange(lo, hi + 1)
+    keep = np.isin(p.pair_unit, units)
+    expected = (np.bincount(p.pair_channel[keep], weights=p.pair_share[keep] * p.unit_tokens[p.pair_unit[keep]] * 0.5,
+                            minlength=n),
+                np.bincount(p.pair_channel[keep], minlength=n).astype(float),
+                np.bincount(p.last_channel[units], minlength=n).astype(float))
+    for got, want in zip(p.loads(0.5, units), expected, strict=True):
+        assert got.tobytes() == want.tobytes()
+    assert all(np.array_equal(x, y) for x, y in zip(p.loads(0.5, units[::-1].copy()), expected, strict=True))

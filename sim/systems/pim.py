@@ -71,7 +71,8 @@ ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
 
 @dataclass(frozen=True)
 class Placement:
-    """Where each unit (sequence, KV head) lives: (unit, channel, share of the unit's tokens) pairs."""
+    """Where each unit (sequence, KV head) lives: (unit, channel, share of the unit's tokens) pairs, in unit order
+    (``place`` makes them so; ``loads`` of a run of consecutive units takes them as one slice)."""
 
     unit_tokens: np.ndarray   # attended tokens of each unit
     pair_unit: np.ndarray
@@ -96,7 +97,12 @@ class Placement:
                 return whole[1]
             pu, pc, ps, last = self.pair_unit, self.pair_channel, self.pair_share, self.last_channel
         else:
-            keep = np.isin(self.pair_unit, units)
+            if units.size and units[-1] - units[0] + 1 == units.size and bool(np.all(np.diff(units) == 1)):
+                # consecutive units (a sub-batch's, a link chunk's): their pairs are one run of the sorted pairs
+                lo, hi = np.searchsorted(self.pair_unit, (units[0], units[-1] + 1))
+                keep = slice(int(lo), int(hi))
+            else:
+                keep = np.isin(self.pair_unit, units)
             pu, pc, ps, last = self.pair_unit[keep], self.pair_channel[keep], self.pair_share[keep], \
                 self.last_channel[units]
         tokens = np.bincount(pc, weights=ps * self.unit_tokens[pu] * tokens_scale, minlength=n)
