@@ -181,7 +181,7 @@ class _Walked:
 
 class Evaluator:
     """Evaluates points in closed form with caches shared by every point it is given (see the module docstring).
-    One per process or per chunk of points; not thread-safe."""
+    One per process (a pool worker keeps one for all its chunks); not thread-safe."""
 
     def __init__(self, memo_limit: int = MEMO_LIMIT):
         self.models: dict[str, ModelSpec] = {}
@@ -562,7 +562,7 @@ def rel_error(a: float, b: float) -> float:
 # --- the sweep ---------------------------------------------------------------------------------------------------
 
 CHUNK = 256            # points per fsynced write (and at least per task of a process pool)
-MAX_CHUNK = 4096       # points per task at most (a pool's tasks each build their own caches)
+MAX_CHUNK = 4096       # points per task at most (a kill loses the chunks in flight)
 CHECK_TOLERANCE = 1e-9  # largest relative error an exact point may show against the simulation
 BOUND_SLACK = 1e-12     # a bound may exceed the simulated latency by this much (rounding of equal schedules)
 CHECK_FILE = "analytic_check.json"
@@ -721,7 +721,7 @@ def run_analytic_sweep(sweep, out_dir, jobs: int | None = 1, force_jobs: bool = 
             {"description": sweep.description, "factors": list(sweep.factor_names), "hints": sweep.hints,
              "points": len(sweep.points), "sweep_file": Path(sweep.path).name, "method": method},
             indent=1, sort_keys=True) + "\n")
-        if (jobs or 1) > 1:  # each task builds its own caches: no smaller than ``chunk``, four per worker at most
+        if (jobs or 1) > 1:  # tasks no smaller than ``chunk`` (pickling, fsync), about four per worker
             chunk = max(chunk, min(MAX_CHUNK, -(-len(todo) // (4 * jobs))))
         chunks = [[(pt.key, pt.index, pt.factors, pt.config) for pt in todo[i:i + chunk]]
                   for i in range(0, len(todo), chunk)]
