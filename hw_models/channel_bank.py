@@ -57,8 +57,11 @@ class ChannelBank:
         (``sim.machine.Machine.chain_end``) does the same arithmetic. ``record=False``: the channels' state and
         the bank's hold alone, no spans (a caller that adds the phase's totals itself)."""
         idx = slice(None) if channels is None else channels
-        dur = np.broadcast_to(np.asarray(duration_s, dtype=float), self.free_at_s[idx].shape)
-        start = np.maximum(self.free_at_s[idx], now)
+        free = self.free_at_s if channels is None else self.free_at_s[idx]  # (a copy for a channel list)
+        dur = duration_s
+        if type(dur) is not np.ndarray or dur.dtype != np.float64 or dur.shape != free.shape:
+            dur = np.broadcast_to(np.asarray(duration_s, dtype=float), free.shape)
+        start = np.maximum(free, now)
         end = start + dur
         self.free_at_s[idx] = end
         self.busy_s[idx] += dur
