@@ -333,17 +333,22 @@ class Stepper:
         # their resources (the occupancy and the channels' state, in start order as before) while their records
         # are added as that first one's totals, which are the same within one binade of the clock (as replay).
         tracer = self.tracer
-        firsts: dict[int, list] = {}  # id(hold) -> [its totals, later occurrences]
+        occupy = tracer.occupy
+        firsts: dict[int, list] = {}  # id(hold) -> [its totals, later occurrences, what a repetition occupies]
         for start, _, hold in records:
             f = firsts.get(id(hold))
             if f is None:
                 mark = tracer.mark(m.chain_scope((hold,)))
                 m.chain_end((hold,), start)
-                firsts[id(hold)] = [tracer.delta_since(mark), 0]
-            else:
+                firsts[id(hold)] = [tracer.delta_since(mark), 0, m.hold_occupancy(hold)]
+                continue
+            f[1] += 1
+            if f[2] is None:  # a PIM phase: the channels' state too
                 m.chain_end((hold,), start, record=False)
-                f[1] += 1
-        for delta, times in firsts.values():
+            else:  # what chain_end(record=False) occupies, computed once per distinct hold
+                for name, dur in f[2]:
+                    occupy(name, start, start + dur)
+        for delta, times, _ in firsts.values():
             if times:
                 tracer.add(delta, times)
         return prefill_end, step_end

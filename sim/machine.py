@@ -10,7 +10,7 @@ from __future__ import annotations
 import simpy
 
 from hw_models.channel_bank import ChannelBank
-from hw_models.component import Component
+from hw_models.component import Component, hold_s
 from hw_models.links import DEVICE_LINK, HOST_LINK
 from sim.engine import Tracer
 from sim.topology import GPU, HOST_CPU, PIM, Route, Topology
@@ -93,6 +93,18 @@ class Machine:
                 for k in ([p.kind for p in h[0].parts] if h[0].parts else [h[0].kind]):
                     kinds[k] = None
         return tuple(comps), tuple(kinds), tuple(energy)
+
+    def hold_occupancy(self, hold) -> tuple[tuple[str, float], ...] | None:
+        """What ``chain_end((hold,), t, record=False)`` does for a GPU, CPU or transfer hold, computed once: the
+        (component, seconds) intervals it occupies from ``t`` (``Tracer.occupy``), for a caller that repeats the
+        hold many times. None for a PIM phase, whose channels' state must go through ``chain_end``."""
+        if len(hold) == 2:
+            return ((hold[0].name, hold_s(hold[1])),)
+        if len(hold) == 4:
+            route = self.topology.route(hold[0], hold[1])
+            dur = route.time_s(hold[2], True)
+            return tuple((link.name, dur) for link in route.links if link.resource)
+        return None
 
     def chain_end(self, holds, t: float, record: bool = True) -> float:
         """Run ``holds`` one after another from clock ``t`` on idle resources without events, recording exactly
