@@ -347,7 +347,7 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
     (``hw_models.pim.power_throttle``); both the simulation and the closed form read the stretched durations.
     ``part_of`` (a Work kind -> a part's span kind) groups the works into ``Phase.parts``, in ``part_order``
     (then in order of first appearance); every part is stretched like the whole."""
-    uniq, inv = distinct_rows(np.round(rows, 3))
+    uniq, inv = distinct_rows(rows)
     n = len(uniq)
     dur, nbytes, flops, energy = (np.zeros(n) for _ in range(4))
     evaluated = []  # per distinct row: (its part names, its sums, its stretch)
@@ -395,10 +395,12 @@ def fresh(value):
 
 
 def distinct_rows(rows: np.ndarray) -> tuple[list[tuple], np.ndarray]:
-    """The distinct rows of ``rows`` (n x 3, non-negative, rounded to 1e-3), as tuples of floats in increasing
-    order, and per row the index of its distinct row. Each row is packed into one integer (mixed radix over its
-    loads in thousandths) when that fits 62 bits, so one sort of n integers finds them."""
-    q = np.rint(rows * 1000.0).astype(np.int64)
+    """The distinct rows of ``rows`` (n x 3, non-negative) rounded to 1e-3 as ``np.round(rows, 3)`` rounds them
+    (to whole thousandths, then divided by 1000), as tuples of floats in increasing order, and per row the index
+    of its distinct row. Each row is packed into one integer (mixed radix over its loads in thousandths) when that
+    fits 62 bits, so one sort of n integers finds them."""
+    thousandths = np.rint(rows * 1000.0)
+    q = thousandths.astype(np.int64)
     top = q.max(axis=0).tolist() if len(q) else []
     radix = [r + 1 for r in top[1:]]
     if len(q) and top[0] * math.prod(radix) < 2**62:
@@ -406,9 +408,10 @@ def distinct_rows(rows: np.ndarray) -> tuple[list[tuple], np.ndarray]:
         for j, r in enumerate(radix, start=1):
             key = key * r + q[:, j]
         _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-    else:
-        _, first, inv = np.unique(rows, axis=0, return_index=True, return_inverse=True)
-    return list(map(tuple, rows[first].tolist())), inv.ravel()
+        return list(map(tuple, (thousandths[first] / 1000.0).tolist())), inv.ravel()
+    rounded = thousandths / 1000.0
+    _, first, inv = np.unique(rounded, axis=0, return_index=True, return_inverse=True)
+    return list(map(tuple, rounded[first].tolist())), inv.ravel()
 
 
 def pipelined_path_s(down, up, chunks: tuple[LinkChunk, ...], n_channels: int) -> float:
