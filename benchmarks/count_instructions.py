@@ -92,19 +92,33 @@ def count(args, root: str) -> int:
     return int(found.group(1))
 
 
+def _count(text: str) -> int:
+    """A whole number of at least 1 (argparse prints the one-line error and exits 2 otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("case", choices=("rows", "serve"))
     ap.add_argument("--root", nargs="+", default=[str(HERE.parents[1])], help="checkouts to measure")
-    ap.add_argument("--points", type=int, default=256, help="rows: points of the grid")
+    ap.add_argument("--points", type=_count, default=256, help="rows: points of the grid")
     ap.add_argument("--system", default="pim", help="serve: the system")
-    ap.add_argument("--requests", type=int, default=300, help="serve: requests")
+    ap.add_argument("--requests", type=_count, default=300, help="serve: requests")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         args.root = args.root[0]
         child(args)
         return
+    for root in args.root:
+        if not (Path(root) / "sim" / "cli.py").is_file():
+            ap.error(f"--root {root}: not a checkout of aqpim-sim (no sim/cli.py)")
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         sys.exit("valgrind is not installed (Debian: apt-get install valgrind)")
     what = (f"{args.points} warm table rows" if args.case == "rows"

@@ -43,19 +43,14 @@ class Component:
             yield req
             yield self.env.timeout(self.account(self.env.now, works))
 
-    def account(self, t: float, works: tuple[Work, ...], record: bool = True) -> float:
+    def account(self, t: float, works: tuple[Work, ...]) -> float:
         """Record ``works`` run back to back from ``t`` and the hold behind them; return their total seconds (the
         hold's timeout). ``execute`` calls it at the moment it holds the resource; a chain replayed without
-        events (``sim.machine.Machine.chain_end``) at the moment the hold would start. ``record=False``: the hold
-        alone, for a caller that adds the works' totals itself (``Tracer.add``)."""
-        if not record:
-            total = hold_s(works)
-            self.tracer.occupy(self.name, t, t + total)
-            return total
+        events (``sim.machine.Machine.chain_end``) at the moment the hold would start."""
         total = 0.0
-        record_ = self.tracer.record
+        record = self.tracer.record
         for w in works:
-            record_(self.name, w.kind, t + total, t + total + w.duration_s, w.nbytes, w.flops, w.energy_j)
+            record(self.name, w.kind, t + total, t + total + w.duration_s, w.nbytes, w.flops, w.energy_j)
             total += w.duration_s
         self.tracer.occupy(self.name, t, t + total)
         return total

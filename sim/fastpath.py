@@ -333,7 +333,6 @@ class Stepper:
         # their resources (the occupancy and the channels' state, in start order as before) while their records
         # are added as that first one's totals, which are the same within one binade of the clock (as replay).
         tracer = self.tracer
-        occupy = tracer.occupy
         firsts: dict[int, list] = {}  # id(hold) -> [its totals, later occurrences, what a repetition occupies]
         for start, _, hold in records:
             f = firsts.get(id(hold))
@@ -345,9 +344,8 @@ class Stepper:
             f[1] += 1
             if f[2] is None:  # a PIM phase: the channels' state too
                 m.chain_end((hold,), start, record=False)
-            else:  # what chain_end(record=False) occupies, computed once per distinct hold
-                for name, dur in f[2]:
-                    occupy(name, start, start + dur)
+            else:  # chain_end(record=False), its occupancy computed once per distinct hold
+                m.occupy_hold(f[2], start)
         for delta, times, _ in firsts.values():
             if times:
                 tracer.add(delta, times)

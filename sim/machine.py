@@ -54,18 +54,15 @@ class Machine:
             for r, req in zip(route.resources, reqs, strict=True):
                 self.link_resources[r].release(req)
 
-    def _account_transfer(self, route: Route, nbytes: float, kind: str, setup: bool, t: float,
-                          record: bool = True) -> float:
-        """Record a transfer that holds its route from ``t``; return its duration (the hold's timeout).
-        ``record=False``: the holds alone (``Component.account``)."""
+    def _account_transfer(self, route: Route, nbytes: float, kind: str, setup: bool, t: float) -> float:
+        """Record a transfer that holds its route from ``t``; return its duration (the hold's timeout)."""
         dur = route.time_s(nbytes, setup)
         for link in route.links:
             energy = nbytes * link.energy_per_byte_j
             if link.resource:
-                if record:
-                    self.tracer.record(link.name, kind, t, t + dur, nbytes, 0.0, energy)
+                self.tracer.record(link.name, kind, t, t + dur, nbytes, 0.0, energy)
                 self.tracer.occupy(link.name, t, t + dur)
-            elif energy and record:
+            elif energy:
                 self.tracer.add_energy(link.name, energy)
         return dur
 
@@ -94,17 +91,24 @@ class Machine:
                     kinds[k] = None
         return tuple(comps), tuple(kinds), tuple(energy)
 
-    def hold_occupancy(self, hold) -> tuple[tuple[str, float], ...] | None:
-        """What ``chain_end((hold,), t, record=False)`` does for a GPU, CPU or transfer hold, computed once: the
-        (component, seconds) intervals it occupies from ``t`` (``Tracer.occupy``), for a caller that repeats the
-        hold many times. None for a PIM phase, whose channels' state must go through ``chain_end``."""
+    def hold_occupancy(self, hold) -> tuple[float, tuple[str, ...]] | None:
+        """A GPU, CPU or transfer hold of ``chain_end`` as its resource holds alone: (its seconds, the components
+        it occupies for them), what ``chain_end(..., record=False)`` gives ``occupy_hold``; a caller that repeats
+        the hold many times computes it once. None for a PIM phase, whose channels' state ``issue`` keeps."""
         if len(hold) == 2:
-            return ((hold[0].name, hold_s(hold[1])),)
+            return hold_s(hold[1]), (hold[0].name,)
         if len(hold) == 4:
             route = self.topology.route(hold[0], hold[1])
-            dur = route.time_s(hold[2], True)
-            return tuple((link.name, dur) for link in route.links if link.resource)
+            return route.time_s(hold[2], True), tuple(link.name for link in route.links if link.resource)
         return None
+
+    def occupy_hold(self, occupancy: tuple[float, tuple[str, ...]], t: float) -> float:
+        """Hold the components of ``occupancy`` (``hold_occupancy``) from ``t``, recording no work; return the
+        clock at its end, as ``chain_end`` moves it."""
+        dur, components = occupancy
+        for c in components:
+            self.tracer.occupy(c, t, t + dur)
+        return t + dur
 
     def chain_end(self, holds, t: float, record: bool = True) -> float:
         """Run ``holds`` one after another from clock ``t`` on idle resources without events, recording exactly
@@ -113,16 +117,19 @@ class Machine:
         a transfer (``transfer``) or ``(phase,)`` for a PIM phase on every channel (``ChannelBank.run`` with the
         phase's kind, durations, totals and parts). Each hold starts when the previous ends, as a process that
         yields them in turn does; the clock moves as SimPy's does (the start plus the hold's timeout).
-        ``record=False``: the holds and the channels' state alone, no records of the work (``Component.account``).
+        ``record=False``: the resource holds and the channels' state alone, no records of the work (for a caller
+        that adds the work's totals itself, ``Tracer.add``).
         """
         for h in holds:
             n = len(h)
-            if n == 2:
-                t = t + h[0].account(t, h[1], record)
-            elif n == 4:
-                t = t + self._account_transfer(self.topology.route(h[0], h[1]), h[2], h[3], True, t, record)
-            else:
+            if n == 1:
                 ph = h[0]
                 t = t + (self.pim.issue(t, ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j,
                                         parts=ph.parts, record=record) - t)
+            elif not record:
+                t = self.occupy_hold(self.hold_occupancy(h), t)
+            elif n == 2:
+                t = t + h[0].account(t, h[1])
+            else:
+                t = t + self._account_transfer(self.topology.route(h[0], h[1]), h[2], h[3], True, t)
         return t

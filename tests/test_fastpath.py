@@ -280,3 +280,36 @@ def test_scoped_marks_give_the_whole_delta(monkeypatch, options):
     simulate(make_config(requests=10, context=600, output_tokens=6, max_batch=4, prefill="chunked",
                          prefill_chunk_tokens=256, arrival_rate_per_s=100.0, trace_steps=0, **options), model=DEEP)
     assert len(checked) > 5
+
+
+@given(st.lists(st.sampled_from(["gpu", "h2d", "down", "phase"]), min_size=1, max_size=12),
+       st.floats(0.0, 1e3), st.integers(0, 2))
+def test_chain_end_without_records_holds_what_the_records_hold(kinds, t0, stretch):
+    """``Machine.chain_end(record=False)`` (a contended step's repeated holds) moves the clock, the occupancy and
+    the PIM channels' state exactly as recording the chain does, and records no work."""
+    import numpy as np
+
+    from hw_models.component import Work
+    from hw_models.machine import load_machine
+    from hw_models.pim import load_pim
+    from sim.engine import Tracer
+    from sim.machine import Machine
+    from sim.systems.pim import Phase
+    from sim.topology import GPU, HOST_DRAM, PIM, Topology
+
+    topology = Topology(load_machine("a100-pcie4-ddr5"), load_pim("attacc-hbm3"))
+    n = topology.pim.channels
+    durations = np.linspace(1e-6, 3e-6 * (1 + stretch), n)
+    holds = {"gpu": None, "h2d": (HOST_DRAM, GPU, 3e6, "kv_fetch"), "down": (GPU, PIM, 5e5, "q_down"),
+             "phase": (Phase("pim.attention", durations, 1e6, 2e6, 1e-3),)}
+    machines = []
+    for record in (True, False):
+        tracer = Tracer()
+        m = Machine(simpy.Environment(), topology, tracer)
+        holds["gpu"] = (m.gpu, (Work("a", 2e-6, 1.0, 2.0, 3.0), Work("b", 1e-6 * (1 + stretch))))
+        end = m.chain_end(tuple(holds[k] for k in kinds), t0, record)
+        machines.append((end, tracer.occupancy.totals(), m.pim.free_at_s.tolist(), m.pim.busy_s.tolist(),
+                         {c: t[4] for c, t in tracer.totals.items()}))
+    (end, occ, free, busy, counts), (end_n, occ_n, free_n, busy_n, counts_n) = machines
+    assert (end_n, occ_n, free_n, busy_n) == (end, occ, free, busy)
+    assert sum(counts.values()) > 0 and sum(counts_n.values()) == 0
