@@ -50,6 +50,17 @@ class ChannelBank:
         is monotone, so the last to finish ends at ``now + longest_s`` exactly."""
         return now + longest_s
 
+    def issue_idle(self, now: float, duration_s: np.ndarray, longest_s: float) -> float:
+        """``issue(now, kind, duration_s, record=False)`` for a phase on every channel when all are free by
+        ``now`` (``duration_s`` a float array of the bank's shape, ``longest_s`` its largest entry): the same
+        next-free and busy times and occupancy, and the same end (``idle_end_s``), without the comparison with
+        the next-free times. A contended prefill step issues a decode layer's phase so in every later layer."""
+        self.free_at_s[:] = now + duration_s
+        self.busy_s += duration_s
+        done = now + longest_s
+        self.tracer.occupy(self.name, now, done)
+        return done
+
     def issue(self, now: float, kind: str, duration_s, nbytes: float = 0.0, flops: float = 0.0,
               energy_j: float = 0.0, channels: np.ndarray | None = None, parts=(), record: bool = True) -> float:
         """``run``'s bookkeeping at clock ``now`` (channels' next-free and busy times, spans): returns the moment

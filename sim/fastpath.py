@@ -339,14 +339,18 @@ class Stepper:
             if f is None:
                 mark = tracer.mark(m.chain_scope((hold,)))
                 m.chain_end((hold,), start)
-                firsts[id(hold)] = [tracer.delta_since(mark), 0, m.hold_occupancy(hold)]
+                occ = m.hold_occupancy(hold)
+                if occ is None:  # a PIM phase: its durations as issue takes them, and its longest
+                    d = np.broadcast_to(np.asarray(hold[0].durations_s, dtype=float), m.pim.free_at_s.shape)
+                    occ = (d, held[id(hold)][1])
+                firsts[id(hold)] = [tracer.delta_since(mark), 0, occ, len(hold) == 1]
                 continue
             f[1] += 1
-            if f[2] is None:  # a PIM phase: the channels' state too
-                m.chain_end((hold,), start, record=False)
+            if f[3]:  # chain_end(record=False) of a PIM phase: its channels are idle at its issue (above)
+                m.pim.issue_idle(start, *f[2])
             else:  # chain_end(record=False), its occupancy computed once per distinct hold
                 m.occupy_hold(f[2], start)
-        for delta, times, _ in firsts.values():
+        for delta, times, *_ in firsts.values():
             if times:
                 tracer.add(delta, times)
         return prefill_end, step_end

@@ -119,3 +119,27 @@ def test_add_and_replay_split_a_delta():
     assert tracer.energy_only_j == {"host.dram": 2.0}
     tracer.replay(delta, 1, 2.0)
     assert tracer.totals["gpu"][0] == 10.0 and tracer.occupancy.totals()[0] == 4.0
+
+
+@given(phases, st.lists(st.integers(0, 2), min_size=12, max_size=12))
+def test_issue_idle_is_issue_without_records_on_idle_channels(schedule, which):
+    """``issue_idle`` (a contended prefill step's repeated decode phase) leaves the next-free and busy times and
+    the occupancy exactly as ``issue(record=False)`` does, bit for bit, and returns the same end, for phases
+    issued once every channel is free."""
+    pool = [np.asarray(d, dtype=float) for _, d in schedule[:3]]
+
+    def make():
+        tracer = Tracer()
+        tracer.register("pim", "compute")
+        return tracer, ChannelBank(simpy.Environment(), "pim", 4, tracer)
+
+    (t_ref, ref), (t_new, new) = make(), make()
+    now = 0.0
+    for (at, _), k in zip(schedule, which, strict=False):
+        k %= len(pool)
+        now = max(now + at, float(ref.free_at_s.max()))  # every channel free by now
+        done = ref.issue(now, "phase", pool[k], record=False)
+        assert new.issue_idle(now, pool[k], float(pool[k].max())) == done
+        assert np.array_equal(new.free_at_s, ref.free_at_s)
+    assert np.array_equal(new.busy_s, ref.busy_s)
+    assert t_new.occupancy.totals() == t_ref.occupancy.totals()
