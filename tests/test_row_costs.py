@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hw_models import pim as pim_model
@@ -92,6 +92,7 @@ def test_cells_interpolate_and_roof_changes_are_caught():
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3), st.integers(0, 2)), min_size=1, max_size=300),
        st.sampled_from([0.5, 1.0, 1234.567, 1234.56749, 1 / 3, 2.0**40]))
+@example(cells=[(0, 1, 1)], scale=2.0**40)  # the first column all zero: the key would overflow int64 if packed
 def test_distinct_rows_is_numpys_unique_of_the_rounded_rows(cells, scale):
     """``distinct_rows`` (one integer key per row) gives what ``np.unique(np.round(rows, 3), axis=0)`` gives: the
     distinct rounded rows in increasing order and each row's index among them; rows too large to pack take that

@@ -34,6 +34,7 @@ channels and layers, not with tokens.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -69,81 +70,134 @@ from workloads.opgraph import kv_ops
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
 
 
-@dataclass(frozen=True)
 class Placement:
     """Where each unit (sequence, KV head) lives: (unit, channel, share of the unit's tokens) pairs, in unit order
     (``place`` makes them so; ``loads`` of a run of consecutive units takes them as one slice)."""
 
-    unit_tokens: np.ndarray   # attended tokens of each unit
-    pair_unit: np.ndarray
-    pair_channel: np.ndarray
-    pair_share: np.ndarray
-    last_channel: np.ndarray  # channel that receives each unit's new token
-    n_channels: int
-    # the whole batch's loads, kept for the last scale asked (a step's plan and its capacity report ask alike)
-    _whole: list = field(default_factory=list, compare=False, repr=False)
+    def __init__(self, unit_tokens: np.ndarray, pair_unit: np.ndarray, pair_channel: np.ndarray,
+                 pair_share: np.ndarray, last_channel: np.ndarray, n_channels: int):
+        self.unit_tokens = unit_tokens  # attended tokens of each unit
+        self.pair_unit = pair_unit
+        self.pair_channel = pair_channel
+        self.pair_share = pair_share
+        self.last_channel = last_channel  # channel that receives each unit's new token
+        self.n_channels = n_channels
+        self._whole: list = []  # the whole batch's loads for the last scale asked (a step's plan and its
+        # capacity report ask alike)
+
+    @property
+    def n_pairs(self) -> int:
+        return self.pair_unit.size
 
     @property
     def pairs_per_unit(self) -> float:
-        return self.pair_unit.size / max(1, self.unit_tokens.size)
+        return self.n_pairs / max(1, self.unit_tokens.size)
 
     def loads(self, tokens_scale: float = 1.0, units: np.ndarray | None = None):
         """Per channel: tokens held (per KV tensor), units present, new vectors appended this step (arrays not to
         be written to: the whole batch's are kept and handed out again)."""
-        n = self.n_channels
         if units is None:
             whole = self._whole
             if whole and whole[0] == tokens_scale:
                 return whole[1]
-            pu, pc, ps, last = self.pair_unit, self.pair_channel, self.pair_share, self.last_channel
-        else:
-            if units.size and units[-1] - units[0] + 1 == units.size and bool(np.all(np.diff(units) == 1)):
-                # consecutive units (a sub-batch's, a link chunk's): their pairs are one run of the sorted pairs
-                lo, hi = np.searchsorted(self.pair_unit, (units[0], units[-1] + 1))
-                keep = slice(int(lo), int(hi))
-            else:
-                keep = np.isin(self.pair_unit, units)
-            pu, pc, ps, last = self.pair_unit[keep], self.pair_channel[keep], self.pair_share[keep], \
-                self.last_channel[units]
-        tokens = np.bincount(pc, weights=ps * self.unit_tokens[pu] * tokens_scale, minlength=n)
-        present = np.bincount(pc, minlength=n).astype(float)
-        out = tokens, present, np.bincount(last, minlength=n).astype(float)
-        if units is None:
+            out = self._whole_loads(tokens_scale)
             for a in out:
                 a.flags.writeable = False
             self._whole[:] = (tokens_scale, out)
-        return out
+            return out
+        if units.size and units[-1] - units[0] + 1 == units.size and bool(np.all(np.diff(units) == 1)):
+            # consecutive units (a sub-batch's, a link chunk's): their pairs are one run of the sorted pairs
+            lo, hi = np.searchsorted(self.pair_unit, (units[0], units[-1] + 1))
+            keep = slice(int(lo), int(hi))
+        else:
+            keep = np.isin(self.pair_unit, units)
+        return self._pair_loads(self.pair_unit[keep], self.pair_channel[keep], self.pair_share[keep],
+                                self.last_channel[units], tokens_scale)
+
+    def _whole_loads(self, tokens_scale: float):
+        return self._pair_loads(self.pair_unit, self.pair_channel, self.pair_share, self.last_channel, tokens_scale)
+
+    def _pair_loads(self, pu, pc, ps, last, tokens_scale: float):
+        n = self.n_channels
+        tokens = np.bincount(pc, weights=ps * self.unit_tokens[pu] * tokens_scale, minlength=n)
+        return tokens, np.bincount(pc, minlength=n).astype(float), np.bincount(last, minlength=n).astype(float)
+
+
+class StripePlacement(Placement):
+    """``hybrid``: all units' tokens laid end to end, cut into ``n`` equal contiguous stripes, in exact integer
+    arithmetic. Positions are counted in 1/n tokens, so unit i spans [n S_i, n E_i) (S, E: the tokens before it
+    and up to its end) and channel c the stripe [c T, (c+1) T) (T: all tokens): every boundary is an integer, a
+    unit is on exactly the channels its span overlaps by a positive length, and its new token goes to the channel
+    of its last token. (Computed in floats, a unit ending on a stripe boundary could also land, by a share of
+    1e-15, on the next channel: one more unit present there, and its new token sent there.) Each channel holds
+    T / n tokens; the pairs themselves are built only when asked for (a subset of units' loads)."""
+
+    def __init__(self, unit_tokens: np.ndarray, tokens: np.ndarray, n_channels: int):
+        n = n_channels
+        ends = np.cumsum(tokens)
+        total = int(ends[-1])
+        if n * total >= 2**62:  # beyond int64: Python integers (a far larger batch than any preset holds)
+            tokens, ends = tokens.astype(object), ends.astype(object)
+        starts = ends - tokens
+        c0 = np.minimum(n * starts // total, n - 1).astype(np.int64)
+        c1 = np.minimum((n * ends + (total - 1)) // total - 1, n - 1).astype(np.int64)
+        np.maximum(c1, c0, out=c1)
+        held = tokens > 0
+        diff = np.bincount(c0[held], minlength=n + 1) - np.bincount(c1[held] + 1, minlength=n + 1)
+        self.unit_tokens = unit_tokens
+        self.last_channel = c1
+        self.n_channels = n
+        self._whole = []
+        self._tokens, self._starts, self._ends, self._first, self._total = tokens, starts, ends, c0, total
+        self._present = np.cumsum(diff[:n])
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self._present.sum())
+
+    @functools.cached_property
+    def _pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n, tokens, c0, c1 = self.n_channels, self._tokens, self._first, self.last_channel
+        spans = np.where(tokens > 0, c1 - c0 + 1, 0)
+        first = np.cumsum(spans) - spans  # each unit's first pair
+        pu = np.repeat(np.arange(tokens.size), spans)
+        pc = np.arange(int(spans.sum())) - np.repeat(first - c0, spans)  # unit i's pairs: channels c0[i], ...
+        at = pc.astype(tokens.dtype)  # (Python integers with them, when positions exceed int64)
+        overlap = (np.minimum(n * self._ends[pu], (at + 1) * self._total)
+                   - np.maximum(n * self._starts[pu], at * self._total))
+        return pu, pc, (overlap / (n * tokens[pu])).astype(float)
+
+    pair_unit = property(lambda self: self._pairs[0])
+    pair_channel = property(lambda self: self._pairs[1])
+    pair_share = property(lambda self: self._pairs[2])
+
+    def _whole_loads(self, tokens_scale: float):
+        n = self.n_channels
+        return (np.full(n, self._total * tokens_scale / n), self._present.astype(float),
+                np.bincount(self.last_channel, minlength=n).astype(float))
 
 
 def place(policy: str, model: ModelSpec, kept: np.ndarray, n_channels: int) -> Placement:
     """``head``: each unit whole on one channel, round-robin. ``token``: every unit's tokens over all channels.
     ``hybrid``: all units' tokens laid end to end and cut into equal contiguous stripes, one per channel, so the
-    load is balanced and each channel serves only the few units whose tokens it holds."""
-    ut = np.repeat(np.asarray(kept, dtype=float), model.n_kv_heads)
+    load is balanced and each channel serves only the few units whose tokens it holds (``StripePlacement``).
+    ``kept``: whole tokens per sequence."""
+    kept = np.asarray(kept)
+    if kept.dtype.kind not in "iu":
+        if not np.all(kept == np.round(kept)):
+            raise ValueError(f"placement: tokens per sequence must be whole numbers, got {kept!r}")
+        kept = kept.astype(np.int64)
+    tokens = np.repeat(kept, model.n_kv_heads)
+    ut = tokens.astype(float)
     u, n = ut.size, n_channels
-    ends = np.cumsum(ut)  # (its last entry is 0 only when every unit is empty: tokens are not negative)
-    if policy == "head" or ends[-1] == 0:
+    if policy == "head" or not tokens.any():
         ch = np.arange(u) % n
         return Placement(ut, np.arange(u), ch, np.ones(u), ch, n)
     if policy == "token":
         pu = np.repeat(np.arange(u), n)
-        last = (ut.astype(np.int64) + np.arange(u)) % n
+        last = (tokens + np.arange(u)) % n
         return Placement(ut, pu, np.tile(np.arange(n), u), np.full(u * n, 1.0 / n), last, n)
-    starts = ends - ut
-    width = ends[-1] / n
-    c0 = np.minimum((starts / width).astype(np.int64), n - 1)
-    c1 = np.minimum(np.ceil(ends / width).astype(np.int64) - 1, n - 1)
-    np.maximum(c1, c0, out=c1)
-    spans = c1 - c0 + 1
-    first = np.cumsum(spans) - spans  # each unit's first pair
-    pu = np.repeat(np.arange(u), spans)
-    pc = np.arange(first[-1] + spans[-1]) - np.repeat(first - c0, spans)  # unit i's pairs: channels c0[i], ...
-    lo = np.maximum(starts[pu], pc * width)
-    hi = np.minimum(ends[pu], (pc + 1) * width)
-    held = ut[pu]
-    share = np.maximum(hi - lo, 0.0) / np.where(held > 0, held, 1.0)
-    keep = share > 0
-    return Placement(ut, pu[keep], pc[keep], share[keep], c1, n)
+    return StripePlacement(ut, tokens, n)
 
 
 @dataclass(frozen=True)
@@ -405,7 +459,7 @@ def distinct_rows(rows: np.ndarray) -> tuple[list[tuple], np.ndarray]:
     q = thousandths.astype(np.int64)
     top = q.max(axis=0).tolist() if len(q) else []
     radix = [r + 1 for r in top[1:]]
-    if len(q) and top[0] * math.prod(radix) < 2**62:
+    if len(q) and (top[0] + 1) * math.prod(radix) <= 2**62:  # every packed key below 2**62
         key = q[:, 0]
         for j, r in enumerate(radix, start=1):
             key = key * r + q[:, j]
@@ -591,7 +645,7 @@ class PimSystem(System):
         new one), when the caller has them."""
         if need is None:
             need = float(self.placed_tokens(batch.kept + 1).sum())
-        cap = self.pim_tokens_capacity(placement.pair_unit.size, batch.n_seqs)
+        cap = self.pim_tokens_capacity(placement.n_pairs, batch.n_seqs)
         return 0.0 if need <= cap else (need - cap) / need
 
     # ---- per-channel work --------------------------------------------------------------------------------------
@@ -886,7 +940,7 @@ class PimSystem(System):
         tokens_needed = float(self.placed_tokens(peak.kept + 1).sum())
         spill = self.spill_fraction(peak, placement, tokens_needed)
         need = (tokens_needed * self.pim_bytes_per_token()
-                + self.pim_fixed_bytes(placement.pair_unit.size, peak.n_seqs))
+                + self.pim_fixed_bytes(placement.n_pairs, peak.n_seqs))
         reasons = []
         if spill > 0:
             reasons.append(f"KV cache needs {excess(need, dev.capacity_bytes)} of PIM: {share(spill)} of tokens "
