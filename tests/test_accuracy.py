@@ -138,3 +138,33 @@ def test_smollm2_perplexity_hook_with_fp16_view_matches_the_plain_model():
     hooked = px.perplexity(lm, ids, 64, px.coded_hook(lambda li, h, k, v: (k, v), 64, 0, 0))
     assert 1.0 < plain < 1000.0
     assert hooked == pytest.approx(plain, rel=1e-4)
+
+
+def test_worst_queries_explain_the_lowest_cosines(tmp_path, capsys):
+    """``--worst N``: per setting the N queries of lowest output cosine, lowest first, the first of them the row's
+    ``out_cos_min``; each with its exact and coded attention weights (distributions over the visible tokens),
+    its most-attended tokens in exact order, and exact tokens seen unchanged by the format."""
+    out = tmp_path / "acc.json"
+    assert main(["accuracy", "--data", "synthetic", "--context", "192", "--queries", "8", "--iters", "3",
+                 "--settings", "fp16", "pq:m=8,k=16,sinks=2,recent=8", "--worst", "3", "--json-out",
+                 str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "worst queries, synthetic, pq:m=8,k=16,sinks=2,recent=8:" in text
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    for row in rows.values():
+        worst = row["worst_queries"]
+        assert len(worst) == 3 and worst[0]["cos"] == row["out_cos_min"]
+        assert [w["cos"] for w in worst] == sorted(w["cos"] for w in worst)
+        for w in worst:
+            assert 0.0 <= w["coded_mass"] <= 1.0 + 1e-12 and 0.0 <= w["coded_mass_coded"] <= 1.0 + 1e-12
+            weights = [t["weight"] for t in w["top_tokens"]]
+            assert len(weights) == 3 and weights == sorted(weights, reverse=True) and sum(weights) <= 1 + 1e-12
+            assert all(t["token"] <= w["position"] for t in w["top_tokens"])  # causal
+            for t in w["top_tokens"]:
+                if not t["coded"]:
+                    assert t["score_coded"] == t["score"]
+    fp16 = rows["fp16"]["worst_queries"][0]
+    assert fp16["cos"] == pytest.approx(1.0)  # FP16 "codes" every token exactly
+    assert fp16["coded_mass_coded"] == pytest.approx(fp16["coded_mass"])
+    assert all(t["weight_coded"] == pytest.approx(t["weight"]) and t["score_coded"] == t["score"]
+               for t in fp16["top_tokens"])

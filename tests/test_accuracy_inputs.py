@@ -220,6 +220,8 @@ FLAGS = [
     ("ppl-pq-too-few-training-tokens", ["--ppl", "--ppl-scored", "2000", "--settings", "pq:m=16,k=256"],
      "perplexity training tokens"),
     ("ppl-with-refresh", ["--ppl", "--settings", "pq:m=16,k=16,refresh=256"], "--ppl) with codebook refresh"),
+    ("worst-negative", ["--worst", "-1"], "--worst must lie in 0..100"),
+    ("worst-101", ["--worst", "101"], "--worst must lie in 0..100"),
     ("seed-negative", ["--seed", "-1"], "--seed must lie in 0..2**63-1"),
     ("seed-2-63", ["--seed", str(2**63)], "--seed must lie in 0..2**63-1"),
     # flags that need real data

@@ -20,7 +20,7 @@ layers, heads and queries), top-k overlap of the attended tokens, and perplexity
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -49,11 +49,15 @@ class EvalConfig:
     iters: int = 20  # k-means iterations
     topk: int = 32  # top-k overlap of attended tokens
     seed: int = 0
+    worst: int = 0  # queries of lowest output cosine described per format (``worst_queries``); 0: none
+    worst_tokens: int = 3  # most-attended tokens shown per worst query
 
     def __post_init__(self):
-        for f in ("n_queries", "iters", "topk"):
+        for f in ("n_queries", "iters", "topk", "worst_tokens"):
             if not isinstance(getattr(self, f), int) or getattr(self, f) <= 0:
                 raise WorkloadError(f"evaluation: {f} must be a positive integer, got {getattr(self, f)!r}")
+        if not isinstance(self.worst, int) or self.worst < 0:
+            raise WorkloadError(f"evaluation: worst must be a non-negative integer, got {self.worst!r}")
         if self.prefill is not None and self.prefill <= 0:
             raise WorkloadError(f"evaluation: prefill must be positive, got {self.prefill}")
         if not isinstance(self.seed, int) or self.seed < 0:
@@ -78,6 +82,7 @@ class _Acc:
     """Running sums for one format over layers and heads (local to one evaluate call)."""
 
     cos: list
+    worst: list = field(default_factory=list)  # ``_worst_queries`` entries of each head, trimmed at the end
     k_err: float = 0.0
     k_ref: float = 0.0
     v_err: float = 0.0
@@ -156,7 +161,11 @@ def evaluate(acts: Activations, formats: Sequence[KvFormat], cfg: EvalConfig = E
                 out, s_hat, k_hat, v_hat, train_end = _coded(fmt, q, K, V, rows_pos, coded_m, exact_m, prefill,
                                                               cfg, (li, h), books)
                 s_hat = np.where(exact_m, s_ref, s_hat)
-                acc.cos.append(_cosine(out, ref.out))
+                cos = _cosine(out, ref.out)
+                acc.cos.append(cos)
+                if cfg.worst:
+                    acc.worst += _worst_queries(cfg, cos, out, ref.out, s_ref, s_hat, causal, coded_m, rows_pos,
+                                                acts.layers[li], h, g)
                 acc.s_sq += float(((s_hat - s_ref)[causal] ** 2).sum())
                 acc.s_n += int(causal.sum())
                 ov = _topk_overlap(s_ref, s_hat, causal, cfg.topk)
@@ -178,8 +187,36 @@ def evaluate(acts: Activations, formats: Sequence[KvFormat], cfg: EvalConfig = E
         for layer_ids in groups:
             rows.append(_row(acts, fmt, [accs[(li, fi)] for li in layer_ids], data, prefill, nq,
                              None if len(layer_ids) > 1 or len(acts.layers) == 1 and not by_layer
-                             else acts.layers[layer_ids[0]]))
+                             else acts.layers[layer_ids[0]], cfg.worst))
     return rows
+
+
+def _softmax_rows(s: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    s = np.where(visible, s, -np.inf)
+    p = np.exp(s - s.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _worst_queries(cfg: EvalConfig, cos, out, ref, s_ref, s_hat, causal, coded_m, rows_pos, layer: int, head: int,
+                   group: int) -> list[dict]:
+    """The ``cfg.worst`` query rows of lowest output cosine of one KV head, each with what explains it: the norms
+    of the exact and coded outputs, the attention mass on coded tokens exactly and as coded, and its most-attended
+    tokens (exact attention) with their weights and scores both ways."""
+    rows = np.argsort(cos, kind="stable")[:cfg.worst]
+    p_ref, p_hat = _softmax_rows(s_ref[rows], causal[rows]), _softmax_rows(s_hat[rows], causal[rows])
+    found = []
+    for i, r in enumerate(rows.tolist()):
+        top = np.argsort(-p_ref[i], kind="stable")[:cfg.worst_tokens]
+        coded = coded_m[r]
+        found.append({
+            "cos": float(cos[r]), "layer": int(layer), "kv_head": int(head), "query_head": int(head * group + r % group),
+            "position": int(rows_pos[r]), "out_norm": float(np.linalg.norm(ref[r])),
+            "out_norm_coded": float(np.linalg.norm(out[r])),
+            "coded_mass": float(p_ref[i][coded].sum()), "coded_mass_coded": float(p_hat[i][coded].sum()),
+            "top_tokens": [{"token": int(t), "coded": bool(coded[t]), "weight": float(p_ref[i, t]),
+                            "weight_coded": float(p_hat[i, t]), "score": float(s_ref[r, t]),
+                            "score_coded": float(s_hat[r, t])} for t in top.tolist()]})
+    return found
 
 
 def _coded(fmt, q, K, V, rows_pos, coded_m, exact_m, prefill, cfg, lh, books):
@@ -260,7 +297,7 @@ def _residual_streams(fmt: PqSettings, K, V, end: int, cfg: EvalConfig, lh, book
 
 
 def _row(acts: Activations, fmt: KvFormat, accs: list[_Acc], data: str, prefill: int, nq: int,
-         layer: int | None) -> dict:
+         layer: int | None, worst: int = 0) -> dict:
     model, N = acts.model, acts.n_tokens
     cos = np.concatenate([c for a in accs for c in a.cos])
     tot = lambda f: sum(getattr(a, f) for a in accs)  # noqa: E731
@@ -285,6 +322,8 @@ def _row(acts: Activations, fmt: KvFormat, accs: list[_Acc], data: str, prefill:
         "topk_overlap": tot("topk") / max(tot("topk_n"), 1),
         "heldout_frac": tot("heldout_pairs") / tot("coded_pairs") if tot("coded_pairs") else 0.0,
     }
+    if worst:  # lowest cosine first; ties in layer, head, query order
+        row["worst_queries"] = sorted((w for a in accs for w in a.worst), key=lambda w: w["cos"])[:worst]
     if layer is not None:
         row["layer"] = layer
     return row
@@ -362,6 +401,26 @@ COLUMNS = (("data", "data", "{}"), ("setting", "setting", "{}"), ("layer", "laye
            ("out_cos_mean", "cos mean", "{:.4f}"), ("out_cos_min", "cos min", "{:.4f}"),
            ("topk_overlap", "top-k", "{:.3f}"), ("heldout_frac", "held-out", "{:.2f}"),
            ("ppl", "ppl", "{:.3f}"), ("ppl_fp16", "ppl fp16", "{:.3f}"))
+
+
+def format_worst(rows: Sequence[dict]) -> str:
+    """The rows' ``worst_queries`` as text: per setting and data set, each query and its most-attended tokens, with
+    "exact -> coded" for the quantities the format changes."""
+    lines = []
+    for r in rows:
+        if not r.get("worst_queries") or "layer" in r:
+            continue
+        lines.append(f"worst queries, {r['data']}, {r['setting']}:")
+        for w in r["worst_queries"]:
+            lines.append(f"  cos {w['cos']:.4f}  layer {w['layer']}  kv head {w['kv_head']}  query head "
+                         f"{w['query_head']}  position {w['position']}  |out| {w['out_norm']:.3g} -> "
+                         f"{w['out_norm_coded']:.3g}  weight on coded tokens {w['coded_mass']:.3f} -> "
+                         f"{w['coded_mass_coded']:.3f}")
+            for t in w["top_tokens"]:
+                lines.append(f"    token {t['token']:>6} {'coded' if t['coded'] else 'exact'}  weight "
+                             f"{t['weight']:.3f} -> {t['weight_coded']:.3f}  score {t['score']:.2f} -> "
+                             f"{t['score_coded']:.2f}")
+    return "\n".join(lines)
 
 
 def format_table(rows: Sequence[dict]) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from sim.errors import OutputError
 from sim.io import write_text_atomic
-from workloads.accuracy import EvalConfig, evaluate, format_table, measure_perplexity
+from workloads.accuracy import EvalConfig, evaluate, format_table, format_worst, measure_perplexity
 from workloads.activations import Activations, bundled_path, load_activations, synthetic_activations
 from workloads.errors import WorkloadError
 from workloads.kvformats import KvFormat, PqSettings, parse_format
@@ -29,6 +29,7 @@ MAX_SYNTHETIC_CONTEXT = 65536  # generated tokens at most (the bounds below keep
 DEFAULT_QUERIES = 128
 DEFAULT_PPL_SCORED = 512
 MAX_ITERS = 1000
+MAX_WORST = 100  # --worst: queries described per setting
 MAX_SEED = 2**63 - 1
 MAX_FORMAT_TOKENS = 2**31 - 1  # sinks, recent, refresh, group of a format: above any context, below int64 overflow
 # Work bounds: a run above them would take hours or exhaust memory rather than fail.
@@ -83,6 +84,9 @@ def add_parser(sub) -> None:
     p.add_argument("--ppl-scored", type=int, default=None, metavar="N",
                    help=f"with --ppl: perplexity over the last N tokens, fewer than the context minus 1; codebooks "
                         f"trained on the tokens before (default: {DEFAULT_PPL_SCORED})")
+    p.add_argument("--worst", type=int, default=0, metavar="N",
+                   help=f"also describe the N queries of lowest output cosine per setting (0..{MAX_WORST}): their "
+                        f"most-attended tokens, weights and scores, exact and as coded")
     p.add_argument("--json-out", metavar="FILE", default=None, help="write rows and configuration as JSON")
     p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of every random choice, 0..2**63-1 (default: 0)")
@@ -127,6 +131,7 @@ def check_flags(args) -> None:
     _need(args.prefill is None or args.prefill >= 1, f"--prefill must be at least 1 token, got {args.prefill}")
     _need(1 <= args.iters <= MAX_ITERS, f"--iters must lie in 1..{MAX_ITERS}, got {args.iters}")
     _need(args.topk >= 1, f"--topk must be at least 1, got {args.topk}")
+    _need(0 <= args.worst <= MAX_WORST, f"--worst must lie in 0..{MAX_WORST}, got {args.worst}")
     _need(0 <= args.seed <= MAX_SEED, f"--seed must lie in 0..2**63-1, got {args.seed}")
     if args.ppl_scored is not None:
         _need(args.ppl_scored >= 1, f"--ppl-scored must be at least 1 token, got {args.ppl_scored}")
@@ -283,7 +288,8 @@ def run(args) -> int:
     rows = []
     if real is not None:
         acts, nq = real
-        cfg = EvalConfig(n_queries=nq, prefill=args.prefill, iters=args.iters, topk=args.topk, seed=args.seed)
+        cfg = EvalConfig(n_queries=nq, prefill=args.prefill, iters=args.iters, topk=args.topk, seed=args.seed,
+                         worst=args.worst)
         rows_real = evaluate(acts, formats, cfg, data="real", by_layer=args.by_layer)
         if args.ppl:
             ppl_prefill = acts.n_tokens - ppl_scored(args)
@@ -297,15 +303,17 @@ def run(args) -> int:
     if args.data in ("synthetic", "both"):
         acts = synthetic_data(args.seed, syn_context, syn_queries)
         cfg = EvalConfig(n_queries=syn_queries, prefill=args.prefill, iters=args.iters, topk=args.topk,
-                         seed=args.seed)
+                         seed=args.seed, worst=args.worst)
         rows += evaluate(acts, formats, cfg, data="synthetic", by_layer=args.by_layer)
     print(format_table(rows))
+    if args.worst:
+        print(format_worst(rows))
     if args.json_out is not None:
         write_text_atomic(args.json_out, json.dumps({"rows": rows, "config": {
             "settings": [f.name for f in formats], "data": args.data,
             "fixture": str(Path(args.fixture).expanduser() if args.fixture else FIXTURE),
             "layers": args.layers,
             "context": args.context, "queries": DEFAULT_QUERIES if args.queries is None else args.queries,
-            "prefill": args.prefill, "iters": args.iters, "topk": args.topk, "seed": args.seed,
+            "prefill": args.prefill, "iters": args.iters, "topk": args.topk, "seed": args.seed, "worst": args.worst,
             "ppl_scored": ppl_scored(args) if args.ppl else None}}, indent=1, sort_keys=True) + "\n")
     return 0
