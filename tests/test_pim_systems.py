@@ -310,3 +310,16 @@ def test_loads_of_consecutive_units_are_those_of_their_pairs(kept, n, policy, a,
     for got, want in zip(p.loads(0.5, units), expected, strict=True):
         assert got.tobytes() == want.tobytes()
     assert all(np.array_equal(x, y) for x, y in zip(p.loads(0.5, units[::-1].copy()), expected, strict=True))
+
+
+def test_hybrid_placement_beyond_int64_positions_is_exact():
+    """Positions in 1/n tokens past 2**62 (here 2**61 + 3 tokens over 4 channels) are taken as Python integers:
+    the same stripes as the exact rationals."""
+    m = dataclasses.replace(load_model("llama-3.1-8b"), n_kv_heads=1)
+    kept = [2**61, 1, 2]
+    p = place("hybrid", m, np.array(kept, dtype=np.int64), 4)
+    pu, pc, share, last, present = _hybrid_reference(kept, 4)
+    _, units, new = p.loads()
+    assert units.tolist() == present and p.last_channel.tolist() == last and p.n_pairs == len(pu)
+    assert p.pair_unit.tolist() == pu and p.pair_channel.tolist() == pc and p.pair_share.tolist() == share
+    assert new.tolist() == np.bincount(last, minlength=4).tolist()
