@@ -74,25 +74,34 @@ def test_idle_end_s_is_what_issue_returns_on_idle_channels(schedule):
         assert bank.issue(now, "phase", durs) == ChannelBank.idle_end_s(now, max(durs))
 
 
+def _bank() -> tuple[Tracer, ChannelBank]:
+    tracer = Tracer()
+    tracer.register("pim", "compute")
+    return tracer, ChannelBank(simpy.Environment(), "pim", 4, tracer)
+
+
+def _phases_on_idle_channels(schedule, which):
+    """(issue time, per-channel work) of phases each issued once every channel is free (the last phase's end is
+    its issue plus its longest work: ``idle_end_s``); the work repeats, ``which`` picking one of the first three
+    phases' each time, as layers repeat theirs."""
+    pool = [np.asarray(d, dtype=float) for _, d in schedule[:3]]
+    now = free = 0.0
+    for (at, _), k in zip(schedule, which, strict=False):
+        durs = pool[k % len(pool)]
+        now = max(now + at, free)
+        yield now, durs
+        free = now + float(durs.max())
+
+
 @given(phases, st.lists(st.integers(0, 2), min_size=12, max_size=12))
 def test_issue_without_records_changes_the_bank_as_issue_does(schedule, which):
     """``issue(record=False)`` (a phase repeated in a later layer, whose spans' totals the caller adds with
     ``Tracer.add``) leaves the channels' next-free and busy times and the tracer's occupancy as ``issue`` does,
     returns the same end, and records no span. Phases repeat (``which`` picks one of three), as layers do."""
-    pool = [np.asarray(d, dtype=float) for _, d in schedule[:3]]
-
-    def make():
-        tracer = Tracer()
-        tracer.register("pim", "compute")
-        return tracer, ChannelBank(simpy.Environment(), "pim", 4, tracer)
-
-    (t_ref, ref), (t_new, new) = make(), make()
-    now = 0.0
-    for (at, _), k in zip(schedule, which, strict=False):
-        k %= len(pool)
-        now = max(now + at, float(ref.free_at_s.max()))  # every channel free by now
-        done = ref.issue(now, "phase", pool[k])
-        assert new.issue(now, "phase", pool[k], record=False) == done
+    (t_ref, ref), (t_new, new) = _bank(), _bank()
+    for now, durs in _phases_on_idle_channels(schedule, which):
+        done = ref.issue(now, "phase", durs)
+        assert new.issue(now, "phase", durs, record=False) == done
     assert np.allclose(new.busy_s, ref.busy_s, rtol=1e-12, atol=0)
     assert np.array_equal(new.free_at_s, ref.free_at_s)
     assert t_new.occupancy.totals() == t_ref.occupancy.totals()
@@ -126,20 +135,10 @@ def test_issue_idle_is_issue_without_records_on_idle_channels(schedule, which):
     """``issue_idle`` (a contended prefill step's repeated decode phase) leaves the next-free and busy times and
     the occupancy exactly as ``issue(record=False)`` does, bit for bit, and returns the same end, for phases
     issued once every channel is free."""
-    pool = [np.asarray(d, dtype=float) for _, d in schedule[:3]]
-
-    def make():
-        tracer = Tracer()
-        tracer.register("pim", "compute")
-        return tracer, ChannelBank(simpy.Environment(), "pim", 4, tracer)
-
-    (t_ref, ref), (t_new, new) = make(), make()
-    now = 0.0
-    for (at, _), k in zip(schedule, which, strict=False):
-        k %= len(pool)
-        now = max(now + at, float(ref.free_at_s.max()))  # every channel free by now
-        done = ref.issue(now, "phase", pool[k], record=False)
-        assert new.issue_idle(now, pool[k], float(pool[k].max())) == done
+    (t_ref, ref), (t_new, new) = _bank(), _bank()
+    for now, durs in _phases_on_idle_channels(schedule, which):
+        done = ref.issue(now, "phase", durs, record=False)
+        assert new.issue_idle(now, durs, float(durs.max())) == done
         assert np.array_equal(new.free_at_s, ref.free_at_s)
     assert np.array_equal(new.busy_s, ref.busy_s)
     assert t_new.occupancy.totals() == t_ref.occupancy.totals()
