@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("case", choices=("rows", "serve"))
     ap.add_argument("--root", nargs="+", default=[str(HERE.parents[1])], help="checkouts to measure")
     ap.add_argument("--points", type=_count, default=256, help="rows: points of the grid")
-    ap.add_argument("--system", default="pim", help="serve: the system")
+    ap.add_argument("--system", default="pim", choices=("gpu", "offload", "pim", "aqpim"), help="serve: the system")
     ap.add_argument("--requests", type=_count, default=300, help="serve: requests")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -50,11 +50,20 @@ class ChannelBank:
         is monotone, so the last to finish ends at ``now + longest_s`` exactly."""
         return now + longest_s
 
+    @staticmethod
+    def durations(duration_s, shape: tuple[int, ...]) -> np.ndarray:
+        """A phase's per-channel seconds as ``issue`` takes them: a float array of ``shape`` (a scalar or a
+        shorter array broadcast; an array already so shaped as it is)."""
+        if type(duration_s) is np.ndarray and duration_s.dtype == np.float64 and duration_s.shape == shape:
+            return duration_s
+        return np.broadcast_to(np.asarray(duration_s, dtype=float), shape)
+
     def issue_idle(self, now: float, duration_s: np.ndarray, longest_s: float) -> float:
         """``issue(now, kind, duration_s, record=False)`` for a phase on every channel when all are free by
-        ``now`` (``duration_s`` a float array of the bank's shape, ``longest_s`` its largest entry): the same
-        next-free and busy times and occupancy, and the same end (``idle_end_s``), without the comparison with
-        the next-free times. A contended prefill step issues a decode layer's phase so in every later layer."""
+        ``now`` (``duration_s`` as ``durations`` gives it for the whole bank, ``longest_s`` its largest entry):
+        the same next-free and busy times and occupancy, and the same end (``idle_end_s``), without the
+        comparison with the next-free times. A contended prefill step issues a decode layer's phase so in every
+        later layer."""
         self.free_at_s[:] = now + duration_s
         self.busy_s += duration_s
         done = now + longest_s
@@ -69,9 +78,7 @@ class ChannelBank:
         the bank's hold alone, no spans (a caller that adds the phase's totals itself)."""
         idx = slice(None) if channels is None else channels
         free = self.free_at_s if channels is None else self.free_at_s[idx]  # (a copy for a channel list)
-        dur = duration_s
-        if type(dur) is not np.ndarray or dur.dtype != np.float64 or dur.shape != free.shape:
-            dur = np.broadcast_to(np.asarray(duration_s, dtype=float), free.shape)
+        dur = self.durations(duration_s, free.shape)
         start = np.maximum(free, now)
         end = start + dur
         self.free_at_s[idx] = end

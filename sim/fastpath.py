@@ -341,8 +341,7 @@ class Stepper:
                 m.chain_end((hold,), start)
                 occ = m.hold_occupancy(hold)
                 if occ is None:  # a PIM phase: its durations as issue takes them, and its longest
-                    d = np.broadcast_to(np.asarray(hold[0].durations_s, dtype=float), m.pim.free_at_s.shape)
-                    occ = (d, held[id(hold)][1])
+                    occ = (m.pim.durations(hold[0].durations_s, m.pim.free_at_s.shape), held[id(hold)][1])
                 firsts[id(hold)] = [tracer.delta_since(mark), 0, occ, len(hold) == 1]
                 continue
             f[1] += 1

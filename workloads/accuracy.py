@@ -191,19 +191,15 @@ def evaluate(acts: Activations, formats: Sequence[KvFormat], cfg: EvalConfig = E
     return rows
 
 
-def _softmax_rows(s: np.ndarray, visible: np.ndarray) -> np.ndarray:
-    s = np.where(visible, s, -np.inf)
-    p = np.exp(s - s.max(axis=1, keepdims=True))
-    return p / p.sum(axis=1, keepdims=True)
-
-
 def _worst_queries(cfg: EvalConfig, cos, out, ref, s_ref, s_hat, causal, coded_m, rows_pos, layer: int, head: int,
                    group: int) -> list[dict]:
     """The ``cfg.worst`` query rows of lowest output cosine of one KV head, each with what explains it: the norms
     of the exact and coded outputs, the attention mass on coded tokens exactly and as coded, and its most-attended
     tokens (exact attention) with their weights and scores both ways."""
     rows = np.argsort(cos, kind="stable")[:cfg.worst]
-    p_ref, p_hat = _softmax_rows(s_ref[rows], causal[rows]), _softmax_rows(s_hat[rows], causal[rows])
+    visible = causal[rows]
+    p_ref = pq._softmax_part(np.where(visible, s_ref[rows], -np.inf))[0]
+    p_hat = pq._softmax_part(np.where(visible, s_hat[rows], -np.inf))[0]
     found = []
     for i, r in enumerate(rows.tolist()):
         top = np.argsort(-p_ref[i], kind="stable")[:cfg.worst_tokens]

@@ -74,16 +74,19 @@ class Placement:
     """Where each unit (sequence, KV head) lives: (unit, channel, share of the unit's tokens) pairs, in unit order
     (``place`` makes them so; ``loads`` of a run of consecutive units takes them as one slice)."""
 
-    def __init__(self, unit_tokens: np.ndarray, pair_unit: np.ndarray, pair_channel: np.ndarray,
-                 pair_share: np.ndarray, last_channel: np.ndarray, n_channels: int):
+    def __init__(self, unit_tokens: np.ndarray, last_channel: np.ndarray, n_channels: int,
+                 pairs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None):
         self.unit_tokens = unit_tokens  # attended tokens of each unit
-        self.pair_unit = pair_unit
-        self.pair_channel = pair_channel
-        self.pair_share = pair_share
         self.last_channel = last_channel  # channel that receives each unit's new token
         self.n_channels = n_channels
+        if pairs is not None:  # (a subclass that builds them when asked leaves them out)
+            self._pairs = pairs  # (unit, channel, share) of every pair
         self._whole: list = []  # the whole batch's loads for the last scale asked (a step's plan and its
         # capacity report ask alike)
+
+    pair_unit = property(lambda self: self._pairs[0])
+    pair_channel = property(lambda self: self._pairs[1])
+    pair_share = property(lambda self: self._pairs[2])
 
     @property
     def n_pairs(self) -> int:
@@ -144,10 +147,7 @@ class StripePlacement(Placement):
         np.maximum(c1, c0, out=c1)
         held = tokens > 0
         diff = np.bincount(c0[held], minlength=n + 1) - np.bincount(c1[held] + 1, minlength=n + 1)
-        self.unit_tokens = unit_tokens
-        self.last_channel = c1
-        self.n_channels = n
-        self._whole = []
+        super().__init__(unit_tokens, c1, n)
         self._tokens, self._starts, self._ends, self._first, self._total = tokens, starts, ends, c0, total
         self._present = np.cumsum(diff[:n])
 
@@ -166,10 +166,6 @@ class StripePlacement(Placement):
         overlap = (np.minimum(n * self._ends[pu], (at + 1) * self._total)
                    - np.maximum(n * self._starts[pu], at * self._total))
         return pu, pc, (overlap / (n * tokens[pu])).astype(float)
-
-    pair_unit = property(lambda self: self._pairs[0])
-    pair_channel = property(lambda self: self._pairs[1])
-    pair_share = property(lambda self: self._pairs[2])
 
     def _whole_loads(self, tokens_scale: float):
         n = self.n_channels
@@ -192,11 +188,10 @@ def place(policy: str, model: ModelSpec, kept: np.ndarray, n_channels: int) -> P
     u, n = ut.size, n_channels
     if policy == "head" or not tokens.any():
         ch = np.arange(u) % n
-        return Placement(ut, np.arange(u), ch, np.ones(u), ch, n)
+        return Placement(ut, ch, n, (np.arange(u), ch, np.ones(u)))
     if policy == "token":
-        pu = np.repeat(np.arange(u), n)
         last = (tokens + np.arange(u)) % n
-        return Placement(ut, pu, np.tile(np.arange(n), u), np.full(u * n, 1.0 / n), last, n)
+        return Placement(ut, last, n, (np.repeat(np.arange(u), n), np.tile(np.arange(n), u), np.full(u * n, 1.0 / n)))
     return StripePlacement(ut, tokens, n)
 
 
