@@ -70,6 +70,15 @@ class ChannelBank:
         self.tracer.occupy(self.name, now, done)
         return done
 
+    def repeat_idle(self, last_s: float, durations: list[np.ndarray]) -> None:
+        """``issue_idle`` of each phase of ``durations`` in turn, the last issued at ``last_s``, without their
+        occupancy (a caller that adds the holds' intervals in one go: ``Occupancy.add_many``): the same busy and
+        next-free times, bit for bit."""
+        busy = self.busy_s
+        for d in durations:
+            busy += d
+        self.free_at_s[:] = last_s + durations[-1]
+
     def issue(self, now: float, kind: str, duration_s, nbytes: float = 0.0, flops: float = 0.0,
               energy_j: float = 0.0, channels: np.ndarray | None = None, parts=(), record: bool = True) -> float:
         """``run``'s bookkeeping at clock ``now`` (channels' next-free and busy times, spans): returns the moment

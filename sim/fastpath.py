@@ -33,7 +33,7 @@ with ``sub_batches`` > 1) returns no segments and is always simulated in full, a
 ``trace_steps``, whose spans are kept) and every step with ``detail = "full"``. A prefill step is made without
 events too: ``Stepper.prefill_step`` when it and the decode step beside it are nothing but GPU holds (their
 repeating blocks replayed), ``Stepper.contended_step`` when either uses links or PIM channels (first come, first
-served); both give up, and the driver simulates the step, where SimPy's event order would decide.
+served, whole periods of its repeating layers skipped: ``_Fcfs``); both give up, and the driver simulates the step, where SimPy's event order would decide.
 """
 
 from __future__ import annotations
@@ -226,18 +226,23 @@ class Stepper:
 
     def contended_step(self, pplan, e: StepEntry | None) -> tuple[float, float] | None:
         """A prefill step that may store its K/V over a link (pim, aqpim, offload with a host share) beside a
-        decode step that is one chain of holds, made without SimPy events by the same first-come-first-served rules. The
-        prefill runs its GPU layers back to back, sends each layer's store as the layer ends (the stores queue on
-        their link), then its head, and ends when the last store lands; the decode chain asks for each hold's
-        resource as its previous hold ends (a PIM phase needs none: the channels are the decode's alone, idle at
-        its start). A resource is granted to requests in the order they were made, at the later of the request
-        and the previous holder's release. Two requests for one resource at the same instant (whose order
-        SimPy's event queue would decide; at the step's start the prefill's, made first) make it give up, as do
-        routes over more than one resource, weight fetches, full detail and kept spans. The holds are then
-        recorded in start order with the processes' own bookkeeping: each distinct hold in full the first time,
-        its repetitions (the next layers) as their resource holds, with the first one's totals added for them
-        when the step stays within one binade of the clock (as ``run`` replays a segment). Returns (the
-        prefill's end, the step's end) or None."""
+        decode step that is one chain of holds, made without SimPy events by the same first-come-first-served
+        rules. The prefill runs its GPU layers back to back, sends each layer's store as the layer ends (the
+        stores queue on their link), then its head, and ends when the last store lands; the decode chain asks
+        for each hold's resource as its previous hold ends (a PIM phase needs none: the channels are the
+        decode's alone, idle at its start). A resource is granted to requests in the order they were made, at
+        the later of the request and the previous holder's release. Two requests for one resource at the same
+        instant (whose order SimPy's event queue would decide; at the step's start the prefill's, made first)
+        make it give up, as do routes over more than one resource, weight fetches, full detail and kept spans.
+
+        The layers repeat: once the state of the two processes seen from the clock (what is queued, when each
+        resource frees, relative to the prefill's next layer) recurs, everything from there repeats with the
+        same period, shifted, and whole periods are skipped (``_Fcfs``). The holds are then recorded in start
+        order with the processes' own bookkeeping: each distinct hold in full the first time, its repetitions
+        (the next layers) as their resource holds, in arrays (``Occupancy.add_many``,
+        ``ChannelBank.repeat_idle``), with the first one's totals added for them when the step stays within one
+        binade of the clock (as ``run`` replays a segment). Returns (the prefill's end, the step's end) or
+        None."""
         if self.full or self.tracer.keeping or pplan.fetch_bytes > 0:
             return None
         m = self.machine
@@ -249,110 +254,133 @@ class Stepper:
         decode = [] if e is None else self.decode_holds(e)
         if decode is None:
             return None
-        # Per distinct decode hold (layers repeat them): the resource it asks for (None: a PIM phase) and its
-        # duration (a PIM phase: its longest channel work).
-        held: dict[int, tuple] = {}
+        # The step's distinct holds, numbered: the decode's (layers repeat them), then the prefill's layer, head
+        # and store. Per hold: the resource slot it asks for (-1: a PIM phase) and its duration (a PIM phase: its
+        # longest channel work).
+        holds: list = []
+        number: dict[int, int] = {}
+        slot_of: dict = {}
+        res_slot, dur_of = [], []
+
+        def add_hold(h, res, dur) -> int:
+            number[id(h)] = len(holds)
+            holds.append(h)
+            res_slot.append(-1 if res is None else slot_of.setdefault(res, len(slot_of)))
+            dur_of.append(dur)
+            return len(holds) - 1
+
         for h in decode:
-            if id(h) in held:
+            if id(h) in number:
                 continue
             if len(h) == 2:
                 if h[0] is not gpu:
                     return None  # a hold on another component than the GPU
-                held[id(h)] = (gpu, hold_s(h[1]))  # the GPU, keyed by its component beside the links' names
+                add_hold(h, gpu, hold_s(h[1]))  # the GPU, keyed by its component beside the links' names
             elif len(h) == 4:
                 route = topo.route(h[0], h[1])
                 if len(route.resources) != 1:
                     return None  # a route over several resources
-                held[id(h)] = (route.resources[0], route.time_s(h[2], True))
+                add_hold(h, route.resources[0], route.time_s(h[2], True))
             else:
                 d = h[0].durations_s
-                held[id(h)] = (None, float(np.max(d)) if np.size(d) else 0.0)
-        d_held = [held[id(h)] for h in decode]
+                add_hold(h, None, float(np.max(d)) if np.size(d) else 0.0)
         t0 = self.env.now
         if m.pim is not None and float(m.pim.free_at_s.max(initial=t0)) > t0:
             return None
+        n_decode = len(holds)
         n_layers = self.system.model.n_layers
-        p_holds = [(gpu, pplan.layer)] * n_layers + ([(gpu, pplan.head)] if pplan.head else [])
-        p_s = [hold_s(pplan.layer)] * n_layers + ([hold_s(pplan.head)] if pplan.head else [])
-        store_hold = (pplan.store_src, pplan.store_dst, pplan.store_bytes, f"{PREFILL}.kv_store")
-        store_res, store_s = (store_route.resources[0], store_route.time_s(pplan.store_bytes, True)) if stores \
-            else (None, 0.0)
-        queue: list = []
-        made = itertools.count()
-        heapq.heappush(queue, (t0, next(made), "p", 0))
-        if decode:
-            heapq.heappush(queue, (t0, next(made), "d", 0))
-        free_at: dict[str, float] = {}
-        asked: dict[str, float] = {}
-        records = []  # (start, order, record): replayed in start order at the end
-        prefill_end = end = t0
-        while queue:
-            t, _, who, i = heapq.heappop(queue)
-            if who == "d":
-                res, dur = d_held[i]
-            else:
-                res = store_res if who == "s" else gpu
-            start = t
-            if res is not None:
-                if asked.get(res) == t and not (who == "d" and i == 0 and t == t0):
-                    return None
-                asked[res] = t
-                start = max(t, free_at.get(res, t))
-            if who == "p":
-                fin = start + p_s[i]
-                records.append((start, len(records), p_holds[i]))
-                prefill_end = max(prefill_end, fin)
-                if stores and i < n_layers:
-                    heapq.heappush(queue, (fin, next(made), "s", i))
-                if i + 1 < len(p_holds):
-                    heapq.heappush(queue, (fin, next(made), "p", i + 1))
-            elif who == "s":
-                fin = start + store_s
-                records.append((start, len(records), store_hold))
-                prefill_end = max(prefill_end, fin)
-            else:
-                if res is not None:
-                    fin = start + dur
-                else:  # a PIM phase: its channels are free at the step's start and each phase ends before the
-                    # next one starts, so they are idle at its issue; the timeout is done - start, as in run
-                    fin = start + (m.pim.idle_end_s(start, dur) - start)
-                records.append((start, len(records), decode[i]))
-                end = max(end, fin)
-                if i + 1 < len(decode):
-                    heapq.heappush(queue, (fin, next(made), "d", i + 1))
-            if res is not None:
-                free_at[res] = fin
+        layer = add_hold((gpu, pplan.layer), gpu, hold_s(pplan.layer))
+        p_idx = [layer] * n_layers
+        if pplan.head:
+            p_idx.append(add_hold((gpu, pplan.head), gpu, hold_s(pplan.head)))
+        store = -1
+        if stores:
+            store = add_hold((pplan.store_src, pplan.store_dst, pplan.store_bytes, f"{PREFILL}.kv_store"),
+                             store_route.resources[0], store_route.time_s(pplan.store_bytes, True))
+        # the decode's repeating part: its first segment's chain, ``count`` times (the layers)
+        period = (len(e.chains[0]), len(e.chains[0]) * e.segments[0][1]) if decode else (1, 0)
+        run = _Fcfs(t0, [number[id(h)] for h in decode], p_idx, store, n_layers, n_decode, res_slot, dur_of,
+                    len(slot_of), period, m.pim)
+        if not run.walk():
+            return None
         self.system.prefill_energy(pplan)  # what the prefill process adds before its first hold
-        records.sort(key=lambda r: (r[0], r[1]))
+        prefill_end, end = run.prefill_end, run.end
+        starts = np.array(run.starts)
+        which = np.array(run.holds, dtype=np.intp)
+        order = np.argsort(starts, kind="stable")  # start order, ties in the order the holds were taken
+        starts, which = starts[order], which[order]
         step_end = max(end, prefill_end)
         if binade(t0) != binade(step_end):
-            for start, _, hold in records:
-                m.chain_end((hold,), start)
+            for start, h in zip(starts.tolist(), which.tolist(), strict=True):
+                m.chain_end((holds[h],), start)
             return prefill_end, step_end
-        # Every layer repeats the same holds: each is recorded in full once, and its later occurrences only hold
-        # their resources (the occupancy and the channels' state, in start order as before) while their records
-        # are added as that first one's totals, which are the same within one binade of the clock (as replay).
-        tracer = self.tracer
-        firsts: dict[int, list] = {}  # id(hold) -> [its totals, later occurrences, what a repetition occupies]
-        for start, _, hold in records:
-            f = firsts.get(id(hold))
-            if f is None:
-                mark = tracer.mark(m.chain_scope((hold,)))
-                m.chain_end((hold,), start)
-                occ = m.hold_occupancy(hold)
-                if occ is None:  # a PIM phase: its durations as issue takes them, and its longest
-                    occ = (m.pim.durations(hold[0].durations_s, m.pim.free_at_s.shape), held[id(hold)][1])
-                firsts[id(hold)] = [tracer.delta_since(mark), 0, occ, len(hold) == 1]
-                continue
-            f[1] += 1
-            if f[3]:  # chain_end(record=False) of a PIM phase: its channels are idle at its issue (above)
-                m.pim.issue_idle(start, *f[2])
-            else:  # chain_end(record=False), its occupancy computed once per distinct hold
-                m.occupy_hold(f[2], start)
-        for delta, times, *_ in firsts.values():
-            if times:
-                tracer.add(delta, times)
+        self._record_repeated(holds, dur_of, starts, which)
         return prefill_end, step_end
+
+    def _record_repeated(self, holds: list, longest: list, starts: np.ndarray, which: np.ndarray) -> None:
+        """Record a contended step's holds (``holds[which[k]]`` from ``starts[k]``, in start order): each distinct
+        hold in full the first time (``chain_end``), its later occurrences as their resource holds alone (what
+        ``chain_end(record=False)`` makes: the occupancy and the channels' state, in start order), their
+        records added as the first one's totals (``Tracer.add``: the same within one binade of the clock). The
+        occupancy of them all, the first ones' included, goes in at the end in one ``Occupancy.add_many``."""
+        m, tracer = self.machine, self.tracer
+        bank = m.pim
+        n = len(holds)
+        is_first = np.zeros(len(which), dtype=bool)
+        is_first[np.unique(which, return_index=True)[1]] = True
+        # per hold, what a repetition occupies: category and seconds (a PIM phase: its longest channel's) and,
+        # for a PIM phase, its per-channel seconds as issue takes them
+        cat = np.zeros(n, dtype=np.intp)
+        dur = np.zeros(n)
+        phase_s: dict[int, np.ndarray] = {}
+        index = tracer.category_index
+        for h, hold in enumerate(holds):
+            occ = m.hold_occupancy(hold)
+            if occ is None:
+                cat[h], dur[h] = index[bank.name], longest[h]
+                phase_s[h] = bank.durations(hold[0].durations_s, bank.free_at_s.shape)
+            elif len(occ[1]) == 1:
+                cat[h], dur[h] = index[occ[1][0]], occ[0]
+            else:
+                return self._record_one_by_one(holds, starts, which)
+        on_bank = np.isin(which, list(phase_s)) if phase_s else np.zeros(len(which), dtype=bool)
+        firsts = _Intervals()
+        occupancy, tracer.occupancy = tracer.occupancy, firsts  # the first holds' intervals, kept for later
+        deltas: list = [None] * n
+        repeated: list[np.ndarray] = []  # the PIM phases repeated since the last one issued
+        last = 0.0
+        try:
+            for k in np.flatnonzero(is_first | on_bank).tolist():
+                h = int(which[k])
+                if not is_first[k]:
+                    repeated.append(phase_s[h])
+                    last = float(starts[k])
+                    continue
+                if repeated and h in phase_s:
+                    bank.repeat_idle(last, repeated)
+                    repeated = []
+                mark = tracer.mark(m.chain_scope((holds[h],)))
+                m.chain_end((holds[h],), float(starts[k]))
+                deltas[h] = tracer.delta_since(mark)
+        finally:
+            tracer.occupancy = occupancy
+        if repeated:
+            bank.repeat_idle(last, repeated)
+        again = ~is_first
+        h_again = which[again]
+        s_all = np.concatenate((starts[again], firsts.starts))
+        order = np.argsort(s_all, kind="stable")
+        occupancy.add_many(np.concatenate((cat[h_again], firsts.categories))[order], s_all[order],
+                           np.concatenate((starts[again] + dur[h_again], firsts.ends))[order])
+        times = np.bincount(which, minlength=n) - 1
+        for h in which[is_first].tolist():  # in the order of their first occurrences, as the totals were added
+            if times[h] > 0:
+                tracer.add(deltas[h], int(times[h]))
+
+    def _record_one_by_one(self, holds: list, starts: np.ndarray, which: np.ndarray) -> None:
+        """``_record_repeated`` for holds that occupy several components: each occurrence recorded in full."""
+        for start, h in zip(starts.tolist(), which.tolist(), strict=True):
+            self.machine.chain_end((holds[h],), start)
 
     def chain_runs(self, holds: tuple, count: int, t: float) -> float:
         """``count`` runs of the chain ``holds`` from clock ``t`` on idle resources, without events: the first
@@ -373,6 +401,179 @@ class Stepper:
             return t
         self.tracer.replay(self.tracer.delta_since(mark), count - 1, t)
         return t + (count - 1) * duration
+
+
+
+class _Intervals:
+    """Stands in for the tracer's ``Occupancy`` while a contended step's first holds are recorded: keeps their
+    intervals, to go in with their repetitions' in start order (``Occupancy.add_many``)."""
+
+    def __init__(self):
+        self.categories: list[int] = []
+        self.starts: list[float] = []
+        self.ends: list[float] = []
+
+    def add(self, category: int, start_s: float, end_s: float) -> None:
+        self.categories.append(category)
+        self.starts.append(start_s)
+        self.ends.append(end_s)
+
+    @staticmethod
+    def totals() -> tuple[float, float, float]:
+        return 0.0, 0.0, 0.0  # (what a mark reads: the deltas' occupancy is not used, Tracer.add ignores it)
+
+_P, _S, _D = 0, 1, 2  # a contended step's requests: a prefill layer (or head), a prefill store, a decode hold
+
+
+class _Fcfs:
+    """The two processes of a contended step (``Stepper.contended_step``) taking their holds first come, first
+    served, without events. Holds are numbers: ``decode`` the decode chain's in order, ``p_idx`` the prefill's
+    layers and head, ``store`` the store after each prefill layer (-1: none); per hold ``res_slot`` (its
+    resource, -1 for a PIM phase on idle channels) and ``dur_of`` (seconds). ``period``: (holds per decode
+    layer, where the decode's repeated layers end). ``walk`` fills ``starts`` and ``holds`` (each hold taken, in
+    the order taken), ``prefill_end`` and ``end``.
+
+    Skipping periods: at each prefill layer the state is read relative to the clock (the queued requests, with
+    the prefill's indices relative to the layer and the decode's position within its layer; when each resource
+    frees and was last asked for, where that is still ahead). Equal floats added to clock values of one binade
+    give equal results wherever the values lie in it (the values there are the multiples of one ulp), so when
+    the state recurs, every later layer repeats the holds between the two sightings shifted by their distance
+    Δ, until either process leaves its repeated layers or the clock would leave the binade; those periods are
+    appended shifted by kΔ (exact: multiples of the ulp) and the walk goes on from the state shifted by mΔ."""
+
+    def __init__(self, t0: float, decode: list[int], p_idx: list[int], store: int, n_layers: int, n_decode: int,
+                 res_slot: list[int], dur_of: list[float], n_slots: int, period: tuple[int, int], bank):
+        self.t0, self.decode, self.p_idx, self.store, self.n_layers = t0, decode, p_idx, store, n_layers
+        self.n_decode, self.res_slot, self.dur_of, self.n_slots = n_decode, res_slot, dur_of, n_slots
+        self.period, self.bank = period, bank
+        self.starts: list[float] = []
+        self.holds: list[int] = []
+        self.prefill_end = self.end = t0
+
+    def walk(self) -> bool:
+        """Take every hold; False where two requests for one resource come at the same instant (other than the
+        two processes' first, at the step's start), whose order SimPy's event queue would decide."""
+        t0, decode, p_idx, store = self.t0, self.decode, self.p_idx, self.store
+        res_slot, dur_of, n_layers = self.res_slot, self.dur_of, self.n_layers
+        n_p, n_d = len(p_idx), len(decode)
+        layer_len, repeat_end = self.period
+        idle_end = self.bank.idle_end_s if self.bank is not None else None
+        queue = [(t0, 0, _P, 0)]
+        made = 1
+        if n_d:
+            queue.append((t0, 1, _D, 0))
+            made = 2
+        free_at = [-math.inf] * self.n_slots
+        asked: list = [None] * self.n_slots
+        starts, holds, fins = self.starts, self.holds, []
+        prefill_end = end = t0
+        seen: dict = {}
+        push, pop = heapq.heappush, heapq.heappop
+        while queue:
+            t, _, who, i = pop(queue)
+            if (i < n_layers if who == _P else (who == _D and not queue and i < repeat_end
+                                                    and i % layer_len == 0)):
+                jump = self._recur(seen, t, who, i, queue, free_at, asked, len(starts), layer_len, repeat_end)
+                if jump is not None:
+                    tj, rj, periods, p_step, d_step = jump
+                    total = periods * (t - tj)
+                    base_s, base_h, base_f = starts[rj:], holds[rj:], fins[rj:]
+                    for k in range(1, periods + 1):
+                        shift = k * (t - tj)
+                        starts.extend([x + shift for x in base_s])
+                        holds.extend(base_h)
+                        fins.extend([x + shift for x in base_f])
+                    pf = [f for f, h in zip(base_f, base_h, strict=True) if h >= self.n_decode]
+                    df = [f for f, h in zip(base_f, base_h, strict=True) if h < self.n_decode]
+                    if pf:
+                        prefill_end = max(prefill_end, max(pf) + total)
+                    if df:
+                        end = max(end, max(df) + total)
+                    queue = [(q[0] + total, q[1], q[2], q[3] + (d_step if q[2] == _D else p_step))
+                             for q in queue]
+                    heapq.heapify(queue)
+                    free_at = [f + total if f >= t else f for f in free_at]
+                    asked = [a + total if a is not None and a >= t else a for a in asked]
+                    t, i = t + total, i + (p_step if who == _P else d_step)
+                    seen.clear()
+            h = decode[i] if who == _D else (p_idx[i] if who == _P else store)
+            slot = res_slot[h]
+            start = t
+            if slot >= 0:
+                if asked[slot] == t and not (who == _D and i == 0 and t == t0):
+                    return False
+                asked[slot] = t
+                f = free_at[slot]
+                if f > t:
+                    start = f
+                fin = start + dur_of[h]
+                free_at[slot] = fin
+            else:  # a PIM phase: its channels are free at the step's start and each phase ends before the next
+                # one starts, so they are idle at its issue; the timeout is done - start, as in run
+                fin = start + (idle_end(start, dur_of[h]) - start)
+            starts.append(start)
+            holds.append(h)
+            fins.append(fin)
+            if who == _D:
+                if fin > end:
+                    end = fin
+                if i + 1 < n_d:
+                    push(queue, (fin, made, _D, i + 1))
+                    made += 1
+            else:
+                if fin > prefill_end:
+                    prefill_end = fin
+                if who == _P:
+                    if store >= 0 and i < n_layers:
+                        push(queue, (fin, made, _S, i))
+                        made += 1
+                    if i + 1 < n_p:
+                        push(queue, (fin, made, _P, i + 1))
+                        made += 1
+        self.prefill_end, self.end = prefill_end, end
+        return True
+
+    def _recur(self, seen: dict, t: float, who: int, i: int, queue: list, free_at: list, asked: list,
+               n_taken: int, layer_len: int, repeat_end: int):
+        """At a prefill layer ``i`` (or, once the prefill is done, the start of decode layer ``i``) taken at
+        ``t``: None, or (the clock and holds taken when this state was seen before, the periods to skip, and
+        how far they move the prefill's and the decode's indices)."""
+        pending_d = i if who == _D else None
+        rel = []
+        for q in sorted(queue):
+            if q[2] == _D:
+                pending_d = q[3]
+                pos = q[3] % layer_len if q[3] < repeat_end else -1 - q[3]
+            else:
+                pos = q[3] - i
+            rel.append((q[0] - t, q[2], pos))
+        key = (who, tuple(rel), tuple(f - t if f > t else 0.0 for f in free_at),
+               tuple(a - t if a is not None and a >= t else None for a in asked))
+        prev = seen.get(key)
+        if prev is None:
+            seen[key] = (t, i, n_taken, pending_d)
+            return None
+        tj, ij, rj, dj = prev
+        delta = t - tj
+        if not delta > 0.0:
+            return None
+        p_step = i - ij if who == _P else 0
+        periods = (len(self.p_idx) - 1 - i) // p_step if p_step else len(self.decode)
+        d_step = 0
+        if pending_d is not None:
+            d_step = pending_d - dj
+            if d_step <= 0:
+                return None
+            # the decode's requests stay within its repeated layers, and its next one is still to come
+            periods = min(periods, (min(repeat_end, len(self.decode) - 1) - pending_d) // d_step)
+        ahead = [q[0] for q in queue] + [f for f in free_at if f > t] + [a for a in asked if a is not None and a > t]
+        top = max([t, *ahead])  # every hold of the period ends by then
+        b = binade(tj)
+        while periods > 0 and binade(top + periods * delta) != b:
+            periods -= 1
+        if periods <= 0 or binade(t) != b:
+            return None
+        return tj, rj, periods, periods * p_step, periods * d_step
 
 
 MAX_PERIOD = 8  # the longest block of holds looked for as a repeating unit (a decode layer's GPU holds)

@@ -142,3 +142,16 @@ def test_issue_idle_is_issue_without_records_on_idle_channels(schedule, which):
         assert np.array_equal(new.free_at_s, ref.free_at_s)
     assert np.array_equal(new.busy_s, ref.busy_s)
     assert t_new.occupancy.totals() == t_ref.occupancy.totals()
+
+
+@given(phases, st.lists(st.integers(0, 2), min_size=12, max_size=12))
+def test_repeat_idle_is_issue_idle_in_turn(schedule, which):
+    """``repeat_idle`` (a contended step's repeated PIM phases, their occupancy added apart) leaves the busy and
+    next-free times of ``issue_idle`` of each phase in turn, bit for bit."""
+    (_, ref), (_, new) = _bank(), _bank()
+    issued = list(_phases_on_idle_channels(schedule, which))
+    for now, durs in issued:
+        ref.issue_idle(now, durs, float(durs.max()))
+    if issued:
+        new.repeat_idle(issued[-1][0], [durs for _, durs in issued])
+    assert np.array_equal(new.busy_s, ref.busy_s) and np.array_equal(new.free_at_s, ref.free_at_s)

@@ -248,6 +248,38 @@ def test_prefill_steps_with_stores_run_without_events(monkeypatch, options):
     assert n_auto < 0.3 * n_full, (n_auto, n_full)
 
 
+@pytest.mark.parametrize("options", [{"system": "pim", "channels": 16}, {"system": "aqpim", "channels": 16},
+                                     {"system": "offload", "kv_gpu_fraction": "0"}])
+@pytest.mark.parametrize("chunk", [64, 256, 2048])
+def test_contended_steps_skip_whole_periods_exactly(monkeypatch, options, chunk):
+    """A contended step skips the periods of its repeating layers (``_Fcfs``): both kinds of skip happen here
+    (beside prefill layers, and in the decode's layers after the prefill ends), and every output is bit for bit
+    what walking every hold gives."""
+    import sim.fastpath as fastpath
+
+    workload = dict(requests=10, context=900, output_tokens=5, max_batch=4, prefill="chunked",
+                    prefill_chunk_tokens=chunk, arrival_rate_per_s=300.0, trace_steps=0, **options)
+    recur = fastpath._Fcfs._recur
+    skipped: list = []
+
+    def counted(self, seen, t, who, *args):
+        out = recur(self, seen, t, who, *args)
+        if out is not None:
+            skipped.append(who)
+        return out
+
+    def rows(**kw):
+        out = []
+        r = simulate(make_config(**kw), model=DEEP, on_step=out.append).to_dict()
+        return r, [(x.start_s, x.latency_s) for x in out]
+
+    monkeypatch.setattr(fastpath._Fcfs, "_recur", counted)
+    skipping = rows(**workload)
+    monkeypatch.setattr(fastpath._Fcfs, "_recur", lambda *args: None)
+    assert skipping == rows(**workload)
+    assert set(skipped) == {fastpath._P, fastpath._D}, skipped
+
+
 @pytest.mark.parametrize("options", [{"system": "gpu"}, {"system": "offload", "kv_gpu_fraction": "0"},
                                      {"system": "pim", "channels": 16}, {"system": "aqpim", "channels": 16},
                                      {"system": "pim", "channels": 16, "softmax": "host"}])

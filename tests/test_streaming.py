@@ -160,6 +160,24 @@ def test_streaming_exposed_time_equals_the_batch_computation_floats(items, scale
         assert g == pytest.approx(w, rel=1e-9, abs=1e-12 * span)
 
 
+@given(st.lists(float_steps, max_size=60), st.sampled_from([1e-6, 1e-3, 1.0]), st.integers(0, 60),
+       st.floats(0, 1e3, allow_nan=False))
+def test_add_many_is_add_one_at_a_time_bit_for_bit(items, scale, cut, offset):
+    """``Occupancy.add_many`` (a contended step's repeated holds) leaves the same totals and state as ``add`` of
+    each interval in turn, bit for bit, from an empty occupancy or after earlier intervals."""
+    stream = [(CATEGORIES.index(c), s + offset, e + offset) for c, s, e in to_stream(items, scale)]
+    one, many = Occupancy(), Occupancy()
+    for cat, s, e in stream[:cut]:
+        one.add(cat, s, e)
+        many.add(cat, s, e)
+    for cat, s, e in stream[cut:]:
+        one.add(cat, s, e)
+    rest = np.array(stream[cut:], dtype=float).reshape(-1, 3)
+    many.add_many(rest[:, 0].astype(int), rest[:, 1], rest[:, 2])
+    state = [(o.now_s, o.ends_s, o.compute_s, o.exposed_comm_s, o.exposed_link_s) for o in (one, many)]
+    assert state[0] == state[1] and one.totals() == many.totals()
+
+
 def test_occupancy_rejects_a_start_before_the_clock():
     occ = Occupancy()
     occ.add(0, 1.0, 2.0)
