@@ -435,8 +435,9 @@ class _Fcfs:
 
     Skipping periods: at each prefill layer the state is read relative to the clock (the queued requests, with
     the prefill's indices relative to the layer and the decode's position within its layer; when each resource
-    frees and was last asked for, where that is still ahead). Equal floats added to clock values of one binade
-    give equal results wherever the values lie in it (the values there are the multiples of one ulp), so when
+    frees and was last asked for, where that is still ahead). A float added to clock values of one binade (the
+    multiples of one ulp) adds the same increment wherever the value lies in it, unless it lies exactly half-way
+    between two multiples (rounded to the even one: then nothing is skipped), so when
     the state recurs, every later layer repeats the holds between the two sightings shifted by their distance
     Δ, until either process leaves its repeated layers or the clock would leave the binade; those periods are
     appended shifted by kΔ (exact: multiples of the ulp) and the walk goes on from the state shifted by mΔ."""
@@ -572,6 +573,11 @@ class _Fcfs:
         while periods > 0 and binade(top + periods * delta) != b:
             periods -= 1
         if periods <= 0 or binade(t) != b:
+            return None
+        # a duration that lies exactly half-way between two multiples of the binade's ulp rounds to the even
+        # one: its increment then depends on where the clock is, and the periods would not repeat bit for bit
+        ulp = math.ldexp(1.0, b - 53)
+        if any(math.fmod(d, ulp) == 0.5 * ulp for d in self.dur_of):
             return None
         return tj, rj, periods, periods * p_step, periods * d_step
 

@@ -280,6 +280,20 @@ def test_contended_steps_skip_whole_periods_exactly(monkeypatch, options, chunk)
     assert set(skipped) == {fastpath._P, fastpath._D}, skipped
 
 
+def test_contended_steps_do_not_skip_over_ties(monkeypatch):
+    """One 1-token prompt at t = 0 (offload, K/V to the host): the prefill's layers last ~2.2e-5 s while the clock
+    is at ~1e-4 s, three binades above, so a duration can lie exactly half-way between two multiples of the
+    clock's ulp, and it then rounds differently from layer to layer (to the even multiple). The walk must not
+    skip periods there: the step is the full walk's, bit for bit (a skip made the prefill end 1 ulp late)."""
+    import sim.fastpath as fastpath
+
+    workload = dict(system="offload", kv_gpu_fraction="0", requests=1, context=1, output_tokens=1,
+                    arrival_rate_per_s=0.0, max_batch=1, trace_steps=0, prefill="chunked", prefill_chunk_tokens=16)
+    skipping = simulate(make_config(**workload), model=TINY).to_dict()
+    monkeypatch.setattr(fastpath._Fcfs, "_recur", lambda *args: None)
+    assert skipping == simulate(make_config(**workload), model=TINY).to_dict()
+
+
 @pytest.mark.parametrize("options", [{"system": "gpu"}, {"system": "offload", "kv_gpu_fraction": "0"},
                                      {"system": "pim", "channels": 16}, {"system": "aqpim", "channels": 16},
                                      {"system": "pim", "channels": 16, "softmax": "host"}])
