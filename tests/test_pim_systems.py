@@ -11,7 +11,7 @@ from hw_models import pim as pim_model
 from hw_models.machine import load_machine
 from sim.config import make_config
 from sim.run import simulate, simulate_traced
-from sim.systems.pim import place
+from sim.systems.pim import distinct_rows, place
 from workloads.kvformats import PqSettings
 from workloads.models import ModelSpec, load_model
 
@@ -276,6 +276,22 @@ def test_hybrid_placement_is_the_exact_stripes(kept, n):
     assert p.pair_unit.tolist() == pu and p.pair_channel.tolist() == pc
     assert p.pair_share.tolist() == share and p.last_channel.tolist() == last
     assert held.tolist() == [sum(tokens) / n] * n
+
+
+@given(st.lists(st.integers(0, 70000), min_size=1, max_size=40), st.sampled_from([1, 2, 7, 32, 37, 160, 256]),
+       st.sampled_from([1.0, 0.75, 1 / 3]))
+def test_stripe_groups_are_the_distinct_rows_of_the_loads(kept, n, scale):
+    """``StripePlacement.groups`` (a plan's channels grouped by their units present and new vectors) gives what
+    ``distinct_rows`` gives for the whole batch's loads: the same rows, bit for bit, in the same order, the same
+    row per channel, and the channels per row."""
+    p = place("hybrid", load_model("llama-3.1-8b"), np.array(kept), n)
+    if p.groups(scale) is None:
+        assert sum(kept) == 0  # nothing to stripe: the head policy, whose rows are sorted
+        return
+    rows, inv, counts = p.groups(scale)
+    want_rows, want_inv = distinct_rows(np.column_stack(p.loads(scale)))
+    assert rows == want_rows and inv.tolist() == want_inv.tolist()
+    assert counts.tolist() == np.bincount(want_inv, minlength=len(want_rows)).tolist()
 
 
 def test_hybrid_placement_keeps_unit_ends_on_stripe_boundaries_exact():

@@ -120,6 +120,11 @@ class Placement:
     def _whole_loads(self, tokens_scale: float):
         return self._pair_loads(self.pair_unit, self.pair_channel, self.pair_share, self.last_channel, tokens_scale)
 
+    def groups(self, tokens_scale: float = 1.0):
+        """The whole batch's per-channel loads grouped as ``distinct_rows`` groups them (rows, each channel's row,
+        channels per row), where a placement knows them without sorting; None here (``bank_phase`` sorts)."""
+        return None
+
     def _pair_loads(self, pu, pc, ps, last, tokens_scale: float):
         n = self.n_channels
         tokens = np.bincount(pc, weights=ps * self.unit_tokens[pu] * tokens_scale, minlength=n)
@@ -170,7 +175,26 @@ class StripePlacement(Placement):
     def _whole_loads(self, tokens_scale: float):
         n = self.n_channels
         return (np.full(n, self._total * tokens_scale / n), self._present.astype(float),
-                np.bincount(self.last_channel, minlength=n).astype(float))
+                self._new.astype(float))
+
+    @functools.cached_property
+    def _new(self) -> np.ndarray:
+        return np.bincount(self.last_channel, minlength=self.n_channels)
+
+    def groups(self, tokens_scale: float = 1.0):
+        """Every channel holds the same tokens, so a channel's row is its units present and new vectors, two
+        small integers: packed into one, a count per value finds the distinct rows in increasing order, as
+        ``distinct_rows`` orders them, without a sort. The tokens are rounded to 1e-3 as it rounds them."""
+        present, new = self._present, self._new
+        radix = int(new.max()) + 1
+        key = present * radix + new
+        counts = np.bincount(key)
+        keys = np.flatnonzero(counts)
+        index = np.zeros(counts.size, dtype=np.intp)
+        index[keys] = np.arange(keys.size)
+        tokens = float(np.rint(self._total * tokens_scale / self.n_channels * 1000.0)) / 1000.0
+        rows = [(tokens, float(k // radix), float(k % radix)) for k in keys.tolist()]
+        return rows, index[key], counts[keys]
 
 
 def place(policy: str, model: ModelSpec, kept: np.ndarray, n_channels: int) -> Placement:
@@ -384,7 +408,7 @@ class RowCosts:
 
 def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChannelParams | None = None,
                part_of=None, part_order: tuple[str, ...] = (), memo: RowCosts | None = None,
-               memo_key=None) -> Phase:
+               memo_key=None, groups=None) -> Phase:
     """Evaluate ``works_of(*row) -> tuple[Work]`` once per distinct row of per-channel loads.
 
     ``memo`` (a ``RowCosts``): the rows' sums kept across steps, and interpolated in tokens where that is exact,
@@ -395,8 +419,13 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
     dynamic power over the phase would exceed the cap has its work stretched to run at the cap
     (``hw_models.pim.power_throttle``); both the simulation and the closed form read the stretched durations.
     ``part_of`` (a Work kind -> a part's span kind) groups the works into ``Phase.parts``, in ``part_order``
-    (then in order of first appearance); every part is stretched like the whole."""
-    uniq, inv = distinct_rows(rows)
+    (then in order of first appearance); every part is stretched like the whole. ``groups``: the rows already
+    grouped (``Placement.groups``), which ``rows`` then need not give."""
+    if groups is None:
+        uniq, inv = distinct_rows(rows)
+        counts = None
+    else:
+        uniq, inv, counts = groups
     n = len(uniq)
     dur, nbytes, flops, energy = (np.zeros(n) for _ in range(4))
     evaluated = []  # per distinct row: (its part names, its sums, its stretch)
@@ -415,7 +444,8 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
         evaluated.append((names, v, f))
         for name in names:
             slot.setdefault(name, len(slot))
-    counts = np.bincount(inv, minlength=n)
+    if counts is None:
+        counts = np.bincount(inv, minlength=n)
     parts: tuple[PhasePart, ...] = ()
     if slot:
         part_rows = np.zeros((n, len(slot), 4))  # distinct row, part, [seconds, bytes, FLOPs, joules]
@@ -651,7 +681,9 @@ class PimSystem(System):
             return pim_model.int_attention_works, {"bits": f.bits, "group_size": f.group, "window": self.window}
         return pim_model.fp16_attention_works, {}
 
-    def channel_phases(self, tokens, present, new) -> tuple[Phase, ...]:
+    def channel_phases(self, tokens, present, new, groups=None) -> tuple[Phase, ...]:
+        """The PIM phases of a layer for these per-channel loads (``groups``: the same loads grouped, from
+        ``Placement.groups``)."""
         m = self.model
         fn, extra = self.format_works()
         args = dict(head_dim=m.head_dim, group=m.gqa_group, bytes_per_element=m.bytes_per_element,
@@ -661,11 +693,11 @@ class PimSystem(System):
         def works(t, u, v):
             return fn(ch, t, u, v, **args)
 
-        rows = np.column_stack([tokens, present, new])
+        rows = np.column_stack([tokens, present, new]) if groups is None else None
         kind = f"{self.name}.attention"
         # rows are kept per work function: its format arguments (an AQPIM lookup plan among them) are in the key
         fn_key = (fn.__name__, tuple(sorted(extra.items())))
-        parts = dict(part_of=self.part_of, part_order=self.part_order, memo=self._row_memo)
+        parts = dict(part_of=self.part_of, part_order=self.part_order, memo=self._row_memo, groups=groups)
         if self.options.softmax == "host":
             return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax, ch, **parts,
                                memo_key=("scores", fn_key)),
@@ -700,7 +732,8 @@ class PimSystem(System):
         new_to_host = spill > 0 and self.new_tokens_spill
         if new_to_host:
             new = np.zeros_like(new)
-        phases = self.channel_phases(tokens, present, new)
+        phases = self.channel_phases(tokens, present, new,
+                                     placement.groups(1.0 - spill) if units is None and not new_to_host else None)
         up = self.up_bytes(present)
         merge_needed = placement.pairs_per_unit > 1 or spill > 0
         e = m.bytes_per_element
