@@ -125,7 +125,7 @@ class Machine:
             if n == 1:
                 ph = h[0]
                 t = t + (self.pim.issue(t, ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j,
-                                        parts=ph.parts, record=record) - t)
+                                        parts=ph.parts, record=record, part_table=ph.part_table) - t)
             elif not record:
                 t = self.occupy_hold(self.hold_occupancy(h), t)
             elif n == 2:

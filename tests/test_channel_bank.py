@@ -155,3 +155,31 @@ def test_repeat_idle_is_issue_idle_in_turn(schedule, which):
     if issued:
         new.repeat_idle(issued[-1][0], [durs for _, durs in issued])
     assert np.array_equal(new.busy_s, ref.busy_s) and np.array_equal(new.free_at_s, ref.free_at_s)
+
+
+class _Part:
+    def __init__(self, kind, durations_s, nbytes, flops, energy_j):
+        self.kind, self.durations_s, self.nbytes, self.flops, self.energy_j = kind, durations_s, nbytes, flops, energy_j
+
+
+@given(st.lists(st.lists(st.floats(0, 3), min_size=4, max_size=4), min_size=1, max_size=6),
+       st.lists(st.floats(0, 4), min_size=4, max_size=4), st.floats(0, 5), st.booleans())
+def test_part_table_records_what_the_parts_record(part_seconds, busy_until, now, keep):
+    """A phase's parts given with their table (``part_table``: seconds and totals as arrays, read in a few
+    array operations) record the same spans, totals and end as the parts read one by one, bit for bit, also
+    when channels start at different times."""
+    rng = np.random.default_rng(len(part_seconds))
+    parts = [_Part(f"p{k}", np.array(d), rng.random(4) * 1e6, rng.random(4) * 1e9, rng.random(4))
+             for k, d in enumerate(part_seconds)]
+    durs = np.sum([p.durations_s for p in parts], axis=0)
+    table = (np.array([p.durations_s for p in parts]),
+             np.array([[p.nbytes.sum(), p.flops.sum(), p.energy_j.sum()] for p in parts]))
+    out = []
+    for given_table in (None, table):
+        tracer = Tracer(keep_steps=1 if keep else 0)
+        tracer.register("pim", "compute")
+        b = ChannelBank(simpy.Environment(), "pim", 4, tracer, trace_lanes=2)
+        b.free_at_s[:] = busy_until
+        done = b.issue(now, "phase", durs, parts=parts, part_table=given_table)
+        out.append((done, tracer.spans, tracer.totals, tracer.kind_busy_s, b.free_at_s.tolist()))
+    assert out[0] == out[1]

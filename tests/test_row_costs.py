@@ -105,3 +105,39 @@ def test_distinct_rows_is_numpys_unique_of_the_rounded_rows(cells, scale):
     _, first, expected = np.unique(rounded, axis=0, return_index=True, return_inverse=True)
     assert uniq == list(map(tuple, rounded[first].tolist()))
     assert inv.tolist() == expected.ravel().tolist()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dataflow=st.sampled_from(pim_model.PQ_DATAFLOWS), key_fix=st.sampled_from(["", "key_k", "pre_rope"]),
+       rows=st.lists(st.tuples(st.sampled_from([0.0, 3.0, 100.0, 4096.5, 70000.0]), st.integers(0, 3),
+                               st.integers(0, 2)), min_size=1, max_size=40))
+def test_bank_phase_parts_and_their_table_are_the_rows_parts(dataflow, key_fix, rows):
+    """``bank_phase`` with parts (AQPIM's) gives each part's per-channel seconds, bytes, FLOPs and joules as its
+    row's part, stretched like the row (the power cap), bit for bit, and its ``part_table`` holds the same
+    seconds and each part's totals summed as the bank sums one part's array; rows with and without some parts
+    (no tokens: no score gather) mix."""
+    from sim.systems.pim import bank_phase  # noqa: PLC0415
+
+    dev = DEVICES["attacc-hbm3"]
+    fn = works_fn(dev, "pq", "pim", dataflow, key_fix, 128, 4, 65536)
+    part_of = lambda kind: kind.split(".")[0]  # noqa: E731
+    loads = np.array(rows, dtype=float)
+    ch = pim_model.with_aqpim_unit(dev, lut_bytes=65536.0).channel
+    ph = bank_phase("k", loads, lambda *r: fn(*r).all, ch, part_of=part_of)
+    order = [p.kind for p in ph.parts]
+    for c, row in enumerate(loads):
+        names, v = work_sums(fn(*row).all if any(row) else (), part_of)
+        d, e = float(v[0]), float(v[3])
+        f = pim_model.power_throttle(ch, e, d)
+        got = {p.kind: (p.durations_s[c], p.nbytes[c], p.flops[c], p.energy_j[c]) for p in ph.parts}
+        for j, name in enumerate(names):
+            want = v[4 + 4 * j: 8 + 4 * j].copy()
+            want[0] *= f
+            assert got.pop(name) == tuple(want)
+        assert all(x == (0.0, 0.0, 0.0, 0.0) for x in got.values())  # parts the row does not have
+    if ph.parts:
+        seconds, totals = ph.part_table
+        assert np.array_equal(seconds, np.array([p.durations_s for p in ph.parts]))
+        assert totals.tolist() == [[float(p.nbytes.sum()), float(p.flops.sum()), float(p.energy_j.sum())]
+                                   for p in ph.parts]
+        assert order == sorted(order, key=order.index)

@@ -252,6 +252,9 @@ class Phase:
     per_channel: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     channels: np.ndarray | None = field(default=None, repr=False)  # None: all; else the channels it runs on
     parts: tuple[PhasePart, ...] = field(default=(), repr=False)
+    # the parts' per-channel seconds (part x channel) and totals (part x [bytes, FLOPs, joules]) as one table,
+    # which ChannelBank.issue reads in a few array operations (None: it reads the parts one by one)
+    part_table: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def makespan_s(self) -> float:
@@ -447,21 +450,30 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
     if counts is None:
         counts = np.bincount(inv, minlength=n)
     parts: tuple[PhasePart, ...] = ()
+    table = None
     if slot:
-        part_rows = np.zeros((n, len(slot), 4))  # distinct row, part, [seconds, bytes, FLOPs, joules]
-        for i, (names, v, f) in enumerate(evaluated):
-            for j, name in enumerate(names):
-                acc = part_rows[i, slot[name]]
-                acc += v[4 + 4 * j: 8 + 4 * j]
-                acc[0] *= f
-        by_part = part_rows[inv].transpose(1, 2, 0).copy()  # part, quantity, channel: one gather for them all
+        names_all = tuple(slot)
+        if all(names == names_all for names, _, _ in evaluated):  # every row has every part, in slot order
+            part_rows = np.array([v[4:] for _, v, _ in evaluated]).reshape(n, len(slot), 4)
+            part_rows[:, :, 0] *= np.array([f for _, _, f in evaluated])[:, None]
+        else:
+            part_rows = np.zeros((n, len(slot), 4))  # distinct row, part, [seconds, bytes, FLOPs, joules]
+            for i, (names, v, f) in enumerate(evaluated):
+                for j, name in enumerate(names):
+                    acc = part_rows[i, slot[name]]
+                    acc += v[4 + 4 * j: 8 + 4 * j]
+                    acc[0] *= f
         rank = {name: i for i, name in enumerate(part_order)}
         ordered = sorted(slot, key=lambda name: rank.get(name, len(rank)))  # stable: unknown parts keep their order
-        parts = tuple(PhasePart(name, *by_part[slot[name]]) for name in ordered)
+        # part (in drawing order), quantity, channel: one gather for them all
+        by_part = np.ascontiguousarray(part_rows[inv].transpose(1, 2, 0)[[slot[name] for name in ordered]])
+        parts = tuple(PhasePart(name, *by_part[k]) for k, name in enumerate(ordered))
+        # (each total summed over its own contiguous row of channels, as the bank sums one part's array)
+        table = (by_part[:, 0], by_part[:, 1:].sum(axis=2))
     # (the whole's per-channel values each gathered on its own: a dot product over them, as link_chunks takes,
     # may round differently on a row of a shared array, whose alignment differs)
     return Phase(kind, dur[inv], float(nbytes @ counts), float(flops @ counts), float(energy @ counts),
-                 throttle, (nbytes[inv], flops[inv], energy[inv]), parts=parts)
+                 throttle, (nbytes[inv], flops[inv], energy[inv]), parts=parts, part_table=table)
 
 
 def fresh(value):
@@ -904,7 +916,8 @@ class PimSystem(System):
             return
         yield m.transfer(GPU, PIM, plan.down_bytes, "q_kv_down")
         for i, ph in enumerate(plan.phases):
-            yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j, parts=ph.parts)
+            yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j, parts=ph.parts,
+                            part_table=ph.part_table)
             if i + 1 < len(plan.phases):
                 yield m.transfer(PIM, GPU, plan.mid_up_bytes, "scores_up")
                 yield m.gpu.run(plan.mid_gpu)
