@@ -38,6 +38,7 @@ import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -219,11 +220,11 @@ def place(policy: str, model: ModelSpec, kept: np.ndarray, n_channels: int) -> P
     return StripePlacement(ut, tokens, n)
 
 
-@dataclass(frozen=True)
-class PhasePart:
+class PhasePart(NamedTuple):
     """A named part of a phase (an AQPIM phase such as the score gather): per channel of the phase, its seconds
     and the bytes, FLOPs and joules behind them. A channel runs a phase's parts back to back; traces, breakdowns
-    and ``explain`` show each part as its own span kind."""
+    and ``explain`` show each part as its own span kind. (A named tuple: a plan makes several per step, and a
+    frozen dataclass costs several times more to build.)"""
 
     kind: str
     durations_s: np.ndarray
@@ -463,10 +464,9 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
                     acc = part_rows[i, slot[name]]
                     acc += v[4 + 4 * j: 8 + 4 * j]
                     acc[0] *= f
-        rank = {name: i for i, name in enumerate(part_order)}
-        ordered = sorted(slot, key=lambda name: rank.get(name, len(rank)))  # stable: unknown parts keep their order
+        ordered, index = _drawing_order(names_all, part_order)
         # part (in drawing order), quantity, channel: one gather for them all
-        by_part = np.ascontiguousarray(part_rows[inv].transpose(1, 2, 0)[[slot[name] for name in ordered]])
+        by_part = np.take(part_rows[:, index].transpose(1, 2, 0), inv, axis=2)
         parts = tuple(PhasePart(name, *by_part[k]) for k, name in enumerate(ordered))
         # (each total summed over its own contiguous row of channels, as the bank sums one part's array)
         table = (by_part[:, 0], by_part[:, 1:].sum(axis=2))
@@ -474,6 +474,15 @@ def bank_phase(kind: str, rows: np.ndarray, works_of, channel: pim_model.PimChan
     # may round differently on a row of a shared array, whose alignment differs)
     return Phase(kind, dur[inv], float(nbytes @ counts), float(flops @ counts), float(energy @ counts),
                  throttle, (nbytes[inv], flops[inv], energy[inv]), parts=parts, part_table=table)
+
+
+@functools.lru_cache(maxsize=64)
+def _drawing_order(names: tuple[str, ...], part_order: tuple[str, ...]) -> tuple[tuple[str, ...], list[int]]:
+    """``names`` (parts in order of first appearance) in ``part_order``, unknown parts after them in their own
+    order, and each one's position in ``names``."""
+    rank = {name: i for i, name in enumerate(part_order)}
+    ordered = tuple(sorted(names, key=lambda name: rank.get(name, len(rank))))  # stable
+    return ordered, [names.index(name) for name in ordered]
 
 
 def fresh(value):
