@@ -278,6 +278,13 @@ def test_hybrid_placement_is_the_exact_stripes(kept, n):
     assert held.tolist() == [sum(tokens) / n] * n
 
 
+@given(st.lists(st.integers(1, 70000), min_size=1, max_size=40), st.sampled_from([1, 2, 7, 32, 37, 160, 256]))
+def test_hybrid_placement_of_units_that_all_hold_tokens_is_the_exact_stripes(kept, n):
+    """Every unit holding tokens (a serving step: the case ``StripePlacement`` computes without clamps) gives
+    the stripes of the exact rationals too."""
+    test_hybrid_placement_is_the_exact_stripes.hypothesis.inner_test(kept, n)
+
+
 @given(st.lists(st.integers(0, 70000), min_size=1, max_size=40), st.sampled_from([1, 2, 7, 32, 37, 160, 256]),
        st.sampled_from([1.0, 0.75, 1 / 3]))
 def test_stripe_groups_are_the_distinct_rows_of_the_loads(kept, n, scale):

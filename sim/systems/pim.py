@@ -148,11 +148,19 @@ class StripePlacement(Placement):
         if n * total >= 2**62:  # beyond int64: Python integers (a far larger batch than any preset holds)
             tokens, ends = tokens.astype(object), ends.astype(object)
         starts = ends - tokens
-        c0 = np.minimum(n * starts // total, n - 1).astype(np.int64)
-        c1 = np.minimum((n * ends + (total - 1)) // total - 1, n - 1).astype(np.int64)
-        np.maximum(c1, c0, out=c1)
-        held = tokens > 0
-        diff = np.bincount(c0[held], minlength=n + 1) - np.bincount(c1[held] + 1, minlength=n + 1)
+        if tokens.dtype != object and tokens.min() > 0:
+            # every unit holds tokens (a serving step's): S < T and E <= T keep both channels in range and the
+            # last at or after the first, so the general case's clamps change nothing
+            c0 = n * starts // total
+            past = (n * ends + (total - 1)) // total  # one past each unit's last channel
+            c1 = past - 1
+            diff = np.bincount(c0, minlength=n + 1) - np.bincount(past, minlength=n + 1)
+        else:
+            c0 = np.minimum(n * starts // total, n - 1).astype(np.int64)
+            c1 = np.minimum((n * ends + (total - 1)) // total - 1, n - 1).astype(np.int64)
+            np.maximum(c1, c0, out=c1)
+            held = tokens > 0
+            diff = np.bincount(c0[held], minlength=n + 1) - np.bincount(c1[held] + 1, minlength=n + 1)
         super().__init__(unit_tokens, c1, n)
         self._tokens, self._starts, self._ends, self._first, self._total = tokens, starts, ends, c0, total
         self._present = np.cumsum(diff[:n])
@@ -845,7 +853,7 @@ class PimSystem(System):
         topo = self.machine.topology
         down, up = topo.route(GPU, PIM), topo.route(PIM, GPU)
         n = self.model.n_layers
-        chains, gpu_total = [], total_s(step.head)
+        chains = []
         for plan in step.plans:
             if plan.chunks:
                 pim_path = pipelined_path_s(down, up, plan.chunks, self.dev.channels)
@@ -861,12 +869,14 @@ class PimSystem(System):
                 spill_path = (store + topo.route(HOST_DRAM, GPU).time_s(plan.spill_fetch_bytes)
                               + total_s(plan.spill_attn))
             chains.append(n * (total_s(plan.pre) + max(pim_path, spill_path) + total_s(plan.merge_post)))
-            gpu_total += n * (total_s(plan.pre) + total_s(plan.merge_post) + total_s(plan.spill_attn)
-                              + total_s(plan.mid_gpu))
         shared = any(p.spill_fetch_bytes > 0 for p in step.plans) and (
             self.options.softmax == "host" or self.dev.placement == "host")
         if len(step.plans) == 1 and not shared:
             return Estimate(chains[0] + total_s(step.head), exact=True)
+        gpu_total = total_s(step.head)
+        for plan in step.plans:
+            gpu_total += n * (total_s(plan.pre) + total_s(plan.merge_post) + total_s(plan.spill_attn)
+                              + total_s(plan.mid_gpu))
         channel_busy = sum(np.sum([ph.durations_s for ph in plan.phases], axis=0) for plan in step.plans)
         return Estimate(max(max(chains) + total_s(step.head), gpu_total, n * float(np.max(channel_busy))),
                         exact=False)
