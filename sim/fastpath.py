@@ -343,7 +343,9 @@ class Stepper:
                 cat[h], dur[h] = index[occ[1][0]], occ[0]
             else:
                 return self._record_one_by_one(holds, starts, which)
-        on_bank = np.isin(which, list(phase_s)) if phase_s else np.zeros(len(which), dtype=bool)
+        is_phase = np.zeros(n, dtype=bool)
+        is_phase[list(phase_s)] = True
+        on_bank = is_phase[which]
         firsts = _Intervals()
         occupancy, tracer.occupancy = tracer.occupancy, firsts  # the first holds' intervals, kept for later
         deltas: list = [None] * n

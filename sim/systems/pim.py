@@ -165,7 +165,7 @@ class StripePlacement(Placement):
         self._tokens, self._starts, self._ends, self._first, self._total = tokens, starts, ends, c0, total
         self._present = np.cumsum(diff[:n])
 
-    @property
+    @functools.cached_property
     def n_pairs(self) -> int:
         return int(self._present.sum())
 
