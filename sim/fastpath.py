@@ -50,6 +50,7 @@ import numpy as np
 from hw_models.component import hold_s
 from sim.engine import TracerDelta
 from sim.systems.base import PREFILL, Estimate, GrowingMemo, StepBatch, System
+from sim.topology import GPU
 
 DETAILS = ("auto", "full")
 # The plan cache grows only as it pays: it starts this small and may keep one more entry per hit, up to the
@@ -225,15 +226,17 @@ class Stepper:
         return prefill_end, t
 
     def contended_step(self, pplan, e: StepEntry | None) -> tuple[float, float] | None:
-        """A prefill step that may store its K/V over a link (pim, aqpim, offload with a host share) beside a
-        decode step that is one chain of holds, made without SimPy events by the same first-come-first-served
-        rules. The prefill runs its GPU layers back to back, sends each layer's store as the layer ends (the
-        stores queue on their link), then its head, and ends when the last store lands; the decode chain asks
+        """A prefill step that may store its K/V over a link (pim, aqpim, offload with a host share) and fetch
+        its layers' weights over one (offload with weights on the host) beside a decode step that is one chain
+        of holds, made without SimPy events by the same first-come-first-served rules. The prefill runs its
+        layers back to back (each one's weight fetch, waited for, then its GPU kernels), sends each layer's store
+        as its kernels end (the stores queue on their link), then its head, and ends when the last store lands;
+        the decode chain asks
         for each hold's resource as its previous hold ends (a PIM phase needs none: the channels are the
         decode's alone, idle at its start). A resource is granted to requests in the order they were made, at
         the later of the request and the previous holder's release. Two requests for one resource at the same
         instant (whose order SimPy's event queue would decide; at the step's start the prefill's, made first)
-        make it give up, as do routes over more than one resource, weight fetches, full detail and kept spans.
+        make it give up, as do routes over more than one resource, full detail and kept spans.
 
         The layers repeat: once the state of the two processes seen from the clock (what is queued, when each
         resource frees, relative to the prefill's next layer) recurs, everything from there repeats with the
@@ -243,13 +246,14 @@ class Stepper:
         ``ChannelBank.repeat_idle``), with the first one's totals added for them when the step stays within one
         binade of the clock (as ``run`` replays a segment). Returns (the prefill's end, the step's end) or
         None."""
-        if self.full or self.tracer.keeping or pplan.fetch_bytes > 0:
+        if self.full or self.tracer.keeping:
             return None
         m = self.machine
         topo, gpu = m.topology, m.gpu
-        stores = pplan.store_bytes > 0
+        stores, fetches = pplan.store_bytes > 0, pplan.fetch_bytes > 0
         store_route = topo.route(pplan.store_src, pplan.store_dst) if stores else None
-        if stores and len(store_route.resources) != 1:
+        fetch_route = topo.route(pplan.fetch_src, GPU) if fetches else None
+        if (stores and len(store_route.resources) != 1) or (fetches and len(fetch_route.resources) != 1):
             return None
         decode = [] if e is None else self.decode_holds(e)
         if decode is None:
@@ -290,7 +294,12 @@ class Stepper:
         n_decode = len(holds)
         n_layers = self.system.model.n_layers
         layer = add_hold((gpu, pplan.layer), gpu, hold_s(pplan.layer))
-        p_idx = [layer] * n_layers
+        p_idx = [layer]
+        if fetches:  # each layer's weights fetched before it, the process waiting for them
+            p_idx.insert(0, add_hold((pplan.fetch_src, GPU, pplan.fetch_bytes, f"{PREFILL}.weight_fetch"),
+                                     fetch_route.resources[0], fetch_route.time_s(pplan.fetch_bytes, True)))
+        p_layer = len(p_idx)
+        p_idx *= n_layers
         if pplan.head:
             p_idx.append(add_hold((gpu, pplan.head), gpu, hold_s(pplan.head)))
         store = -1
@@ -299,8 +308,8 @@ class Stepper:
                              store_route.resources[0], store_route.time_s(pplan.store_bytes, True))
         # the decode's repeating part: its first segment's chain, ``count`` times (the layers)
         period = (len(e.chains[0]), len(e.chains[0]) * e.segments[0][1]) if decode else (1, 0)
-        run = _Fcfs(t0, [number[id(h)] for h in decode], p_idx, store, n_layers, n_decode, res_slot, dur_of,
-                    len(slot_of), period, m.pim)
+        run = _Fcfs(t0, [number[id(h)] for h in decode], p_idx, (p_layer, p_layer * n_layers), store, n_decode,
+                    res_slot, dur_of, len(slot_of), period, m.pim)
         if not run.walk():
             return None
         self.system.prefill_energy(pplan)  # what the prefill process adds before its first hold
@@ -430,9 +439,10 @@ _P, _S, _D = 0, 1, 2  # a contended step's requests: a prefill layer (or head), 
 class _Fcfs:
     """The two processes of a contended step (``Stepper.contended_step``) taking their holds first come, first
     served, without events. Holds are numbers: ``decode`` the decode chain's in order, ``p_idx`` the prefill's
-    layers and head, ``store`` the store after each prefill layer (-1: none); per hold ``res_slot`` (its
-    resource, -1 for a PIM phase on idle channels) and ``dur_of`` (seconds). ``period``: (holds per decode
-    layer, where the decode's repeated layers end). ``walk`` fills ``starts`` and ``holds`` (each hold taken, in
+    (each layer's weight fetch if any and its GPU kernels, then the head), ``store`` the store sent as each
+    prefill layer's kernels end (-1: none); per hold ``res_slot`` (its resource, -1 for a PIM phase on idle
+    channels) and ``dur_of`` (seconds). ``period`` and ``p_period``: (holds per layer, where the repeated layers
+    end) of the decode and of the prefill. ``walk`` fills ``starts`` and ``holds`` (each hold taken, in
     the order taken), ``prefill_end`` and ``end``.
 
     Skipping periods: at each prefill layer the state is read relative to the clock (the queued requests, with
@@ -444,9 +454,10 @@ class _Fcfs:
     Δ, until either process leaves its repeated layers or the clock would leave the binade; those periods are
     appended shifted by kΔ (exact: multiples of the ulp) and the walk goes on from the state shifted by mΔ."""
 
-    def __init__(self, t0: float, decode: list[int], p_idx: list[int], store: int, n_layers: int, n_decode: int,
-                 res_slot: list[int], dur_of: list[float], n_slots: int, period: tuple[int, int], bank):
-        self.t0, self.decode, self.p_idx, self.store, self.n_layers = t0, decode, p_idx, store, n_layers
+    def __init__(self, t0: float, decode: list[int], p_idx: list[int], p_period: tuple[int, int], store: int,
+                 n_decode: int, res_slot: list[int], dur_of: list[float], n_slots: int, period: tuple[int, int],
+                 bank):
+        self.t0, self.decode, self.p_idx, self.p_period, self.store = t0, decode, p_idx, p_period, store
         self.n_decode, self.res_slot, self.dur_of, self.n_slots = n_decode, res_slot, dur_of, n_slots
         self.period, self.bank = period, bank
         self.starts: list[float] = []
@@ -457,9 +468,10 @@ class _Fcfs:
         """Take every hold; False where two requests for one resource come at the same instant (other than the
         two processes' first, at the step's start), whose order SimPy's event queue would decide."""
         t0, decode, p_idx, store = self.t0, self.decode, self.p_idx, self.store
-        res_slot, dur_of, n_layers = self.res_slot, self.dur_of, self.n_layers
+        res_slot, dur_of = self.res_slot, self.dur_of
         n_p, n_d = len(p_idx), len(decode)
         layer_len, repeat_end = self.period
+        p_len, p_end = self.p_period
         idle_end = self.bank.idle_end_s if self.bank is not None else None
         queue = [(t0, 0, _P, 0)]
         made = 1
@@ -474,8 +486,8 @@ class _Fcfs:
         push, pop = heapq.heappush, heapq.heappop
         while queue:
             t, _, who, i = pop(queue)
-            if (i < n_layers if who == _P else (who == _D and not queue and i < repeat_end
-                                                    and i % layer_len == 0)):
+            if (i < p_end and i % p_len == 0 if who == _P else (who == _D and not queue and i < repeat_end
+                                                                 and i % layer_len == 0)):
                 jump = self._recur(seen, t, who, i, queue, free_at, asked, len(starts), layer_len, repeat_end)
                 if jump is not None:
                     tj, rj, periods, p_step, d_step = jump
@@ -527,7 +539,7 @@ class _Fcfs:
                 if fin > prefill_end:
                     prefill_end = fin
                 if who == _P:
-                    if store >= 0 and i < n_layers:
+                    if store >= 0 and i < p_end and i % p_len == p_len - 1:  # a layer's kernels: its store
                         push(queue, (fin, made, _S, i))
                         made += 1
                     if i + 1 < n_p:

@@ -234,11 +234,14 @@ def test_periodic_runs_cover_the_items_in_order(pairs):
 
 @pytest.mark.parametrize("options", [{"system": "pim", "channels": 16}, {"system": "aqpim", "channels": 16},
                                      {"system": "pim", "channels": 16, "softmax": "host"},
-                                     {"system": "offload", "kv_gpu_fraction": "0"}])
+                                     {"system": "offload", "kv_gpu_fraction": "0"},
+                                     {"system": "offload", "kv_gpu_fraction": "0", "weights_gpu_fraction": "0.5"},
+                                     {"system": "offload", "kv_gpu_fraction": "1", "weights_gpu_fraction": "0.3"}])
 def test_prefill_steps_with_stores_run_without_events(monkeypatch, options):
-    """A prefill step that stores K/V over a link beside a decode chain that uses links and PIM channels is made
-    by the first-come-first-served rules without events (Stepper.contended_step): equal to the simulation of
-    both processes to 1e-9, at a fraction of its events."""
+    """A prefill step that stores K/V over a link (or fetches its layers' weights over one, offload with weights
+    on the host) beside a decode chain that uses links and PIM channels is made by the first-come-first-served
+    rules without events (Stepper.contended_step): equal to the simulation of both processes to 1e-9, at a
+    fraction of its events."""
     workload = dict(requests=12, context=700, output_tokens=4, max_batch=4, prefill="chunked",
                     prefill_chunk_tokens=256, arrival_rate_per_s=200.0, trace_steps=0, **options)
     full, auto = both(model=DEEP, **workload)
@@ -249,7 +252,8 @@ def test_prefill_steps_with_stores_run_without_events(monkeypatch, options):
 
 
 @pytest.mark.parametrize("options", [{"system": "pim", "channels": 16}, {"system": "aqpim", "channels": 16},
-                                     {"system": "offload", "kv_gpu_fraction": "0"}])
+                                     {"system": "offload", "kv_gpu_fraction": "0"},
+                                     {"system": "offload", "kv_gpu_fraction": "0", "weights_gpu_fraction": "0.5"}])
 @pytest.mark.parametrize("chunk", [64, 256, 2048])
 def test_contended_steps_skip_whole_periods_exactly(monkeypatch, options, chunk):
     """A contended step skips the periods of its repeating layers (``_Fcfs``): both kinds of skip happen here
