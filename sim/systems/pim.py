@@ -744,10 +744,11 @@ class PimSystem(System):
         q = batch.n_seqs * m.q_dim * m.bytes_per_element
         return q + (0.0 if spilling else batch.n_seqs * m.kv_bytes_per_token_per_layer)
 
-    def up_bytes(self, present) -> float:
+    def up_bytes(self, pairs: float) -> float:
+        """Partial outputs sent up for ``pairs`` (unit, channel) pairs: one per query of each."""
         m = self.model
         per_query = m.head_dim * m.bytes_per_element + pim_model.SOFTMAX_STATS_BYTES_PER_QUERY
-        return float(present.sum()) * m.gqa_group * per_query
+        return pairs * m.gqa_group * per_query
 
     # ---- the plan ------------------------------------------------------------------------------------------------
     def layer_plan(self, batch: StepBatch, placement: Placement, units: np.ndarray | None, spill: float) -> PimPlan:
@@ -757,13 +758,19 @@ class PimSystem(System):
         def kernel(name, op):
             return gpu_model.op_kernel(g, name, op)
 
-        tokens, present, new = placement.loads(1.0 - spill, units)
         new_to_host = spill > 0 and self.new_tokens_spill
-        if new_to_host:
-            new = np.zeros_like(new)
-        phases = self.channel_phases(tokens, present, new,
-                                     placement.groups(1.0 - spill) if units is None and not new_to_host else None)
-        up = self.up_bytes(present)
+        groups = placement.groups(1.0 - spill) if units is None and not new_to_host else None
+        if groups is not None and opts.softmax != "host" and opts.link_chunks <= 1:
+            # the phases read the groups and the merge the pair count: the per-channel loads are not needed
+            tokens = present = new = None
+            pairs = float(placement.n_pairs)
+        else:
+            tokens, present, new = placement.loads(1.0 - spill, units)
+            if new_to_host:
+                new = np.zeros_like(new)
+            pairs = float(present.sum())
+        phases = self.channel_phases(tokens, present, new, groups)
+        up = self.up_bytes(pairs)
         merge_needed = placement.pairs_per_unit > 1 or spill > 0
         e = m.bytes_per_element
         queries = batch.n_seqs * m.n_heads  # one merge per query: a GEMV-like item each
@@ -823,7 +830,7 @@ class PimSystem(System):
                        float(energy @ sh), phase.throttle, None, channels,
                        tuple(p.scaled(sh, channels) for p in phase.parts))
             down = (q_bytes + kv_bytes) * part.size / units.size
-            chunks.append(LinkChunk(down, ph, self.up_bytes(pr)))
+            chunks.append(LinkChunk(down, ph, self.up_bytes(float(pr.sum()))))
         return tuple(chunks)
 
     def plan(self, batch: StepBatch) -> PimStepPlan:
