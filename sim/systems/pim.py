@@ -660,12 +660,20 @@ class PimSystem(System):
     # ---- storage ---------------------------------------------------------------------------------------------
     def pim_bytes_per_token(self) -> float:
         """Bytes one coded (or FP16) token occupies in PIM over all layers."""
-        return self.fmt.pim_token_bytes(self.model)
+        return self._storage[0]
 
     def pim_fixed_bytes(self, n_pairs: float, n_seqs: int) -> float:
         """Bytes in PIM that do not grow with tokens: per (unit, channel) pair (PQ codebooks, replicated in every
         channel holding a stripe of the unit) and per sequence (its exact window)."""
-        return n_pairs * self.fmt.pim_unit_fixed_bytes(self.model) + n_seqs * self.fmt.pim_window_bytes(self.model)
+        _, per_pair, per_seq = self._storage
+        return n_pairs * per_pair + n_seqs * per_seq
+
+    @functools.cached_property
+    def _storage(self) -> tuple[float, float, float]:
+        """The format's bytes per token, per (unit, channel) pair and per sequence in PIM (every step's capacity
+        check asks for them)."""
+        f, m = self.fmt, self.model
+        return f.pim_token_bytes(m), f.pim_unit_fixed_bytes(m), f.pim_window_bytes(m)
 
     def placed_tokens(self, kept: np.ndarray) -> np.ndarray:
         """Tokens per sequence stored at ``pim_bytes_per_token`` (those outside the exact window)."""
