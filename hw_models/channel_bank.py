@@ -61,34 +61,21 @@ class ChannelBank:
             return duration_s
         return np.broadcast_to(np.asarray(duration_s, dtype=float), shape)
 
-    def issue_idle(self, now: float, duration_s: np.ndarray, longest_s: float) -> float:
-        """``issue(now, kind, duration_s, record=False)`` for a phase on every channel when all are free by
-        ``now`` (``duration_s`` as ``durations`` gives it for the whole bank, ``longest_s`` its largest entry):
-        the same next-free and busy times and occupancy, and the same end (``idle_end_s``), without the
-        comparison with the next-free times. A contended prefill step issues a decode layer's phase so in every
-        later layer."""
-        self.free_at_s[:] = now + duration_s
-        self.busy_s += duration_s
-        done = now + longest_s
-        self.tracer.occupy(self.name, now, done)
-        return done
-
     def repeat_idle(self, last_s: float, durations: list[np.ndarray]) -> None:
-        """``issue_idle`` of each phase of ``durations`` in turn, the last issued at ``last_s``, without their
-        occupancy (a caller that adds the holds' intervals in one go: ``Occupancy.add_many``): the same busy and
-        next-free times, bit for bit."""
+        """The channels' state after ``issue`` of each phase of ``durations`` in turn, each on channels all free
+        by its issue, the last issued at ``last_s`` (a contended step's repeated decode phases): the same busy
+        and next-free times, bit for bit, without records or occupancy (the caller adds the phases' totals and
+        their intervals itself: ``Tracer.add``, ``Occupancy.add_many``)."""
         busy = self.busy_s
         for d in durations:
             busy += d
         self.free_at_s[:] = last_s + durations[-1]
 
     def issue(self, now: float, kind: str, duration_s, nbytes: float = 0.0, flops: float = 0.0,
-              energy_j: float = 0.0, channels: np.ndarray | None = None, parts=(), record: bool = True,
-              part_table=None) -> float:
+              energy_j: float = 0.0, channels: np.ndarray | None = None, parts=(), part_table=None) -> float:
         """``run``'s bookkeeping at clock ``now`` (channels' next-free and busy times, spans): returns the moment
         the last channel finishes. ``run`` waits ``done - now`` after it; a chain replayed without events
-        (``sim.machine.Machine.chain_end``) does the same arithmetic. ``record=False``: the channels' state and
-        the bank's hold alone, no spans (a caller that adds the phase's totals itself)."""
+        (``sim.machine.Machine.chain_end``) does the same arithmetic. ``part_table``: as ``run``."""
         idx = slice(None) if channels is None else channels
         free = self.free_at_s if channels is None else self.free_at_s[idx]  # (a copy for a channel list)
         dur = self.durations(duration_s, free.shape)
@@ -97,9 +84,6 @@ class ChannelBank:
         self.free_at_s[idx] = end
         self.busy_s[idx] += dur
         done = float(end.max()) if end.size else now
-        if not record:
-            self.tracer.occupy(self.name, now, done)
-            return done
         if parts and part_table is not None and end.size:
             # each channel's end after each part, added part by part as below (accumulate adds in order)
             seconds, totals = part_table

@@ -328,8 +328,8 @@ class Stepper:
 
     def _record_repeated(self, holds: list, longest: list, starts: np.ndarray, which: np.ndarray) -> None:
         """Record a contended step's holds (``holds[which[k]]`` from ``starts[k]``, in start order): each distinct
-        hold in full the first time (``chain_end``), its later occurrences as their resource holds alone (what
-        ``chain_end(record=False)`` makes: the occupancy and the channels' state, in start order), their
+        hold in full the first time (``chain_end``), its later occurrences as their resource holds alone (the
+        occupancy and the channels' state that ``chain_end`` would leave, in start order), their
         records added as the first one's totals (``Tracer.add``: the same within one binade of the clock). The
         occupancy of them all, the first ones' included, goes in at the end in one ``Occupancy.add_many``."""
         m, tracer = self.machine, self.tracer

@@ -93,8 +93,8 @@ class Machine:
 
     def hold_occupancy(self, hold) -> tuple[float, tuple[str, ...]] | None:
         """A GPU, CPU or transfer hold of ``chain_end`` as its resource holds alone: (its seconds, the components
-        it occupies for them), what ``chain_end(..., record=False)`` gives ``occupy_hold``; a caller that repeats
-        the hold many times computes it once. None for a PIM phase, whose channels' state ``issue`` keeps."""
+        it occupies for them), for a caller that repeats the hold many times without recording its work (a
+        contended step's later layers). None for a PIM phase, whose channels' state ``issue`` keeps."""
         if len(hold) == 2:
             return hold_s(hold[1]), (hold[0].name,)
         if len(hold) == 4:
@@ -102,32 +102,20 @@ class Machine:
             return route.time_s(hold[2], True), tuple(link.name for link in route.links if link.resource)
         return None
 
-    def occupy_hold(self, occupancy: tuple[float, tuple[str, ...]], t: float) -> float:
-        """Hold the components of ``occupancy`` (``hold_occupancy``) from ``t``, recording no work; return the
-        clock at its end, as ``chain_end`` moves it."""
-        dur, components = occupancy
-        for c in components:
-            self.tracer.occupy(c, t, t + dur)
-        return t + dur
-
-    def chain_end(self, holds, t: float, record: bool = True) -> float:
+    def chain_end(self, holds, t: float) -> float:
         """Run ``holds`` one after another from clock ``t`` on idle resources without events, recording exactly
         what their processes would, and return the clock at which the last ends (``sim.fastpath``). A hold is
         ``(component, works)`` for the GPU or host CPU (``Component.execute``), ``(src, dst, nbytes, kind)`` for
         a transfer (``transfer``) or ``(phase,)`` for a PIM phase on every channel (``ChannelBank.run`` with the
         phase's kind, durations, totals and parts). Each hold starts when the previous ends, as a process that
         yields them in turn does; the clock moves as SimPy's does (the start plus the hold's timeout).
-        ``record=False``: the resource holds and the channels' state alone, no records of the work (for a caller
-        that adds the work's totals itself, ``Tracer.add``).
         """
         for h in holds:
             n = len(h)
             if n == 1:
                 ph = h[0]
                 t = t + (self.pim.issue(t, ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j,
-                                        parts=ph.parts, record=record, part_table=ph.part_table) - t)
-            elif not record:
-                t = self.occupy_hold(self.hold_occupancy(h), t)
+                                        parts=ph.parts, part_table=ph.part_table) - t)
             elif n == 2:
                 t = t + h[0].account(t, h[1])
             else:

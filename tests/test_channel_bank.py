@@ -93,21 +93,6 @@ def _phases_on_idle_channels(schedule, which):
         free = now + float(durs.max())
 
 
-@given(phases, st.lists(st.integers(0, 2), min_size=12, max_size=12))
-def test_issue_without_records_changes_the_bank_as_issue_does(schedule, which):
-    """``issue(record=False)`` (a phase repeated in a later layer, whose spans' totals the caller adds with
-    ``Tracer.add``) leaves the channels' next-free and busy times and the tracer's occupancy as ``issue`` does,
-    returns the same end, and records no span. Phases repeat (``which`` picks one of three), as layers do."""
-    (t_ref, ref), (t_new, new) = _bank(), _bank()
-    for now, durs in _phases_on_idle_channels(schedule, which):
-        done = ref.issue(now, "phase", durs)
-        assert new.issue(now, "phase", durs, record=False) == done
-    assert np.allclose(new.busy_s, ref.busy_s, rtol=1e-12, atol=0)
-    assert np.array_equal(new.free_at_s, ref.free_at_s)
-    assert t_new.occupancy.totals() == t_ref.occupancy.totals()
-    assert t_new.totals["pim"][4] == 0 and t_new.kind_busy_s == {}
-
-
 def test_add_and_replay_split_a_delta():
     """``Tracer.replay`` is ``Tracer.add`` (totals, kinds, energy of parts without timed work) plus the
     occupancy; ``add`` leaves the occupancy alone."""
@@ -131,27 +116,15 @@ def test_add_and_replay_split_a_delta():
 
 
 @given(phases, st.lists(st.integers(0, 2), min_size=12, max_size=12))
-def test_issue_idle_is_issue_without_records_on_idle_channels(schedule, which):
-    """``issue_idle`` (a contended prefill step's repeated decode phase) leaves the next-free and busy times and
-    the occupancy exactly as ``issue(record=False)`` does, bit for bit, and returns the same end, for phases
-    issued once every channel is free."""
-    (t_ref, ref), (t_new, new) = _bank(), _bank()
-    for now, durs in _phases_on_idle_channels(schedule, which):
-        done = ref.issue(now, "phase", durs, record=False)
-        assert new.issue_idle(now, durs, float(durs.max())) == done
-        assert np.array_equal(new.free_at_s, ref.free_at_s)
-    assert np.array_equal(new.busy_s, ref.busy_s)
-    assert t_new.occupancy.totals() == t_ref.occupancy.totals()
-
-
-@given(phases, st.lists(st.integers(0, 2), min_size=12, max_size=12))
-def test_repeat_idle_is_issue_idle_in_turn(schedule, which):
-    """``repeat_idle`` (a contended step's repeated PIM phases, their occupancy added apart) leaves the busy and
-    next-free times of ``issue_idle`` of each phase in turn, bit for bit."""
+def test_repeat_idle_is_issue_in_turn(schedule, which):
+    """``repeat_idle`` (a contended step's repeated PIM phases, their records and occupancy added apart) leaves
+    the busy and next-free times of ``issue`` of each phase in turn on idle channels, bit for bit; ``issue`` ends
+    such a phase at its issue plus its longest work (``idle_end_s``). Phases repeat (``which`` picks one of
+    three), as layers do."""
     (_, ref), (_, new) = _bank(), _bank()
     issued = list(_phases_on_idle_channels(schedule, which))
     for now, durs in issued:
-        ref.issue_idle(now, durs, float(durs.max()))
+        assert ref.issue(now, "phase", durs) == ChannelBank.idle_end_s(now, float(durs.max()))
     if issued:
         new.repeat_idle(issued[-1][0], [durs for _, durs in issued])
     assert np.array_equal(new.busy_s, ref.busy_s) and np.array_equal(new.free_at_s, ref.free_at_s)

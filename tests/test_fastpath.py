@@ -334,9 +334,11 @@ def test_scoped_marks_give_the_whole_delta(monkeypatch, options):
 
 @given(st.lists(st.sampled_from(["gpu", "h2d", "down", "phase"]), min_size=1, max_size=12),
        st.floats(0.0, 1e3), st.integers(0, 2))
-def test_chain_end_without_records_holds_what_the_records_hold(kinds, t0, stretch):
-    """``Machine.chain_end(record=False)`` (a contended step's repeated holds) moves the clock, the occupancy and
-    the PIM channels' state exactly as recording the chain does, and records no work."""
+def test_repeated_holds_occupy_what_chain_end_occupies(kinds, t0, stretch):
+    """A contended step's repeated holds are not recorded: their intervals (``Machine.hold_occupancy``, a PIM
+    phase's its longest channel) go to ``Occupancy.add_many`` and their PIM phases to
+    ``ChannelBank.repeat_idle``. Taken so, a chain leaves the clock, the occupancy and the channels' state
+    exactly as ``Machine.chain_end`` recording it does, bit for bit."""
     import numpy as np
 
     from hw_models.component import Work
@@ -350,16 +352,32 @@ def test_chain_end_without_records_holds_what_the_records_hold(kinds, t0, stretc
     topology = Topology(load_machine("a100-pcie4-ddr5"), load_pim("attacc-hbm3"))
     n = topology.pim.channels
     durations = np.linspace(1e-6, 3e-6 * (1 + stretch), n)
-    holds = {"gpu": None, "h2d": (HOST_DRAM, GPU, 3e6, "kv_fetch"), "down": (GPU, PIM, 5e5, "q_down"),
+    holds = {"h2d": (HOST_DRAM, GPU, 3e6, "kv_fetch"), "down": (GPU, PIM, 5e5, "q_down"),
              "phase": (Phase("pim.attention", durations, 1e6, 2e6, 1e-3),)}
-    machines = []
-    for record in (True, False):
+    out = []
+    for recorded in (True, False):
         tracer = Tracer()
         m = Machine(simpy.Environment(), topology, tracer)
         holds["gpu"] = (m.gpu, (Work("a", 2e-6, 1.0, 2.0, 3.0), Work("b", 1e-6 * (1 + stretch))))
-        end = m.chain_end(tuple(holds[k] for k in kinds), t0, record)
-        machines.append((end, tracer.occupancy.totals(), m.pim.free_at_s.tolist(), m.pim.busy_s.tolist(),
-                         {c: t[4] for c, t in tracer.totals.items()}))
-    (end, occ, free, busy, counts), (end_n, occ_n, free_n, busy_n, counts_n) = machines
-    assert (end_n, occ_n, free_n, busy_n) == (end, occ, free, busy)
-    assert sum(counts.values()) > 0 and sum(counts_n.values()) == 0
+        chain = tuple(holds[k] for k in kinds)
+        if recorded:
+            end = m.chain_end(chain, t0)
+        else:
+            end, cats, starts, ends, phases = t0, [], [], [], []
+            for h in chain:
+                occ = m.hold_occupancy(h)
+                step = None if occ is None else occ[0]
+                if occ is None:  # a PIM phase: done at its start plus its longest work, the clock moved by
+                    occ = (float(h[0].durations_s.max()), (m.pim.name,))  # done - start, as chain_end moves it
+                    phases.append((end, h[0].durations_s))
+                    step = (end + occ[0]) - end
+                for c in occ[1]:
+                    cats.append(tracer.category_index[c])
+                    starts.append(end)
+                    ends.append(end + occ[0])
+                end = end + step
+            tracer.occupancy.add_many(np.array(cats), np.array(starts), np.array(ends))
+            if phases:
+                m.pim.repeat_idle(phases[-1][0], [d for _, d in phases])
+        out.append((end, tracer.occupancy.totals(), m.pim.free_at_s.tolist(), m.pim.busy_s.tolist()))
+    assert out[0] == out[1]
