@@ -358,6 +358,7 @@ class Stepper:
         firsts = _Intervals()
         occupancy, tracer.occupancy = tracer.occupancy, firsts  # the first holds' intervals, kept for later
         deltas: list = [None] * n
+        times = (np.bincount(which, minlength=n) - 1).tolist()  # each hold's occurrences after its first
         repeated: list[np.ndarray] = []  # the PIM phases repeated since the last one issued
         last = 0.0
         try:
@@ -370,6 +371,9 @@ class Stepper:
                 if repeated and h in phase_s:
                     bank.repeat_idle(last, repeated)
                     repeated = []
+                if times[h] == 0:  # taken once (a head): recorded, no totals to repeat
+                    m.chain_end((holds[h],), float(starts[k]))
+                    continue
                 mark = tracer.mark(m.chain_scope((holds[h],)))
                 m.chain_end((holds[h],), float(starts[k]))
                 deltas[h] = tracer.delta_since(mark)
@@ -383,10 +387,9 @@ class Stepper:
         order = np.argsort(s_all, kind="stable")
         occupancy.add_many(np.concatenate((cat[h_again], firsts.categories))[order], s_all[order],
                            np.concatenate((starts[again] + dur[h_again], firsts.ends))[order])
-        times = np.bincount(which, minlength=n) - 1
         for h in which[is_first].tolist():  # in the order of their first occurrences, as the totals were added
             if times[h] > 0:
-                tracer.add(deltas[h], int(times[h]))
+                tracer.add(deltas[h], times[h])
 
     def _record_one_by_one(self, holds: list, starts: np.ndarray, which: np.ndarray) -> None:
         """``_record_repeated`` for holds that occupy several components: each occurrence recorded in full."""
