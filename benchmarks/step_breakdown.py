@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from count_instructions import _count  # (this directory is first on the path of a script run from it)
+
 HERE = Path(__file__).resolve()
 PARTS = ("plan", "entry", "run", "prefill_step", "contended_step")
 
@@ -100,16 +102,6 @@ def measure(root: str, system: str, requests: int) -> dict:
     # plan is inside entry, and entry, prefill_step and contended_step are inside the run's steps
     acc["rest"] = acc["total"] - acc["entry"] - acc["run"] - acc["prefill_step"] - acc["contended_step"]
     return acc
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def main() -> None:
