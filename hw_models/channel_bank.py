@@ -40,7 +40,7 @@ class ChannelBank:
         one span of ``kind``: part k runs, on the device lane, from the moment the last channel finished part
         k - 1 to the moment the last channel finished part k, so the parts' spans add up to the phase's span.
         ``part_table``: the parts' seconds (part x channel) and totals (part x [bytes, FLOPs, joules]) as arrays,
-        the same numbers as the parts give, read in a few array operations instead of part by part.
+        the same numbers as the parts give, when the caller has them (else they are stacked from the parts).
         """
         now = self.env.now
         return self.env.timeout(self.issue(now, kind, duration_s, nbytes, flops, energy_j, channels, parts,
@@ -84,22 +84,18 @@ class ChannelBank:
         self.free_at_s[idx] = end
         self.busy_s[idx] += dur
         done = float(end.max()) if end.size else now
-        if parts and part_table is not None and end.size:
-            # each channel's end after each part, added part by part as below (accumulate adds in order)
-            seconds, totals = part_table
-            ends = np.add.accumulate(np.concatenate((start[None, :], seconds)), axis=0)[1:].max(axis=1).tolist()
+        if parts:
+            # the channels' ends after each part, added part by part (accumulate adds in order), and each part's
+            # totals, each summed over its own array of channels
+            seconds, totals = part_table if part_table is not None else (
+                np.array([p.durations_s for p in parts]),
+                np.array([[p.nbytes.sum(), p.flops.sum(), p.energy_j.sum()] for p in parts]))
+            ends = np.add.accumulate(np.concatenate((start[None, :], seconds)), axis=0)[1:].max(axis=1).tolist() \
+                if end.size else [now] * len(parts)
             t = now
             for i, (p, (b, f, e)) in enumerate(zip(parts, totals.tolist(), strict=True)):
                 t_next = done if i == len(parts) - 1 else max(t, ends[i])
                 self.tracer.record(self.name, p.kind, t, t_next, b, f, e)
-                t = t_next
-        elif parts:
-            t, ends = now, start.copy()
-            for i, p in enumerate(parts):
-                ends = ends + p.durations_s
-                t_next = done if i == len(parts) - 1 else max(t, float(ends.max()) if ends.size else now)
-                self.tracer.record(self.name, p.kind, t, t_next, float(p.nbytes.sum()), float(p.flops.sum()),
-                                   float(p.energy_j.sum()))
                 t = t_next
         else:
             self.tracer.record(self.name, kind, now, done, nbytes, flops, energy_j)

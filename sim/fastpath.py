@@ -33,7 +33,8 @@ with ``sub_batches`` > 1) returns no segments and is always simulated in full, a
 ``trace_steps``, whose spans are kept) and every step with ``detail = "full"``. A prefill step is made without
 events too: ``Stepper.prefill_step`` when it and the decode step beside it are nothing but GPU holds (their
 repeating blocks replayed), ``Stepper.contended_step`` when either uses links or PIM channels (first come, first
-served, whole periods of its repeating layers skipped: ``_Fcfs``); both give up, and the driver simulates the step, where SimPy's event order would decide.
+served, whole periods of its repeating layers skipped: ``_Fcfs``); both give up, and the driver simulates the
+step, where SimPy's event order would decide.
 """
 
 from __future__ import annotations
@@ -231,12 +232,12 @@ class Stepper:
         of holds, made without SimPy events by the same first-come-first-served rules. The prefill runs its
         layers back to back (each one's weight fetch, waited for, then its GPU kernels), sends each layer's store
         as its kernels end (the stores queue on their link), then its head, and ends when the last store lands;
-        the decode chain asks
-        for each hold's resource as its previous hold ends (a PIM phase needs none: the channels are the
-        decode's alone, idle at its start). A resource is granted to requests in the order they were made, at
-        the later of the request and the previous holder's release. Two requests for one resource at the same
-        instant (whose order SimPy's event queue would decide; at the step's start the prefill's, made first)
-        make it give up, as do routes over more than one resource, full detail and kept spans.
+        the decode chain asks for each hold's resource as its previous hold ends (a PIM phase needs none: the
+        channels are the decode's alone, idle at its start). A resource is granted to requests in the order they
+        were made, at the later of the request and the previous holder's release. Two requests for one resource
+        at the same instant (whose order SimPy's event queue would decide; at the step's start the prefill's,
+        made first) make it give up, as do routes that hold other than one resource on one link, full detail
+        and kept spans.
 
         The layers repeat: once the state of the two processes seen from the clock (what is queued, when each
         resource frees, relative to the prefill's next layer) recurs, everything from there repeats with the
@@ -253,7 +254,9 @@ class Stepper:
         stores, fetches = pplan.store_bytes > 0, pplan.fetch_bytes > 0
         store_route = topo.route(pplan.store_src, pplan.store_dst) if stores else None
         fetch_route = topo.route(pplan.fetch_src, GPU) if fetches else None
-        if (stores and len(store_route.resources) != 1) or (fetches and len(fetch_route.resources) != 1):
+        store_res = _held(store_route) if stores else None
+        fetch_res = _held(fetch_route) if fetches else None
+        if (stores and store_res is None) or (fetches and fetch_res is None):
             return None
         decode = [] if e is None else self.decode_holds(e)
         if decode is None:
@@ -282,9 +285,10 @@ class Stepper:
                 add_hold(h, gpu, hold_s(h[1]))  # the GPU, keyed by its component beside the links' names
             elif len(h) == 4:
                 route = topo.route(h[0], h[1])
-                if len(route.resources) != 1:
+                res = _held(route)
+                if res is None:
                     return None  # a route over several resources
-                add_hold(h, route.resources[0], route.time_s(h[2], True))
+                add_hold(h, res, route.time_s(h[2], True))
             else:
                 d = h[0].durations_s
                 add_hold(h, None, float(np.max(d)) if np.size(d) else 0.0)
@@ -297,7 +301,7 @@ class Stepper:
         p_idx = [layer]
         if fetches:  # each layer's weights fetched before it, the process waiting for them
             p_idx.insert(0, add_hold((pplan.fetch_src, GPU, pplan.fetch_bytes, f"{PREFILL}.weight_fetch"),
-                                     fetch_route.resources[0], fetch_route.time_s(pplan.fetch_bytes, True)))
+                                     fetch_res, fetch_route.time_s(pplan.fetch_bytes, True)))
         p_layer = len(p_idx)
         p_idx *= n_layers
         if pplan.head:
@@ -305,7 +309,7 @@ class Stepper:
         store = -1
         if stores:
             store = add_hold((pplan.store_src, pplan.store_dst, pplan.store_bytes, f"{PREFILL}.kv_store"),
-                             store_route.resources[0], store_route.time_s(pplan.store_bytes, True))
+                             store_res, store_route.time_s(pplan.store_bytes, True))
         # the decode's repeating part: its first segment's chain, ``count`` times (the layers)
         period = (len(e.chains[0]), len(e.chains[0]) * e.segments[0][1]) if decode else (1, 0)
         run = _Fcfs(t0, [number[id(h)] for h in decode], p_idx, (p_layer, p_layer * n_layers), store, n_decode,
@@ -348,10 +352,8 @@ class Stepper:
             if occ is None:
                 cat[h], dur[h] = index[bank.name], longest[h]
                 phase_s[h] = bank.durations(hold[0].durations_s, bank.free_at_s.shape)
-            elif len(occ[1]) == 1:
+            else:  # one component: contended_step takes routes that hold one link (_held)
                 cat[h], dur[h] = index[occ[1][0]], occ[0]
-            else:
-                return self._record_one_by_one(holds, starts, which)
         is_phase = np.zeros(n, dtype=bool)
         is_phase[list(phase_s)] = True
         on_bank = is_phase[which]
@@ -391,11 +393,6 @@ class Stepper:
             if times[h] > 0:
                 tracer.add(deltas[h], times[h])
 
-    def _record_one_by_one(self, holds: list, starts: np.ndarray, which: np.ndarray) -> None:
-        """``_record_repeated`` for holds that occupy several components: each occurrence recorded in full."""
-        for start, h in zip(starts.tolist(), which.tolist(), strict=True):
-            self.machine.chain_end((holds[h],), start)
-
     def chain_runs(self, holds: tuple, count: int, t: float) -> float:
         """``count`` runs of the chain ``holds`` from clock ``t`` on idle resources, without events: the first
         walked by ``Machine.chain_end``, the others replayed from its change within its binade (as ``run``
@@ -417,6 +414,12 @@ class Stepper:
         return t + (count - 1) * duration
 
 
+def _held(route) -> str | None:
+    """The one resource a route holds, on one link of it (a contended step's transfers: a repeated hold then
+    occupies one component); None otherwise."""
+    held = [link.resource for link in route.links if link.resource]
+    return held[0] if len(held) == 1 else None
+
 
 class _Intervals:
     """Stands in for the tracer's ``Occupancy`` while a contended step's first holds are recorded: keeps their
@@ -435,6 +438,7 @@ class _Intervals:
     @staticmethod
     def totals() -> tuple[float, float, float]:
         return 0.0, 0.0, 0.0  # (what a mark reads: the deltas' occupancy is not used, Tracer.add ignores it)
+
 
 _P, _S, _D = 0, 1, 2  # a contended step's requests: a prefill layer (or head), a prefill store, a decode hold
 
@@ -491,7 +495,7 @@ class _Fcfs:
             t, _, who, i = pop(queue)
             if (i < p_end and i % p_len == 0 if who == _P else (who == _D and not queue and i < repeat_end
                                                                  and i % layer_len == 0)):
-                jump = self._recur(seen, t, who, i, queue, free_at, asked, len(starts), layer_len, repeat_end)
+                jump = self._recur(seen, t, who, i, queue, free_at, asked, len(starts))
                 if jump is not None:
                     tj, rj, periods, p_step, d_step = jump
                     total = periods * (t - tj)
@@ -551,11 +555,11 @@ class _Fcfs:
         self.prefill_end, self.end = prefill_end, end
         return True
 
-    def _recur(self, seen: dict, t: float, who: int, i: int, queue: list, free_at: list, asked: list,
-               n_taken: int, layer_len: int, repeat_end: int):
+    def _recur(self, seen: dict, t: float, who: int, i: int, queue: list, free_at: list, asked: list, n_taken: int):
         """At a prefill layer ``i`` (or, once the prefill is done, the start of decode layer ``i``) taken at
         ``t``: None, or (the clock and holds taken when this state was seen before, the periods to skip, and
         how far they move the prefill's and the decode's indices)."""
+        layer_len, repeat_end = self.period
         pending_d = i if who == _D else None
         rel = []
         for q in sorted(queue):

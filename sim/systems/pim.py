@@ -69,6 +69,9 @@ from workloads.models import ModelSpec
 from workloads.opgraph import kv_ops
 
 ATTENTION_OPS = ("attn_score", "softmax", "attn_context")
+# Per-channel loads (tokens, units, new vectors) are rounded to 1 / LOAD_STEPS before their costs are evaluated,
+# so that equal stripes that differ only by floating-point noise share one evaluation (``distinct_rows``).
+LOAD_STEPS = 1000.0
 
 
 class Placement:
@@ -193,7 +196,8 @@ class StripePlacement(Placement):
     def groups(self, tokens_scale: float = 1.0):
         """Every channel holds the same tokens, so a channel's row is its units present and new vectors, two
         small integers: packed into one, a count per value finds the distinct rows in increasing order, as
-        ``distinct_rows`` orders them, without a sort. The tokens are rounded to 1e-3 as it rounds them."""
+        ``distinct_rows`` orders them, without a sort. The tokens are rounded to 1 / ``LOAD_STEPS`` as it rounds
+        them."""
         present, new = self._present, self._new
         radix = int(new.max()) + 1
         key = present * radix + new
@@ -201,7 +205,7 @@ class StripePlacement(Placement):
         keys = np.flatnonzero(counts)
         index = np.zeros(counts.size, dtype=np.intp)
         index[keys] = np.arange(keys.size)
-        tokens = float(np.rint(self._total * tokens_scale / self.n_channels * 1000.0)) / 1000.0
+        tokens = float(np.rint(self._total * tokens_scale / self.n_channels * LOAD_STEPS)) / LOAD_STEPS
         rows = [(tokens, float(k // radix), float(k % radix)) for k in keys.tolist()]
         return rows, index[key], counts[keys]
 
@@ -509,7 +513,7 @@ def distinct_rows(rows: np.ndarray) -> tuple[list[tuple], np.ndarray]:
     fits 62 bits, so one sort of n integers finds them; the distinct keys are unpacked into their rows and each
     row finds its key by bisection (``np.unique`` asked for its inverse costs several times more on the few
     hundred channels of a step)."""
-    thousandths = np.rint(rows * 1000.0)
+    thousandths = np.rint(rows * LOAD_STEPS)
     q = thousandths.astype(np.int64)
     top = q.max(axis=0).tolist() if len(q) else []
     radix = [r + 1 for r in top[1:]]
@@ -526,8 +530,8 @@ def distinct_rows(rows: np.ndarray) -> tuple[list[tuple], np.ndarray]:
             digits.append(d)
         digits.append(rest)
         # (each digit is a rounded load's thousandths, a float's integer value: converting it back is exact)
-        return list(zip(*((d.astype(float) / 1000.0).tolist() for d in reversed(digits)), strict=True)), inv
-    rounded = thousandths / 1000.0
+        return list(zip(*((d.astype(float) / LOAD_STEPS).tolist() for d in reversed(digits)), strict=True)), inv
+    rounded = thousandths / LOAD_STEPS
     _, first, inv = np.unique(rounded, axis=0, return_index=True, return_inverse=True)
     return list(map(tuple, rounded[first].tolist())), inv.ravel()
 
