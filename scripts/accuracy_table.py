@@ -5,7 +5,8 @@
 Runs the protocol of ``aqpim-sim accuracy`` (``workloads.accuracy.evaluate`` with its default ``EvalConfig``: the
 last 128 positions are the decode queries, codebooks trained on the prefill before them, 20 k-means iterations,
 seed 0) on the SmolLM2-135M captures shipped in ``workloads/data`` (real K/V, head_dim 64: the layers the fixes were
-tuned on, data "real", and held-out layers, data "real-heldout") and on the command's synthetic Gaussian data,
+tuned on, data "real", and held-out layers, data "real-heldout"; the held-out layers again with codebooks trained
+on the first 1,024 tokens only, data "real-heldout-unseen") and on the command's synthetic Gaussian data,
 for the formats below. Each entry stores the format's canonical text, its geometry (PQ: sub-vector dimension
 head_dim/m and K; INT-k: bits and group; the data's head_dim), its other options, the metrics, the data it was
 measured on and the command that regenerates it. ``workloads.kvformats.accuracy_entry`` matches a simulated format
@@ -24,7 +25,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +38,7 @@ from workloads.activations import Activations, load_activations  # noqa: E402
 from workloads.kvformats import (  # noqa: E402
     ACCURACY_TABLE,
     ACCURACY_TABLE_VERSION,
+    UNSEEN_DATA,
     IntSettings,
     KvFormat,
     PqSettings,
@@ -48,7 +50,9 @@ WINDOW = "sinks=4,recent=128"
 FIXES = ("", "outliers=4", "scale_keys=true", "pre_rope=true", "pre_rope=true,outliers=4", "key_k=1024",
          "pre_rope=true,key_k=1024", "pre_rope=true,outliers=4,key_k=1024",
          # residual stages (same code bits, stages x the codebooks): post-RoPE (cheap in PIM) and pre-RoPE
-         "stages=8", "pre_rope=true,stages=2", "pre_rope=true,stages=8", "pre_rope=true,outliers=4,stages=8")
+         "stages=8", "pre_rope=true,stages=2", "pre_rope=true,stages=8", "pre_rope=true,outliers=4,stages=8",
+         # post-RoPE key codebooks trained with rotated copies of the prompt's keys (decode work of plain PQ)
+         "rope_aug=1", "rope_aug=1,outliers=4", "rope_aug=1,key_k=1024", "rope_aug=1,stages=8")
 
 
 def _with_fixes(base: str) -> tuple[str, ...]:
@@ -83,6 +87,10 @@ PPL_FORMATS = (
 # (1, 6, 11, 16, 21, 26: every fifth from 1, none of the tuned ones; same text and tokens) were never looked at while
 # choosing ("real-heldout").
 HELDOUT_FIXTURE = FIXTURE.with_name("smollm2_gpl3_2k_heldout.npz")
+# Held-out layers again with codebooks trained on the first UNSEEN_PREFILL tokens only ("real-heldout-unseen"): the
+# tokens after it (45% of the coded pairs) are coded with codebooks that never saw them, as tokens generated long
+# after the prompt are.
+UNSEEN_PREFILL = 1024
 METRICS = ("out_cos_mean", "out_cos_min", "key_rel_err", "value_rel_err", "score_rmse", "topk_overlap",
            "bits_per_element", "code_bits_per_element", "codebook_bits_per_element", "compression", "heldout_frac",
            "ppl", "ppl_fp16")
@@ -137,13 +145,14 @@ def markdown(doc: dict) -> str:
     geometry the simulator's head_dim-128 models take them for and perplexity when measured."""
     by = {(e["format"], e["data"]["kind"]): e for e in doc["entries"]}
     lines = ["| format (head_dim 64) | on head_dim 128 | d_sub | K (keys) | code b/el | all b/el (2K) | tuned: cos mean "
-             "| tuned: worst | held-out: cos mean | held-out: worst | ppl |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tuned: worst | held-out: cos mean | held-out: worst | unseen: cos mean | unseen: worst | ppl |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in doc["entries"]:
         if e["data"]["kind"] != "real":
             continue
         fmt, g, m = parse_format(e["format"]), e["geometry"], e["metrics"]
         h = by.get((e["format"], "real-heldout"), {}).get("metrics", {})
+        u = by.get((e["format"], UNSEEN_DATA), {}).get("metrics", {})
         if isinstance(fmt, PqSettings):
             on128 = f"`{parse_format(e['format'].replace(f'm={fmt.m},', f'm={2 * fmt.m},', 1)).name}`"
             dsub, kk = str(g["sub_dim"]), f"{fmt.k}" + (f" ({fmt.key_k})" if fmt.key_k else "")
@@ -153,7 +162,8 @@ def markdown(doc: dict) -> str:
         cell = lambda d, k, f: "-" if d.get(k) is None else format(d[k], f)  # noqa: E731
         lines.append(f"| `{e['format']}` | {on128} | {dsub} | {kk} | {m['code_bits_per_element']:.3f} | "
                      f"{m['bits_per_element']:.2f} | {m['out_cos_mean']:.4f} | {m['out_cos_min']:.4f} | "
-                     f"{cell(h, 'out_cos_mean', '.4f')} | {cell(h, 'out_cos_min', '.4f')} | {cell(m, 'ppl', '.3f')} |")
+                     f"{cell(h, 'out_cos_mean', '.4f')} | {cell(h, 'out_cos_min', '.4f')} | "
+                     f"{cell(u, 'out_cos_mean', '.4f')} | {cell(u, 'out_cos_min', '.4f')} | {cell(m, 'ppl', '.3f')} |")
     return "\n".join(lines)
 
 
@@ -193,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         entries += table_rows(load_activations(HELDOUT_FIXTURE), formats, cfg, "real-heldout", command,
                               HELDOUT_IN_PACKAGE)
         print(f"held-out layers done after {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        entries += table_rows(load_activations(HELDOUT_FIXTURE), formats, replace(cfg, prefill=UNSEEN_PREFILL),
+                              UNSEEN_DATA, command, HELDOUT_IN_PACKAGE)
+        print(f"held-out layers, unseen tokens, done after {time.perf_counter() - start:.0f} s", file=sys.stderr,
+              flush=True)
     if args.data in ("synthetic", "both"):
         acts = synthetic_data(cfg.seed, SYNTHETIC_CONTEXT, cfg.n_queries)
         entries += table_rows(acts, formats, cfg, "synthetic", command)

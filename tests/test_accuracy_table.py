@@ -20,6 +20,7 @@ from workloads.accuracy import EvalConfig
 from workloads.errors import WorkloadError
 from workloads.kvformats import (
     ACCURACY_TABLE,
+    UNSEEN_DATA,
     AccuracyEntry,
     accuracy_entry,
     accuracy_key,
@@ -84,10 +85,22 @@ def test_held_out_layers_are_measured_for_every_real_format_on_other_layers():
         assert raw["data"]["file"] == "workloads/data/smollm2_gpl3_2k_heldout.npz"
 
 
+def test_unseen_tokens_are_measured_for_every_real_format_on_the_held_out_layers_from_an_early_prefill():
+    held = {raw["format"]: raw for raw in DOC["entries"] if raw["data"]["kind"] == "real-heldout"}
+    unseen = {raw["format"]: raw for raw in DOC["entries"] if raw["data"]["kind"] == UNSEEN_DATA}
+    assert unseen.keys() == held.keys()
+    for name, raw in unseen.items():
+        assert raw["data"]["layers"] == held[name]["data"]["layers"] and raw["data"]["file"] == held[name]["data"]["file"]
+        assert raw["data"]["prefill"] == script.UNSEEN_PREFILL < held[name]["data"]["prefill"]
+        if raw["kind"] == "pq" and "refresh" not in name:  # codes of tokens after the prefill: unseen by k-means
+            assert raw["metrics"]["heldout_frac"] > 0.4 > held[name]["metrics"]["heldout_frac"]
+
+
 def test_summary_gives_tuned_and_held_out_layers_or_says_none_was_measured():
     s = accuracy_summary(parse_format(f"pq:m=16,k=256,{WINDOW},pre_rope=true"), 128)
     assert re.fullmatch(r"tuned layers cos \d\.\d{3} mean / -?\d\.\d{2} worst; held-out layers cos \d\.\d{3} mean / "
-                        r"-?\d\.\d{2} worst \(SmolLM2-135M-Instruct K/V, d_sub 8, K 256, measured as "
+                        r"-?\d\.\d{2} worst; tokens the codebooks never saw cos \d\.\d{3} mean / -?\d\.\d{2} worst "
+                        r"\(SmolLM2-135M-Instruct K/V, d_sub 8, K 256, measured as "
                         r"pq:m=8,k=256,sinks=4,recent=128,pre_rope=true\)", s), s
     none = accuracy_summary(parse_format("pq:m=16,k=64"), 128)
     assert none.startswith("not measured at this geometry and options (d_sub 8, K 64")

@@ -212,3 +212,27 @@ def test_more_residual_stages_fit_the_training_data_closer_at_the_same_code_bits
     err = [np.linalg.norm(pq.ResidualCoded.of(pq.train_residual(x, 4, 16, s, lambda i: np.random.default_rng(i)),
                                               x).decoded() - x) for s in (1, 2, 4)]
     assert err[2] < err[0]  # four 8-dim stages of 16 centroids beat four 2-dim sub-spaces (same 16 code bits)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 30), st.sampled_from([2, 4, 8]), st.integers(0, 3), st.sampled_from([0.0, 1e4, 5e5]),
+       st.integers(0, 2**31 - 1))
+def test_rope_augmented_keys_are_the_keys_then_their_rotations_to_drawn_positions(n, d, copies, theta, seed):
+    rng = np.random.default_rng(seed)
+    pos = np.arange(7, 7 + n)
+    x = pq.rope(rng.standard_normal((n, d)), pos, theta)  # post-RoPE keys at their positions
+    out = pq.rope_augmented(x, pos, theta, copies, 64, np.random.default_rng(seed))
+    if theta == 0.0 or copies == 0:  # no RoPE to undo, or nothing asked: the keys themselves
+        np.testing.assert_array_equal(out, x)
+        return
+    assert out.shape == ((1 + copies) * n, d)
+    np.testing.assert_array_equal(out[:n], x)
+    drawn = np.random.default_rng(seed)
+    pre = pq.rope(x, pos, theta, inverse=True)
+    for c in range(copies):
+        at = drawn.integers(0, 64, n)
+        np.testing.assert_allclose(pq.rope(out[(c + 1) * n:(c + 2) * n], at, theta, inverse=True), pre, atol=1e-9)
+        # a rotation: every RoPE pair keeps its length
+        half = d // 2
+        np.testing.assert_allclose(np.hypot(out[(c + 1) * n:(c + 2) * n, :half], out[(c + 1) * n:(c + 2) * n, half:]),
+                                   np.hypot(x[:, :half], x[:, half:]), atol=1e-9)

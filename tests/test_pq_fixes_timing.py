@@ -117,3 +117,37 @@ def test_refresh_is_not_a_simulated_option(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--system", "aqpim", "--steps", "1", "--refresh", "1024"])
     assert e.value.code == 2
+
+
+def test_rope_aug_lengthens_the_key_kmeans_at_prefill_and_nothing_else():
+    """By hand: one llama-3.1-8b prompt of 4,096 tokens, 132 of them exact (4 sinks + 128 recent): per layer the
+    k-means runs 10 passes over 3,964 tokens of 8 KV heads x 128 dims x 2 tensors at QUANTIZE_FLOPS_PER_ELEMENT per
+    element and centroid; with rope_aug = 2 the keys are 3 x 3,964 points against 256 centroids, values 3,964
+    against 256: 512 centroids per tensor on average instead of 256."""
+    from hw_models import pim as pim_model
+    from hw_models.machine import load_machine
+
+    g, m = load_machine("a100-pcie4-ddr5").gpu, load_model("llama-3.1-8b")
+
+    def serve(**kw):
+        return simulate(make_config(system="aqpim", model="llama-3.1-8b", requests=1, context=4096, output_tokens=3,
+                                    prefill="first", trace_steps=0, **kw))
+
+    plain, aug = serve(), serve(rope_aug=2)
+    coded = 4096 - 132
+    for r, centroids, reads in ((plain, 256, 1.0), (aug, 512, 2.0)):
+        flops = 10 * 2 * m.n_kv_heads * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded * centroids * m.head_dim
+        nbytes = 10 * coded * m.kv_bytes_per_token_per_layer * reads
+        kernel = g.launch_s + max(flops / g.achievable_flops_per_s, nbytes / g.achievable_bw_bytes_per_s)
+        assert r.busy_by_kind_s["prefill.kmeans"] == pytest.approx(m.n_layers * kernel, rel=1e-9)
+    # (sums of the same kernels at other clock values: equal to rounding)
+    assert aug.busy_by_kind_s["prefill.quantize"] == pytest.approx(plain.busy_by_kind_s["prefill.quantize"], rel=1e-12)
+    assert aug.tpot_p50_s == pytest.approx(plain.tpot_p50_s, rel=1e-12)  # decode unchanged
+    assert aug.kv_bytes == plain.kv_bytes  # and storage
+    assert aug.ttft_p50_s > plain.ttft_p50_s
+
+
+def test_rope_aug_with_pre_rope_is_refused_in_one_line(capsys):
+    assert main(["run", "--system", "aqpim", "--steps", "1", "--rope-aug", "1", "--pre-rope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rope_aug" in err and "pre_rope" in err

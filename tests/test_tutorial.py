@@ -158,9 +158,10 @@ def namespace(tutorial_run, installed, tmp_path_factory):
     (table,) = {p.resolve() for p in installed.venv.glob("lib*/python*/site-packages/workloads/presets/accuracy.json")}
     entries = json.loads(table.read_text())["entries"]
 
-    def acc(fmt: str, held_out: bool = False) -> tut.J:
-        """The shipped accuracy table's row (what `run` prints as its accuracy line): tuned or held-out layers."""
-        kind = "real-heldout" if held_out else "real"
+    def acc(fmt: str, held_out: bool = False, unseen: bool = False) -> tut.J:
+        """The shipped accuracy table's row (what `run` prints as its accuracy line): tuned or held-out layers, or
+        the held-out layers' tokens the codebooks never saw (``unseen``)."""
+        kind = "real-heldout-unseen" if unseen else "real-heldout" if held_out else "real"
         rows = [e for e in entries if e["format"] == fmt and e["data"]["kind"] == kind]
         assert len(rows) == 1, (fmt, held_out, len(rows))
         return tut.J(rows[0]["metrics"])

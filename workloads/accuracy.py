@@ -254,14 +254,15 @@ def _pq_streams(fmt: PqSettings, K, V, end: int, cfg: EvalConfig, lh, books) -> 
     """Keys and values of one head coded with codebooks trained on tokens [sinks, end) (cached per call)."""
     li, h = lh
     kk = fmt.keys_k
-    kkey = ("k", fmt.m, kk, fmt.sinks, fmt.outliers, fmt.scale_keys, fmt.pre_rope, fmt.stages, end)
+    kkey = ("k", fmt.m, kk, fmt.sinks, fmt.outliers, fmt.scale_keys, fmt.pre_rope, fmt.stages, fmt.rope_aug, end)
     vkey = ("v", fmt.m, fmt.k, fmt.sinks, fmt.stages, end)
     if fmt.stages > 1:
         return _residual_streams(fmt, K, V, end, cfg, lh, books, kkey, vkey)
     if kkey not in books:
         keys = books["k_pre"] if fmt.pre_rope else K
         order = pq.rope_pair_order(K.shape[1], fmt.m) if fmt.pre_rope else None
-        cb = pq.train_codebook(keys[fmt.sinks:end], fmt.m, kk, _rng(cfg.seed, li, h, 0, fmt.m, kk, end),
+        cb = pq.train_codebook(_key_training(fmt, keys, end, cfg, lh, books["theta"]), fmt.m, kk,
+                               _rng(cfg.seed, li, h, 0, fmt.m, kk, end),
                                iters=cfg.iters, outliers=fmt.outliers, scale_channels=fmt.scale_keys,
                                seeding=KEY_SEEDING, order=order)
         books[kkey] = pq.CodedTensor.of(cb, keys)
@@ -272,6 +273,17 @@ def _pq_streams(fmt: PqSettings, K, V, end: int, cfg: EvalConfig, lh, books) -> 
     return books[kkey], books[vkey]
 
 
+def _key_training(fmt: PqSettings, keys: np.ndarray, end: int, cfg: EvalConfig, lh, theta: float) -> np.ndarray:
+    """The key codebooks' training set: tokens [sinks, end), with ``rope_aug`` rotated copies over the whole
+    evaluated context (``workloads.pq.rope_augmented``; its own generator per layer, head and training end)."""
+    li, h = lh
+    train = keys[fmt.sinks:end]
+    if not fmt.rope_aug:
+        return train
+    return pq.rope_augmented(train, np.arange(fmt.sinks, end), theta, fmt.rope_aug, len(keys),
+                             _rng(cfg.seed, li, h, 2, fmt.rope_aug, end))
+
+
 def _residual_streams(fmt: PqSettings, K, V, end: int, cfg: EvalConfig, lh, books, kkey, vkey) -> tuple:
     """``_pq_streams`` with residual stages (``workloads.pq.train_residual``); stage s of a tensor has its own
     generator (seed, layer, head, tensor, m, K, training end, stages, s)."""
@@ -279,7 +291,7 @@ def _residual_streams(fmt: PqSettings, K, V, end: int, cfg: EvalConfig, lh, book
     kk, st = fmt.keys_k, fmt.stages
     if kkey not in books:
         keys = books["k_pre"] if fmt.pre_rope else K
-        cbs = pq.train_residual(keys[fmt.sinks:end], fmt.m, kk, st,
+        cbs = pq.train_residual(_key_training(fmt, keys, end, cfg, lh, books["theta"]), fmt.m, kk, st,
                                 lambda s: _rng(cfg.seed, li, h, 0, fmt.m, kk, end, st, s), iters=cfg.iters,
                                 outliers=fmt.outliers, scale_channels=fmt.scale_keys, seeding=KEY_SEEDING,
                                 rope_pairs=fmt.pre_rope)
@@ -340,9 +352,10 @@ def view_fn_for(fmt: KvFormat, prefill: int, cfg: EvalConfig, theta: float = 0.0
                     kivi_values(v, fmt.bits, fmt.group).astype(np.float32))
         kk, pos = fmt.keys_k, np.arange(len(k))
         keys = pq.rope(k, pos, theta, inverse=True) if fmt.pre_rope else k
+        train = _key_training(fmt, keys, prefill, cfg, (layer, head), theta)
         if fmt.stages > 1:
             st = fmt.stages
-            kcbs = pq.train_residual(keys[fmt.sinks:prefill], fmt.m, kk, st,
+            kcbs = pq.train_residual(train, fmt.m, kk, st,
                                      lambda s: _rng(cfg.seed, layer, head, 0, fmt.m, kk, st, s), iters=cfg.iters,
                                      outliers=fmt.outliers, scale_channels=fmt.scale_keys, seeding=KEY_SEEDING,
                                      rope_pairs=fmt.pre_rope)
@@ -353,7 +366,7 @@ def view_fn_for(fmt: KvFormat, prefill: int, cfg: EvalConfig, theta: float = 0.0
             if fmt.pre_rope:
                 k_hat = pq.rope(k_hat, pos, theta)
             return k_hat.astype(np.float32), pq.ResidualCoded.of(vcbs, v).decoded().astype(np.float32)
-        kcb = pq.train_codebook(keys[fmt.sinks:prefill], fmt.m, kk, _rng(cfg.seed, layer, head, 0, fmt.m, kk),
+        kcb = pq.train_codebook(train, fmt.m, kk, _rng(cfg.seed, layer, head, 0, fmt.m, kk),
                                 iters=cfg.iters, outliers=fmt.outliers, scale_channels=fmt.scale_keys,
                                 seeding=KEY_SEEDING,
                                 order=pq.rope_pair_order(k.shape[1], fmt.m) if fmt.pre_rope else None)

@@ -60,6 +60,9 @@ class KvBytes:
         return self.codes + self.fp16_tokens + self.outliers + self.codebooks + self.scales
 
 
+MAX_ROPE_AUG = 64  # rotated copies of the training keys (the training set grows 1 + rope_aug times)
+
+
 def _check_int(owner: str, name: str, value, lo: int, hi: int | None = None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
         rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
@@ -207,7 +210,10 @@ class PqSettings(_PimView):
     applied through a complex query table (``workloads.pq.rope_pq_scores``; head_dim / m must be even); stages:
     residual stages the m codes of a token are spent on (``workloads.pq.ResidualCoded``; m % stages == 0): stage s
     has m / stages sub-spaces of head_dim x stages / m dims and codes what the stages before it left; the code bits
-    are m x log2 k per token whatever the stages, the codebooks ``stages`` times larger.
+    are m x log2 k per token whatever the stages, the codebooks ``stages`` times larger; rope_aug: copies of the
+    prompt's keys, rotated to other positions, added to the key codebooks' k-means training set
+    (``workloads.pq.rope_augmented``; post-RoPE keys only, pre_rope keys need none): the same codes, tables and
+    storage, a k-means (1 + rope_aug) times longer for keys.
     What each option costs inside PIM: ``pim_costs`` (``PqPimCosts``). ``refresh`` is an accuracy-protocol option
     only (``REFRESH_NOT_DEPLOYABLE``): the timing model does not run it.
     """
@@ -222,6 +228,7 @@ class PqSettings(_PimView):
     key_k: int = 0
     pre_rope: bool = False
     stages: int = 1
+    rope_aug: int = 0
     kind = "pq"
 
     def __post_init__(self):
@@ -231,6 +238,10 @@ class PqSettings(_PimView):
             raise WorkloadError(f"pq format: k must be a power of two (codes of log2 k bits), got {self.k}")
         for f in ("sinks", "recent", "outliers", "refresh"):
             _check_int("pq format", f, getattr(self, f), 0)
+        _check_int("pq format", "rope_aug", self.rope_aug, 0, MAX_ROPE_AUG)
+        if self.rope_aug and self.pre_rope:
+            raise WorkloadError("pq format: rope_aug rotates post-RoPE training keys to other positions; pre_rope "
+                                "keys carry no position (use one or the other)")
         if self.key_k != 0:
             _check_int("pq format", "key_k", self.key_k, 2, 65536)
             if self.key_k & (self.key_k - 1):
@@ -363,7 +374,8 @@ class PqSettings(_PimView):
             value_flops_per_token_per_query=2.0 * m, bins_x_centroids_flops_per_query=2.0 * st * k * d,
             quantize_elements_per_new_token=st * (kk + k) * d,
             quantize_bytes_per_new_token=self.codebooks_bytes(model),
-            refresh_every_tokens=self.refresh, refresh_train_elements_per_token=st * (kk + k) * d)
+            refresh_every_tokens=self.refresh,
+            refresh_train_elements_per_token=st * (kk * (1 + self.rope_aug) + k) * d)
 
     def pim_unit_fixed_bytes(self, model: ModelSpec) -> float:
         """K and V codebooks of one (sequence, KV head) over all layers: one copy (a system holding a unit's
@@ -422,7 +434,7 @@ class PqPimCosts:
     quantize_elements_per_new_token: float  # (key_k + k) x head_dim distance elements (x the model's FLOPs/element)
     quantize_bytes_per_new_token: float  # both codebooks streamed to code the token leaving the window
     refresh_every_tokens: int  # 0 = never
-    refresh_train_elements_per_token: float  # (key_k + k) x head_dim per training token per k-means iteration
+    refresh_train_elements_per_token: float  # (key_k (1 + rope_aug) + k) x head_dim per training token per iteration
 
 
 REFRESH_NOT_DEPLOYABLE = (
@@ -676,6 +688,7 @@ def load_accuracy_table(path: Path = ACCURACY_TABLE) -> tuple[AccuracyEntry, ...
 
 
 HELDOUT_DATA = "real-heldout"  # entries measured on layers the fixes were not chosen on
+UNSEEN_DATA = "real-heldout-unseen"  # the same layers, codebooks trained on an early prefix: later tokens unseen
 
 
 def accuracy_summary(fmt: KvFormat, head_dim: int, entries: Sequence[AccuracyEntry] | None = None) -> str:
@@ -683,7 +696,8 @@ def accuracy_summary(fmt: KvFormat, head_dim: int, entries: Sequence[AccuracyEnt
     layers and on the held-out ones, or that none was measured at this geometry and with these options."""
     tuned = accuracy_entry(fmt, head_dim, "real", entries)
     held = accuracy_entry(fmt, head_dim, HELDOUT_DATA, entries)
-    if tuned is None and held is None:
+    unseen = accuracy_entry(fmt, head_dim, UNSEEN_DATA, entries)
+    if tuned is None and held is None and unseen is None:
         geo = (f"d_sub {head_dim // fmt.m}, K {fmt.k}" if isinstance(fmt, PqSettings) and head_dim % fmt.m == 0
                else fmt.name)
         return f"not measured at this geometry and options ({geo}; table {ACCURACY_TABLE.name})"
@@ -692,7 +706,10 @@ def accuracy_summary(fmt: KvFormat, head_dim: int, entries: Sequence[AccuracyEnt
         parts.append(f"tuned layers cos {tuned.out_cos_mean:.3f} mean / {tuned.out_cos_min:.2f} worst")
     if held is not None:
         parts.append(f"held-out layers cos {held.out_cos_mean:.3f} mean / {held.out_cos_min:.2f} worst")
-    e = tuned or held
+    if unseen is not None:
+        parts.append(f"tokens the codebooks never saw cos {unseen.out_cos_mean:.3f} mean / "
+                     f"{unseen.out_cos_min:.2f} worst")
+    e = tuned or held or unseen
     return f"{'; '.join(parts)} ({e.model} K/V, {e.geometry}, measured as {e.format})"
 
 

@@ -77,6 +77,9 @@ class AqpimOptions(PimDeviceOptions):
     pq_stages: int = option(1, "residual PQ stages the pq_m codes of a token are spent on (must divide pq_m); "
                             "accuracy fix: same code bits, pq_stages times the codebooks and per-query work",
                             minimum=1, limit=2**16)
+    rope_aug: int = option(0, "copies of the prompt's keys rotated to other positions added to the key codebooks' "
+                           "k-means (accuracy fix for post-RoPE keys; same codes and decode work, a longer "
+                           "k-means at prefill)", minimum=0, limit=64)
     scale_keys: bool = option(False, "divide key channels by their RMS before k-means (accuracy option; head_dim "
                               "scales per unit, multiplied into each query)")
 
@@ -84,7 +87,7 @@ class AqpimOptions(PimDeviceOptions):
     def pq(self) -> PqSettings:
         return PqSettings(m=self.pq_m, k=self.pq_k, sinks=self.sinks, recent=self.recent, outliers=self.outliers,
                           key_k=self.key_k, pre_rope=self.pre_rope, stages=self.pq_stages,
-                          scale_keys=self.scale_keys)
+                          scale_keys=self.scale_keys, rope_aug=self.rope_aug)
 
     def check(self) -> None:
         try:
@@ -164,10 +167,24 @@ class AqpimSystem(PimSystem):
     # ---- prefill-time costs and capacity -------------------------------------------------------------------------
     @property
     def centroids_per_tensor(self) -> float:
-        """Full-width centroids a token's K or V is compared with in one k-means pass, averaged over K and V:
+        """Full-width centroids a token's K or V is compared with in one pass, averaged over K and V:
         ``stages x (key_k + k) / 2`` (``pq_k`` for plain PQ); each residual stage's centroids span all head_dim."""
         pq = self.pq
         return pq.stages * (pq.keys_k + pq.k) / 2
+
+    @property
+    def kmeans_centroids_per_tensor(self) -> float:
+        """``centroids_per_tensor`` of one k-means pass, where ``rope_aug`` trains the key codebooks on 1 +
+        rope_aug points per prompt token (the copies' RoPE rotation, a few FLOPs per element once, is left out:
+        under 1 / (iterations x key_k) of the k-means)."""
+        pq = self.pq
+        return pq.stages * (pq.keys_k * (1 + pq.rope_aug) + pq.k) / 2
+
+    @property
+    def kmeans_read_share(self) -> float:
+        """K/V bytes one k-means pass reads per prompt token, in units of the token's K and V: keys 1 + rope_aug
+        times (each copy rotated as it is read), values once."""
+        return (2 + self.pq.rope_aug) / 2
 
     def prefill_codebook_s(self, prompt_tokens: int) -> float:
         """Per request, outside decode: k-means on the GPU for every (layer, KV head, tensor), then the codebooks
@@ -175,23 +192,29 @@ class AqpimSystem(PimSystem):
         m, pq = self.model, self.pq
         coded = max(0, prompt_tokens - self.window)
         flops = (self.options.kmeans_iters * 2 * m.n_layers * m.n_kv_heads
-                 * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded * self.centroids_per_tensor * m.head_dim)
-        train = gpu_model.kernel_time_s(self.machine.params.gpu, flops, 2 * coded * m.kv_bytes_per_token)
+                 * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded * self.kmeans_centroids_per_tensor * m.head_dim)
+        train = gpu_model.kernel_time_s(self.machine.params.gpu, flops,
+                                        2 * coded * m.kv_bytes_per_token * self.kmeans_read_share)
         return train + self.machine.topology.route(GPU, PIM).time_s(m.n_kv_heads * pq.pim_unit_fixed_bytes(m))
 
     def prefill_works(self, coded_tokens: int) -> tuple:
         """Per layer, on the GPU: k-means training (``kmeans_iters`` assignment passes) and the quantization
         (one more) of ``coded_tokens`` tokens' K and V in every KV head: ``QUANTIZE_FLOPS_PER_ELEMENT`` per
-        element and centroid; each pass reads the tokens' K/V once."""
+        element and centroid; each pass reads the tokens' K/V once (a k-means pass with ``rope_aug``: the keys
+        1 + rope_aug times, ``kmeans_read_share``)."""
         m, pq, g = self.model, self.pq, self.machine.params.gpu
-        pass_flops = (2 * m.n_kv_heads * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded_tokens
-                      * self.centroids_per_tensor * m.head_dim)
+        def pass_flops(centroids: float) -> float:
+            return (2 * m.n_kv_heads * pim_model.QUANTIZE_FLOPS_PER_ELEMENT * coded_tokens * centroids
+                    * m.head_dim)
+
         pass_bytes = coded_tokens * m.kv_bytes_per_token_per_layer
         if coded_tokens <= 0:
             return ()
-        return (gpu_model.kernel(g, f"{PREFILL}.kmeans", self.options.kmeans_iters * pass_flops,
-                                 self.options.kmeans_iters * pass_bytes),
-                gpu_model.kernel(g, f"{PREFILL}.quantize", pass_flops, pass_bytes + coded_tokens * m.n_kv_heads
+        iters = self.options.kmeans_iters
+        return (gpu_model.kernel(g, f"{PREFILL}.kmeans", iters * pass_flops(self.kmeans_centroids_per_tensor),
+                                 iters * pass_bytes * self.kmeans_read_share),
+                gpu_model.kernel(g, f"{PREFILL}.quantize", pass_flops(self.centroids_per_tensor),
+                                 pass_bytes + coded_tokens * m.n_kv_heads
                                  * pq.pim_token_bytes_per_head(m)))
 
     def prefill_plan(self, chunks, resident: StepBatch) -> PrefillPlan:
