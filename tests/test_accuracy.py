@@ -8,7 +8,7 @@ import pytest
 
 from sim.cli import main
 from workloads import pq
-from workloads.accuracy import EvalConfig, evaluate, format_table
+from workloads.accuracy import EvalConfig, evaluate, format_table, view_fn_for
 from workloads.activations import apply_rope, bundled_path, load_activations, synthetic_activations
 from workloads.errors import WorkloadError
 from workloads.kvformats import parse_format
@@ -103,6 +103,21 @@ def test_rope_aug_changes_nothing_without_rope():
     cfg = EvalConfig(n_queries=16, iters=5, seed=3)
     plain, aug = evaluate(acts, fmts("pq:m=8,k=16", "pq:m=8,k=16,rope_aug=2"), cfg, data="synthetic")
     assert {k: v for k, v in aug.items() if k != "setting"} == {k: v for k, v in plain.items() if k != "setting"}
+
+
+def test_the_perplexity_view_trains_rope_aug_key_codebooks_too():
+    """The K/V the perplexity hook sees (``view_fn_for``): rope_aug changes the keys' codebooks only where there is
+    RoPE to undo, and never the values."""
+    rng = np.random.default_rng(5)
+    k, v = rng.standard_normal((300, 16)), rng.standard_normal((300, 16))
+    cfg = EvalConfig(iters=3)
+    views = {(text, theta): view_fn_for(fmts(text)[0], 200, cfg, theta)(0, 0, k, v)
+             for text in ("pq:m=4,k=8,sinks=2", "pq:m=4,k=8,sinks=2,rope_aug=1") for theta in (0.0, 1e4)}
+    plain, aug = views[("pq:m=4,k=8,sinks=2", 0.0)], views[("pq:m=4,k=8,sinks=2,rope_aug=1", 0.0)]
+    np.testing.assert_array_equal(plain[0], aug[0])
+    plain, aug = views[("pq:m=4,k=8,sinks=2", 1e4)], views[("pq:m=4,k=8,sinks=2,rope_aug=1", 1e4)]
+    assert not np.array_equal(plain[0], aug[0])
+    np.testing.assert_array_equal(plain[1], aug[1])
 
 
 def test_synthetic_rows_deterministic_and_int8_nearly_exact():
