@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from workloads import accuracy as acc  # noqa: E402
 from workloads import pq  # noqa: E402
 from workloads.activations import bundled_path, load_activations  # noqa: E402
+from workloads.errors import WorkloadError  # noqa: E402
 from workloads.kvformats import PqSettings, parse_format  # noqa: E402
 
 QUERIES = 128
@@ -70,20 +71,35 @@ def probe(acts, fmt: PqSettings, prefill: int, tops: list[int], shared: bool) ->
     return {k: np.concatenate(v) for k, v in cos.items()}
 
 
+def whole_numbers(text: str) -> list[int]:
+    """``--top``: comma-separated whole numbers >= 0 (argparse turns the ValueError into one line, exit 2)."""
+    values = [int(x) for x in text.split(",")]
+    if any(v < 0 for v in values):
+        raise ValueError(text)
+    return values
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fixture", default=str(bundled_path().with_name("smollm2_gpl3_2k_heldout.npz")))
     ap.add_argument("--prefill", type=int, default=1024, help="codebooks trained on tokens [sinks, prefill)")
-    ap.add_argument("--top", default="0,4,16,64", help="exact tokens per query row, comma-separated")
+    ap.add_argument("--top", type=whole_numbers, default=[0, 4, 16, 64],
+                    help="exact tokens per query row, comma-separated whole numbers")
     ap.add_argument("--format", default="pq:m=8,k=256,sinks=4,recent=128,rope_aug=1")
     ap.add_argument("--shared", action="store_true", help="one selection per position and KV head")
     args = ap.parse_args()
-    fmt = parse_format(args.format)
+    try:
+        fmt = parse_format(args.format)
+        acts = load_activations(args.fixture)
+        fmt.check(acts.model)
+    except WorkloadError as e:
+        ap.error(str(e))
     if not isinstance(fmt, PqSettings) or fmt.pre_rope or fmt.stages > 1:
-        sys.exit("rerank_probe: a post-RoPE PQ format without stages (pq:m=...,k=...)")
-    acts = load_activations(args.fixture)
-    tops = [int(x) for x in args.top.split(",")]
-    for k, c in probe(acts, fmt, args.prefill, tops, args.shared).items():
+        ap.error("--format: a post-RoPE PQ format without stages (pq:m=...,k=...)")
+    if not fmt.sinks + fmt.k <= args.prefill <= acts.n_tokens - QUERIES:
+        ap.error(f"--prefill must lie in {fmt.sinks + fmt.k}..{acts.n_tokens - QUERIES} (k training tokens after "
+                 f"the sinks, before the {QUERIES} evaluated queries), got {args.prefill}")
+    for k, c in probe(acts, fmt, args.prefill, args.top, args.shared).items():
         print(f"{'shared ' if args.shared else ''}{fmt.name}, top {k} exact: cos mean {c.mean():.4f}, "
               f"p01 {np.quantile(c, 0.01):.4f}, worst {c.min():.4f}", flush=True)
 

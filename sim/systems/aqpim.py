@@ -51,7 +51,7 @@ from sim.systems.base import PREFILL, Capacity, Devices, PrefillPlan, StepBatch
 from sim.systems.pim import PimDeviceOptions, PimSystem
 from sim.topology import GPU, PIM
 from workloads.errors import WorkloadError
-from workloads.kvformats import PqSettings
+from workloads.kvformats import MAX_ROPE_AUG, PqSettings
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class AqpimOptions(PimDeviceOptions):
                             minimum=1, limit=2**16)
     rope_aug: int = option(0, "copies of the prompt's keys rotated to other positions added to the key codebooks' "
                            "k-means (accuracy fix for post-RoPE keys; same codes and decode work, a longer "
-                           "k-means at prefill)", minimum=0, limit=64)
+                           "k-means at prefill)", minimum=0, limit=MAX_ROPE_AUG)
     scale_keys: bool = option(False, "divide key channels by their RMS before k-means (accuracy option; head_dim "
                               "scales per unit, multiplied into each query)")
 
