@@ -589,3 +589,13 @@ def paged_kv_pattern(host: HostDramParams, head_dim: int, bytes_per_element: flo
     size = host.kv_block_tokens * heads * head_dim * bytes_per_element
     piece = channel_pattern(host, RandomAccess(size, 1.0)).size_bytes
     return RandomAccess(size, host.read_queue_lines / _bursts(host.dram, piece), aligned=True)
+
+
+def token_gather_pattern(host: HostDramParams, head_dim: int, bytes_per_element: float) -> RandomAccess:
+    """Reads of single tokens' K or V rows of one KV head (``head_dim`` elements, contiguous in vLLM's paged
+    layout), at scattered places: what the host reads to attend a selection of tokens exactly (AQPIM's exact
+    re-rank). The controller's ``read_queue_lines`` bursts in flight are shared by the rows' pieces."""
+    positive("token gather pattern", head_dim=head_dim, bytes_per_element=bytes_per_element)
+    size = head_dim * bytes_per_element
+    piece = channel_pattern(host, RandomAccess(size, 1.0)).size_bytes
+    return RandomAccess(size, host.read_queue_lines / _bursts(host.dram, piece), aligned=True)

@@ -485,6 +485,8 @@ def broadcast_work(ch: PimChannelParams, nbytes: float, kind: str = "pim.broadca
 PQ_DATAFLOWS = ("subspace", "repass", "bank_split")
 # Between passes over the codes a token's running score (or its softmax weight) per query head waits in the bank.
 SCORE_BYTES = FP16_BYTES
+# A token's index within its sequence, as exact re-rank's candidates and selections carry it (32-bit).
+INDEX_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -733,7 +735,7 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
                        bytes_per_element: float, m: int, k: int, outliers: int, window: int, lut: PqLookupPlan,
                        softmax: str, key_k: int = 0, pre_rope: bool = False,
                        lut_key: PqLookupPlan | None = None, stages: int = 1,
-                       scale_keys: bool = False) -> AttentionWorks:
+                       scale_keys: bool = False, rerank: int = 0) -> AttentionWorks:
     """PQ codes in PIM (AQPIM; DESIGN.md's working dataflow). Each coded token stores, per tensor, ``m`` codes of
     ``log2 k`` bits (``code = m x log2(k) / 8`` bytes) and ``outliers`` FP16 key channels; each (unit, layer)
     has K and V codebooks of ``k x d`` FP16 entries (``cb = k x d x FP16_BYTES`` bytes per tensor). With
@@ -785,6 +787,19 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
     then the plan of ``S x d`` rows). ``scale_keys`` (key channels divided by their RMS before k-means): the
     ``d`` FP16 scales are streamed with the key codebook and each query is multiplied by them, ``d`` FLOPs per
     query, in ``aqpim.table``; nothing per token. Defaults (1 stage, no scales) leave the work unchanged.
+
+    ``rerank`` (``R``, exact re-rank: the R coded tokens of highest coded score per unit, the largest over its ``g``
+    query heads, are attended exactly on the host; ``sim.systems.aqpim``) cuts the work after the score gather
+    instead of at the softmax, since the softmax and the bins must leave the selected tokens out and the
+    selection is made on the GPU from every channel's candidates:
+      - before the cut, after ``aqpim.score``/``aqpim.reduce``: ``aqpim.select``, a running top R per unit,
+        ``g + 1`` FLOPs per token (the group's largest score, one compare with the R-th best);
+        ``aqpim.scores_spill``: the ``tokens x g`` scores written to the banks (``S`` bytes each), since the
+        channel waits a round trip for the selection; ``aqpim.rerank_out``: the candidates read out, ``min(units x
+        R, tokens)`` of ``INDEX_BYTES + S`` bytes;
+      - after the cut, first: ``aqpim.rerank_in``: the selection broadcast, ``units x R x INDEX_BYTES`` bytes;
+        ``aqpim.scores_reload``: the scores streamed back, ``tokens x g x S`` bytes; then the softmax and the rest
+        as above (the selected tokens' weights skipped, their scores' share of the work left in).
     """
     owner = "pq_attention_works"
     _check_load(owner, tokens, units, new, head_dim, group, bytes_per_element)
@@ -833,9 +848,21 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
     shared = tokens * g * lut_key.reduced * SCORE_BYTES
     if shared:
         before.append(read_out_work(ch, shared, kind="aqpim.reduce"))
-    before.append(softmax_work(ch, (tokens + new * window) * g, softmax, e))
+    soft = softmax_work(ch, (tokens + new * window) * g, softmax, e)
+    after = []
+    if rerank:
+        _whole(owner, 1, rerank=rerank)
+        scores = tokens * g * SCORE_BYTES
+        before += [op_work(ch, "aqpim.select", 0.0, tokens * (g + 1.0)),
+                   write_work(ch, scores, kind="aqpim.scores_spill"),
+                   read_out_work(ch, min(units * rerank, tokens) * (INDEX_BYTES + SCORE_BYTES),
+                                 kind="aqpim.rerank_out")]
+        after += [broadcast_work(ch, units * rerank * INDEX_BYTES, kind="aqpim.rerank_in"),
+                  op_work(ch, "aqpim.scores_reload", scores, 0.0), soft]
+    else:
+        before.append(soft)
     weights_back = tokens * g * lut.reduced * SCORE_BYTES  # the value pool's weight copies (= shared without a fix)
-    after = [broadcast_work(ch, weights_back, kind="aqpim.weights_in")] if weights_back else []
+    after += [broadcast_work(ch, weights_back, kind="aqpim.weights_in")] if weights_back else []
     after += [lookup_op_work(ch, "aqpim.value", tokens * (code_bytes * lut.code_reads + g * lut.carried * SCORE_BYTES),
                              tokens * g * 2.0 * m, 2.0 * tokens * g * m),
               lookup_op_work(ch, "aqpim.bins_x_centroids", units * codebook_bytes * lut.codebook_reads,
@@ -849,16 +876,18 @@ def pq_attention_works(ch: PimChannelParams, tokens: float, units: float, new: f
 
 # The AQPIM phases as they appear in traces, breakdowns and ``explain``: each Work kind of ``pq_attention_works``
 # belongs to one of them (``pq_phase_of``).
-PQ_PHASES = ("quantize", "table", "score", "softmax", "scatter", "bins", "window", "out")
+PQ_PHASES = ("quantize", "table", "score", "rerank", "softmax", "scatter", "bins", "window", "out")
 _PQ_PHASE_OF_KIND = {"aqpim.quantize": "quantize", "aqpim.write_codes": "quantize", "pim.append": "quantize",
                      "pim.q_in": "table", "aqpim.table": "table", "aqpim.score": "score", "aqpim.reduce": "score",
                      "aqpim.weights_in": "scatter", "aqpim.value": "scatter", "aqpim.bins_x_centroids": "bins",
-                     "pim.score": "window", "pim.context": "window", "pim.out": "out"}
+                     "pim.score": "window", "pim.context": "window", "pim.out": "out",
+                     "aqpim.select": "rerank", "aqpim.scores_spill": "rerank", "aqpim.rerank_out": "rerank",
+                     "aqpim.rerank_in": "rerank", "aqpim.scores_reload": "rerank"}
 
 
 def pq_phase_of(kind: str) -> str:
     """The AQPIM phase of a Work kind of ``pq_attention_works`` (in-memory quantization and the new token,
-    table build, score gather, softmax, bin scatter, bins x centroids, the FP16 window, partial outputs out)."""
+    table build, score gather, exact re-rank's selection and score round trip, softmax, bin scatter, bins x centroids, the FP16 window, partial outputs out)."""
     if kind.startswith("pim.softmax."):
         return "softmax"
     return _PQ_PHASE_OF_KIND[kind]

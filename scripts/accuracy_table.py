@@ -52,7 +52,10 @@ FIXES = ("", "outliers=4", "scale_keys=true", "pre_rope=true", "pre_rope=true,ou
          # residual stages (same code bits, stages x the codebooks): post-RoPE (cheap in PIM) and pre-RoPE
          "stages=8", "pre_rope=true,stages=2", "pre_rope=true,stages=8", "pre_rope=true,outliers=4,stages=8",
          # post-RoPE key codebooks trained with rotated copies of the prompt's keys (decode work of plain PQ)
-         "rope_aug=1", "rope_aug=1,outliers=4", "rope_aug=1,key_k=1024", "rope_aug=1,stages=8")
+         "rope_aug=1", "rope_aug=1,outliers=4", "rope_aug=1,key_k=1024", "rope_aug=1,stages=8",
+         # exact re-rank: the 32 coded tokens of highest coded score per position and KV head attended exactly from
+         # a host FP16 copy (the PIM side unchanged)
+         "rerank=32", "rope_aug=1,rerank=32", "rope_aug=1,rerank=64")
 
 
 def _with_fixes(base: str) -> tuple[str, ...]:
@@ -177,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ppl-scored", type=int, default=512, metavar="N",
                    help="perplexity over the last N tokens, codebooks trained on the tokens before (default: 512)")
     p.add_argument("--out", type=Path, default=ACCURACY_TABLE, help=f"output file (default: {ACCURACY_TABLE})")
+    p.add_argument("--only", nargs="+", metavar="FORMAT",
+                   help="evaluate only these formats (of the script's list) and keep every other entry of --out as "
+                        "it is (each format's entries do not depend on the others')")
     p.add_argument("--show", action="store_true",
                    help="print the table file (--out) as markdown, tuned next to held-out layers, and exit")
     args = p.parse_args(argv)
@@ -186,8 +192,28 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("OMP_NUM_THREADS") != "1":
         print("note: set OMP_NUM_THREADS=1 (k-means on 2 cores is many times slower with two threads)",
               file=sys.stderr)
-    command = " ".join(["OMP_NUM_THREADS=1 python3 scripts/accuracy_table.py", *map(shlex.quote, argv)])
+    # --only changes which entries are computed, not what they are: the command that regenerates them leaves it out
+    shown = [a for a in argv if not a.startswith("--only=")]
+    if args.only and "--only" in shown:
+        at = shown.index("--only")
+        shown = shown[:at] + shown[at + 1 + len(args.only):]
+    command = " ".join(["OMP_NUM_THREADS=1 python3 scripts/accuracy_table.py", *map(shlex.quote, shown)])
     formats = [parse_format(t) for t in FORMATS]
+    kept: list[dict] = []
+    if args.only:
+        try:
+            wanted = {parse_format(t).name for t in args.only}
+        except ValueError as e:  # WorkloadError: one line, exit 2
+            p.error(f"--only: {e}")
+        unknown = wanted - {f.name for f in formats}
+        if unknown:
+            p.error(f"--only: not in the script's list: {', '.join(sorted(unknown))}")
+        if not args.out.exists():
+            p.error(f"--only: {args.out} does not exist (run without --only first)")
+        kept = [e for e in json.loads(args.out.read_text(encoding="utf-8"))["entries"] if e["format"] not in wanted]
+        for e in kept:  # a format option added since they were measured is stored at its default, as a full run would
+            e["options"] = options(parse_format(e["format"]))
+        formats = [f for f in formats if f.name in wanted]
     cfg = EvalConfig()
     start = time.perf_counter()
     entries: list[dict] = []
@@ -211,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         acts = synthetic_data(cfg.seed, SYNTHETIC_CONTEXT, cfg.n_queries)
         entries += table_rows(acts, formats, cfg, "synthetic", command)
     elapsed = time.perf_counter() - start
+    if args.only:  # the file's order: data kinds as written, formats in the script's order
+        order = {f: i for i, f in enumerate(parse_format(t).name for t in FORMATS)}
+        kinds = list(dict.fromkeys(e["data"]["kind"] for e in kept + entries))
+        entries = sorted(kept + entries, key=lambda e: (kinds.index(e["data"]["kind"]), order[e["format"]]))
     doc = {"version": ACCURACY_TABLE_VERSION,
            "about": "Attention accuracy of KV formats (workloads.accuracy protocol); looked up by geometry with "
                     "workloads.kvformats.accuracy_entry. Regenerate with the command below.",

@@ -536,9 +536,11 @@ def _dynamic(system: System, plan, topology: Topology):
                     w.extra(PIM, n * ph.energy_j)
                     busy += n * np.broadcast_to(ph.durations_s, busy.shape)
                     if i + 1 < len(p.phases):
-                        w.transfer(PIM, GPU, p.mid_up_bytes, n)
-                        w.works(GPU, p.mid_gpu, n)
-                        w.transfer(GPU, PIM, p.mid_down_bytes, n)
+                        for h in p.between:
+                            if len(h) == 4:
+                                w.transfer(h[0], h[1], h[2], n)
+                            else:
+                                w.works(h[0], h[1], n)
                 w.transfer(PIM, GPU, p.up_bytes, n)
             if p.spill_fetch_bytes > 0:
                 if p.spill_store_bytes:

@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sim.cli import main
 from workloads import pq
@@ -96,6 +98,41 @@ def test_rope_augmented_key_codebooks_code_later_positions_better(real):
     assert aug["key_rel_err"] < plain["key_rel_err"]
     assert aug["out_cos_mean"] > plain["out_cos_mean"]
     assert aug["value_rel_err"] == plain["value_rel_err"]  # values are trained as before
+
+
+def test_exact_rerank_attends_the_selected_tokens_exactly(real):
+    """Re-rank's exact tokens: more of them bring the output closer to FP16, and when every coded token is
+    selected the output is FP16 attention (cosine 1); the selection does not touch the codes (same key error)."""
+    acts = real.select_layers([real.layers[0]])
+    cfg = EvalConfig(n_queries=8, iters=4)
+    base = "pq:m=8,k=16,sinks=4,recent=16"
+    plain, few, all_ = evaluate(acts, fmts(base, f"{base},rerank=8", f"{base},rerank=4096"), cfg)
+    assert few["out_cos_mean"] > plain["out_cos_mean"] and few["out_cos_min"] > plain["out_cos_min"]
+    assert all_["out_cos_min"] == pytest.approx(1.0, abs=1e-9)
+    assert few["key_rel_err"] == plain["key_rel_err"] and few["code_bits_per_element"] == plain["code_bits_per_element"]
+    with pytest.raises(WorkloadError, match="perplexity with rerank"):
+        view_fn_for(parse_format(f"{base},rerank=8"), 200, cfg)
+
+
+@settings(max_examples=40, deadline=None)
+@given(positions=st.integers(1, 4), group=st.integers(1, 4), n=st.integers(1, 40), r=st.integers(0, 50),
+       seed=st.integers(0, 2**16))
+def test_rerank_mask_picks_the_top_coded_tokens_of_each_position(positions, group, n, r, seed):
+    """Per position: the same tokens for every query head of the group, min(r, coded) of them, all coded, and none
+    unselected scores above a selected one (scores: the largest over the group)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal((positions * group, n))
+    coded = np.repeat(rng.random((positions, n)) < 0.7, group, axis=0)
+    mask = pq.rerank_mask(scores, coded, r, group)
+    assert not (mask & ~coded).any()
+    best = np.where(coded, scores, -np.inf).reshape(positions, group, n).max(axis=1)
+    for t in range(positions):
+        rows = mask[t * group:(t + 1) * group]
+        assert (rows == rows[0]).all()
+        sel, c = rows[0], coded[t * group]
+        assert sel.sum() == min(r, c.sum())
+        if sel.any() and (c & ~sel).any():
+            assert best[t][sel].min() >= best[t][c & ~sel].max()
 
 
 def test_rope_aug_changes_nothing_without_rope():

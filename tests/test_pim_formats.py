@@ -295,11 +295,11 @@ def test_dataflows_agree_when_the_tables_fit(case):
 
 def test_phases_cover_every_pq_work_kind():
     ch = unit_channel(512)
-    for softmax in ("pim", "host"):
+    for softmax, rerank in (("pim", 0), ("host", 0), ("pim", 8)):
         w = pim.pq_attention_works(ch, 1000.0, 2.0, 1.0, head_dim=128, group=4, bytes_per_element=2, m=16, k=256,
                                    outliers=2, window=132, lut=pim.pq_lookup_plan(ch, 4, 16, 256, "bank_split"),
-                                   softmax=softmax)
-        assert {pim.pq_phase_of(x.kind) for x in w.all} == set(pim.PQ_PHASES)
+                                   softmax=softmax, rerank=rerank)
+        assert {pim.pq_phase_of(x.kind) for x in w.all} == set(pim.PQ_PHASES) - ({"rerank"} if not rerank else set())
 
 
 # ---- INT-k by hand -------------------------------------------------------------------------------------------------

@@ -192,16 +192,17 @@ def test_table_bigger_than_lut_costs_extra_passes():
 
 
 @pytest.mark.parametrize("dataflow", pim_model.PQ_DATAFLOWS)
-@pytest.mark.parametrize("softmax", ["pim", "host"])
-def test_aqpim_phases_add_up_to_the_pim_busy_time(dataflow, softmax):
+@pytest.mark.parametrize("softmax,rerank", [("pim", 0), ("host", 0), ("pim", 16)])
+def test_aqpim_phases_add_up_to_the_pim_busy_time(dataflow, softmax, rerank):
     """Every AQPIM phase is its own span kind on the PIM device; the phases' durations add up to its busy time, in
-    the traced spans and in the per-kind totals, and each traced channel's phase spans to that channel's busy."""
+    the traced spans and in the per-kind totals, and each traced channel's phase spans to that channel's busy.
+    Exact re-rank's phase is there only with ``rerank``."""
     steps = 2
     r, spans = simulate_traced(make_config(system="aqpim", model="llama-3-8b", batch=4, context=8192, steps=steps,
                                            trace_steps=steps, lut_dataflow=dataflow, softmax=softmax,
-                                           lut_bytes=2048))
+                                           lut_bytes=2048, rerank=rerank))
     kinds = {k: v for k, v in r.busy_by_kind_s.items() if k.startswith("aqpim.")}
-    assert set(kinds) == {f"aqpim.{p}" for p in pim_model.PQ_PHASES}
+    assert set(kinds) == {f"aqpim.{p}" for p in pim_model.PQ_PHASES if rerank or p != "rerank"}
     assert sum(kinds.values()) == pytest.approx(r.busy_s["pim"], rel=1e-12)
     device = [s for s in spans if s.component == "pim"]
     assert {s.kind for s in device} == set(kinds)

@@ -12,7 +12,7 @@ from sim.run import simulate
 from workloads.kvformats import PqSettings
 from workloads.models import load_model
 
-FIXES = [{"pre_rope": True}, {"key_k": 1024}, {"pre_rope": True, "key_k": 512}, {"pre_rope": True, "outliers": 4},
+FIXES = [{"pre_rope": True}, {"key_k": 1024}, {"rerank": 32}, {"rerank": 8, "pq_stages": 2}, {"pre_rope": True, "key_k": 512}, {"pre_rope": True, "outliers": 4},
          {"pq_stages": 4}, {"scale_keys": True}, {"pq_stages": 2, "pre_rope": True}]
 
 
@@ -151,3 +151,66 @@ def test_rope_aug_with_pre_rope_is_refused_in_one_line(capsys):
     assert main(["run", "--system", "aqpim", "--steps", "1", "--rope-aug", "1", "--pre-rope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rope_aug" in err and "pre_rope" in err
+
+
+def test_rerank_holds_by_hand():
+    """Exact re-rank on llama-3.1-8b (8 KV heads, 4 query heads each, head_dim 128), batch 4 at 8,192 tokens, R =
+    32: per layer 32 units select 32 tokens each (1,024 exact tokens); the host reads their K and V rows (1,024 x
+    2 x 128 x 2 B = 512 KiB), the queries (4 x 4,096 x 2 B), the selection (1,024 x 4 B) and the new tokens' K/V
+    (4 x 8 x 2 x 128 x 2 B) cross PCIe down, 128 partial outputs (128 x (256 + 8) B) come back; candidates are R per
+    (unit, channel) pair, 6 B each, the selection goes down the device link at 4 B per token."""
+    from hw_models.dram import host_read_bw_bytes_per_s, token_gather_pattern
+    from hw_models.machine import load_machine
+    from sim.run import simulate_traced
+
+    r, spans = simulate_traced(make_config(system="aqpim", model="llama-3.1-8b", batch=4, context=8192, steps=1,
+                                           trace_steps=1, rerank=32))
+    plain = simulate(make_config(system="aqpim", model="llama-3.1-8b", batch=4, context=8192, steps=1, trace_steps=0))
+    n_layers, units, exact = 32, 32, 1024
+    kinds: dict = {}
+    for s in spans:
+        if s.kind.startswith("rerank_"):
+            kinds[s.kind] = kinds.get(s.kind, 0.0) + s.nbytes
+    assert kinds["rerank_to_host"] == pytest.approx(n_layers * (4 * 4096 * 2 + exact * 4 + 4 * 8 * 2 * 128 * 2))
+    assert kinds["rerank_partials"] == pytest.approx(n_layers * 128 * (256 + 8))
+    assert kinds["rerank_selection"] == pytest.approx(n_layers * exact * 4)
+    pairs = r.details["channels_per_unit"] * units
+    assert kinds["rerank_candidates"] == pytest.approx(n_layers * pairs * 32 * 6)
+    # the host's kernel (bandwidth, the default): the gather of 512 KiB at the rate of single-row reads
+    p = load_machine("a100-pcie4-ddr5")
+    read = exact * 2 * 128 * 2
+    t = p.cpu.op_overhead_s + max(exact * 4 * (4 * 128 + 5) / p.cpu.peak_flops_per_s,
+                                  read / host_read_bw_bytes_per_s(p.host_dram, token_gather_pattern(p.host_dram, 128, 2)))
+    assert r.busy_by_kind_s["rerank.host_attention"] == pytest.approx(n_layers * t, rel=1e-9)
+    assert r.analytic_exact and r.mean_step_latency_s == pytest.approx(r.analytic_mean_step_latency_s, rel=1e-9)
+    assert r.mean_step_latency_s > plain.mean_step_latency_s
+    assert r.kv_bytes == plain.kv_bytes  # PIM storage unchanged; the FP16 copy is in host memory
+    coded = 4 * (8192 + 1 - 132)
+    assert r.details["rerank_host_copy_bytes"] == coded * 32 * 8 * 2 * 128 * 2
+    assert "+host copy" in r.kv_location and plain.details.get("rerank_host_copy_bytes") is None
+
+
+def test_rerank_step_level_path_matches_full_detail():
+    """A serving run with exact re-rank (a CPU hold in every layer's chain): the step-level path and full detail
+    give the same numbers to 1e-9."""
+    cfg = dict(system="aqpim", model="llama-2-7b", requests=12, arrival_rate_per_s=20.0, context=512, output_tokens=6, prefill="chunked",
+               max_batch=8, rerank=16, trace_steps=0)
+    auto, full = simulate(make_config(**cfg)), simulate(make_config(**cfg, detail="full"))
+    assert auto.mean_step_latency_s == pytest.approx(full.mean_step_latency_s, rel=1e-9)
+    assert auto.total_time_s == pytest.approx(full.total_time_s, rel=1e-9)
+    assert auto.busy_s["host.cpu"] == pytest.approx(full.busy_s["host.cpu"], rel=1e-9)
+
+
+def test_rerank_bad_inputs_are_one_line(capsys):
+    assert main(["run", "--system", "aqpim", "--steps", "1", "--rerank", "8", "--softmax", "host"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rerank" in err and "softmax" in err
+    assert main(["run", "--system", "aqpim", "--steps", "1", "--rerank", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rerank" in err
+
+
+def test_rerank_copy_that_does_not_fit_host_dram_gets_no_fit():
+    r = simulate(make_config(system="aqpim", model="llama-3.1-8b", batch=64, context=131072, steps=1, trace_steps=0,
+                             rerank=32, channels=65536))
+    assert not r.fits and any("re-rank" in x for x in r.fit_reasons)

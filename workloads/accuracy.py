@@ -159,7 +159,7 @@ def evaluate(acts: Activations, formats: Sequence[KvFormat], cfg: EvalConfig = E
                 exact_m = causal & ((j < sinks) | (j > rows_pos[:, None] - recent))
                 coded_m = causal & ~exact_m
                 out, s_hat, k_hat, v_hat, train_end = _coded(fmt, q, K, V, rows_pos, coded_m, exact_m, prefill,
-                                                              cfg, (li, h), books)
+                                                              cfg, (li, h), books, g)
                 s_hat = np.where(exact_m, s_ref, s_hat)
                 cos = _cosine(out, ref.out)
                 acc.cos.append(cos)
@@ -215,9 +215,11 @@ def _worst_queries(cfg: EvalConfig, cos, out, ref, s_ref, s_hat, causal, coded_m
     return found
 
 
-def _coded(fmt, q, K, V, rows_pos, coded_m, exact_m, prefill, cfg, lh, books):
-    """Attention of one head's query rows through ``fmt``: output (G, D), coded scores (G, N), the decoded K and V
-    the latest query sees, and per row the end of the codebook training data (N+1 when nothing is trained)."""
+def _coded(fmt, q, K, V, rows_pos, coded_m, exact_m, prefill, cfg, lh, books, group: int = 1):
+    """Attention of one head's query rows through ``fmt``: output (G, D), the scores attention used (G, N; coded
+    ones, exact for the tokens ``rerank`` attends exactly), the decoded K and V the latest query sees, and per row
+    the end of the codebook training data (N+1 when nothing is trained). ``group``: query rows per position (the
+    GQA group, ``rerank`` selects per position)."""
     G, N = coded_m.shape
     exact = pq.exact_partial(q, K, V, exact_m)
     no_train = np.full(G, N + 1)
@@ -239,8 +241,14 @@ def _coded(fmt, q, K, V, rows_pos, coded_m, exact_m, prefill, cfg, lh, books):
             s = pq.rope_pq_scores(q[sel], kc, np.arange(N), books["theta"])
         else:
             s = pq.pq_scores(q[sel], kc)
-        part = pq.pq_partial(q[sel], kc, vc, coded_m[sel], scores=s)
+        coded_sel = coded_m[sel]
         ex = pq.Partial(out=exact.out[sel], lse=exact.lse[sel])
+        if fmt.rerank:  # sel holds whole positions (every row of a position has the same codebooks)
+            top = pq.rerank_mask(s, coded_sel, fmt.rerank, group)
+            coded_sel = coded_sel & ~top
+            ex = pq.exact_partial(q[sel], K, V, exact_m[sel] | top)
+            s = np.where(top, q[sel] @ K.T, s)
+        part = pq.pq_partial(q[sel], kc, vc, coded_sel, scores=s)
         out[sel] = pq.merge(ex, part).out
         s_hat[sel] = s
         if sel[-1]:
@@ -343,6 +351,9 @@ def view_fn_for(fmt: KvFormat, prefill: int, cfg: EvalConfig, theta: float = 0.0
     ``theta``: the model's RoPE base (pre-RoPE key coding undoes RoPE on the hooked keys, codes, and redoes it)."""
     if isinstance(fmt, PqSettings) and fmt.refresh:
         raise WorkloadError(f"{fmt.name}: perplexity with codebook refresh is not implemented (fixed codebooks only)")
+    if isinstance(fmt, PqSettings) and fmt.rerank:
+        raise WorkloadError(f"{fmt.name}: perplexity with rerank is not implemented (the hook substitutes one decoded "
+                            f"K/V for every query; re-rank's exact tokens differ per query)")
 
     def view(layer: int, head: int, k: np.ndarray, v: np.ndarray):
         if isinstance(fmt, Fp16Settings):

@@ -61,6 +61,7 @@ class KvBytes:
 
 
 MAX_ROPE_AUG = 64  # rotated copies of the training keys (the training set grows 1 + rope_aug times)
+MAX_RERANK = 2**16  # exact tokens per (position, KV head) under exact re-rank
 
 
 def _check_int(owner: str, name: str, value, lo: int, hi: int | None = None) -> None:
@@ -213,7 +214,9 @@ class PqSettings(_PimView):
     are m x log2 k per token whatever the stages, the codebooks ``stages`` times larger; rope_aug: copies of the
     prompt's keys, rotated to other positions, added to the key codebooks' k-means training set
     (``workloads.pq.rope_augmented``; post-RoPE keys only, pre_rope keys need none): the same codes, tables and
-    storage, a k-means (1 + rope_aug) times longer for keys.
+    storage, a k-means (1 + rope_aug) times longer for keys; rerank: exact re-rank, per position and KV head the
+    ``rerank`` coded tokens of highest coded score (``workloads.pq.rerank_mask``) attended exactly from a full FP16
+    copy of the coded tokens kept in host memory (``host_copy_bytes``), the rest from their codes.
     What each option costs inside PIM: ``pim_costs`` (``PqPimCosts``). ``refresh`` is an accuracy-protocol option
     only (``REFRESH_NOT_DEPLOYABLE``): the timing model does not run it.
     """
@@ -229,6 +232,7 @@ class PqSettings(_PimView):
     pre_rope: bool = False
     stages: int = 1
     rope_aug: int = 0
+    rerank: int = 0
     kind = "pq"
 
     def __post_init__(self):
@@ -239,6 +243,7 @@ class PqSettings(_PimView):
         for f in ("sinks", "recent", "outliers", "refresh"):
             _check_int("pq format", f, getattr(self, f), 0)
         _check_int("pq format", "rope_aug", self.rope_aug, 0, MAX_ROPE_AUG)
+        _check_int("pq format", "rerank", self.rerank, 0, MAX_RERANK)
         if self.rope_aug and self.pre_rope:
             raise WorkloadError("pq format: rope_aug rotates post-RoPE training keys to other positions; pre_rope "
                                 "keys carry no position (use one or the other)")
@@ -344,6 +349,11 @@ class PqSettings(_PimView):
                        fp16_tokens=s * exact * _exact_bytes_per_token_head(model, FP16_BYTES),
                        outliers=s * (coded * self.outlier_bytes_per_token + self.outlier_index_bytes),
                        codebooks=s * (self.codebooks_bytes(model) + self.key_scale_bytes(model)))
+
+    def host_copy_bytes(self, model: ModelSpec, coded_tokens: float) -> float:
+        """The FP16 copy of ``coded_tokens`` coded tokens (K and V, every layer and KV head) that ``rerank`` keeps
+        in host memory; 0 without it."""
+        return coded_tokens * model.kv_bytes_per_token if self.rerank else 0.0
 
     def pim_token_bytes_per_head(self, model: ModelSpec) -> float:
         """K and V codes of one coded token in one KV head and layer (bit-packed, no ``ceil``), plus its FP16

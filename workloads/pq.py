@@ -518,3 +518,20 @@ def gqa_rows(q: np.ndarray) -> np.ndarray:
     """Queries (T, g, D) of the g query heads sharing one KV head at T positions -> rows (T*g, D)."""
     T, g, D = q.shape
     return q.reshape(T * g, D)
+
+
+def rerank_mask(scores: np.ndarray, coded: np.ndarray, r: int, group: int) -> np.ndarray:
+    """The coded tokens a query row attends exactly under exact re-rank: per position and KV head, the ``r`` coded
+    tokens of highest coded score, scored by the largest over the ``group`` query heads sharing the KV head (one
+    selection per (sequence, KV head) and step, so one fetch serves the whole group). ``scores``, ``coded``:
+    (T*group, N), rows as ``gqa_rows`` orders them; returns a (T*group, N) mask within ``coded``."""
+    G, N = scores.shape
+    if r <= 0 or N == 0:
+        return np.zeros_like(coded, dtype=bool)
+    assert G % group == 0 and coded.shape == (G, N), (scores.shape, coded.shape, group)
+    s = np.where(coded, scores, -np.inf).reshape(G // group, group, N).max(axis=1)  # (T, N)
+    r = min(r, N)
+    top = np.argpartition(-s, r - 1, axis=1)[:, :r]
+    mask = np.zeros((G // group, N), dtype=bool)
+    np.put_along_axis(mask, top, True, axis=1)
+    return np.repeat(mask, group, axis=0) & coded

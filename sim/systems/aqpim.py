@@ -19,9 +19,14 @@ changes is what each channel stores and does (the paper's own dataflow is not pu
   option says how it copes (``hw_models.pim.pq_lookup_plan``: sub-space passes with running scores carried,
   repeated passes over all codes, or tables split across the banks of a channel with partial scores reduced),
   and the lookup SRAM's accesses bound each phase's time beside streaming and compute;
-* each phase (in-memory quantization with the new token, table build, score gather, softmax, bin scatter, bins x
-  centroids, the FP16 window, partial outputs out) is its own span kind, ``aqpim.<phase>``, in traces and
-  breakdowns (``hw_models.pim.PQ_PHASES``); a channel runs them back to back in one hold.
+* exact re-rank (``rerank`` = R, an accuracy option): an FP16 copy of the coded tokens in host memory, and per
+  layer the channel work cut after the score gather so that the R coded tokens of highest score per (sequence,
+  KV head) are selected on the GPU and attended exactly on the host CPU, the channels leaving them out of the
+  softmax and the bins (``between_phases``);
+* each phase (in-memory quantization with the new token, table build, score gather, exact re-rank's selection,
+  softmax, bin scatter, bins x centroids, the FP16 window, partial outputs out) is its own span kind,
+  ``aqpim.<phase>``, in traces and breakdowns (``hw_models.pim.PQ_PHASES``); a channel runs them back to back in
+  one hold (two holds, with the holds ``between_phases`` lists between them, when the layer is cut).
 
 Per-query work (tables, bins x centroids) does not depend on context while per-token work streams 2M code bytes
 instead of 4 x head_dim: below some context AQPIM does not pay off. Codebook training (k-means on the prefill
@@ -38,20 +43,26 @@ Earlier chunks of a chunked prompt wait in GPU memory until the prompt completes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from hw_models import cpu as cpu_model
 from hw_models import gpu as gpu_model
 from hw_models import pim as pim_model
+from hw_models.component import Work
+from hw_models.dram import token_gather_pattern
 from hw_models.errors import HardwareError
+from hw_models.params import override
 from sim.errors import ConfigError
 from sim.options import option
-from sim.systems.base import PREFILL, Capacity, Devices, PrefillPlan, StepBatch
+from sim.systems.base import PREFILL, Capacity, Devices, PrefillPlan, StepBatch, gib
+from sim.systems.offload import CPU_KERNELS
 from sim.systems.pim import PimDeviceOptions, PimSystem
-from sim.topology import GPU, PIM
+from sim.topology import GPU, HOST_CPU, HOST_DRAM, PIM
 from workloads.errors import WorkloadError
-from workloads.kvformats import MAX_ROPE_AUG, PqSettings
+from workloads.kvformats import MAX_RERANK, MAX_ROPE_AUG, PqSettings
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,14 @@ class AqpimOptions(PimDeviceOptions):
     rope_aug: int = option(0, "copies of the prompt's keys rotated to other positions added to the key codebooks' "
                            "k-means (accuracy fix for post-RoPE keys; same codes and decode work, a longer "
                            "k-means at prefill)", minimum=0, limit=MAX_ROPE_AUG)
+    rerank: int = option(0, "coded tokens per (sequence, KV head) attended exactly, those of highest coded score, "
+                         "from an FP16 copy of the KV cache in host memory (accuracy fix: the PIM work cut in two "
+                         "around a selection on the GPU, host reads and PCIe transfers per layer)", minimum=0,
+                         limit=MAX_RERANK)
+    rerank_kernel: str = option("bandwidth", "with rerank, the host's kernel for the exact tokens: bandwidth (bound "
+                                "by the host DRAM gather, as the offload baseline's best CPU kernel) or flexgen "
+                                "(FlexGen's FP32 torch.bmm at the CPU preset's calibrated flops_efficiency)",
+                                choices=CPU_KERNELS)
     scale_keys: bool = option(False, "divide key channels by their RMS before k-means (accuracy option; head_dim "
                               "scales per unit, multiplied into each query)")
 
@@ -87,13 +106,16 @@ class AqpimOptions(PimDeviceOptions):
     def pq(self) -> PqSettings:
         return PqSettings(m=self.pq_m, k=self.pq_k, sinks=self.sinks, recent=self.recent, outliers=self.outliers,
                           key_k=self.key_k, pre_rope=self.pre_rope, stages=self.pq_stages,
-                          scale_keys=self.scale_keys, rope_aug=self.rope_aug)
+                          scale_keys=self.scale_keys, rope_aug=self.rope_aug, rerank=self.rerank)
 
     def check(self) -> None:
         try:
             self.pq  # noqa: B018  (validates k, m and the windows)
         except WorkloadError as e:
             raise ConfigError(str(e)) from None
+        if self.rerank and self.softmax == "host":
+            raise ConfigError("rerank selects the exact tokens between the score gather and the softmax, in a round "
+                              "trip of its own; with softmax 'host' use softmax 'pim' or 'near'")
 
 
 class AqpimSystem(PimSystem):
@@ -156,7 +178,61 @@ class AqpimSystem(PimSystem):
             extra["stages"] = pq.stages
         if pq.scale_keys:
             extra["scale_keys"] = True
+        if pq.rerank:
+            extra["rerank"] = pq.rerank
         return pim_model.pq_attention_works, extra
+
+    # ---- exact re-rank -------------------------------------------------------------------------------------------
+    @property
+    def split_layer(self) -> bool:
+        return super().split_layer or self.pq.rerank > 0
+
+    def between_phases(self, batch: StepBatch, tokens, pairs: float) -> tuple[tuple, float]:
+        """Exact re-rank (``rerank`` = R) between the score gather and the softmax, one hold after another:
+
+        1. ``rerank_candidates``: each (unit, channel) pair's local top R (``INDEX_BYTES`` + ``SCORE_BYTES``
+           each, at most the coded tokens) up the device link;
+        2. ``rerank.select`` on the GPU: the unit's top R of its candidates (log2 R compares per candidate, one
+           thread block per unit);
+        3. ``rerank_to_host`` over PCIe: the queries, the selection and the new token's K/V (the host copy grows
+           by it);
+        4. ``rerank.host_attention`` on the host CPU: each unit's R tokens' FP16 K and V rows gathered from host
+           DRAM (``token_gather_pattern``) and attended by the unit's query heads, ``4 d + 5`` FLOPs per (query,
+           token), at the kernel ``rerank_kernel`` names (``bandwidth``: the offload baseline's best CPU kernel,
+           FLOP/s at the socket's peak); its energy is the CPU's FLOPs and the DRAM bytes read;
+        5. ``rerank_partials`` over PCIe: a partial output with softmax statistics per query, merged on the GPU
+           with the channels' (one more partial per query);
+        6. ``rerank_selection`` down the device link: the selection, which the channels leave out of the softmax
+           and the bins.
+
+        Steps 3-5 do not depend on the channels' second phase; they run before it here, not beside it, so the
+        step is an upper bound of a design that overlaps them (docs/accuracy.md, "Exact re-rank as a simulated
+        option")."""
+        r = self.pq.rerank
+        if not r:
+            return super().between_phases(batch, tokens, pairs)
+        m, p = self.model, self.machine.params
+        e, d = m.bytes_per_element, m.head_dim
+        units = batch.n_seqs * m.n_kv_heads
+        coded = float(self.placed_tokens(batch.kept).sum()) * m.n_kv_heads
+        candidates = min(pairs * r, coded)
+        exact = min(float(units * r), coded)
+        cand_bytes = candidates * (pim_model.INDEX_BYTES + pim_model.SCORE_BYTES)
+        sel_bytes = exact * pim_model.INDEX_BYTES
+        select = gpu_model.items_kernel(p.gpu, "rerank.select", candidates * max(1.0, math.log2(r)),
+                                        cand_bytes + sel_bytes, units)
+        read = exact * 2 * d * e
+        flops = exact * m.gqa_group * (4.0 * d + pim_model.SOFTMAX_FLOPS_PER_ELEMENT)
+        host_cpu = p.cpu if self.options.rerank_kernel == "flexgen" else override(p.cpu, flops_efficiency=1.0)
+        attn = cpu_model.op(host_cpu, p.host_dram, "rerank.host_attention", flops, read,
+                            token_gather_pattern(p.host_dram, d, e))
+        attn = Work(attn.kind, attn.duration_s, attn.nbytes, attn.flops,
+                    attn.energy_j + read * p.host_dram.energy_per_byte_j)
+        to_host = batch.n_seqs * (m.q_dim * e + m.kv_bytes_per_token_per_layer) + sel_bytes
+        partials = batch.n_seqs * m.n_heads * (d * e + pim_model.SOFTMAX_STATS_BYTES_PER_QUERY)
+        return ((PIM, GPU, cand_bytes, "rerank_candidates"), (GPU, (select,)),
+                (GPU, HOST_DRAM, to_host, "rerank_to_host"), (HOST_CPU, (attn,)),
+                (HOST_DRAM, GPU, partials, "rerank_partials"), (GPU, PIM, sel_bytes, "rerank_selection")), partials
 
     part_order = tuple(f"aqpim.{phase}" for phase in pim_model.PQ_PHASES)
 
@@ -235,7 +311,26 @@ class AqpimSystem(PimSystem):
         details = dict(cap.details, pq=self.pq.name, lut_passes=self.lut_passes,
                        prefill_codebook_s_per_request=self.prefill_codebook_s(int(peak.max_context)),
                        aqpim_lookup=self.lookup_details(peak))
-        return Capacity(cap.kv_location, cap.kv_bytes, cap.fits, cap.reasons, details)
+        reasons = cap.reasons
+        if self.pq.rerank:
+            host, extra = self.rerank_host(peak)
+            details.update(extra)
+            room = self.machine.params.host_dram.capacity_bytes - details["spilled_bytes"]
+            if host > room:
+                reasons += (f"exact re-rank's FP16 copy {gib(host)} exceeds the host DRAM left "
+                            f"({gib(max(room, 0.0))})",)
+        location = cap.kv_location + ("+host copy" if self.pq.rerank else "")
+        return Capacity(location, cap.kv_bytes, not reasons, reasons, details)
+
+    def rerank_host(self, peak: StepBatch) -> tuple[float, dict]:
+        """Exact re-rank's FP16 copy of the coded tokens in host DRAM at the peak step (bytes), with details: the
+        copy and, per request, its transfer at prefill (the prompt's coded tokens over PCIe; not in the timeline,
+        see docs/accuracy.md)."""
+        m = self.model
+        host = self.pq.host_copy_bytes(m, float(self.placed_tokens(peak.kept + 1).sum()))
+        prompt = self.pq.host_copy_bytes(m, max(0.0, float(peak.max_context) - self.window))
+        return host, {"rerank_host_copy_bytes": host,
+                      "prefill_host_copy_s_per_request": self.machine.topology.route(GPU, HOST_DRAM).time_s(prompt)}
 
     # ---- what bounds the lookup phases (details and explain) -----------------------------------------------------
     def lookup_details(self, peak: StepBatch) -> dict:

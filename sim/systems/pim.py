@@ -62,7 +62,7 @@ from sim.systems.base import (
     share,
     total_s,
 )
-from sim.topology import GPU, HOST_DRAM, PIM
+from sim.topology import GPU, HOST_CPU, HOST_DRAM, PIM
 from workloads.errors import WorkloadError
 from workloads.kvformats import KvFormat, accuracy_summary, compression_by_context, parse_format
 from workloads.models import ModelSpec
@@ -290,10 +290,8 @@ class PimPlan:
     pre: tuple[Work, ...]
     down_bytes: float
     phases: tuple[Phase, ...]
-    mid_up_bytes: float          # host softmax: scores out between the phases
-    mid_gpu: tuple[Work, ...]
-    mid_down_bytes: float
-    up_bytes: float
+    between: tuple               # holds between the two phases (host softmax, AQPIM's exact re-rank): (device, works)
+    up_bytes: float              # or (src, dst, bytes, kind), one after another (``PimSystem.between_phases``)
     merge_post: tuple[Work, ...]
     spill_store_bytes: float
     spill_fetch_bytes: float
@@ -739,12 +737,17 @@ class PimSystem(System):
         # rows are kept per work function: its format arguments (an AQPIM lookup plan among them) are in the key
         fn_key = (fn.__name__, tuple(sorted(extra.items())))
         parts = dict(part_of=self.part_of, part_order=self.part_order, memo=self._row_memo, groups=groups)
-        if self.options.softmax == "host":
+        if self.split_layer:
             return (bank_phase(f"{kind}.scores", rows, lambda t, u, v: works(t, u, v).before_softmax, ch, **parts,
                                memo_key=("scores", fn_key)),
                     bank_phase(f"{kind}.context", rows, lambda t, u, v: works(t, u, v).after_softmax, ch, **parts,
                                memo_key=("context", fn_key)))
         return (bank_phase(kind, rows, lambda t, u, v: works(t, u, v).all, ch, **parts, memo_key=("all", fn_key)),)
+
+    @property
+    def split_layer(self) -> bool:
+        """Whether a layer's channel work is two phases with ``between_phases`` between them (host softmax)."""
+        return self.options.softmax == "host"
 
     # The span kind of each channel Work kind when a channel's phase is drawn in parts (None: one span per phase),
     # and the order the parts are drawn in.
@@ -783,17 +786,12 @@ class PimSystem(System):
             pairs = float(present.sum())
         phases = self.channel_phases(tokens, present, new, groups)
         up = self.up_bytes(pairs)
-        merge_needed = placement.pairs_per_unit > 1 or spill > 0
         e = m.bytes_per_element
         queries = batch.n_seqs * m.n_heads  # one merge per query: a GEMV-like item each
-        merge = (gpu_model.items_kernel(g, "attn_merge", 4.0 * up / e, up, queries),) if merge_needed else ()
-        mid_up = mid_down = 0.0
-        mid_gpu: tuple[Work, ...] = ()
-        if opts.softmax == "host":
-            scores = float(tokens.sum()) * m.gqa_group
-            mid_up = mid_down = scores * e
-            mid_gpu = (gpu_model.items_kernel(g, "softmax", pim_model.SOFTMAX_FLOPS_PER_ELEMENT * scores,
-                                              2 * scores * e, queries),)
+        between, host_partials = self.between_phases(batch, tokens, pairs)
+        merged = up + host_partials  # a host part (exact re-rank) is one more partial per query
+        merge_needed = placement.pairs_per_unit > 1 or spill > 0 or host_partials > 0
+        merge = (gpu_model.items_kernel(g, "attn_merge", 4.0 * merged / e, merged, queries),) if merge_needed else ()
         spill_attn: tuple[Work, ...] = ()
         fetch = store = 0.0
         if spill > 0:
@@ -809,9 +807,28 @@ class PimSystem(System):
         dense = self._fixed.get_or(batch.n_seqs, lambda n: dense_works(p, m, n))
         return PimPlan(
             pre=dense.pre, down_bytes=down,
-            phases=phases, mid_up_bytes=mid_up, mid_gpu=mid_gpu, mid_down_bytes=mid_down, up_bytes=up,
+            phases=phases, between=between, up_bytes=up,
             merge_post=merge + dense.post,
             spill_store_bytes=store, spill_fetch_bytes=fetch, spill_attn=spill_attn, chunks=chunks)
+
+    def between_phases(self, batch: StepBatch, tokens: np.ndarray | None, pairs: float) -> tuple[tuple, float]:
+        """The holds between a split layer's two PIM phases, and the bytes of partial outputs they return to the
+        GPU beside the channels' (merged with them). Host softmax: the scores up, the softmax on the GPU, the
+        weights down."""
+        if self.options.softmax != "host":
+            return (), 0.0
+        m, g = self.model, self.machine.params.gpu
+        e = m.bytes_per_element
+        scores = float(tokens.sum()) * m.gqa_group
+        soft = gpu_model.items_kernel(g, "softmax", pim_model.SOFTMAX_FLOPS_PER_ELEMENT * scores, 2 * scores * e,
+                                      batch.n_seqs * m.n_heads)
+        return ((PIM, GPU, scores * e, "scores_up"), (GPU, (soft,)), (GPU, PIM, scores * e, "weights_down")), 0.0
+
+    def hold_time_s(self, hold) -> float:
+        """Seconds of one hold of ``between_phases`` alone."""
+        if len(hold) == 4:
+            return self.machine.topology.route(hold[0], hold[1]).time_s(hold[2])
+        return total_s(hold[1])
 
     def link_chunks(self, placement: Placement, units: np.ndarray | None, phase: Phase, spill: float,
                     new_to_host: bool, q_bytes: float, kv_bytes: float) -> tuple[LinkChunk, ...]:
@@ -879,9 +896,11 @@ class PimSystem(System):
             else:
                 pim_path = (down.time_s(plan.down_bytes) + sum(ph.makespan_s for ph in plan.phases)
                             + up.time_s(plan.up_bytes))
-            if len(plan.phases) > 1:
-                pim_path += (up.time_s(plan.mid_up_bytes) + total_s(plan.mid_gpu)
-                             + down.time_s(plan.mid_down_bytes))
+            if plan.between:
+                between = 0.0
+                for h in plan.between:
+                    between += self.hold_time_s(h)
+                pim_path += between
             spill_path = 0.0
             if plan.spill_fetch_bytes > 0:
                 store = topo.route(GPU, HOST_DRAM).time_s(plan.spill_store_bytes) if plan.spill_store_bytes else 0.0
@@ -895,7 +914,7 @@ class PimSystem(System):
         gpu_total = total_s(step.head)
         for plan in step.plans:
             gpu_total += n * (total_s(plan.pre) + total_s(plan.merge_post) + total_s(plan.spill_attn)
-                              + total_s(plan.mid_gpu))
+                              + sum(total_s(h[1]) for h in plan.between if len(h) == 2 and h[0] == GPU))
         channel_busy = sum(np.sum([ph.durations_s for ph in plan.phases], axis=0) for plan in step.plans)
         return Estimate(max(max(chains) + total_s(step.head), gpu_total, n * float(np.max(channel_busy))),
                         exact=False)
@@ -923,11 +942,11 @@ class PimSystem(System):
         layer = None
         if not plan.chunks and not plan.spill_fetch_bytes > 0:
             holds = [(gpu, plan.pre), (GPU, PIM, plan.down_bytes, "q_kv_down")]
+            devices = {GPU: gpu, HOST_CPU: self.machine.cpu}
             for i, ph in enumerate(plan.phases):
                 holds.append((ph,))
                 if i + 1 < len(plan.phases):
-                    holds += [(PIM, GPU, plan.mid_up_bytes, "scores_up"), (gpu, plan.mid_gpu),
-                              (GPU, PIM, plan.mid_down_bytes, "weights_down")]
+                    holds += [h if len(h) == 4 else (devices[h[0]], h[1]) for h in plan.between]
             layer = (*holds, (PIM, GPU, plan.up_bytes, "partials_up"), (gpu, plan.merge_post))
         return layer, ((gpu, step.head),)
 
@@ -957,9 +976,8 @@ class PimSystem(System):
             yield m.pim.run(ph.kind, ph.durations_s, ph.nbytes, ph.flops, ph.energy_j, parts=ph.parts,
                             part_table=ph.part_table)
             if i + 1 < len(plan.phases):
-                yield m.transfer(PIM, GPU, plan.mid_up_bytes, "scores_up")
-                yield m.gpu.run(plan.mid_gpu)
-                yield m.transfer(GPU, PIM, plan.mid_down_bytes, "weights_down")
+                for h in plan.between:
+                    yield m.transfer(*h) if len(h) == 4 else (m.gpu if h[0] == GPU else m.cpu).run(h[1])
         yield m.transfer(PIM, GPU, plan.up_bytes, "partials_up")
 
     def _pim_path_pipelined(self, plan: PimPlan):
