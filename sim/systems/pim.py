@@ -907,8 +907,10 @@ class PimSystem(System):
                 spill_path = (store + topo.route(HOST_DRAM, GPU).time_s(plan.spill_fetch_bytes)
                               + total_s(plan.spill_attn))
             chains.append(n * (total_s(plan.pre) + max(pim_path, spill_path) + total_s(plan.merge_post)))
+        # the spill path beside a PIM path that uses the GPU between its phases (host softmax, exact re-rank's
+        # selection and its PCIe transfers) or a PIM device behind PCIe: they contend
         shared = any(p.spill_fetch_bytes > 0 for p in step.plans) and (
-            self.options.softmax == "host" or self.dev.placement == "host")
+            self.split_layer or self.dev.placement == "host")
         if len(step.plans) == 1 and not shared:
             return Estimate(chains[0] + total_s(step.head), exact=True)
         gpu_total = total_s(step.head)
