@@ -3,11 +3,12 @@
 Run: OMP_NUM_THREADS=1 python3 experiments/rerank_probe.py [--fixture FILE] [--prefill 1024] [--top 0,4,16,64]
      [--format pq:m=8,k=256,sinks=4,recent=128,rope_aug=1] [--shared]
 
-A probe of a design not yet in the timing model (docs/accuracy.md, "Exact re-rank"): PIM scores every coded token
-from its codes as AQPIM does; the ``--top`` coded tokens of highest coded score per query row are then attended
-exactly (their FP16 K and V fetched from a full copy in host memory) and the others stay coded, the two parts merged
-through their softmax statistics (``workloads.pq.merge``). ``--shared``: one selection per position and KV head (the
-largest coded score over the GQA group's query heads), the cheaper fetch. Codebooks are trained as the accuracy
+A probe beside the simulated option (format option ``rerank``, which selects per position and KV head as
+``--shared`` does; docs/accuracy.md, "Exact re-rank as a simulated option"): PIM scores every coded token from its
+codes as AQPIM does; the ``--top`` coded tokens of highest coded score per query row are then attended exactly
+(their FP16 K and V from a full copy in host memory) and the others stay coded, the two parts merged through their
+softmax statistics (``workloads.pq.merge``). ``--shared``: one selection per position and KV head (the largest
+coded score over the GQA group's query heads, ``workloads.pq.rerank_mask``), the cheaper fetch. Codebooks are trained as the accuracy
 table trains them (``workloads.accuracy``) on tokens [sinks, ``--prefill``); the last 128 captured positions are the
 queries. Prints output cosine against FP16 attention over every layer, KV head and query row: mean, 1st percentile
 and worst.
@@ -32,20 +33,6 @@ from workloads.kvformats import PqSettings, parse_format  # noqa: E402
 QUERIES = 128
 
 
-def top_mask(scores: np.ndarray, coded: np.ndarray, k: int, group: int, shared: bool) -> np.ndarray:
-    """The ``k`` coded tokens of highest coded score per query row (``shared``: per position of the group)."""
-    if k <= 0:
-        return np.zeros_like(coded)
-    s = np.where(coded, scores, -np.inf)
-    if shared:
-        s = np.repeat(s.reshape(-1, group, s.shape[1]).max(axis=1), group, axis=0)
-    k = min(k, s.shape[1])
-    top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    mask = np.zeros_like(coded)
-    np.put_along_axis(mask, top, True, axis=1)
-    return mask & coded
-
-
 def probe(acts, fmt: PqSettings, prefill: int, tops: list[int], shared: bool) -> dict[int, np.ndarray]:
     N, H, D, g = acts.n_tokens, acts.n_kv_heads, acts.head_dim, acts.group
     cfg = acc.EvalConfig(prefill=prefill)
@@ -64,7 +51,7 @@ def probe(acts, fmt: PqSettings, prefill: int, tops: list[int], shared: bool) ->
             kc, vc = acc._pq_streams(fmt, K, V, prefill, cfg, (li, h), {"theta": acts.rope_theta})
             s = pq.pq_scores(q, kc)
             for k in tops:
-                top = top_mask(s, coded_m, k, g, shared)
+                top = pq.rerank_mask(s, coded_m, k, g if shared else 1)  # a group of 1: per query row
                 out = pq.merge(pq.exact_partial(q, K, V, exact_m | top),
                                pq.pq_partial(q, kc, vc, coded_m & ~top, scores=s)).out
                 cos[k].append(acc._cosine(out, ref))

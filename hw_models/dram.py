@@ -586,7 +586,12 @@ def paged_kv_pattern(host: HostDramParams, head_dim: int, bytes_per_element: flo
     blocks reads. The controller's ``read_queue_lines`` bursts in flight are shared by the accesses' pieces.
     """
     positive("paged KV pattern", head_dim=head_dim, bytes_per_element=bytes_per_element, heads=heads)
-    size = host.kv_block_tokens * heads * head_dim * bytes_per_element
+    return _scattered_reads(host, host.kv_block_tokens * heads * head_dim * bytes_per_element)
+
+
+def _scattered_reads(host: HostDramParams, size: float) -> RandomAccess:
+    """Aligned reads of ``size`` bytes at scattered places, the controller's ``read_queue_lines`` bursts in flight
+    shared by the reads' pieces."""
     piece = channel_pattern(host, RandomAccess(size, 1.0)).size_bytes
     return RandomAccess(size, host.read_queue_lines / _bursts(host.dram, piece), aligned=True)
 
@@ -594,8 +599,6 @@ def paged_kv_pattern(host: HostDramParams, head_dim: int, bytes_per_element: flo
 def token_gather_pattern(host: HostDramParams, head_dim: int, bytes_per_element: float) -> RandomAccess:
     """Reads of single tokens' K or V rows of one KV head (``head_dim`` elements, contiguous in vLLM's paged
     layout), at scattered places: what the host reads to attend a selection of tokens exactly (AQPIM's exact
-    re-rank). The controller's ``read_queue_lines`` bursts in flight are shared by the rows' pieces."""
+    re-rank)."""
     positive("token gather pattern", head_dim=head_dim, bytes_per_element=bytes_per_element)
-    size = head_dim * bytes_per_element
-    piece = channel_pattern(host, RandomAccess(size, 1.0)).size_bytes
-    return RandomAccess(size, host.read_queue_lines / _bursts(host.dram, piece), aligned=True)
+    return _scattered_reads(host, head_dim * bytes_per_element)

@@ -887,7 +887,8 @@ _PQ_PHASE_OF_KIND = {"aqpim.quantize": "quantize", "aqpim.write_codes": "quantiz
 
 def pq_phase_of(kind: str) -> str:
     """The AQPIM phase of a Work kind of ``pq_attention_works`` (in-memory quantization and the new token,
-    table build, score gather, exact re-rank's selection and score round trip, softmax, bin scatter, bins x centroids, the FP16 window, partial outputs out)."""
+    table build, score gather, exact re-rank's selection and score round trip, softmax, bin scatter, bins x
+    centroids, the FP16 window, partial outputs out)."""
     if kind.startswith("pim.softmax."):
         return "softmax"
     return _PQ_PHASE_OF_KIND[kind]

@@ -28,6 +28,7 @@ class Machine:
         self.tracer = tracer
         self.gpu = Component(env, GPU, tracer)
         self.cpu = Component(env, HOST_CPU, tracer)
+        self.compute = {GPU: self.gpu, HOST_CPU: self.cpu}  # the compute components by topology name
         tracer.register(GPU, "compute")
         tracer.register(HOST_CPU, "compute")
         self.link_resources = {name: simpy.Resource(env, capacity=1) for name in topology.resources}

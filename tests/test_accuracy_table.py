@@ -236,3 +236,17 @@ def script_entry_roundtrip(row) -> AccuracyEntry:
     from workloads.kvformats import _entry_from_json
 
     return _entry_from_json(json.loads(json.dumps(row)), "test")
+
+
+@pytest.mark.parametrize("only, says", [(["pq:m=8,k=7"], "power of two"),
+                                        (["pq:m=8,k=256,rerank=5"], "not in the script's list")])
+def test_only_refuses_a_format_it_cannot_measure_in_one_line(only, says, tmp_path, capsys):
+    """--only evaluates formats of the script's list: a malformed one or one not in the list is one line, exit 2,
+    and nothing is written."""
+    out = tmp_path / "table.json"
+    with pytest.raises(SystemExit) as e:
+        script.main(["--only", *only, "--out", str(out)])
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "error: --only: " in last and says in last
+    assert not out.exists()

